@@ -1,0 +1,203 @@
+"""The ``jaxviz`` command line: parse arguments, call the library, write files. No logic lives only here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+from jaxviz.errors import JaxvizError
+
+EPILOG_COMMON = "Errors print one line and exit with status 2; --debug shows the traceback."
+
+
+def _add_model_args(p: argparse.ArgumentParser, *, model_required: bool = False) -> None:
+    p.add_argument("--model", "-m", required=model_required, help="architecture name (see `jaxviz layers --list`)")
+    p.add_argument(
+        "--weights", "-w",
+        help="jaxviz checkpoint directory or Keras file (.h5/.keras/.weights.h5); omitted = UNTRAINED random weights",
+    )
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed for random init and random starts (default 0)")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
+def _say_weights(loaded) -> None:
+    if not loaded.trained:
+        print(f"WARNING: {loaded.model.name} has UNTRAINED random weights ({loaded.source}); "
+              "pictures show the architecture, not learned features.", file=sys.stderr)
+    else:
+        print(f"{loaded.model.name}: weights from {loaded.source}")
+
+
+def _load(args, default_model: str | None = None):
+    from jaxviz.io import load_model
+
+    model = args.model
+    if model is None and args.weights is None:
+        model = default_model
+    loaded = load_model(model, args.weights, seed=args.seed)
+    _say_weights(loaded)
+    return loaded
+
+
+def _batch(model, images: list[str], interpolation: str = "nearest") -> np.ndarray:
+    from jaxviz.images import load_image
+    from jaxviz.preprocess import preprocess
+
+    h, w, c = model.input_shape
+    pixels = np.stack([load_image(src, (h, w), interpolation=interpolation, channels=c) for src in images])
+    return preprocess(pixels.astype(np.float32), model.preprocessing)
+
+
+# --------------------------------------------------------------------------------------------
+# Subcommands
+
+
+def cmd_layers(args) -> None:
+    from jaxviz.models import MODELS, get_model
+
+    if args.list:
+        for name in MODELS:
+            m = get_model(name)
+            print(f"{name:18s} input {'x'.join(map(str, m.input_shape)):12s} {m.param_count():>12,d} params  "
+                  f"preprocessing {m.preprocessing}")
+        return
+    if args.name is None and args.weights is None:
+        raise JaxvizError("give a model name, e.g. `jaxviz layers vgg16` (or --list)")
+    if args.weights is not None:
+        from jaxviz.io import load_model
+
+        model = load_model(args.name, args.weights).model
+    else:
+        model = get_model(args.name)
+    shape = tuple(int(v) for v in args.input.split("x")) + model.input_shape[2:] if args.input else None
+    if shape is not None and len(shape) == 2:
+        shape = shape + (model.input_shape[-1],)
+    pshapes = model.param_shapes(shape)
+    print(f"{model.name}  input {'x'.join(map(str, shape or model.input_shape))}  preprocessing {model.preprocessing}")
+    print(f"{'layer':22s} {'output shape':18s} {'params':>12s}")
+    total = 0
+    for name, out in model.shapes(shape):
+        n = sum(int(np.prod(s)) for s in pshapes.get(name, {}).values())
+        total += n
+        print(f"{name:22s} {str(out):18s} {n:>12,d}")
+    print(f"{'total':22s} {'':18s} {total:>12,d}")
+
+
+def cmd_predict(args) -> None:
+    import jax
+
+    from jaxviz.labels import class_probabilities, decode_predictions
+
+    loaded = _load(args, default_model="vgg16")
+    model = loaded.model
+    if model.labels is None:
+        raise JaxvizError(f"{model.name} has no classifier on top; use a model with predictions (e.g. vgg16)")
+    x = _batch(model, args.images)
+    probs = np.asarray(jax.jit(model.__call__)(loaded.params, x))
+    top = decode_predictions(probs, top=args.top, labels=model.labels)
+    if args.json:
+        out = [
+            {"image": src, "probs": class_probabilities(probs)[i].tolist(),
+             "top": [{"id": a, "name": b, "prob": p} for a, b, p in top[i]]}
+            for i, src in enumerate(args.images)
+        ]
+        print(json.dumps(out, indent=1))
+        return
+    for src, t in zip(args.images, top):
+        print(f"{src}: Predicted: {[(a, b, round(p, 8)) for a, b, p in t]}")
+
+
+# --------------------------------------------------------------------------------------------
+
+COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
+
+
+def _register(name: str, help_: str, example: str):
+    def deco(setup: Callable):
+        COMMANDS[name] = (help_, setup, example)
+        return setup
+
+    return deco
+
+
+@_register("layers", "print every layer: name, output shape, parameter count, total",
+           "jaxviz layers vgg16\n  jaxviz layers vgg16_notop --input 150x150\n  jaxviz layers --list")
+def _setup_layers(p):
+    p.add_argument("name", nargs="?", help="architecture name")
+    p.add_argument("--weights", "-w", help="checkpoint or Keras file (architecture read from it)")
+    p.add_argument("--input", help="input size HxW (default: the model's)")
+    p.add_argument("--list", action="store_true", help="list the registered architectures")
+    p.set_defaults(func=cmd_layers)
+
+
+@_register("predict", "decoded top-k predictions per image",
+           "jaxviz predict --weights vgg16.h5 sample:chelsea photo.jpg --top 3\n"
+           "  jaxviz predict --weights ckpt/ sample:coffee --json")
+def _setup_predict(p):
+    _add_model_args(p)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image path or sample:NAME (e.g. sample:chelsea)")
+    p.add_argument("--top", type=int, default=5, help="how many classes per image (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON with probs and top")
+    p.set_defaults(func=cmd_predict)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxviz",
+        description="What convnets learn: activations, filter patterns, Grad-CAM and weights, in JAX.",
+        epilog=EPILOG_COMMON,
+    )
+    _add_common(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_, setup, example) in COMMANDS.items():
+        p = sub.add_parser(
+            name, help=help_, description=help_, epilog=f"example:\n  {example}\n\n{EPILOG_COMMON}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _add_common(p)
+        setup(p)
+    return parser
+
+
+def run_guarded(func: Callable[[], object], debug: bool, prog: str) -> int:
+    """Run ``func``; a :class:`JaxvizError` becomes one line on stderr and exit status 2."""
+    try:
+        func()
+        return 0
+    except JaxvizError as e:
+        if debug:
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    t0 = time.perf_counter()
+
+    def run():
+        args.func(args)
+        if getattr(args, "out", None):
+            print(f"done in {time.perf_counter() - t0:.1f} s; files in {os.path.abspath(args.out)}")
+
+    return run_guarded(run, args.debug, f"jaxviz {args.command}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

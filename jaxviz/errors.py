@@ -1,0 +1,14 @@
+"""The one exception type jaxviz raises for bad input a person can fix."""
+
+
+class JaxvizError(ValueError):
+    """Bad input: an unknown name, an unreadable file, an index out of range.
+
+    The message is one line that says what was wrong and what to do. The CLI prints it
+    and exits with status 2; library callers can catch it like any ``ValueError``.
+    """
+
+
+def unknown(kind: str, name: object, valid: "list[str] | tuple[str, ...]") -> JaxvizError:
+    """Error for an unknown name that lists the valid ones."""
+    return JaxvizError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(map(str, valid))}")

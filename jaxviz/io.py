@@ -1,0 +1,94 @@
+"""Disk I/O: resolving ``--model``/``--weights`` into a model with parameters, and atomic outputs."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import tempfile
+from typing import Iterator
+
+import jax
+import numpy as np
+
+from jaxviz.errors import JaxvizError
+from jaxviz.models import Params, Sequential, get_model
+
+
+@dataclasses.dataclass
+class Loaded:
+    model: Sequential
+    params: Params
+    trained: bool
+    source: str  # where the parameters came from, for captions and logs
+
+
+def load_model(model: str | None = None, weights: "str | os.PathLike | None" = None, *, seed: int = 0) -> Loaded:
+    """Model and parameters from a registry name and/or a weights source.
+
+    ``weights``: a jaxviz checkpoint directory, or a Keras file (``.h5``, ``.keras``, ``.weights.h5``)
+    converted on the fly by the same code as ``weights_convert``. Omitted: fresh untrained
+    parameters from ``jax.random.key(seed)`` (``trained=False``).
+    """
+    from jaxviz import checkpoint
+
+    if weights is None:
+        if model is None:
+            raise JaxvizError("give a model name (--model) or a weights file (--weights)")
+        m = get_model(model)
+        return Loaded(m, m.init(jax.random.key(seed)), False, f"untrained (random init, seed {seed})")
+    weights = os.fspath(weights)
+    if os.path.isdir(weights):
+        m, params, meta = checkpoint.load_checkpoint(weights)
+        if model is not None and model != m.name:
+            raise JaxvizError(f"{weights} holds {m.name} weights, not {model}; drop --model or pick another checkpoint")
+        return Loaded(m, params, True, f"checkpoint {weights}")
+    from weights_convert.keras import load_keras_weights
+
+    arch, params = load_keras_weights(weights, arch=model)
+    return Loaded(get_model(arch), params, True, f"Keras file {weights}")
+
+
+@contextlib.contextmanager
+def output_dir(path: "str | os.PathLike") -> Iterator[str]:
+    """Stage outputs in a temporary sibling directory; move them into ``path`` only on success.
+
+    Files already in ``path`` that the command does not write are left alone; nothing half-written
+    is ever left behind.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise JaxvizError(f"output path {path} exists and is not a directory")
+    parent = os.path.dirname(path)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        stage = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.partial-", dir=parent)
+    except OSError as e:
+        raise JaxvizError(f"output path {path} is not writable: {e.strerror}; choose another --out") from None
+    try:
+        yield stage
+        os.makedirs(path, exist_ok=True)
+        for root, _, files in os.walk(stage):
+            rel = os.path.relpath(root, stage)
+            os.makedirs(os.path.join(path, rel), exist_ok=True)
+            for f in files:
+                os.replace(os.path.join(root, f), os.path.join(path, rel, f))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def save_png(path: str, image: np.ndarray) -> None:
+    """Write a uint8 RGB (H x W x 3) or grayscale (H x W) image as PNG."""
+    import cv2
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"save_png wants uint8, got {image.dtype}")
+    bgr = image[..., ::-1] if image.ndim == 3 and image.shape[-1] == 3 else image
+    if not cv2.imwrite(path, np.ascontiguousarray(bgr)):
+        raise JaxvizError(f"could not write {path}")
+
+
+def save_npz(path: str, **arrays: np.ndarray) -> None:
+    np.savez_compressed(path, **{k: np.asarray(v) for k, v in arrays.items()})

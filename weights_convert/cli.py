@@ -1,0 +1,69 @@
+"""``weights_convert SRC DEST [--arch NAME] [--overwrite] [--dry-run]``: Keras file -> jaxviz checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+
+def convert(src: str, dest: str | None, arch: str | None = None, *, overwrite: bool = False) -> str:
+    """Convert ``src`` and (unless ``dest`` is None) write a checkpoint; prints the layer table."""
+    from jaxviz.checkpoint import save_checkpoint
+    from jaxviz.errors import JaxvizError
+    from jaxviz.models import get_model
+    from weights_convert.keras import load_keras_weights, read_keras_file
+
+    if dest is not None:
+        if os.path.exists(dest) and not overwrite:
+            raise JaxvizError(f"{dest} already exists; choose another destination or pass --overwrite")
+    kf = read_keras_file(src)
+    arch, params = load_keras_weights(src, arch)
+    model = get_model(arch)
+    print(f"{src}: {kf.format}" + (f" (Keras {kf.keras_version})" if kf.keras_version else "") + f" -> {arch}")
+    print(f"{'layer':22s} {'shapes':40s} {'params':>12s}")
+    total = 0
+    for name, p in params.items():
+        n = sum(int(np.prod(a.shape)) for a in p.values())
+        total += n
+        shapes = ", ".join(f"{k} {tuple(a.shape)}" for k, a in p.items())
+        print(f"{name:22s} {shapes:40s} {n:>12,d}")
+    print(f"{'total':22s} {'':40s} {total:>12,d}")
+    if dest is None:
+        print("dry run: nothing written")
+        return arch
+    path = save_checkpoint(dest, model, params, overwrite=overwrite, info={"converted_from": os.path.abspath(src),
+                                                                             "source_format": kf.format,
+                                                                             "keras_version": kf.keras_version})
+    print(f"wrote {path}")
+    return arch
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jaxviz.cli import run_guarded
+
+    p = argparse.ArgumentParser(
+        prog="weights_convert",
+        description="Convert a Keras weight file (published .h5, Keras 2 model.save .h5, Keras 3 .keras or "
+        ".weights.h5) into a self-describing jaxviz checkpoint (orbax). Nothing in the file is executed.",
+        epilog="example:\n  weights_convert vgg16_weights_tf_dim_ordering_tf_kernels.h5 ckpt/vgg16\n"
+        "  weights_convert model.keras ckpt/fashion --arch fashion_cnn --dry-run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("src", help="Keras file")
+    p.add_argument("dest", nargs="?", help="checkpoint directory to create (not needed with --dry-run)")
+    p.add_argument("--arch", help="architecture name (default: detected from the file)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DEST")
+    p.add_argument("--dry-run", action="store_true", help="check and print, write nothing")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    args = p.parse_args(argv)
+    if args.dest is None and not args.dry_run:
+        p.error("DEST is required unless --dry-run")
+    dest = None if args.dry_run else args.dest
+    return run_guarded(lambda: convert(args.src, dest, args.arch, overwrite=args.overwrite), args.debug, "weights_convert")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
