@@ -249,6 +249,8 @@ def read_keras_file(path: "str | os.PathLike") -> KerasFile:
             raise JaxvizError(f"cannot read {path}: damaged zip archive ({e})") from None
         except json.JSONDecodeError:
             raise JaxvizError(f"{path}: config.json or metadata.json is not valid JSON; the file is damaged") from None
+        if config is not None:
+            refuse_unsafe(config, path)
         try:
             with h5py.File(io.BytesIO(data), "r") as h5:
                 return _read_keras3(h5, path, config, meta.get("keras_version"))
@@ -279,13 +281,16 @@ def _model_params_spec(model: Sequential) -> list[tuple[str, str, dict[str, tupl
     return [(n, "conv" if len(s["kernel"]) == 4 else "dense", s) for n, s in model.param_shapes().items()]
 
 
-def _pairs(model: Sequential, kf: KerasFile) -> list[tuple[str, FileLayer]]:
-    """Pair each weighted model layer with a file layer: by name if all names agree, else by order per kind."""
+def _pairs(model: Sequential, kf: KerasFile) -> tuple[list[tuple[str, FileLayer | None]], list[list[FileLayer]]]:
+    """Pair each weighted model layer with a file layer: by name if all names agree, else by order per kind.
+
+    Returns the pairs (``None`` where the file ran out of layers of that kind) and the unused file layers.
+    """
     spec = _model_params_spec(model)
     file_names = [l.name for l in kf.layers]
     if sorted(file_names) == sorted(n for n, _, _ in spec) and len(set(file_names)) == len(file_names):
         by_name = {l.name: l for l in kf.layers}
-        return [(n, by_name[n]) for n, _, _ in spec]
+        return [(n, by_name[n]) for n, _, _ in spec], []
     pairs = []
     queues: dict[str, list[FileLayer]] = {}
     for l in kf.layers:
@@ -299,27 +304,22 @@ def _pairs(model: Sequential, kf: KerasFile) -> list[tuple[str, FileLayer]]:
             )
     for name, kind, shapes in spec:
         q = queues.get(kind, [])
-        if not q:
-            raise JaxvizError(
-                f"{kf.path} does not fit {model.name}: layer {name!r} expects kernel {shapes['kernel']} "
-                f"but the file has no more {kind} layers"
-            )
-        pairs.append((name, q.pop(0)))
-    for kind, q in queues.items():
-        if q:
-            hint = " (a with-top file? try --arch vgg16)" if model.name.endswith("_notop") and kind == "dense" else ""
-            raise JaxvizError(
-                f"{kf.path} does not fit {model.name}: the file has {len(q)} more {kind} layer(s) than the model, "
-                f"first {q[0].name!r} with kernel {tuple(q[0].weights[0][1].shape)}{hint}"
-            )
-    return pairs
+        pairs.append((name, q.pop(0) if q else None))
+    return pairs, [q for q in queues.values() if q]
 
 
 def to_params(model: Sequential, kf: KerasFile) -> dict[str, dict[str, np.ndarray]]:
     """Map a :class:`KerasFile` onto ``model``'s parameters, checking every shape and value."""
     params: dict[str, dict[str, np.ndarray]] = {}
-    for name, fl in _pairs(model, kf):
-        expected = model.param_shapes()[name]
+    pairs, leftovers = _pairs(model, kf)
+    all_expected = model.param_shapes()
+    for name, fl in pairs:
+        expected = all_expected[name]
+        if fl is None:
+            raise JaxvizError(
+                f"{kf.path} does not fit {model.name}: layer {name!r} expects kernel {expected['kernel']} "
+                "but the file has no more layers of that kind"
+            )
         pnames = [p for p, _ in fl.weights]
         if all(p in expected for p in pnames) and len(set(pnames)) == len(pnames):
             values = {p: a for p, a in fl.weights}
@@ -341,6 +341,13 @@ def to_params(model: Sequential, kf: KerasFile) -> dict[str, dict[str, np.ndarra
             if not np.all(np.isfinite(arr)):
                 raise JaxvizError(f"{kf.path}: layer {fl.name!r} {p} contains NaN or Inf; the weights are unusable")
             params.setdefault(name, {})[p] = arr
+    for q in leftovers:
+        kind = q[0].kind
+        hint = " (a with-top file? try --arch vgg16)" if model.name.endswith("_notop") and kind == "dense" else ""
+        raise JaxvizError(
+            f"{kf.path} does not fit {model.name}: the file has {len(q)} more {kind} layer(s) than the model, "
+            f"first {q[0].name!r} with kernel {tuple(q[0].weights[0][1].shape)}{hint}"
+        )
     return params
 
 
