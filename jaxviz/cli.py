@@ -116,6 +116,30 @@ def cmd_predict(args) -> None:
         print(f"{src}: Predicted: {[(a, b, round(p, 8)) for a, b, p in t]}")
 
 
+def cmd_activations(args) -> None:
+    from jaxviz.activations import activations, default_layers, layer_summary
+    from jaxviz.io import output_dir, save_npz
+    from jaxviz.plotting import activation_figure, save_figure
+
+    loaded = _load(args, default_model="cats_dogs_small")
+    model = loaded.model
+    if args.per_row < 1:
+        raise JaxvizError(f"--per-row must be at least 1, got {args.per_row}")
+    layers = args.layers or default_layers(model)
+    x = _batch(model, [args.image])
+    acts = {k: np.asarray(v) for k, v in activations(model, loaded.params, x, layers).items()}
+    summary = layer_summary(acts, args.per_row)
+    with output_dir(args.out) as stage:
+        for row in summary:
+            if row["grid"] is not None:
+                tile = acts[row["layer"]].shape[1]
+                save_figure(activation_figure(row["grid"], row["layer"], tile), os.path.join(stage, f"{row['layer']}.png"))
+        save_npz(os.path.join(stage, "activations.npz"), **{k: v[0] for k, v in acts.items()})
+    print(f"{'layer':20s} {'shape':18s} {'dead channels':>14s}")
+    for row in summary:
+        print(f"{row['layer']:20s} {str(row['shape']):18s} {row['dead']:>6d} / {row['channels']:<6d}")
+
+
 # --------------------------------------------------------------------------------------------
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
@@ -148,6 +172,18 @@ def _setup_predict(p):
     p.add_argument("--top", type=int, default=5, help="how many classes per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON with probs and top")
     p.set_defaults(func=cmd_predict)
+
+
+@_register("activations", "every channel of every conv/pool layer for one image, tiled per layer",
+           "jaxviz activations --model cats_dogs_small --image sample:chelsea --out out/acts\n"
+           "  jaxviz activations --weights fashion.h5 --image shirt.png --out out/f --layers conv2d conv2d_1 --per-row 8")
+def _setup_activations(p):
+    _add_model_args(p)
+    p.add_argument("--image", "-i", required=True, help="image path or sample:NAME")
+    p.add_argument("--out", "-o", required=True, help="output directory (one PNG per layer + activations.npz)")
+    p.add_argument("--layers", nargs="+", metavar="L", help="layer names (default: every conv and pool layer)")
+    p.add_argument("--per-row", type=int, default=16, help="channels per grid row (default 16)")
+    p.set_defaults(func=cmd_activations)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,6 @@ class JaxvizError(ValueError):
     """
 
 
-def unknown(kind: str, name: object, valid: "list[str] | tuple[str, ...]") -> JaxvizError:
-    """Error for an unknown name that lists the valid ones."""
-    return JaxvizError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(map(str, valid))}")
+def unknown(kind: str, name: object, valid: "list[str] | tuple[str, ...]", where: str = "") -> JaxvizError:
+    """Error for an unknown name that lists the valid ones (``where``: e.g. " in vgg16")."""
+    return JaxvizError(f"unknown {kind} {name!r}{where}; valid {kind}s: {', '.join(map(str, valid))}")

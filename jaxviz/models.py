@@ -53,7 +53,7 @@ class Sequential:
         for i, (n, _) in enumerate(self.layers):
             if n == name:
                 return i
-        raise unknown(f"layer of {self.name}", name, self.layer_names)
+        raise unknown("layer", name, self.layer_names, f" in {self.name}")
 
     def layer(self, name: str) -> nn.Module:
         return self.layers[self.index(name)][1]
@@ -214,6 +214,16 @@ class Sequential:
         last = max(self.index(n) for n in names)
         _, acts = self._run(self.layers[: last + 1], params, x, logits=logits, keep=set(names))
         return {n: acts[n] for n in names}
+
+    @functools.cached_property
+    def jit_tap(self) -> Callable:
+        """``jax.jit`` of :meth:`tap` (``names`` static), compiled once per model and shapes."""
+        return jax.jit(self.tap, static_argnames=("names", "logits"))
+
+    @functools.cached_property
+    def jit_call(self) -> Callable:
+        """``jax.jit`` of :meth:`__call__`."""
+        return jax.jit(self.__call__, static_argnames=("until", "logits", "train"))
 
     def _run(self, steps, params, x, *, logits=False, train=False, rng=None, keep=()):
         acts = {}

@@ -23,3 +23,7 @@ def fixtures_dir():
     if not FIXTURES.exists():
         pytest.skip(f"shared fixtures not found at {FIXTURES}")
     return FIXTURES
+
+import sys as _sys
+
+_sys.path.insert(0, str(ROOT))  # benchmarks/ (the seed reference code) importable from tests

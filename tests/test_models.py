@@ -79,7 +79,7 @@ def test_until_computes_nothing_after_the_layer():
 
 def test_unknown_layer_lists_valid_names(small):
     m, params, x = small
-    with pytest.raises(JaxvizError, match=r"unknown layer of cats_dogs_small 'conv9'.*conv2d, max_pooling2d"):
+    with pytest.raises(JaxvizError, match=r"unknown layer 'conv9' in cats_dogs_small; valid layers: conv2d, max_pooling2d"):
         m(params, x, until="conv9")
     with pytest.raises(JaxvizError, match="valid models: .*vgg16"):
         get_model("vgg99")

@@ -1,0 +1,69 @@
+"""Turning arrays into uint8 pictures: activation grids and stitched pattern grids (pure numpy)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Grid(NamedTuple):
+    image: np.ndarray  # uint8 (rows*H, per_row*W)
+    dead: int  # channels with zero variance (rendered mid-grey)
+
+
+def normalize_channels(act: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The seeds' display recipe for every channel at once.
+
+    ``act``: H x W x C float. Per channel: subtract the mean, divide by the std, x64, +128, clip to
+    [0, 255], truncate to uint8. Returns (H x W x C uint8, dead mask of C). A channel with zero
+    variance (or no finite value) renders 128 instead of NaN. Statistics are taken in float64, so
+    huge float32 values cannot overflow them.
+    """
+    act = np.asarray(act, np.float32)
+    if act.ndim != 3:
+        raise ValueError(f"expected an H x W x C activation, got shape {act.shape}")
+    if not np.isfinite(act).all():
+        big = np.finfo(np.float32).max
+        act = np.nan_to_num(act, nan=0.0, posinf=big, neginf=-big)
+    mean = act.mean(axis=(0, 1), dtype=np.float64)
+    std = np.sqrt(np.square(act - mean.astype(np.float32), dtype=np.float64).mean(axis=(0, 1)))
+    dead = ~(std > 0) | ~np.isfinite(std)
+    gain = np.where(dead, 0.0, 64.0 / np.where(dead, 1.0, std))
+    # float64 for the affine step: float32 (x - mean) could overflow for |x| near float32's max
+    scaled = (act - mean) * gain + 128.0
+    return np.clip(scaled, 0, 255).astype(np.uint8), dead
+
+
+def activation_grid(act: np.ndarray, images_per_row: int = 16) -> Grid:
+    """Tile every channel of an H x W x C activation into one uint8 grid, ``images_per_row`` wide.
+
+    Unlike the seed (``n_features // images_per_row`` rows), every channel is kept; the partial last
+    row is padded with black (0), as the seed's empty grid is.
+    """
+    if images_per_row < 1:
+        raise ValueError(f"images_per_row must be >= 1, got {images_per_row}")
+    tiles, dead = normalize_channels(act)
+    h, w, n = tiles.shape
+    rows = -(-n // images_per_row)
+    padded = np.zeros((h, w, rows * images_per_row), np.uint8)
+    padded[..., :n] = tiles
+    grid = padded.reshape(h, w, rows, images_per_row).transpose(2, 0, 3, 1).reshape(rows * h, images_per_row * w)
+    return Grid(grid, int(dead.sum()))
+
+
+def stitch(images: np.ndarray, n_cols: int = 8, margin: int = 5, n_rows: int | None = None) -> np.ndarray:
+    """Stitch N x H x W x C uint8 images into a grid with black ``margin`` pixels between them.
+
+    Image ``k`` goes to row ``k // n_cols``, column ``k % n_cols`` (row-major; the seed's Listing 5.39
+    fills column-major, ``i + j*8``, which is the transpose of the same layout). Missing cells are black.
+    """
+    images = np.asarray(images)
+    n, h, w = images.shape[:3]
+    rest = images.shape[3:]
+    n_rows = n_rows or -(-n // n_cols)
+    out = np.zeros((n_rows * h + (n_rows - 1) * margin, n_cols * w + (n_cols - 1) * margin) + rest, images.dtype)
+    for k in range(min(n, n_rows * n_cols)):  # at most a few hundred block copies
+        r, c = divmod(k, n_cols)
+        out[r * (h + margin): r * (h + margin) + h, c * (w + margin): c * (w + margin) + w] = images[k]
+    return out
