@@ -140,6 +140,65 @@ def cmd_activations(args) -> None:
         print(f"{row['layer']:20s} {str(row['shape']):18s} {row['dead']:>6d} / {row['channels']:<6d}")
 
 
+def _parse_filters(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise JaxvizError(f"--filters takes comma-separated integers like 0,5,9; got {text!r}") from None
+
+
+def cmd_filters(args) -> None:
+    import jax
+    from tqdm import tqdm
+
+    from jaxviz.filters import filter_patterns, get_recipe
+    from jaxviz.io import output_dir, save_npz, save_png
+    from jaxviz.render import stitch
+
+    loaded = _load(args, default_model="vgg16_notop")
+    model = loaded.model
+    recipe = get_recipe(args.recipe, size=args.size, steps=args.steps)
+    for layer in args.layer:
+        model.index(layer)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise JaxvizError(f"--batch-size must be at least 1, got {args.batch_size}")
+    plans = []
+    for layer in args.layer:
+        n_out = model.until(layer).shapes((recipe.size, recipe.size, model.input_shape[-1]))[-1][1][-1]
+        if args.filters:
+            idx = _parse_filters(args.filters)
+        elif args.count == "all":
+            idx = list(range(n_out))
+        else:
+            try:
+                count = int(args.count)
+            except ValueError:
+                raise JaxvizError(f"--count takes a number or 'all', got {args.count!r}") from None
+            if not 1 <= count <= n_out:
+                raise JaxvizError(f"--count {count} out of range for {layer}: it has {n_out} filters (1..{n_out})")
+            idx = list(range(count))
+        bad = [i for i in idx if not 0 <= i < n_out]
+        if bad:
+            raise JaxvizError(f"filter index {bad[0]} out of range for {layer} of {model.name}: valid 0..{n_out - 1}")
+        plans.append((layer, idx))
+    t0 = time.perf_counter()
+    total = sum(len(i) for _, i in plans)
+    with output_dir(args.out) as stage, tqdm(total=total, unit="pattern", disable=None) as bar:
+        for layer, idx in plans:
+            bar.set_description(layer)
+            res = filter_patterns(model, loaded.params, layer, idx, recipe, jax.random.key(args.seed),
+                                  batch_size=args.batch_size, on_chunk=bar.update)
+            save_png(os.path.join(stage, f"{layer}.png"), stitch(res.images[..., 0] if res.images.shape[-1] == 1
+                                                                  else res.images, n_cols=8, margin=5))
+            save_npz(os.path.join(stage, f"{layer}.npz"), patterns=res.patterns, images=res.images,
+                     filters=res.filters, objective=res.objective)
+            dead = int(res.dead.sum())
+            tqdm.write(f"{layer}: {len(idx)} patterns, objective {res.history[:, 0].mean():.4g} -> "
+                       f"{res.objective.mean():.4g} (mean)" + (f", {dead} dead filters" if dead else ""))
+    dt = time.perf_counter() - t0
+    print(f"{total} patterns in {dt:.1f} s ({total / dt:.2f} patterns/s), recipe {args.recipe}")
+
+
 # --------------------------------------------------------------------------------------------
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
@@ -184,6 +243,24 @@ def _setup_activations(p):
     p.add_argument("--layers", nargs="+", metavar="L", help="layer names (default: every conv and pool layer)")
     p.add_argument("--per-row", type=int, default=16, help="channels per grid row (default 16)")
     p.set_defaults(func=cmd_activations)
+
+
+@_register("filters", "filter patterns by gradient ascent, all filters of a layer in one compiled call",
+           "jaxviz filters --weights ckpt/vgg16 --layer block1_conv1 --layer block3_conv1 --count 64 "
+           "--recipe dlwp1 --out out/filters\n"
+           "  jaxviz filters --weights fashion.h5 --layer conv2d_1 --filters 0,5,9 --recipe dlwp2 --size 60 --out out/f")
+def _setup_filters(p):
+    _add_model_args(p)
+    p.add_argument("--layer", "-l", action="append", required=True, help="layer name (repeatable)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--count", default="64", help="first N filters, or 'all' (default 64)")
+    g.add_argument("--filters", help="comma-separated filter indices, e.g. 0,5,9")
+    p.add_argument("--recipe", default="dlwp1", help="dlwp1 (seed 001), dlwp2 (seed 002) or lucid (default dlwp1)")
+    p.add_argument("--size", type=int, help="image size (default: the recipe's: dlwp1 64, dlwp2 200, lucid 128)")
+    p.add_argument("--steps", type=int, help="ascent steps (default: the recipe's: 40, 30, 256)")
+    p.add_argument("--batch-size", type=int, help="filters per compiled call (bounds memory; default all)")
+    p.add_argument("--out", "-o", required=True, help="output directory: <layer>.png and <layer>.npz per layer")
+    p.set_defaults(func=cmd_filters)
 
 
 def build_parser() -> argparse.ArgumentParser:
