@@ -199,6 +199,35 @@ def cmd_filters(args) -> None:
     print(f"{total} patterns in {dt:.1f} s ({total / dt:.2f} patterns/s), recipe {args.recipe}")
 
 
+def cmd_gradcam(args) -> None:
+    from jaxviz.cam import gradcam, superimpose
+    from jaxviz.images import image_stem, load_image
+    from jaxviz.io import output_dir, save_npz, save_png
+    from jaxviz.labels import decode_predictions
+    from jaxviz.plotting import heatmap_figure, save_figure
+
+    loaded = _load(args, default_model="vgg16")
+    model = loaded.model
+    x = _batch(model, args.image)
+    classes = None if args.cls is None else [args.cls]
+    cams = gradcam(model, loaded.params, x, classes, args.layer, args.score)
+    if model.labels is not None:
+        for src, top in zip(args.image, decode_predictions(cams.probs, top=3, labels=model.labels)):
+            print(f"{src}: Predicted: {[(a, b, round(p, 8)) for a, b, p in top]}")
+    stems = [image_stem(src, i) for i, src in enumerate(args.image)]
+    if len(set(stems)) != len(stems):
+        stems = [f"{i}_{s}" for i, s in enumerate(stems)]
+    with output_dir(args.out) as stage:
+        for i, (src, stem) in enumerate(zip(args.image, stems)):
+            heat = cams.heatmaps[i, 0]
+            save_figure(heatmap_figure(heat, f"{stem}: class {cams.classes[i, 0]}"),
+                        os.path.join(stage, f"{stem}_heatmap.png"))
+            photo = load_image(src, channels=3)
+            save_png(os.path.join(stage, f"{stem}_overlay.png"), superimpose(photo, heat))
+        save_npz(os.path.join(stage, "gradcam.npz"), heatmaps=cams.heatmaps[:, 0], classes=cams.classes[:, 0],
+                 probs=cams.probs)
+
+
 # --------------------------------------------------------------------------------------------
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
@@ -261,6 +290,21 @@ def _setup_filters(p):
     p.add_argument("--batch-size", type=int, help="filters per compiled call (bounds memory; default all)")
     p.add_argument("--out", "-o", required=True, help="output directory: <layer>.png and <layer>.npz per layer")
     p.set_defaults(func=cmd_filters)
+
+
+@_register("gradcam", "Grad-CAM heatmaps on a conv layer, superimposed on the photos",
+           "jaxviz gradcam --weights ckpt/vgg16 --image elephant.jpg --class 386 --out out/cam\n"
+           "  jaxviz gradcam --weights fashion.h5 --image a.png --image b.png --layer conv2d_1 --out out/cam")
+def _setup_gradcam(p):
+    _add_model_args(p)
+    p.add_argument("--image", "-i", action="append", required=True, help="image path or sample:NAME (repeatable)")
+    p.add_argument("--class", dest="cls", type=int, help="class index (default: each image's top-1)")
+    p.add_argument("--layer", "-l", help="conv layer (default: the last conv layer)")
+    p.add_argument("--method", default="gradcam", choices=["gradcam"], help="CAM method (default gradcam)")
+    p.add_argument("--score", default="logit", choices=["logit", "probability"],
+                   help="logit = pre-softmax (the paper, default); probability = post-softmax (the seeds)")
+    p.add_argument("--out", "-o", required=True, help="output directory")
+    p.set_defaults(func=cmd_gradcam)
 
 
 def build_parser() -> argparse.ArgumentParser:
