@@ -14,13 +14,13 @@ def convert(src: str, dest: str | None, arch: str | None = None, *, overwrite: b
     from jaxviz.checkpoint import save_checkpoint
     from jaxviz.errors import JaxvizError
     from jaxviz.models import get_model
-    from weights_convert.keras import load_keras_weights, read_keras_file
+    from weights_convert.keras import keras_file_params, read_keras_file
 
     if dest is not None:
         if os.path.exists(dest) and not overwrite:
             raise JaxvizError(f"{dest} already exists; choose another destination or pass --overwrite")
     kf = read_keras_file(src)
-    arch, params = load_keras_weights(src, arch)
+    arch, params = keras_file_params(kf, arch)  # the file is read once, even a 500 MB VGG16
     model = get_model(arch)
     print(f"{src}: {kf.format}" + (f" (Keras {kf.keras_version})" if kf.keras_version else "") + f" -> {arch}")
     print(f"{'layer':22s} {'shapes':40s} {'params':>12s}")

@@ -367,9 +367,13 @@ def detect_architecture(kf: KerasFile) -> str:
 
 def load_keras_weights(path: "str | os.PathLike", arch: str | None = None) -> tuple[str, dict[str, dict[str, np.ndarray]]]:
     """``(architecture_name, params)`` from any supported Keras file; ``arch`` overrides detection."""
-    kf = read_keras_file(path)
+    return keras_file_params(read_keras_file(path), arch)
+
+
+def keras_file_params(kf: KerasFile, arch: str | None = None) -> tuple[str, dict[str, dict[str, np.ndarray]]]:
+    """``(architecture_name, params)`` from an already-read :class:`KerasFile`."""
     if not kf.layers:
-        raise JaxvizError(f"{path} holds no weights")
+        raise JaxvizError(f"{kf.path} holds no weights")
     if arch is None:
         arch = detect_architecture(kf)
     elif arch not in MODELS:
