@@ -31,7 +31,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _say_weights(loaded) -> None:
     if not loaded.trained:
-        print(f"WARNING: {loaded.model.name} has UNTRAINED random weights ({loaded.source}); "
+        print(f"WARNING: {loaded.model.name} has UNTRAINED weights ({loaded.source}); "
               "pictures show the architecture, not learned features.", file=sys.stderr)
     else:
         print(f"{loaded.model.name}: weights from {loaded.source}")
@@ -228,6 +228,58 @@ def cmd_gradcam(args) -> None:
                  probs=cams.probs)
 
 
+def cmd_weights(args) -> None:
+    import jax
+
+    from jaxviz.io import output_dir, save_npz
+    from jaxviz.plotting import histograms, kernel_mosaic, save_figure
+    from jaxviz.weights import STAT_NAMES, kernel_tiles, layer_weights
+
+    loaded = _load(args, default_model="fashion_cnn")
+    model = loaded.model
+    layers = args.layer or [model.names_of_kind("conv")[0]]
+    for layer in layers:
+        model.index(layer)
+    if args.bins < 1:
+        raise JaxvizError(f"--bins must be at least 1, got {args.bins}")
+    untrained = model.init(jax.random.key(args.seed)) if args.compare_untrained else None
+    arrays: dict[str, np.ndarray] = {"stat_names": np.array(STAT_NAMES)}
+    rows = []
+    with output_dir(args.out) as stage:
+        for layer in layers:
+            lw = layer_weights(model, loaded.params, layer, bins=args.bins)
+            sets = {"trained" if loaded.trained else "untrained": lw}
+            if untrained is not None:
+                sets["untrained (fresh init)"] = layer_weights(model, untrained, layer, bins=args.bins)
+            for key, w in (("", lw), ("untrained_", sets.get("untrained (fresh init)"))):
+                if w is not None:
+                    arrays.update({f"{layer}_{key}kernel": w.kernel, f"{layer}_{key}bias": w.bias,
+                                   f"{layer}_{key}counts": w.counts, f"{layer}_{key}edges": w.edges,
+                                   f"{layer}_{key}stats": w.stats})
+            save_figure(histograms({f"{layer}: {k}": (w.counts, w.edges) for k, w in sets.items()}),
+                        os.path.join(stage, f"{layer}_hist.png"))
+            if lw.kernel.ndim == 4:
+                channel = args.in_channel
+                if channel is None:
+                    channel = "rgb" if lw.kernel.shape[2] == 3 else 0
+                elif channel != "rgb":
+                    try:
+                        channel = int(channel)
+                    except ValueError:
+                        raise JaxvizError(f"--in-channel takes an index or 'rgb', got {channel!r}") from None
+                for k, w in sets.items():
+                    tiles = kernel_tiles(w.kernel, channel, limit=2 * 16)
+                    suffix = "_untrained" if k.startswith("untrained (") else ""
+                    save_figure(kernel_mosaic(tiles, title=f"{layer} {k}: " + (
+                        "kernel[..., :32] as colour tiles" if channel == "rgb" else f"kernel[:, :, {channel}, :32]")),
+                                os.path.join(stage, f"{layer}_kernels{suffix}.png"))
+            rows += [(layer, k, w.stats) for k, w in sets.items()]
+        save_npz(os.path.join(stage, "weights.npz"), **arrays)
+    print(f"{'layer':16s} {'weights':24s} " + " ".join(f"{n:>10s}" for n in STAT_NAMES))
+    for layer, k, st in rows:
+        print(f"{layer:16s} {k:24s} " + " ".join(f"{v:10.4f}" for v in st))
+
+
 # --------------------------------------------------------------------------------------------
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
@@ -305,6 +357,22 @@ def _setup_gradcam(p):
                    help="logit = pre-softmax (the paper, default); probability = post-softmax (the seeds)")
     p.add_argument("--out", "-o", required=True, help="output directory")
     p.set_defaults(func=cmd_gradcam)
+
+
+@_register("weights", "weight histograms, kernel mosaics and statistics of layers, trained vs untrained",
+           "jaxviz weights --weights builtin:fashion_cnn --layer conv2d --compare-untrained --out out/w\n"
+           "  jaxviz weights --model vgg16_notop --weights vgg16.h5 --layer block1_conv1 --out out/w")
+def _setup_weights(p):
+    _add_model_args(p)
+    p.add_argument("--layer", "-l", action="append", help="layer name (repeatable; default: the first conv layer)")
+    p.add_argument("--compare-untrained", action="store_true",
+                   help="also show a freshly initialised copy (glorot-uniform, --seed), side by side")
+    p.add_argument("--in-channel", help="input channel of the kernel mosaic: an index, or rgb for 3-channel colour "
+                                        "tiles (default: rgb when the layer has 3 input channels, else 0)")
+    p.add_argument("--bins", type=int, default=10, help="histogram bins (default 10, as plt.hist)")
+    p.add_argument("--out", "-o", required=True,
+                   help="output directory: <layer>_hist.png, <layer>_kernels[_untrained].png, weights.npz")
+    p.set_defaults(func=cmd_weights)
 
 
 def build_parser() -> argparse.ArgumentParser:

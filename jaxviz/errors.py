@@ -11,4 +11,5 @@ class JaxvizError(ValueError):
 
 def unknown(kind: str, name: object, valid: "list[str] | tuple[str, ...]", where: str = "") -> JaxvizError:
     """Error for an unknown name that lists the valid ones (``where``: e.g. " in vgg16")."""
-    return JaxvizError(f"unknown {kind} {name!r}{where}; valid {kind}s: {', '.join(map(str, valid))}")
+    plural = kind if kind.endswith("s") else f"{kind}s"
+    return JaxvizError(f"unknown {kind} {name!r}{where}; valid {plural}: {', '.join(map(str, valid))}")

@@ -12,7 +12,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from jaxviz.errors import JaxvizError
+from jaxviz.errors import JaxvizError, unknown
 from jaxviz.models import Params, Sequential, get_model
 
 
@@ -24,20 +24,53 @@ class Loaded:
     source: str  # where the parameters came from, for captions and logs
 
 
+# Trained weights that need no download: checkpoints shipped in the package (made by
+# experiments/train_small_cnns.py) and seed 004's real Keras model when the fixtures are present.
+BUILTIN_PACKAGED = ("digits_cnn", "fruits_cnn")
+BUILTIN_FIXTURES = {"fashion_cnn": "keras/fashion_cnn_keras2.11.h5"}
+BUILTIN = (*BUILTIN_PACKAGED, *BUILTIN_FIXTURES)
+
+
+def builtin_weights(name: str) -> str:
+    """Path of the trained weights for ``name`` that come with jaxviz (see :data:`BUILTIN`)."""
+    from importlib import resources
+
+    from jaxviz.datasets import fixture_path
+
+    if name in BUILTIN_PACKAGED:
+        return str(resources.files("jaxviz").joinpath("data", "checkpoints", name))
+    if name in BUILTIN_FIXTURES:
+        path = fixture_path(BUILTIN_FIXTURES[name])
+        if path is None:
+            raise JaxvizError(f"builtin weights for {name} are seed 004's Keras file {BUILTIN_FIXTURES[name]}, not "
+                              "found: set JAXVIZ_FIXTURES to the shared fixtures directory")
+        return path
+    raise unknown("builtin weights", name, list(BUILTIN))
+
+
 def load_model(model: str | None = None, weights: "str | os.PathLike | None" = None, *, seed: int = 0) -> Loaded:
     """Model and parameters from a registry name and/or a weights source.
 
-    ``weights``: a jaxviz checkpoint directory, or a Keras file (``.h5``, ``.keras``, ``.weights.h5``)
-    converted on the fly by the same code as ``weights_convert``. Omitted: fresh untrained
+    ``weights``: a jaxviz checkpoint directory, a Keras file (``.h5``, ``.keras``, ``.weights.h5``)
+    converted on the fly by the same code as ``weights_convert``, or ``builtin`` / ``builtin:NAME``
+    for the trained weights that ship with jaxviz (:data:`BUILTIN`). Omitted: fresh untrained
     parameters from ``jax.random.key(seed)`` (``trained=False``).
     """
     from jaxviz import checkpoint
 
+    if isinstance(weights, str) and (weights == "builtin" or weights.startswith("builtin:")):
+        name = weights.partition(":")[2] or model
+        if not name:
+            raise JaxvizError(f"--weights builtin needs --model; trained builtin weights exist for {', '.join(BUILTIN)}")
+        if model is not None and model != name:
+            raise JaxvizError(f"--weights {weights} holds {name} weights, not {model}")
+        loaded = load_model(None, builtin_weights(name), seed=seed)
+        return dataclasses.replace(loaded, source=f"builtin {name} ({loaded.source})")
     if weights is None:
         if model is None:
             raise JaxvizError("give a model name (--model) or a weights file (--weights)")
         m = get_model(model)
-        return Loaded(m, m.init(jax.random.key(seed)), False, f"untrained (random init, seed {seed})")
+        return Loaded(m, m.init(jax.random.key(seed)), False, f"random init, seed {seed}")
     weights = os.fspath(weights)
     if os.path.isdir(weights):
         m, params, meta = checkpoint.load_checkpoint(weights)

@@ -34,34 +34,31 @@ def feature_map_subplots(act: np.ndarray, rows: int, cols: int, figsize=None):
     return fig
 
 
-def kernel_mosaic(kernel: np.ndarray, in_channel: int = 0, rows: int = 2, cols: int = 16, vmin=-0.5, vmax=0.5):
-    """Seed 004: ``kernel[:, :, in_channel, i]`` for i < rows*cols, ``vmin=-0.5, vmax=0.5``.
-
-    A kernel with 3 input channels and ``in_channel=None`` is shown as colour tiles (each filter
-    min-max scaled to [0, 1]), as for VGG16 ``block1_conv1``.
+def kernel_mosaic(tiles: np.ndarray, rows: int = 2, cols: int = 16, vmin=-0.5, vmax=0.5, title: str = ""):
+    """Seed 004: ``tiles[i]`` (from :func:`jaxviz.weights.kernel_tiles`) on a rows x cols grid,
+    ``imshow(..., vmin=-0.5, vmax=0.5)``, axes off. Colour tiles (N x kh x kw x 3) are shown as they are.
     """
-    fig, axs = plt.subplots(rows, cols, figsize=(15, 15 * rows / cols + 0.2), squeeze=False)
-    n = kernel.shape[-1]
+    fig, axs = plt.subplots(rows, cols, figsize=(15, 15 * rows / cols + (0.4 if title else 0.2)), squeeze=False)
     for i in range(rows):
         for j in range(cols):
             k = i * cols + j
             ax = axs[i, j]
             ax.axis("off")
-            if k >= n:
-                continue
-            if in_channel is None and kernel.shape[2] == 3:
-                w = kernel[:, :, :, k]
-                ax.imshow((w - w.min()) / max(float(w.max() - w.min()), 1e-12))
-            else:
-                ax.imshow(kernel[:, :, in_channel or 0, k], vmin=vmin, vmax=vmax)
+            if k < len(tiles):
+                ax.imshow(tiles[k], vmin=vmin, vmax=vmax) if tiles.ndim == 3 else ax.imshow(tiles[k])
+    if title:
+        fig.suptitle(title)
     return fig
 
 
-def histograms(arrays: dict[str, np.ndarray], bins: int = 10):
-    """Seed 004: ``plt.hist(w.reshape(-1, 1))`` side by side for each named array (trained, untrained)."""
-    fig, axs = plt.subplots(1, len(arrays), figsize=(5 * len(arrays), 4), squeeze=False)
-    for ax, (title, w) in zip(axs[0], arrays.items()):
-        ax.hist(np.asarray(w).reshape(-1, 1), bins=bins)
+def histograms(hists: dict[str, tuple[np.ndarray, np.ndarray]]):
+    """Seed 004's ``plt.hist(w.reshape(-1, 1))`` side by side, one panel per ``title: (counts, edges)``.
+
+    Drawn from precomputed ``numpy.histogram`` counts so the picture and ``weights.npz`` agree.
+    """
+    fig, axs = plt.subplots(1, len(hists), figsize=(5 * len(hists), 4), squeeze=False)
+    for ax, (title, (counts, edges)) in zip(axs[0], hists.items()):
+        ax.stairs(counts, edges, fill=True)
         ax.set_xlabel("weight")
         ax.set_ylabel("count")
         ax.set_title(title)
