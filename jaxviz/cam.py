@@ -1,88 +1,284 @@
-"""Class activation heatmaps: Grad-CAM on any conv layer, N images x K classes in one jitted call.
+"""Class activation heatmaps and gradient attributions, N images x K classes in one jitted call.
 
-The model is split at the layer (never hooked or rebuilt): ``head`` gives the feature map, ``tail``
-the class score, and ``jax.grad`` of the score with respect to the feature map gives the channel
-weights. Only the ``dlwp``/paper Grad-CAM is here so far (see the issue tracker for the rest).
+Two families share one driver (:func:`explain`):
+
+* **layer maps** (``gradcam``, ``gradcam++``, ``scorecam``) weight the channels of a conv layer's
+  output and return an ``h x w`` map at that layer's resolution. The model is split at the layer
+  (never hooked or rebuilt): ``head`` gives the feature map, ``tail`` the class score. A method only
+  says how the channel weights are computed.
+* **input maps** (``saliency``, ``smoothgrad``, ``ig``, ``guided``) differentiate the class score
+  with respect to the input pixels and return an ``H x W`` map at the input's resolution.
+
+Every map is non-negative and divided by its maximum, so it lies in [0, 1]; an all-zero map stays
+zero (with a warning from :func:`explain`), never NaN.
 """
 
 from __future__ import annotations
 
 import functools
 import warnings
-from typing import Mapping, NamedTuple, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.errors import JaxvizError
-from jaxviz.models import Sequential
+from jaxviz.errors import JaxvizError, unknown
+from jaxviz.models import Params, Sequential
+
+LAYER_METHODS = ("gradcam", "gradcam++", "scorecam")
+INPUT_METHODS = ("saliency", "smoothgrad", "ig", "guided")
+METHODS = LAYER_METHODS + INPUT_METHODS
 
 
 class Cams(NamedTuple):
-    heatmaps: np.ndarray  # N x K x h x w float32 in [0, 1], at the layer's resolution
+    heatmaps: np.ndarray  # N x K x h x w float32 in [0, 1]: layer resolution (CAMs) or input resolution
     classes: np.ndarray  # N x K int
     probs: np.ndarray  # N x classes (the model's output)
 
 
-@functools.lru_cache(maxsize=16)
-def _compiled(model: Sequential, layer: str, score: str):
+class Settings(NamedTuple):
+    """Knobs of the methods that have them (hashable: part of the compilation key)."""
+
+    samples: int = 25  # smoothgrad: noisy copies
+    noise: float = 0.15  # smoothgrad: sigma as a fraction of the image's value range (the paper's 10-20%)
+    steps: int = 32  # ig: Riemann steps (midpoint rule) from the baseline to the image
+    chunk: int = 64  # scorecam: masked images per forward pass (bounds memory)
+
+
+def _normalise(m: jax.Array) -> jax.Array:
+    peak = m.max()
+    return jnp.where(peak > 0, m / jnp.where(peak > 0, peak, 1.0), 0.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layer maps: channel weights from (feature map h x w x C, gradient of the score w.r.t. it)
+
+
+def gradcam_weights(feat: jax.Array, grad: jax.Array) -> jax.Array:
+    """Listing 5.42 / Selvaraju et al.: the spatial mean of the gradient per channel."""
+    return grad.mean(axis=(0, 1))
+
+
+def gradcampp_weights(feat: jax.Array, grad: jax.Array, eps: float = 1e-7) -> jax.Array:
+    """Chattopadhyay et al. (2018), eq. 19 with the exponential-score closed form: per-position
+    coefficients ``g^2 / (2 g^2 + sum(A) g^3)`` on the positive gradients."""
+    g2 = grad**2
+    a = g2 / (2 * g2 + feat.sum(axis=(0, 1)) * g2 * grad + eps)
+    a = jnp.where(grad != 0, a, 0.0)
+    return (a * jax.nn.relu(grad)).sum(axis=(0, 1))
+
+
+def _weighted_map(feat: jax.Array, weights: jax.Array) -> jax.Array:
+    # The seed takes the channel mean; after division by the max it equals the paper's sum.
+    return _normalise(jax.nn.relu((feat * weights).mean(axis=-1)))
+
+
+def _layer_gradient_method(weight_fn: Callable):
+    def method(model, params, tail, x, feats, classes, key, cfg, logits):
+
+        def one(feat, c):
+            g = jax.grad(lambda f: tail(params, f[None], logits=logits)[0, c])(feat)
+            return _weighted_map(feat, weight_fn(feat, g))
+
+        return jax.vmap(jax.vmap(one, in_axes=(None, 0)))(feats, classes)
+
+    return method
+
+
+def _scorecam(model, params, tail, x, feats, classes, key, cfg, logits):
+    """Wang et al. (2020): each channel, upsampled to the input and min-max scaled, masks the image;
+    the channel's weight is the class probability of the masked image. All N x C masked images go
+    through the model in chunks of ``cfg.chunk`` inside the same compiled call."""
+    n, h, w, c = feats.shape
+    masks = jax.image.resize(feats, (n, x.shape[1], x.shape[2], c), "bilinear")
+    lo = masks.min(axis=(1, 2), keepdims=True)
+    span = masks.max(axis=(1, 2), keepdims=True) - lo
+    masks = jnp.where(span > 0, (masks - lo) / jnp.where(span > 0, span, 1.0), 0.0)
+    masked = x[:, None] * jnp.moveaxis(masks, -1, 1)[..., None]  # N C H W ch
+    flat = masked.reshape((n * c,) + x.shape[1:])
+    scores = jax.lax.map(lambda im: model(params, im[None])[0], flat, batch_size=cfg.chunk)
+    scores = scores.reshape(n, c, -1)  # N C classes
+
+    def one(feat, score, cls):
+        return jax.vmap(lambda k: _weighted_map(feat, score[:, k]))(cls)
+
+    return jax.vmap(one)(feats, scores, classes)
+
+
+# ----------------------------------------------------------------------------------------------
+# Input maps: gradients of the class score with respect to the (preprocessed) input
+
+
+def _input_grad(model: Sequential, params, logits: bool):
+    def grad(im, c):  # im: H W ch, one image
+        return jax.grad(lambda z: model(params, z[None], logits=logits)[0, c])(im)
+
+    return grad
+
+
+def _abs_max_channels(g: jax.Array) -> jax.Array:
+    return _normalise(jnp.abs(g).max(axis=-1))
+
+
+def _saliency(model, params, tail, x, feats, classes, key, cfg, logits):
+    """Simonyan et al. (2014): max over colour channels of |d score / d pixel|."""
+    grad = _input_grad(model, params, logits)
+    return jax.vmap(jax.vmap(lambda im, c: _abs_max_channels(grad(im, c)), in_axes=(None, 0)))(x, classes)
+
+
+def _smoothgrad(model, params, tail, x, feats, classes, key, cfg, logits):
+    """Smilkov et al. (2017): the gradient averaged over ``samples`` copies with Gaussian noise of
+    sigma = ``noise`` x (max - min of the image), then |.| max over channels. ``key`` draws the noise."""
+    grad = _input_grad(model, params, logits)
+
+    def one(im, c, k):
+        sigma = cfg.noise * (im.max() - im.min())
+        eps = jax.random.normal(k, (cfg.samples,) + im.shape, im.dtype) * sigma
+        return _abs_max_channels(jax.vmap(lambda e: grad(im + e, c))(eps).mean(axis=0))
+
+    keys = jax.random.split(key, x.shape[0])
+    return jax.vmap(lambda im, cs, k: jax.vmap(lambda c: one(im, c, k))(cs))(x, classes, keys)
+
+
+def integrated_gradients(model: Sequential, params: Params, x: jax.Array, classes: jax.Array,
+                         baseline: jax.Array | None = None, steps: int = 32, logits: bool = True) -> jax.Array:
+    """Sundararajan et al. (2017): ``(x - baseline) * mean of the gradients along the straight path``
+    (midpoint rule, ``steps`` points). Returns N x K x H x W x ch attributions whose sum approaches
+    ``score(x) - score(baseline)`` (completeness). ``baseline`` defaults to zeros (the preprocessed
+    black or mean image)."""
+    base = jnp.zeros_like(x[0]) if baseline is None else jnp.asarray(baseline, x.dtype)
+    grad = _input_grad(model, params, logits)
+    alphas = (jnp.arange(steps, dtype=x.dtype) + 0.5) / steps
+
+    def one(im, c):
+        path = base + alphas[:, None, None, None] * (im - base)
+        return (im - base) * jax.vmap(lambda z: grad(z, c))(path).mean(axis=0)
+
+    return jax.vmap(jax.vmap(one, in_axes=(None, 0)))(x, classes)
+
+
+def _ig(model, params, tail, x, feats, classes, key, cfg, logits):
+    attr = integrated_gradients(model, params, x, classes, steps=cfg.steps, logits=logits)
+    return jax.vmap(jax.vmap(lambda a: _normalise(jnp.abs(a.sum(axis=-1)))))(attr)
+
+
+def _guided(model, params, tail, x, feats, classes, key, cfg, logits):
+    """Springenberg et al. (2015): the input gradient with every ReLU's backward pass guided
+    (:func:`jaxviz.layers.guided_relu`), |.| max over channels."""
+    return _saliency(model.with_activation("relu", "guided_relu"), params, tail, x, feats, classes, key, cfg, logits)
+
+
+_IMPLS: dict[str, Callable] = {
+    "gradcam": _layer_gradient_method(gradcam_weights),
+    "gradcam++": _layer_gradient_method(gradcampp_weights),
+    "scorecam": _scorecam,
+    "saliency": _saliency,
+    "smoothgrad": _smoothgrad,
+    "ig": _ig,
+    "guided": _guided,
+}
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(model: Sequential, layer: str, method: str, score: str, cfg: Settings):
     head, tail = model.split(layer)
-    logits = score == "logit"
+    impl = _IMPLS[method]
 
-    def one(params, feat, c):  # feat: h x w x C for one image
-        g = jax.grad(lambda f: tail(params, f[None], logits=logits)[0, c])(feat)
-        weights = g.mean(axis=(0, 1))  # Listing 5.42: pooled gradients per channel
-        cam = jax.nn.relu((feat * weights).mean(axis=-1))
-        peak = cam.max()
-        return jnp.where(peak > 0, cam / jnp.where(peak > 0, peak, 1.0), 0.0)
-
-    def run(params, x, classes):
+    def run(params, x, classes, key):
         feats = head(params, x)
         probs = tail(params, feats)
-        per_image = jax.vmap(one, in_axes=(None, None, 0))  # K classes of one image
-        return jax.vmap(per_image, in_axes=(None, 0, 0))(params, feats, classes), probs
+        return impl(model, params, tail, x, feats, classes, key, cfg, score == "logit"), probs
 
     return jax.jit(run)
 
 
-def gradcam(
+def resolve_classes(model: Sequential, probs_fn: Callable[[], np.ndarray], n: int, n_classes: int,
+                    classes) -> np.ndarray:
+    """N x K class indices: per image lists, one list for all images, or None for each top-1."""
+    if classes is None:
+        return np.asarray(probs_fn()).argmax(axis=-1)[:, None]
+    cls = np.asarray(classes, np.int64)
+    if cls.ndim == 0:
+        cls = cls[None]
+    cls = np.broadcast_to(cls if cls.ndim == 2 else cls[None, :], (n, cls.shape[-1]))
+    bad = cls[(cls < 0) | (cls >= n_classes)]
+    if bad.size:
+        raise JaxvizError(f"class index {int(bad[0])} out of range for {model.name}: valid 0..{n_classes - 1}")
+    return cls
+
+
+def explain(
     model: Sequential,
     params: Mapping,
     x: jax.Array,
-    classes: Sequence[Sequence[int]] | Sequence[int] | None = None,
+    classes: Sequence[Sequence[int]] | Sequence[int] | int | None = None,
+    *,
+    method: str = "gradcam",
     layer: str | None = None,
     score: str = "logit",
+    key: jax.Array | None = None,
+    settings: Settings = Settings(),
 ) -> Cams:
-    """Grad-CAM heatmaps for a batch ``x`` (N, H, W, C, preprocessed).
+    """Heatmaps of ``method`` for a batch ``x`` (N, H, W, C, preprocessed) and K classes per image.
 
     ``classes``: per image a list of K class indices, one list for all images, or None for each
-    image's top-1. ``layer``: default the last conv layer. ``score``: ``logit`` (pre-softmax, as in the
-    Grad-CAM paper) or ``probability`` (the post-softmax output, as the seeds' Listing 5.42).
-    An all-zero map (every weighted channel negative) is returned as zeros with a warning.
+    image's top-1. ``layer``: the conv layer of the layer maps (default the last conv layer); input
+    maps ignore it. ``score``: ``logit`` (pre-softmax, as in the Grad-CAM paper) or ``probability``
+    (the post-softmax output, as the seeds' Listing 5.42). ``key``: the noise of ``smoothgrad``.
     """
+    if method not in METHODS:
+        raise unknown("method", method, METHODS)
     if score not in ("logit", "probability"):
         raise JaxvizError(f"score must be 'logit' or 'probability', got {score!r}")
     layer = layer or model.last_conv
     model.index(layer)
-    x = jnp.asarray(x)
+    x = jnp.asarray(x, jnp.float32)
     model.check_input(x.shape)
     n_classes = model.shapes(x.shape[1:])[-1][1][-1]
-    fn = _compiled(model, layer, score)
-    if classes is None:
-        probs = np.asarray(model.jit_call(params, x))
-        cls = probs.argmax(axis=-1)[:, None]
-    else:
-        cls = np.asarray(classes, np.int64)
-        cls = np.broadcast_to(cls if cls.ndim == 2 else cls[None, :], (x.shape[0], cls.shape[-1]))
-    bad = cls[(cls < 0) | (cls >= n_classes)]
-    if bad.size:
-        raise JaxvizError(f"class index {int(bad[0])} out of range for {model.name}: valid 0..{n_classes - 1}")
-    heat, probs = fn(params, x, jnp.asarray(cls, jnp.int32))
+    cls = resolve_classes(model, lambda: model.jit_call(params, x), x.shape[0], n_classes, classes)
+    key = jax.random.key(0) if key is None else key
+    heat, probs = _compiled(model, layer, method, score, settings)(params, x, jnp.asarray(cls, jnp.int32), key)
     heat = np.asarray(heat, np.float32)
     if np.any(heat.reshape(heat.shape[0] * heat.shape[1], -1).max(axis=1) == 0):
-        warnings.warn("some Grad-CAM maps are all zero (every weighted channel is negative); returned as zeros")
+        warnings.warn(f"some {method} maps are all zero (e.g. every weighted channel is negative); returned as zeros")
     return Cams(heat, np.asarray(cls), np.asarray(probs, np.float32))
+
+
+def gradcam(model: Sequential, params: Mapping, x: jax.Array, classes=None, layer: str | None = None,
+            score: str = "logit") -> Cams:
+    """Grad-CAM (:func:`explain` with ``method="gradcam"``)."""
+    return explain(model, params, x, classes, method="gradcam", layer=layer, score=score)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two maps (ties get their average rank)."""
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(np.ravel(a)), rankdata(np.ravel(b))
+    if ra.std() == 0 or rb.std() == 0:
+        return 0.0
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def randomization_check(key: jax.Array, model: Sequential, params: Params, x: jax.Array, classes=None, *,
+                        method: str = "gradcam", layer: str | None = None, **kw) -> np.ndarray:
+    """Adebayo et al. (2018) model-parameter randomisation test: re-initialise every layer above
+    ``layer`` (default the last conv layer) and return, per image and class, the Spearman rank
+    correlation between the maps before and after. A method that explains the model gives a low
+    value; one that mostly reflects the image (guided backprop is the known case) stays high.
+    ``key`` draws the fresh weights (and the noise of ``smoothgrad``)."""
+    layer = layer or model.last_conv
+    cut = model.index(layer)
+    k_init, kw["key"] = jax.random.split(key)
+    fresh = model.init(k_init, np.shape(x)[1:])
+    randomized = {n: (fresh[n] if model.index(n) > cut else p) for n, p in params.items()}
+    before = explain(model, params, x, classes, method=method, layer=layer, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        after = explain(model, randomized, x, before.classes, method=method, layer=layer, **kw)
+    n, k = before.classes.shape
+    return np.array([[spearman(before.heatmaps[i, j], after.heatmaps[i, j]) for j in range(k)] for i in range(n)])
 
 
 def superimpose(photo: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:

@@ -200,7 +200,9 @@ def cmd_filters(args) -> None:
 
 
 def cmd_gradcam(args) -> None:
-    from jaxviz.cam import gradcam, superimpose
+    import jax
+
+    from jaxviz.cam import LAYER_METHODS, Settings, explain, superimpose
     from jaxviz.images import image_stem, load_image
     from jaxviz.io import output_dir, save_npz, save_png
     from jaxviz.labels import decode_predictions
@@ -208,19 +210,24 @@ def cmd_gradcam(args) -> None:
 
     loaded = _load(args, default_model="vgg16")
     model = loaded.model
+    for name, v in (("--samples", args.samples), ("--steps", args.steps), ("--chunk", args.chunk)):
+        if v < 1:
+            raise JaxvizError(f"{name} must be at least 1, got {v}")
     x = _batch(model, args.image)
-    classes = None if args.cls is None else [args.cls]
-    cams = gradcam(model, loaded.params, x, classes, args.layer, args.score)
+    cams = explain(model, loaded.params, x, args.cls, method=args.method, layer=args.layer, score=args.score,
+                   key=jax.random.key(args.seed),
+                   settings=Settings(samples=args.samples, noise=args.noise, steps=args.steps, chunk=args.chunk))
     if model.labels is not None:
         for src, top in zip(args.image, decode_predictions(cams.probs, top=3, labels=model.labels)):
             print(f"{src}: Predicted: {[(a, b, round(p, 8)) for a, b, p in top]}")
+    where = f"layer {args.layer or model.last_conv}" if args.method in LAYER_METHODS else "input"
     stems = [image_stem(src, i) for i, src in enumerate(args.image)]
     if len(set(stems)) != len(stems):
         stems = [f"{i}_{s}" for i, s in enumerate(stems)]
     with output_dir(args.out) as stage:
         for i, (src, stem) in enumerate(zip(args.image, stems)):
             heat = cams.heatmaps[i, 0]
-            save_figure(heatmap_figure(heat, f"{stem}: class {cams.classes[i, 0]}"),
+            save_figure(heatmap_figure(heat, f"{stem}: {args.method} class {cams.classes[i, 0]} ({where})"),
                         os.path.join(stage, f"{stem}_heatmap.png"))
             photo = load_image(src, channels=3)
             save_png(os.path.join(stage, f"{stem}_overlay.png"), superimpose(photo, heat))
@@ -344,15 +351,25 @@ def _setup_filters(p):
     p.set_defaults(func=cmd_filters)
 
 
-@_register("gradcam", "Grad-CAM heatmaps on a conv layer, superimposed on the photos",
+@_register("gradcam", "Grad-CAM (and Grad-CAM++, Score-CAM, saliency, SmoothGrad, IG, guided backprop) heatmaps "
+                      "superimposed on the photos",
            "jaxviz gradcam --weights ckpt/vgg16 --image elephant.jpg --class 386 --out out/cam\n"
-           "  jaxviz gradcam --weights fashion.h5 --image a.png --image b.png --layer conv2d_1 --out out/cam")
+           "  jaxviz gradcam --weights fashion.h5 --image a.png --image b.png --layer conv2d_1 --out out/cam\n"
+           "  jaxviz gradcam --weights builtin:digits_cnn --image 7.png --method smoothgrad --seed 1 --out out/sg")
 def _setup_gradcam(p):
     _add_model_args(p)
     p.add_argument("--image", "-i", action="append", required=True, help="image path or sample:NAME (repeatable)")
     p.add_argument("--class", dest="cls", type=int, help="class index (default: each image's top-1)")
     p.add_argument("--layer", "-l", help="conv layer (default: the last conv layer)")
-    p.add_argument("--method", default="gradcam", choices=["gradcam"], help="CAM method (default gradcam)")
+    from jaxviz.cam import METHODS
+
+    p.add_argument("--method", default="gradcam", choices=METHODS,
+                   help="gradcam, gradcam++, scorecam: maps at the layer's resolution; saliency, smoothgrad, ig "
+                        "(integrated gradients), guided (guided backprop): maps at the input's (default gradcam)")
+    p.add_argument("--samples", type=int, default=25, help="smoothgrad: noisy copies (default 25)")
+    p.add_argument("--noise", type=float, default=0.15, help="smoothgrad: noise sigma / value range (default 0.15)")
+    p.add_argument("--steps", type=int, default=32, help="ig: integration steps (default 32)")
+    p.add_argument("--chunk", type=int, default=64, help="scorecam: masked images per forward pass (default 64)")
     p.add_argument("--score", default="logit", choices=["logit", "probability"],
                    help="logit = pre-softmax (the paper, default); probability = post-softmax (the seeds)")
     p.add_argument("--out", "-o", required=True, help="output directory")

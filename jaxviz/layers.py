@@ -6,6 +6,7 @@ and knows its own output shape, so a model can check an input size before runnin
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -14,9 +15,27 @@ import jax.numpy as jnp
 
 Shape = tuple[int, ...]
 
+@jax.custom_vjp
+def guided_relu(x: jax.Array) -> jax.Array:
+    """ReLU whose gradient passes only where the input was positive *and* the incoming gradient is
+    positive (guided backpropagation, Springenberg et al. 2015)."""
+    return jax.nn.relu(x)
+
+
+def _guided_fwd(x):
+    return jax.nn.relu(x), x
+
+
+def _guided_bwd(x, g):
+    return (jnp.where((x > 0) & (g > 0), g, 0.0),)
+
+
+guided_relu.defvjp(_guided_fwd, _guided_bwd)
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "linear": lambda x: x,
     "relu": jax.nn.relu,
+    "guided_relu": guided_relu,
     "softmax": lambda x: jax.nn.softmax(x, axis=-1),
     "sigmoid": jax.nn.sigmoid,
 }
@@ -52,20 +71,47 @@ class Conv2D(nn.Module):
         return (h, w, self.features)
 
 
-class MaxPool2D(nn.Module):
-    """Keras ``MaxPooling2D(2)``: 2x2 windows, stride 2, 'valid' (an odd last row/column is dropped).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def max_pool(x: jax.Array, p: int) -> jax.Array:
+    """p x p max pooling, stride p, 'valid', of N x H x W x C, by crop-reshape-max.
 
-    Written as crop-reshape-max rather than ``reduce_window``: same values, and its backward pass
-    avoids XLA's select-and-scatter, which dominated the gradient-ascent step on CPU.
+    The gradient goes to the *first* maximum of each window in row-major order, as TensorFlow's
+    and XLA's select-and-scatter do (``jnp.max`` would split it among tied maxima, e.g. the zeros
+    after a ReLU, which changes per-pixel gradients though not their sums). Computing it from a
+    one-hot argmax avoids select-and-scatter, which dominated the gradient-ascent step on CPU.
     """
+    return _pool_windows(x, p).max(axis=-1)
+
+
+def _pool_windows(x: jax.Array, p: int) -> jax.Array:
+    n, h, w, c = x.shape
+    x = x[:, : h // p * p, : w // p * p].reshape(n, h // p, p, w // p, p, c)
+    return x.transpose(0, 1, 3, 5, 2, 4).reshape(n, h // p, w // p, c, p * p)
+
+
+def _max_pool_fwd(x, p):
+    win = _pool_windows(x, p)
+    return win.max(axis=-1), (jnp.argmax(win, axis=-1), x.shape)
+
+
+def _max_pool_bwd(p, res, g):
+    first, (n, h, w, c) = res
+    win = jax.nn.one_hot(first, p * p, dtype=g.dtype) * g[..., None]  # n h/p w/p c p*p
+    dx = win.reshape(n, h // p, w // p, c, p, p).transpose(0, 1, 4, 2, 5, 3).reshape(n, h // p * p, w // p * p, c)
+    return (jnp.pad(dx, ((0, 0), (0, h - h // p * p), (0, w - w // p * p), (0, 0))),)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+class MaxPool2D(nn.Module):
+    """Keras ``MaxPooling2D(2)``: 2x2 windows, stride 2, 'valid' (an odd last row/column is dropped);
+    see :func:`max_pool` for its gradient."""
 
     pool: int = 2
 
     def __call__(self, x: jax.Array, *, logits: bool = False, train: bool = False) -> jax.Array:
-        p = self.pool
-        n, h, w, c = x.shape
-        x = x[:, : h // p * p, : w // p * p]
-        return x.reshape(n, h // p, p, w // p, p, c).max(axis=(2, 4))
+        return max_pool(x, self.pool)
 
     def out_shape(self, shape: Shape) -> Shape:
         h, w, c = shape

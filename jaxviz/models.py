@@ -85,6 +85,13 @@ class Sequential:
         i = self.index(name) + 1
         return self[:i], self[i:]
 
+    def with_activation(self, old: str, new: str) -> "Sequential":
+        """The same model (same parameters) with every ``old`` activation replaced by ``new``,
+        e.g. ``("relu", "guided_relu")`` for guided backpropagation."""
+        layers = tuple((n, l.clone(activation=new) if getattr(l, "activation", None) == old else l)
+                       for n, l in self.layers)
+        return dataclasses.replace(self, layers=layers)
+
     def until(self, name: str) -> "Sequential":
         """The model truncated after layer ``name``."""
         return self[: self.index(name) + 1]

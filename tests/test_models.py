@@ -198,3 +198,16 @@ def test_every_registered_model_builds_and_runs():
         p = m.init(jax.random.key(0))
         out = m(p, jnp.zeros((1,) + shape))
         assert out.shape[0] == 1 and np.all(np.isfinite(out))
+
+
+def test_max_pool_gradient_goes_to_first_maximum_like_select_and_scatter():
+    """Post-ReLU zeros tie inside windows; the gradient must go where TensorFlow/XLA put it."""
+    from jaxviz.layers import max_pool
+
+    x = jnp.asarray(np.maximum(np.random.RandomState(0).randn(2, 7, 9, 3), 0).astype(np.float32))
+    ref = lambda v: jax.lax.reduce_window(v, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    np.testing.assert_array_equal(max_pool(x, 2), ref(x))
+    w = jnp.asarray(np.random.RandomState(1).randn(2, 3, 4, 3).astype(np.float32))
+    g = jax.grad(lambda v: (max_pool(v, 2) * w).sum())(x)
+    np.testing.assert_array_equal(g, jax.grad(lambda v: (ref(v) * w).sum())(x))
+    assert np.sum(np.asarray(x)[:, :6, :8] == 0) > 50  # the test has ties to break
