@@ -25,8 +25,10 @@ def _add_model_args(p: argparse.ArgumentParser, *, model_required: bool = False)
     p.add_argument("--seed", type=int, default=0, help="PRNG seed for random init and random starts (default 0)")
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+def _add_common(p: argparse.ArgumentParser, top: bool = False) -> None:
+    # SUPPRESS on the subcommands, so `jaxviz --debug CMD` and `jaxviz CMD --debug` both work
+    p.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
+                   help="show full tracebacks")
 
 
 def _say_weights(loaded) -> None:
@@ -34,7 +36,7 @@ def _say_weights(loaded) -> None:
         print(f"WARNING: {loaded.model.name} has UNTRAINED weights ({loaded.source}); "
               "pictures show the architecture, not learned features.", file=sys.stderr)
     else:
-        print(f"{loaded.model.name}: weights from {loaded.source}")
+        print(f"{loaded.model.name}: weights from {loaded.source}", file=sys.stderr)
 
 
 def _load(args, default_model: str | None = None):
@@ -117,24 +119,16 @@ def cmd_predict(args) -> None:
 
 
 def cmd_activations(args) -> None:
-    from jaxviz.activations import activations, default_layers, layer_summary
-    from jaxviz.io import output_dir, save_npz
-    from jaxviz.plotting import activation_figure, save_figure
+    from jaxviz.activations import default_layers
+    from jaxviz.io import output_dir
+    from jaxviz.writers import write_activations
 
     loaded = _load(args, default_model="cats_dogs_small")
     model = loaded.model
-    if args.per_row < 1:
-        raise JaxvizError(f"--per-row must be at least 1, got {args.per_row}")
     layers = args.layers or default_layers(model)
     x = _batch(model, [args.image])
-    acts = {k: np.asarray(v) for k, v in activations(model, loaded.params, x, layers).items()}
-    summary = layer_summary(acts, args.per_row)
     with output_dir(args.out) as stage:
-        for row in summary:
-            if row["grid"] is not None:
-                tile = acts[row["layer"]].shape[1]
-                save_figure(activation_figure(row["grid"], row["layer"], tile), os.path.join(stage, f"{row['layer']}.png"))
-        save_npz(os.path.join(stage, "activations.npz"), **{k: v[0] for k, v in acts.items()})
+        _, summary = write_activations(stage, model, loaded.params, x, layers, args.per_row)
     print(f"{'layer':20s} {'shape':18s} {'dead channels':>14s}")
     for row in summary:
         print(f"{row['layer']:20s} {str(row['shape']):18s} {row['dead']:>6d} / {row['channels']:<6d}")
@@ -151,9 +145,9 @@ def cmd_filters(args) -> None:
     import jax
     from tqdm import tqdm
 
-    from jaxviz.filters import filter_patterns, get_recipe
-    from jaxviz.io import output_dir, save_npz, save_png
-    from jaxviz.render import stitch
+    from jaxviz.filters import get_recipe
+    from jaxviz.io import output_dir
+    from jaxviz.writers import write_filters
 
     loaded = _load(args, default_model="vgg16_notop")
     model = loaded.model
@@ -186,15 +180,9 @@ def cmd_filters(args) -> None:
     with output_dir(args.out) as stage, tqdm(total=total, unit="pattern", disable=None) as bar:
         for layer, idx in plans:
             bar.set_description(layer)
-            res = filter_patterns(model, loaded.params, layer, idx, recipe, jax.random.key(args.seed),
-                                  batch_size=args.batch_size, on_chunk=bar.update)
-            save_png(os.path.join(stage, f"{layer}.png"), stitch(res.images[..., 0] if res.images.shape[-1] == 1
-                                                                  else res.images, n_cols=8, margin=5))
-            save_npz(os.path.join(stage, f"{layer}.npz"), patterns=res.patterns, images=res.images,
-                     filters=res.filters, objective=res.objective)
-            dead = int(res.dead.sum())
-            tqdm.write(f"{layer}: {len(idx)} patterns, objective {res.history[:, 0].mean():.4g} -> "
-                       f"{res.objective.mean():.4g} (mean)" + (f", {dead} dead filters" if dead else ""))
+            files, _ = write_filters(stage, model, loaded.params, layer, idx, recipe, jax.random.key(args.seed),
+                                     args.batch_size, on_chunk=bar.update)
+            tqdm.write(files[0].caption)
     dt = time.perf_counter() - t0
     print(f"{total} patterns in {dt:.1f} s ({total / dt:.2f} patterns/s), recipe {args.recipe}")
 
@@ -202,11 +190,10 @@ def cmd_filters(args) -> None:
 def cmd_gradcam(args) -> None:
     import jax
 
-    from jaxviz.cam import LAYER_METHODS, Settings, explain, superimpose
-    from jaxviz.images import image_stem, load_image
-    from jaxviz.io import output_dir, save_npz, save_png
+    from jaxviz.cam import LAYER_METHODS, Settings, explain
+    from jaxviz.io import output_dir
     from jaxviz.labels import decode_predictions
-    from jaxviz.plotting import heatmap_figure, save_figure
+    from jaxviz.writers import write_cams
 
     loaded = _load(args, default_model="vgg16")
     model = loaded.model
@@ -221,70 +208,43 @@ def cmd_gradcam(args) -> None:
         for src, top in zip(args.image, decode_predictions(cams.probs, top=3, labels=model.labels)):
             print(f"{src}: Predicted: {[(a, b, round(p, 8)) for a, b, p in top]}")
     where = f"layer {args.layer or model.last_conv}" if args.method in LAYER_METHODS else "input"
-    stems = [image_stem(src, i) for i, src in enumerate(args.image)]
-    if len(set(stems)) != len(stems):
-        stems = [f"{i}_{s}" for i, s in enumerate(stems)]
     with output_dir(args.out) as stage:
-        for i, (src, stem) in enumerate(zip(args.image, stems)):
-            heat = cams.heatmaps[i, 0]
-            save_figure(heatmap_figure(heat, f"{stem}: {args.method} class {cams.classes[i, 0]} ({where})"),
-                        os.path.join(stage, f"{stem}_heatmap.png"))
-            photo = load_image(src, channels=3)
-            save_png(os.path.join(stage, f"{stem}_overlay.png"), superimpose(photo, heat))
-        save_npz(os.path.join(stage, "gradcam.npz"), heatmaps=cams.heatmaps[:, 0], classes=cams.classes[:, 0],
-                 probs=cams.probs)
+        write_cams(stage, args.image, cams, args.method, where)
 
 
 def cmd_weights(args) -> None:
     import jax
 
-    from jaxviz.io import output_dir, save_npz
-    from jaxviz.plotting import histograms, kernel_mosaic, save_figure
-    from jaxviz.weights import STAT_NAMES, kernel_tiles, layer_weights
+    from jaxviz.io import output_dir
+    from jaxviz.weights import STAT_NAMES
+    from jaxviz.writers import write_weights
 
     loaded = _load(args, default_model="fashion_cnn")
     model = loaded.model
     layers = args.layer or [model.names_of_kind("conv")[0]]
-    for layer in layers:
-        model.index(layer)
-    if args.bins < 1:
-        raise JaxvizError(f"--bins must be at least 1, got {args.bins}")
     untrained = model.init(jax.random.key(args.seed)) if args.compare_untrained else None
-    arrays: dict[str, np.ndarray] = {"stat_names": np.array(STAT_NAMES)}
-    rows = []
     with output_dir(args.out) as stage:
-        for layer in layers:
-            lw = layer_weights(model, loaded.params, layer, bins=args.bins)
-            sets = {"trained" if loaded.trained else "untrained": lw}
-            if untrained is not None:
-                sets["untrained (fresh init)"] = layer_weights(model, untrained, layer, bins=args.bins)
-            for key, w in (("", lw), ("untrained_", sets.get("untrained (fresh init)"))):
-                if w is not None:
-                    arrays.update({f"{layer}_{key}kernel": w.kernel, f"{layer}_{key}bias": w.bias,
-                                   f"{layer}_{key}counts": w.counts, f"{layer}_{key}edges": w.edges,
-                                   f"{layer}_{key}stats": w.stats})
-            save_figure(histograms({f"{layer}: {k}": (w.counts, w.edges) for k, w in sets.items()}),
-                        os.path.join(stage, f"{layer}_hist.png"))
-            if lw.kernel.ndim == 4:
-                channel = args.in_channel
-                if channel is None:
-                    channel = "rgb" if lw.kernel.shape[2] == 3 else 0
-                elif channel != "rgb":
-                    try:
-                        channel = int(channel)
-                    except ValueError:
-                        raise JaxvizError(f"--in-channel takes an index or 'rgb', got {channel!r}") from None
-                for k, w in sets.items():
-                    tiles = kernel_tiles(w.kernel, channel, limit=2 * 16)
-                    suffix = "_untrained" if k.startswith("untrained (") else ""
-                    save_figure(kernel_mosaic(tiles, title=f"{layer} {k}: " + (
-                        "kernel[..., :32] as colour tiles" if channel == "rgb" else f"kernel[:, :, {channel}, :32]")),
-                                os.path.join(stage, f"{layer}_kernels{suffix}.png"))
-            rows += [(layer, k, w.stats) for k, w in sets.items()]
-        save_npz(os.path.join(stage, "weights.npz"), **arrays)
+        _, rows = write_weights(stage, model, loaded.params, layers, loaded.trained, untrained, args.in_channel,
+                                args.bins)
     print(f"{'layer':16s} {'weights':24s} " + " ".join(f"{n:>10s}" for n in STAT_NAMES))
     for layer, k, st in rows:
         print(f"{layer:16s} {k:24s} " + " ".join(f"{v:10.4f}" for v in st))
+
+
+def cmd_demo(args) -> None:
+    from tqdm import tqdm
+
+    from jaxviz.demo import write_demo
+
+    with tqdm(total=3, unit="part", disable=None) as bar:
+        def step(name):
+            if bar.n or name != "digits_cnn":
+                bar.update()
+            bar.set_description(name)
+
+        index, n = write_demo(args.out, args.weights, args.quick, args.seed, progress=step)
+        bar.update(bar.total - bar.n)
+    print(f"{n} figures; open {index}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,13 +352,24 @@ def _setup_weights(p):
     p.set_defaults(func=cmd_weights)
 
 
+@_register("demo", "every visualisation on embedded defaults, gathered in one index.html",
+           "jaxviz demo --out gallery\n  jaxviz demo --weights vgg16_ckpt/ --out gallery\n  jaxviz demo --quick --out /tmp/g")
+def _setup_demo(p):
+    p.add_argument("--out", "-o", default="jaxviz-gallery", help="output directory (default jaxviz-gallery)")
+    p.add_argument("--weights", "-w", help="VGG16 weights (checkpoint or Keras file); omitted = UNTRAINED VGG16, "
+                                           "labelled so in the gallery")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
+    p.add_argument("--quick", action="store_true", help="fewer filters, steps and methods (about a minute)")
+    p.set_defaults(func=cmd_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxviz",
         description="What convnets learn: activations, filter patterns, Grad-CAM and weights, in JAX.",
         epilog=EPILOG_COMMON,
     )
-    _add_common(parser)
+    _add_common(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_, setup, example) in COMMANDS.items():
         p = sub.add_parser(
@@ -432,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     t0 = time.perf_counter()
+    import warnings
+
+    # library warnings (an all-zero heatmap, ...) as one line each, like the errors
+    warnings.showwarning = lambda msg, *a, **k: print(f"jaxviz {args.command}: warning: {msg}", file=sys.stderr)
 
     def run():
         args.func(args)

@@ -47,6 +47,7 @@ def channel_interior(border: int = 2) -> Objective:
         a = _select(act, index)
         return jnp.mean(a[..., border:-border, border:-border])
 
+    objective.border = border  # checked against the layer's output size before anything runs
     return objective
 
 
@@ -220,12 +221,17 @@ def deprocess_dlwp1(x: np.ndarray) -> np.ndarray:
 
 
 def deprocess_dlwp2(x: np.ndarray, crop: int = 25) -> np.ndarray:
-    """Seed 002: centre, /std, x64, +128, clip, uint8, crop ``crop`` pixels per side (flat image: grey)."""
+    """Seed 002: centre, /std, x64, +128, clip, uint8, crop ``crop`` pixels per side (flat image: grey).
+
+    The crop never takes more than an eighth of a side (the seed's 25 of 200), so ``--size 28``
+    keeps 24 pixels rather than none; at the seed's size it is exactly the seed's.
+    """
     x = np.array(x, np.float32)
     x -= x.mean()
     std = x.std()
     x = x / std if std > 0 else np.zeros_like(x)
     x = np.clip(x * 64 + 128, 0, 255).astype(np.uint8)
+    crop = min(crop, min(x.shape[:2]) // 8)
     return x[crop:-crop, crop:-crop] if crop else x
 
 
@@ -399,6 +405,11 @@ def filter_patterns(
     if isinstance(target, (L.Flatten, L.Dropout)):
         raise JaxvizError(f"{layer} has no channels of its own; choose a conv, pool or dense layer")
     shape = (recipe.size, recipe.size, model.input_shape[-1])
+    border = getattr(recipe.objective, "border", 0)
+    out = model.until(layer).shapes(shape)[-1][1]
+    if border and len(out) == 3 and min(out[:2]) <= 2 * border:
+        raise JaxvizError(f"at size {recipe.size} the output of {layer} is {out[0]}x{out[1]}, too small for an "
+                          f"objective that drops a {border}-pixel border; use a larger --size")
     unroll = recipe.steps <= 64 if unroll is None else unroll
     fn = _compiled(model, layer, recipe, shape, single_channel, unroll)
     b = int(batch_size or len(filters))

@@ -91,8 +91,11 @@ def output_dir(path: "str | os.PathLike") -> Iterator[str]:
     is ever left behind.
     """
     path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise JaxvizError(f"output path {path} exists and is not a directory")
+    probe = path
+    while probe != os.path.dirname(probe):
+        if os.path.exists(probe) and not os.path.isdir(probe):
+            raise JaxvizError(f"output path {path} cannot be a directory: {probe} is a file; choose another --out")
+        probe = os.path.dirname(probe)
     parent = os.path.dirname(path)
     try:
         os.makedirs(parent, exist_ok=True)

@@ -66,6 +66,16 @@ def histograms(hists: dict[str, tuple[np.ndarray, np.ndarray]]):
     return fig
 
 
+def image_strip(images: np.ndarray, titles: list[str], cmap: str = "gray_r"):
+    """A row of images with a title each (seed 004 shows digits and clothes with ``cmap='gray_r'``)."""
+    fig, axs = plt.subplots(1, len(images), figsize=(1.6 * len(images), 2.0), squeeze=False)
+    for ax, im, t in zip(axs[0], images, titles):
+        ax.imshow(im, cmap=cmap)
+        ax.set_title(t, fontsize=7)
+        ax.axis("off")
+    return fig
+
+
 def heatmap_figure(heatmap: np.ndarray, title: str = ""):
     """Listing 5.42's ``plt.matshow(heatmap)``."""
     fig = plt.figure(figsize=(4, 4))

@@ -1,0 +1,143 @@
+"""Library results turned into files (PNG, npz) inside a staging directory.
+
+Shared by the ``jaxviz`` subcommands and ``jaxviz demo``, so a picture in the gallery is made by
+exactly the code that makes it on the command line. Each writer returns the files it wrote as
+:class:`Written` (path relative to the stage, caption) plus what the caller prints.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import numpy as np
+
+from jaxviz.errors import JaxvizError
+from jaxviz.io import save_npz, save_png
+from jaxviz.models import Params, Sequential
+
+
+class Written(NamedTuple):
+    path: str  # relative to the stage directory
+    caption: str
+
+
+def _join(stage: str, rel: str) -> str:
+    path = os.path.join(stage, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
+
+
+def write_activations(stage: str, model: Sequential, params: Params, x: np.ndarray, layers: Sequence[str],
+                      per_row: int = 16, prefix: str = "") -> tuple[list[Written], list[dict]]:
+    """``<prefix><layer>.png`` per conv/pool layer (seed Listing 5.31 grids) and ``<prefix>activations.npz``
+    (H x W x C float32 per layer, first image). Returns the files and :func:`layer_summary` rows."""
+    from jaxviz.activations import activations, layer_summary
+    from jaxviz.plotting import activation_figure, save_figure
+
+    if per_row < 1:
+        raise JaxvizError(f"--per-row must be at least 1, got {per_row}")
+    acts = {k: np.asarray(v) for k, v in activations(model, params, x, layers).items()}
+    summary = layer_summary(acts, per_row)
+    files = []
+    for row in summary:
+        if row["grid"] is not None:
+            rel = f"{prefix}{row['layer']}.png"
+            save_figure(activation_figure(row["grid"], row["layer"], acts[row["layer"]].shape[1]), _join(stage, rel))
+            files.append(Written(rel, f"{row['layer']} {'x'.join(map(str, row['shape']))}: "
+                                      f"{row['dead']} of {row['channels']} channels dead"))
+    save_npz(_join(stage, f"{prefix}activations.npz"), **{k: v[0] for k, v in acts.items()})
+    return files, summary
+
+
+def write_filters(stage: str, model: Sequential, params: Params, layer: str, filters: Sequence[int], recipe,
+                  key: jax.Array, batch_size: int | None = None, on_chunk: Callable[[int], None] | None = None,
+                  prefix: str = ""):
+    """``<prefix><layer>.png`` (8-wide grid, 5-pixel margins) and ``<prefix><layer>.npz`` with
+    ``patterns``, ``images``, ``filters``, ``objective``. Returns the files and the :class:`Patterns`."""
+    from jaxviz.filters import filter_patterns
+    from jaxviz.render import stitch
+
+    res = filter_patterns(model, params, layer, filters, recipe, key, batch_size=batch_size, on_chunk=on_chunk)
+    rel = f"{prefix}{layer}.png"
+    images = res.images[..., 0] if res.images.shape[-1] == 1 else res.images
+    save_png(_join(stage, rel), stitch(images, n_cols=8, margin=5))
+    save_npz(_join(stage, f"{prefix}{layer}.npz"), patterns=res.patterns, images=res.images, filters=res.filters,
+             objective=res.objective)
+    dead = int(res.dead.sum())
+    caption = (f"{layer}: filters {res.filters[0]}..{res.filters[-1]}, mean objective "
+               f"{res.history[:, 0].mean():.3g} -> {res.objective.mean():.3g}" + (f", {dead} dead" if dead else ""))
+    return [Written(rel, caption)], res
+
+
+def write_cams(stage: str, sources: Sequence, cams, method: str, where: str, prefix: str = "",
+               stems: Sequence[str] | None = None) -> list[Written]:
+    """Per image ``<stem>_heatmap.png`` (matshow) and ``<stem>_overlay.png`` (JET, 0.4 alpha, clipped RGB);
+    ``<prefix>gradcam.npz`` with ``heatmaps`` (N x h x w), ``classes`` and ``probs``."""
+    from jaxviz.cam import superimpose
+    from jaxviz.images import image_stem, load_image
+    from jaxviz.plotting import heatmap_figure, save_figure
+
+    if stems is None:
+        stems = [image_stem(src, i) for i, src in enumerate(sources)]
+        if len(set(stems)) != len(stems):
+            stems = [f"{i}_{s}" for i, s in enumerate(stems)]
+    files = []
+    for i, (src, stem) in enumerate(zip(sources, stems)):
+        heat = cams.heatmaps[i, 0]
+        label = f"{method} class {cams.classes[i, 0]} ({where})"
+        save_figure(heatmap_figure(heat, f"{stem}: {label}"), _join(stage, f"{prefix}{stem}_heatmap.png"))
+        save_png(_join(stage, f"{prefix}{stem}_overlay.png"), superimpose(load_image(src, channels=3), heat))
+        files += [Written(f"{prefix}{stem}_overlay.png", f"{stem}: {label}, p={cams.probs[i].max():.2f} top-1"),
+                  Written(f"{prefix}{stem}_heatmap.png", f"{stem}: raw {method} map")]
+    save_npz(_join(stage, f"{prefix}gradcam.npz"), heatmaps=cams.heatmaps[:, 0], classes=cams.classes[:, 0],
+             probs=cams.probs)
+    return files
+
+
+def write_weights(stage: str, model: Sequential, params: Params, layers: Sequence[str], trained: bool,
+                  untrained: Params | None = None, in_channel=None, bins: int = 10, prefix: str = ""):
+    """``<layer>_hist.png`` (trained vs untrained side by side), ``<layer>_kernels[_untrained].png``
+    (conv layers: seed 004's 2x16 mosaic) and ``weights.npz`` (``<layer>_{kernel,bias,counts,edges,stats}``,
+    the same with ``untrained_``, and ``stat_names``). Returns the files and (layer, label, stats) rows."""
+    from jaxviz.plotting import histograms, kernel_mosaic, save_figure
+    from jaxviz.weights import STAT_NAMES, kernel_tiles, layer_weights
+
+    if bins < 1:
+        raise JaxvizError(f"--bins must be at least 1, got {bins}")
+    for layer in layers:
+        model.index(layer)
+    arrays: dict[str, np.ndarray] = {"stat_names": np.array(STAT_NAMES)}
+    files, rows = [], []
+    for layer in layers:
+        lw = layer_weights(model, params, layer, bins=bins)
+        sets = {"trained" if trained else "untrained": lw}
+        if untrained is not None:
+            sets["untrained (fresh init)"] = layer_weights(model, untrained, layer, bins=bins)
+        for key, w in (("", lw), ("untrained_", sets.get("untrained (fresh init)"))):
+            if w is not None:
+                arrays.update({f"{layer}_{key}kernel": w.kernel, f"{layer}_{key}bias": w.bias,
+                               f"{layer}_{key}counts": w.counts, f"{layer}_{key}edges": w.edges,
+                               f"{layer}_{key}stats": w.stats})
+        rel = f"{prefix}{layer}_hist.png"
+        save_figure(histograms({f"{layer}: {k}": (w.counts, w.edges) for k, w in sets.items()}), _join(stage, rel))
+        files.append(Written(rel, f"{layer}: histogram of kernel values, " + " vs ".join(sets)))
+        if lw.kernel.ndim == 4:
+            channel = in_channel
+            if channel is None:
+                channel = "rgb" if lw.kernel.shape[2] == 3 else 0
+            elif channel != "rgb":
+                try:
+                    channel = int(channel)
+                except ValueError:
+                    raise JaxvizError(f"--in-channel takes an index or 'rgb', got {channel!r}") from None
+            for k, w in sets.items():
+                what = "kernel[..., :32] as colour tiles" if channel == "rgb" else f"kernel[:, :, {channel}, :32]"
+                rel = f"{prefix}{layer}_kernels{'_untrained' if k.startswith('untrained (') else ''}.png"
+                save_figure(kernel_mosaic(kernel_tiles(w.kernel, channel, limit=32), title=f"{layer} {k}: {what}"),
+                            _join(stage, rel))
+                files.append(Written(rel, f"{layer} {k}: {what}, vmin -0.5, vmax 0.5"))
+        rows += [(layer, k, w.stats) for k, w in sets.items()]
+    save_npz(_join(stage, f"{prefix}weights.npz"), **arrays)
+    return files, rows
