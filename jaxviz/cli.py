@@ -163,6 +163,8 @@ def cmd_filters(args) -> None:
             idx = _parse_filters(args.filters)
         elif args.count == "all":
             idx = list(range(n_out))
+        elif args.count is None:
+            idx = list(range(min(64, n_out)))  # the seeds' 8x8 grid, or all filters of a smaller layer
         else:
             try:
                 count = int(args.count)
@@ -301,7 +303,7 @@ def _setup_filters(p):
     _add_model_args(p)
     p.add_argument("--layer", "-l", action="append", required=True, help="layer name (repeatable)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--count", default="64", help="first N filters, or 'all' (default 64)")
+    g.add_argument("--count", help="first N filters, or 'all' (default: 64, or all of a smaller layer)")
     g.add_argument("--filters", help="comma-separated filter indices, e.g. 0,5,9")
     p.add_argument("--recipe", default="dlwp1", help="dlwp1 (seed 001), dlwp2 (seed 002) or lucid (default dlwp1)")
     p.add_argument("--size", type=int, help="image size (default: the recipe's: dlwp1 64, dlwp2 200, lucid 128)")

@@ -9,7 +9,6 @@ subcommands this is a thin layer: it calls :mod:`jaxviz.writers`, which the subc
 
 from __future__ import annotations
 
-import functools
 import html
 import os
 import time
@@ -59,7 +58,7 @@ def _cam_sections(stage, name, loaded, sources, x, methods, prefix, quick) -> li
 def run_demo(stage: str, weights: str | None = None, quick: bool = False, seed: int = 0,
              progress: Callable[[str], None] = lambda s: None) -> list[Section]:
     """Write every figure into ``stage`` and return the sections of the gallery."""
-    from jaxviz.filters import deprocess_dlwp2, get_recipe
+    from jaxviz.filters import get_recipe
     from jaxviz.io import load_model
     from jaxviz.plotting import image_strip, save_figure
     from jaxviz.preprocess import preprocess
@@ -85,7 +84,7 @@ def run_demo(stage: str, weights: str | None = None, quick: bool = False, seed: 
     sections.append(Section("digits_cnn: intermediate activations", f"digit {labels[0]}; every conv and pool layer, "
                             "seed Listing 5.31 grids. `jaxviz activations --weights builtin:digits_cnn`", files))
     # seed 002's recipe at the digits' own size; the seed crops 25 of 200 pixels per side, here 2 of 28
-    recipe = get_recipe("dlwp2", size=28, steps=10 if quick else 30, deprocess=functools.partial(deprocess_dlwp2, crop=2))
+    recipe = get_recipe("dlwp2", size=28, steps=10 if quick else 30, crop=2)
     files = []
     for layer, count in (("conv2d", 8 if quick else 32), ("conv2d_1", 8 if quick else 64)):
         f, _ = write_filters(stage, digits.model, digits.params, layer, range(count), recipe, key,

@@ -223,15 +223,16 @@ def deprocess_dlwp1(x: np.ndarray) -> np.ndarray:
 def deprocess_dlwp2(x: np.ndarray, crop: int = 25) -> np.ndarray:
     """Seed 002: centre, /std, x64, +128, clip, uint8, crop ``crop`` pixels per side (flat image: grey).
 
-    The crop never takes more than an eighth of a side (the seed's 25 of 200), so ``--size 28``
-    keeps 24 pixels rather than none; at the seed's size it is exactly the seed's.
+    A crop that would leave nothing is an error (e.g. ``--size 50`` with the seed's 25 pixels).
     """
     x = np.array(x, np.float32)
     x -= x.mean()
     std = x.std()
     x = x / std if std > 0 else np.zeros_like(x)
     x = np.clip(x * 64 + 128, 0, 255).astype(np.uint8)
-    crop = min(crop, min(x.shape[:2]) // 8)
+    if crop and 2 * crop >= min(x.shape[:2]):
+        raise JaxvizError(f"dlwp2 crops {crop} pixels per side, which leaves nothing of a {x.shape[0]}x{x.shape[1]} "
+                          f"pattern; use --size {2 * crop + 1} or more")
     return x[crop:-crop, crop:-crop] if crop else x
 
 
@@ -278,11 +279,17 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def get_recipe(name: str, **overrides) -> Recipe:
+def get_recipe(name: str, *, crop: int | None = None, **overrides) -> Recipe:
+    """A named preset with fields replaced (``None`` keeps the preset's). ``crop`` (dlwp2 only): pixels
+    cut from each side by seed 002's deprocessing instead of 25, e.g. ``crop=2`` for 28x28 patterns."""
     if name not in RECIPES:
         from jaxviz.errors import unknown
 
         raise unknown("recipe", name, list(RECIPES))
+    if crop is not None:
+        if name != "dlwp2":
+            raise JaxvizError(f"crop applies to the dlwp2 recipe only, not {name}")
+        overrides["deprocess"] = functools.partial(deprocess_dlwp2, crop=crop)
     return RECIPES[name]._replace(**{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -410,6 +417,7 @@ def filter_patterns(
     if border and len(out) == 3 and min(out[:2]) <= 2 * border:
         raise JaxvizError(f"at size {recipe.size} the output of {layer} is {out[0]}x{out[1]}, too small for an "
                           f"objective that drops a {border}-pixel border; use a larger --size")
+    recipe.deprocess(np.zeros(shape, np.float32))  # a size the deprocessing cannot take fails now, not after
     unroll = recipe.steps <= 64 if unroll is None else unroll
     fn = _compiled(model, layer, recipe, shape, single_channel, unroll)
     b = int(batch_size or len(filters))

@@ -53,9 +53,10 @@ def test_layers_and_predict(tmp_path):
 
 def test_filters_and_activations_write_their_files(tmp_path):
     jaxviz("filters", "--weights", "builtin:digits_cnn", "--layer", "conv2d", "--filters", "0,5,9", "--recipe", "dlwp2",
-           "--size", "28", "--steps", "5", "--out", tmp_path / "f", check=0)
+           "--size", "60", "--steps", "5", "--out", tmp_path / "f", check=0)
     z = np.load(tmp_path / "f" / "conv2d.npz")
-    assert z["filters"].tolist() == [0, 5, 9] and z["patterns"].shape == (3, 28, 28, 1)
+    assert z["filters"].tolist() == [0, 5, 9] and z["patterns"].shape == (3, 60, 60, 1)
+    assert z["images"].shape == (3, 10, 10, 1)  # seed 002's 25-pixel crop
     r = jaxviz("activations", "--weights", "builtin:digits_cnn", "--image", "sample:camera", "--out", tmp_path / "a",
                check=0)
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
@@ -75,6 +76,8 @@ def test_filters_and_activations_write_their_files(tmp_path):
      "--count 40 out of range for conv2d: it has 32 filters (1..32)"),
     (["gradcam", "--weights", "builtin:digits_cnn", "--image", "sample:camera", "--class", "10", "--out", "{out}"],
      "class index 10 out of range for digits_cnn: valid 0..9"),
+    (["filters", "--weights", "builtin:digits_cnn", "--layer", "conv2d", "--recipe", "dlwp2", "--size", "28", "--out",
+      "{out}"], "dlwp2 crops 25 pixels per side, which leaves nothing of a 28x28 pattern; use --size 51 or more"),
     (["layers", "vgg16_notop", "--input", "16x16"], "input 16x16x3 is too small for vgg16_notop"),
     (["filters", "--model", "vgg16_notop", "--layer", "block5_conv1", "--size", "8", "--out", "{out}"],
      "too small for vgg16_notop"),
