@@ -180,24 +180,29 @@ _IMPLS: dict[str, Callable] = {
 }
 
 
+def _compiled(model: Sequential, layer: str, method: str, score: str, cfg: Settings, top1: bool = False):
+    """``run(params, x, classes, key) -> (maps, probs, classes)``; with ``top1`` the classes are each
+    image's argmax, taken inside the same call (``classes`` is ignored), so nothing runs twice."""
+    return _compile(model, layer, method, score, cfg, top1)  # one cache key however it is called
+
+
 @functools.lru_cache(maxsize=32)
-def _compiled(model: Sequential, layer: str, method: str, score: str, cfg: Settings):
+def _compile(model, layer, method, score, cfg, top1):
     head, tail = model.split(layer)
     impl = _IMPLS[method]
 
     def run(params, x, classes, key):
         feats = head(params, x)
         probs = tail(params, feats)
-        return impl(model, params, tail, x, feats, classes, key, cfg, score == "logit"), probs
+        if top1:
+            classes = jnp.argmax(probs, axis=-1).astype(jnp.int32)[:, None]
+        return impl(model, params, tail, x, feats, classes, key, cfg, score == "logit"), probs, classes
 
     return jax.jit(run)
 
 
-def resolve_classes(model: Sequential, probs_fn: Callable[[], np.ndarray], n: int, n_classes: int,
-                    classes) -> np.ndarray:
-    """N x K class indices: per image lists, one list for all images, or None for each top-1."""
-    if classes is None:
-        return np.asarray(probs_fn()).argmax(axis=-1)[:, None]
+def resolve_classes(model: Sequential, n: int, n_classes: int, classes) -> np.ndarray:
+    """N x K class indices from per-image lists or one list for all images, checked against the range."""
     cls = np.asarray(classes, np.int64)
     if cls.ndim == 0:
         cls = cls[None]
@@ -236,9 +241,11 @@ def explain(
     x = jnp.asarray(x, jnp.float32)
     model.check_input(x.shape)
     n_classes = model.shapes(x.shape[1:])[-1][1][-1]
-    cls = resolve_classes(model, lambda: model.jit_call(params, x), x.shape[0], n_classes, classes)
+    top1 = classes is None
+    cls = np.zeros((x.shape[0], 1), np.int32) if top1 else resolve_classes(model, x.shape[0], n_classes, classes)
     key = jax.random.key(0) if key is None else key
-    heat, probs = _compiled(model, layer, method, score, settings)(params, x, jnp.asarray(cls, jnp.int32), key)
+    run = _compiled(model, layer, method, score, settings, top1)
+    heat, probs, cls = run(params, x, jnp.asarray(cls, jnp.int32), key)
     heat = np.asarray(heat, np.float32)
     if np.any(heat.reshape(heat.shape[0] * heat.shape[1], -1).max(axis=1) == 0):
         warnings.warn(f"some {method} maps are all zero (e.g. every weighted channel is negative); returned as zeros")

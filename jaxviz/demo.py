@@ -26,7 +26,7 @@ class Section(NamedTuple):
     files: list[Written]
 
 
-def _digits_held_out(n: int) -> tuple[np.ndarray, np.ndarray]:
+def _digits_held_out(n: int) -> tuple[np.ndarray, np.ndarray, dict]:
     from jaxviz import checkpoint, datasets
     from jaxviz.io import builtin_weights
 
@@ -35,7 +35,7 @@ def _digits_held_out(n: int) -> tuple[np.ndarray, np.ndarray]:
     s = datasets.split(jax.random.key(info["split_seed"]), x, y, info["test_fraction"])
     order = np.argsort(s.y_test, kind="stable")  # one of each digit first
     firsts = [order[np.searchsorted(s.y_test[order], d)] for d in range(10)]
-    return s.x_test[firsts][:n], s.y_test[firsts][:n]
+    return s.x_test[firsts][:n], s.y_test[firsts][:n], info
 
 
 def _cam_sections(stage, name, loaded, sources, x, methods, prefix, quick) -> list[Section]:
@@ -70,14 +70,14 @@ def run_demo(stage: str, weights: str | None = None, quick: bool = False, seed: 
     # -- digits_cnn: trained here, ships with jaxviz --------------------------------------------
     progress("digits_cnn")
     digits = load_model(None, "builtin:digits_cnn", seed=seed)
-    imgs, labels = _digits_held_out(4 if quick else 8)
+    imgs, labels, info = _digits_held_out(4 if quick else 8)
     x = preprocess(imgs.astype(np.float32), "scale255")
     probs = np.asarray(digits.model.jit_call(digits.params, x))
     os.makedirs(os.path.join(stage, "digits"), exist_ok=True)
     save_figure(image_strip(imgs[..., 0], [f"true {t}, pred {p.argmax()} ({p.max():.2f})" for t, p in zip(labels, probs)]),
                 os.path.join(stage, "digits", "predictions.png"))
     sections.append(Section("digits_cnn: predictions on held-out digits",
-                            f"{digits.source}; held-out accuracy 98.3% (359 images). "
+                            f"{digits.source}; held-out accuracy {info['test_accuracy']:.1%} ({info['n_test']} images). "
                             "`jaxviz predict --weights builtin:digits_cnn IMAGE`",
                             [Written("digits/predictions.png", "held-out digits, true and predicted class")]))
     files, _ = write_activations(stage, digits.model, digits.params, x[:1], None, 16, prefix="digits/activations/")

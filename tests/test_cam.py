@@ -25,24 +25,8 @@ def fashion(fixtures_dir):
 
 def seed_gradcam_keras(km, layer, x, c, logits):
     """Listing 5.42 through Keras (JAX backend): gradient of the class output w.r.t. the layer output."""
-    leaves = keras_ref.flat_layers(km)
-    k = [l.name for l in leaves].index(layer)
-    h = x
-    for l in leaves[: k + 1]:
-        h = l(h)
-    feat = jnp.asarray(h)
-
-    def score(f):
-        for l in leaves[k + 1:]:
-            if l is leaves[-1] and logits:
-                f = jnp.matmul(f, l.kernel.value) + l.bias.value
-            else:
-                f = l(f, training=False)
-        return f[0, c]
-
-    pooled = jax.grad(score)(feat).mean(axis=(0, 1, 2))
-    heat = np.mean(np.asarray(feat[0]) * np.asarray(pooled), axis=-1)
-    heat = np.maximum(heat, 0)
+    feat, grad = keras_feat_and_grad(km, layer, x, c, logits)
+    heat = np.maximum(np.mean(feat * grad.mean(axis=(0, 1)), axis=-1), 0)
     return heat / heat.max() if heat.max() > 0 else heat
 
 
