@@ -75,18 +75,19 @@ def _weighted_map(feat: jax.Array, weights: jax.Array) -> jax.Array:
 
 
 def _layer_gradient_method(weight_fn: Callable):
-    def method(model, params, tail, x, feats, classes, key, cfg, logits):
+    def method(model, params, tail, x, feats, ctx, classes, key, cfg, logits):
 
-        def one(feat, c):
-            g = jax.grad(lambda f: tail(params, f[None], logits=logits)[0, c])(feat)
+        def one(feat, c_in, c):  # c_in: what the tail reads besides the features (a residual branch)
+            c_in = jax.tree.map(lambda a: a[None], c_in)
+            g = jax.grad(lambda f: tail(params, f[None], logits=logits, context=c_in)[0, c])(feat)
             return _weighted_map(feat, weight_fn(feat, g))
 
-        return jax.vmap(jax.vmap(one, in_axes=(None, 0)))(feats, classes)
+        return jax.vmap(jax.vmap(one, in_axes=(None, None, 0)))(feats, ctx, classes)
 
     return method
 
 
-def _scorecam(model, params, tail, x, feats, classes, key, cfg, logits):
+def _scorecam(model, params, tail, x, feats, ctx, classes, key, cfg, logits):
     """Wang et al. (2020): each channel, upsampled to the input and min-max scaled, masks the image;
     the channel's weight is the class probability of the masked image. All N x C masked images go
     through the model in chunks of ``cfg.chunk`` inside the same compiled call."""
@@ -121,13 +122,13 @@ def _abs_max_channels(g: jax.Array) -> jax.Array:
     return _normalise(jnp.abs(g).max(axis=-1))
 
 
-def _saliency(model, params, tail, x, feats, classes, key, cfg, logits):
+def _saliency(model, params, tail, x, feats, ctx, classes, key, cfg, logits):
     """Simonyan et al. (2014): max over colour channels of |d score / d pixel|."""
     grad = _input_grad(model, params, logits)
     return jax.vmap(jax.vmap(lambda im, c: _abs_max_channels(grad(im, c)), in_axes=(None, 0)))(x, classes)
 
 
-def _smoothgrad(model, params, tail, x, feats, classes, key, cfg, logits):
+def _smoothgrad(model, params, tail, x, feats, ctx, classes, key, cfg, logits):
     """Smilkov et al. (2017): the gradient averaged over ``samples`` copies with Gaussian noise of
     sigma = ``noise`` x (max - min of the image), then |.| max over channels. ``key`` draws the noise."""
     grad = _input_grad(model, params, logits)
@@ -158,15 +159,16 @@ def integrated_gradients(model: Sequential, params: Params, x: jax.Array, classe
     return jax.vmap(jax.vmap(one, in_axes=(None, 0)))(x, classes)
 
 
-def _ig(model, params, tail, x, feats, classes, key, cfg, logits):
+def _ig(model, params, tail, x, feats, ctx, classes, key, cfg, logits):
     attr = integrated_gradients(model, params, x, classes, steps=cfg.steps, logits=logits)
     return jax.vmap(jax.vmap(lambda a: _normalise(jnp.abs(a.sum(axis=-1)))))(attr)
 
 
-def _guided(model, params, tail, x, feats, classes, key, cfg, logits):
+def _guided(model, params, tail, x, feats, ctx, classes, key, cfg, logits):
     """Springenberg et al. (2015): the input gradient with every ReLU's backward pass guided
     (:func:`jaxviz.layers.guided_relu`), |.| max over channels."""
-    return _saliency(model.with_activation("relu", "guided_relu"), params, tail, x, feats, classes, key, cfg, logits)
+    return _saliency(model.with_activation("relu", "guided_relu"), params, tail, x, feats, ctx, classes, key, cfg,
+                     logits)
 
 
 _IMPLS: dict[str, Callable] = {
@@ -188,15 +190,16 @@ def _compiled(model: Sequential, layer: str, method: str, score: str, cfg: Setti
 
 @functools.lru_cache(maxsize=32)
 def _compile(model, layer, method, score, cfg, top1):
-    head, tail = model.split(layer)
+    _, tail = model.split(layer)
     impl = _IMPLS[method]
 
     def run(params, x, classes, key):
-        feats = head(params, x)
-        probs = tail(params, feats)
+        acts = model.tap(params, x, (layer,) + tail.context_names)  # one pass up to the layer
+        feats, ctx = acts.pop(layer), acts
+        probs = tail(params, feats, context=ctx)
         if top1:
             classes = jnp.argmax(probs, axis=-1).astype(jnp.int32)[:, None]
-        return impl(model, params, tail, x, feats, classes, key, cfg, score == "logit"), probs, classes
+        return impl(model, params, tail, x, feats, ctx, classes, key, cfg, score == "logit"), probs, classes
 
     return jax.jit(run)
 

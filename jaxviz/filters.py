@@ -320,20 +320,21 @@ def _to_model_input(model: Sequential, img: jax.Array, input_scale: str | None) 
 
 
 def _layer_fn(model: Sequential, layer: str, single_channel: bool):
-    """``f(params, x, index) -> activation``: the model up to ``layer``; for a conv target, only channel ``index``."""
+    """``f(params, x, index) -> activation``: the model up to ``layer``; for a Conv2D target, only channel
+    ``index`` is computed (its one output filter), which is all the objective reads."""
     head = model.until(layer)
     target = head.layers[-1][1]
     logits = isinstance(target, L.Dense)
     if single_channel and isinstance(target, L.Conv2D):
-        prefix = head[:-1]
+        prefix, name = head[:-1], head.layers[-1][0]
 
         def fn(params, x, index):
             h = prefix(params, x) if len(prefix) else x
-            p = params[layer]
+            p = params[name]
             k = jax.lax.dynamic_slice_in_dim(p["kernel"], index, 1, axis=3)
-            b = jax.lax.dynamic_slice_in_dim(p["bias"], index, 1, axis=0)
-            y = jax.lax.conv_general_dilated(h, k, (1, 1), target.padding.upper(),
-                                             dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+            y = L.conv(h, k, target.strides, target.padding)
+            if target.use_bias:
+                y = y + jax.lax.dynamic_slice_in_dim(p["bias"], index, 1, axis=0)
             return L.ACTIVATIONS[target.activation](y)
 
         return fn

@@ -36,6 +36,8 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "linear": lambda x: x,
     "relu": jax.nn.relu,
     "guided_relu": guided_relu,
+    "relu6": jax.nn.relu6,
+    "swish": jax.nn.swish,
     "softmax": lambda x: jax.nn.softmax(x, axis=-1),
     "sigmoid": jax.nn.sigmoid,
 }
@@ -45,30 +47,169 @@ _kernel_init = nn.initializers.glorot_uniform()
 _bias_init = nn.initializers.zeros_init()
 
 
+def conv(x: jax.Array, kernel: jax.Array, strides: int, padding: str, groups: int = 1) -> jax.Array:
+    # "SAME" pads as TensorFlow does (the odd extra pixel at the bottom/right), so strided
+    # Keras and TF-ported PyTorch convolutions agree.
+    return jax.lax.conv_general_dilated(
+        x, kernel.astype(x.dtype), (strides, strides), padding.upper(),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
+    )
+
+
+def _conv_out(shape: Shape, k: int, strides: int, padding: str, features: int) -> Shape:
+    h, w, _ = shape
+    if padding == "valid":
+        h, w = (h - k) // strides + 1, (w - k) // strides + 1
+    else:
+        h, w = -(-h // strides), -(-w // strides)
+    return (h, w, features)
+
+
 class Conv2D(nn.Module):
-    """Keras ``Conv2D`` (stride 1) including its activation; params ``kernel`` (HWIO) and ``bias``."""
+    """Keras ``Conv2D`` including its activation; params ``kernel`` (HWIO) and ``bias`` (if ``use_bias``)."""
 
     features: int
     kernel_size: int = 3
     padding: str = "valid"
     activation: str = "relu"
+    strides: int = 1
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, *, logits: bool = False, train: bool = False) -> jax.Array:
         k = self.kernel_size
         kernel = self.param("kernel", _kernel_init, (k, k, x.shape[-1], self.features))
-        bias = self.param("bias", _bias_init, (self.features,))
-        y = jax.lax.conv_general_dilated(
-            x, kernel.astype(x.dtype), (1, 1), self.padding.upper(),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        ) + bias.astype(x.dtype)
+        y = conv(x, kernel, self.strides, self.padding)
+        if self.use_bias:
+            y = y + self.param("bias", _bias_init, (self.features,)).astype(x.dtype)
         return y if logits else ACTIVATIONS[self.activation](y)
 
     def out_shape(self, shape: Shape) -> Shape:
-        h, w, _ = shape
-        if self.padding == "valid":
-            h, w = h - self.kernel_size + 1, w - self.kernel_size + 1
-        return (h, w, self.features)
+        return _conv_out(shape, self.kernel_size, self.strides, self.padding, self.features)
+
+    def param_shapes(self, shape: Shape) -> dict[str, Shape]:
+        k = self.kernel_size
+        out = {"kernel": (k, k, shape[-1], self.features)}
+        return {**out, "bias": (self.features,)} if self.use_bias else out
+
+
+class DepthwiseConv2D(nn.Module):
+    """Keras ``DepthwiseConv2D`` (depth multiplier 1): ``depthwise_kernel`` k x k x C x 1, optional ``bias``."""
+
+    kernel_size: int = 3
+    padding: str = "same"
+    activation: str = "linear"
+    strides: int = 1
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, logits: bool = False, train: bool = False) -> jax.Array:
+        c, k = x.shape[-1], self.kernel_size
+        dw = self.param("depthwise_kernel", _kernel_init, (k, k, c, 1))
+        y = conv(x, dw.reshape(k, k, 1, c), self.strides, self.padding, groups=c)
+        if self.use_bias:
+            y = y + self.param("bias", _bias_init, (c,)).astype(x.dtype)
+        return y if logits else ACTIVATIONS[self.activation](y)
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return _conv_out(shape, self.kernel_size, self.strides, self.padding, shape[-1])
+
+    def param_shapes(self, shape: Shape) -> dict[str, Shape]:
+        k, c = self.kernel_size, shape[-1]
+        out = {"depthwise_kernel": (k, k, c, 1)}
+        return {**out, "bias": (c,)} if self.use_bias else out
+
+
+class SeparableConv2D(nn.Module):
+    """Keras ``SeparableConv2D``: a depthwise k x k conv (``depthwise_kernel`` k x k x C x 1), then a
+    1 x 1 conv (``pointwise_kernel`` 1 x 1 x C x F), optional ``bias``, then the activation."""
+
+    features: int
+    kernel_size: int = 3
+    padding: str = "same"
+    activation: str = "linear"
+    strides: int = 1
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, logits: bool = False, train: bool = False) -> jax.Array:
+        c, k = x.shape[-1], self.kernel_size
+        dw = self.param("depthwise_kernel", _kernel_init, (k, k, c, 1))
+        pw = self.param("pointwise_kernel", _kernel_init, (1, 1, c, self.features))
+        y = conv(conv(x, dw.reshape(k, k, 1, c), self.strides, self.padding, groups=c), pw, 1, "valid")
+        if self.use_bias:
+            y = y + self.param("bias", _bias_init, (self.features,)).astype(x.dtype)
+        return y if logits else ACTIVATIONS[self.activation](y)
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return _conv_out(shape, self.kernel_size, self.strides, self.padding, self.features)
+
+    def param_shapes(self, shape: Shape) -> dict[str, Shape]:
+        k, c = self.kernel_size, shape[-1]
+        out = {"depthwise_kernel": (k, k, c, 1), "pointwise_kernel": (1, 1, c, self.features)}
+        return {**out, "bias": (self.features,)} if self.use_bias else out
+
+
+class BatchNormalization(nn.Module):
+    """Keras ``BatchNormalization`` in inference mode (moving statistics, also when ``train=True``):
+    params ``gamma``, ``beta``, ``moving_mean``, ``moving_variance``, computed as Keras does,
+    ``x * (gamma * rsqrt(var + eps)) + (beta - mean * gamma * rsqrt(var + eps))``."""
+
+    epsilon: float = 1e-3
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, logits: bool = False, train: bool = False) -> jax.Array:
+        c = x.shape[-1]
+        gamma = self.param("gamma", nn.initializers.ones_init(), (c,))
+        beta = self.param("beta", nn.initializers.zeros_init(), (c,))
+        mean = self.param("moving_mean", nn.initializers.zeros_init(), (c,))
+        var = self.param("moving_variance", nn.initializers.ones_init(), (c,))
+        inv = jax.lax.rsqrt(var + self.epsilon) * gamma
+        return x * inv.astype(x.dtype) + (beta - mean * inv).astype(x.dtype)
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return shape
+
+    def param_shapes(self, shape: Shape) -> dict[str, Shape]:
+        c = shape[-1]
+        return {"gamma": (c,), "beta": (c,), "moving_mean": (c,), "moving_variance": (c,)}
+
+
+class Activation(nn.Module):
+    """Keras ``Activation`` (``relu``, ``relu6``, ``swish``...); ``logits=True`` skips it."""
+
+    activation: str = "relu"
+
+    def __call__(self, x: jax.Array, *, logits: bool = False, train: bool = False) -> jax.Array:
+        return x if logits else ACTIVATIONS[self.activation](x)
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return shape
+
+
+class Add(nn.Module):
+    """Keras ``Add``: the sum of its inputs (the residual connection); reads two named steps."""
+
+    def __call__(self, *xs: jax.Array, logits: bool = False, train: bool = False) -> jax.Array:
+        out = xs[0]
+        for x in xs[1:]:
+            out = out + x
+        return out
+
+    def out_shape(self, *shapes: Shape) -> Shape:
+        if len(set(shapes)) != 1:
+            raise ValueError(f"Add needs equal shapes, got {shapes}")
+        return shapes[0]
+
+
+class GlobalAveragePooling2D(nn.Module):
+    """Keras ``GlobalAveragePooling2D``: the mean over H and W, N x C."""
+
+    def __call__(self, x: jax.Array, *, logits: bool = False, train: bool = False) -> jax.Array:
+        return x.mean(axis=(1, 2))
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return (shape[-1],)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -105,17 +246,23 @@ max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 class MaxPool2D(nn.Module):
-    """Keras ``MaxPooling2D(2)``: 2x2 windows, stride 2, 'valid' (an odd last row/column is dropped);
-    see :func:`max_pool` for its gradient."""
+    """Keras ``MaxPooling2D``. The default 2x2, stride 2, 'valid' (an odd last row/column is dropped)
+    uses :func:`max_pool`; other windows (Xception's 3x3, stride 2, 'same') use ``reduce_window``,
+    whose gradient (select-and-scatter) also goes to the first maximum."""
 
     pool: int = 2
+    strides: int | None = None
+    padding: str = "valid"
 
     def __call__(self, x: jax.Array, *, logits: bool = False, train: bool = False) -> jax.Array:
-        return max_pool(x, self.pool)
+        s = self.strides or self.pool
+        if s == self.pool and self.padding == "valid":
+            return max_pool(x, self.pool)
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, self.pool, self.pool, 1), (1, s, s, 1),
+                                     self.padding.upper())
 
     def out_shape(self, shape: Shape) -> Shape:
-        h, w, c = shape
-        return (h // self.pool, w // self.pool, c)
+        return _conv_out(shape, self.pool, self.strides or self.pool, self.padding, shape[-1])
 
 
 class Flatten(nn.Module):
@@ -147,6 +294,9 @@ class Dense(nn.Module):
     def out_shape(self, shape: Shape) -> Shape:
         return (self.features,)
 
+    def param_shapes(self, shape: Shape) -> dict[str, Shape]:
+        return {"kernel": (shape[-1], self.features), "bias": (self.features,)}
+
 
 class Dropout(nn.Module):
     """Keras ``Dropout``: identity at inference; with ``train=True`` needs a ``'dropout'`` rng."""
@@ -161,22 +311,23 @@ class Dropout(nn.Module):
         return shape
 
 
+_KINDS = {
+    Conv2D: "conv", SeparableConv2D: "conv", DepthwiseConv2D: "conv", BatchNormalization: "norm",
+    Activation: "act", Add: "add", MaxPool2D: "pool", GlobalAveragePooling2D: "global_pool",
+    Flatten: "flatten", Dense: "dense", Dropout: "dropout",
+}
+
+
 def has_params(layer: nn.Module) -> bool:
-    return isinstance(layer, (Conv2D, Dense))
+    return hasattr(layer, "param_shapes")
 
 
 def kind(layer: nn.Module) -> str:
-    """'conv', 'pool', 'flatten', 'dense' or 'dropout'."""
-    return {Conv2D: "conv", MaxPool2D: "pool", Flatten: "flatten", Dense: "dense", Dropout: "dropout"}[
-        type(layer)
-    ]
+    """'conv' (also separable and depthwise), 'norm', 'act', 'add', 'pool', 'global_pool',
+    'flatten', 'dense' or 'dropout'."""
+    return _KINDS[type(layer)]
 
 
 def param_shapes(layer: nn.Module, in_shape: Shape) -> dict[str, Shape]:
-    """Parameter shapes of ``layer`` for an input of shape ``in_shape`` (no batch axis)."""
-    if isinstance(layer, Conv2D):
-        k = layer.kernel_size
-        return {"kernel": (k, k, in_shape[-1], layer.features), "bias": (layer.features,)}
-    if isinstance(layer, Dense):
-        return {"kernel": (in_shape[-1], layer.features), "bias": (layer.features,)}
-    return {}
+    """Parameter shapes of ``layer`` for an input of shape ``in_shape`` (no batch axis), in Keras's order."""
+    return layer.param_shapes(in_shape) if has_params(layer) else {}

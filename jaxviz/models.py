@@ -29,12 +29,25 @@ Shape = tuple[int, ...]
 class Sequential:
     """An ordered sequence of ``(keras_name, flax_layer)`` steps plus what is needed to feed it.
 
+    Each step reads the previous step's output, except those listed in ``wiring``, which read
+    named earlier steps (a residual ``Add`` reads the block's last layer and its shortcut), as in
+    Keras's own graph; the steps are in Keras's ``model.layers`` order. So every layer inside a
+    residual block stays addressable: :meth:`until`, :meth:`tap` and :meth:`split` work for it.
+
     Attributes:
-      name: registry name of the architecture (``vgg16``, ``fashion_cnn``, ...).
+      name: registry name of the architecture (``vgg16``, ``xception``, ...).
       layers: the steps, in order.
       input_shape: default input (H, W, C), e.g. (224, 224, 3).
-      preprocessing: ``caffe``, ``tf``, ``scale255`` or ``none`` (see :mod:`jaxviz.preprocess`).
+      preprocessing: ``caffe``, ``tf``, ``torch``, ``scale255`` or ``none`` (see :mod:`jaxviz.preprocess`).
       labels: name of the label set of the last layer (``imagenet``, ``fashion``, ``cats_dogs``) or None.
+      wiring: ``(step, (source, ...))`` for the steps that do not read the previous step.
+      input_name: what the first step reads: ``""`` (the model input) or, for a slice such as the
+        tail of :meth:`split`, the name of the layer before it.
+      context_shapes: for a slice, ``(name, shape)`` of the earlier layers it reads besides its input
+        (the residual carried across a split inside a block); pass them as ``context``.
+      aliases: ``(alias, layer)``, e.g. a block's name for its output layer.
+      min_size: the smallest input side Keras accepts for the architecture, when that is more than
+        the layers need (Xception: 71).
     """
 
     name: str
@@ -42,6 +55,11 @@ class Sequential:
     input_shape: Shape
     preprocessing: str = "none"
     labels: str | None = None
+    wiring: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    input_name: str = ""
+    context_shapes: tuple[tuple[str, Shape], ...] = ()
+    aliases: tuple[tuple[str, str], ...] = ()
+    min_size: int = 1
 
     # -- names ---------------------------------------------------------------------------
     @property
@@ -49,11 +67,16 @@ class Sequential:
         return [n for n, _ in self.layers]
 
     def index(self, name: str) -> int:
-        """Position of layer ``name``; an unknown name raises an error listing the valid ones."""
+        """Position of layer ``name`` (or an alias); an unknown name raises an error listing the valid ones."""
+        name = dict(self.aliases).get(name, name)
         for i, (n, _) in enumerate(self.layers):
             if n == name:
                 return i
-        raise unknown("layer", name, self.layer_names, f" in {self.name}")
+        raise unknown("layer", name, self.layer_names + [a for a, _ in self.aliases], f" in {self.name}")
+
+    def resolve(self, name: str) -> str:
+        """The layer name behind ``name`` (an alias or a layer name), checked."""
+        return self.layers[self.index(name)][0]
 
     def layer(self, name: str) -> nn.Module:
         return self.layers[self.index(name)][1]
@@ -64,10 +87,42 @@ class Sequential:
 
     @property
     def last_conv(self) -> str:
+        """The last conv layer's output *after* the batch norm and activation that follow it
+        (``block5_conv3`` for VGG16, ``block14_sepconv2_act`` for Xception): Grad-CAM's default."""
         convs = self.names_of_kind("conv")
         if not convs:
             raise JaxvizError(f"{self.name} has no convolution layer")
-        return convs[-1]
+        i = self.index(convs[-1])
+        readers = self.readers
+        while i + 1 < len(self.layers) and L.kind(self.layers[i + 1][1]) in ("norm", "act") \
+                and readers.get(self.layers[i][0]) == [self.layers[i + 1][0]]:
+            i += 1
+        return self.layers[i][0]
+
+    # -- wiring --------------------------------------------------------------------------
+    @functools.cached_property
+    def sources(self) -> dict[str, tuple[str, ...]]:
+        """``{step: names it reads}`` (``""`` is the model input)."""
+        wired = dict(self.wiring)
+        out, prev = {}, self.input_name
+        for n, _ in self.layers:
+            out[n] = wired.get(n, (prev,))
+            prev = n
+        return out
+
+    @functools.cached_property
+    def readers(self) -> dict[str, list[str]]:
+        """``{name: steps that read it}``."""
+        out: dict[str, list[str]] = {}
+        for n, srcs in self.sources.items():
+            for s in srcs:
+                out.setdefault(s, []).append(n)
+        return out
+
+    @property
+    def context_names(self) -> tuple[str, ...]:
+        """Earlier layers this slice reads besides its input (empty for a whole model or a chain)."""
+        return tuple(n for n, _ in self.context_shapes)
 
     # -- slicing -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -76,12 +131,30 @@ class Sequential:
     def __getitem__(self, s: slice) -> "Sequential":
         if not isinstance(s, slice):
             raise TypeError("index a Sequential with a slice, e.g. model[:5]; use model.layer(name) for one layer")
-        start = s.start or 0
-        in_shape = self.input_shape if start == 0 else self.shapes()[start - 1][1]
-        return dataclasses.replace(self, layers=self.layers[s], input_shape=in_shape)
+        start, stop, _ = s.indices(len(self.layers))
+        if s.step not in (None, 1):
+            raise TypeError("a Sequential slice takes no step")
+        steps = self.layers[start:stop]
+        if start == 0:
+            return dataclasses.replace(self, layers=steps)
+        shapes = dict(self.shapes())
+        shapes.update(self.context_shapes)
+        if self.input_name == "":
+            shapes[""] = self.input_shape
+        before = self.layers[start - 1][0]
+        inside = {n for n, _ in steps}
+        wired = dict(self.wiring)
+        reads = [src for n, _ in steps for src in wired.get(n, ())]
+        context = tuple(dict.fromkeys(r for r in reads if r not in inside and r != before))
+        return dataclasses.replace(
+            self, layers=steps, input_shape=shapes[before], input_name=before,
+            context_shapes=tuple((c, shapes[c]) for c in context),
+        )
 
     def split(self, name: str) -> tuple["Sequential", "Sequential"]:
-        """``(head, tail)``: head ends with layer ``name``, tail is everything after it."""
+        """``(head, tail)``: head ends with layer ``name``, tail is everything after it. Inside a
+        residual block the tail also reads the block's other branch: ``tail.context_names`` says
+        which layers, and ``tail(params, feats, context={n: act})`` takes them."""
         i = self.index(name) + 1
         return self[:i], self[i:]
 
@@ -104,26 +177,31 @@ class Sequential:
         """
         shape = tuple(input_shape or self.input_shape)
         self._check_channels(shape)
+        if self.input_name == "" and min(shape[:2]) < self.min_size:
+            raise JaxvizError(f"input {self._fmt(shape)} is too small for {self.name}: use at least "
+                              f"{self.min_input_size()}x{self.min_input_size()} pixels")
+        env: dict[str, Shape] = {self.input_name: shape, **dict(self.context_shapes)}
         out = []
         for name, layer in self.layers:
-            if isinstance(layer, L.Dense) and self._dense_in(name) is not None and shape[-1] != self._dense_in(name):
+            ins = [env[s] for s in self.sources[name]]
+            if isinstance(layer, L.Dense) and self._dense_in(name) is not None and ins[0][-1] != self._dense_in(name):
                 raise JaxvizError(
                     f"{self.name} with its dense top needs {self._fmt(self.input_shape)} inputs, "
                     f"got {self._fmt(input_shape)}: layer {name!r} expects {self._dense_in(name)} features, "
-                    f"not {shape[-1]}; resize the image, or use a model without the top"
+                    f"not {ins[0][-1]}; resize the image, or use a model without the top"
                 )
-            shape = layer.out_shape(shape)
-            if min(shape) < 1:
+            env[name] = layer.out_shape(*ins)
+            if min(env[name]) < 1:
                 raise JaxvizError(
                     f"input {self._fmt(input_shape or self.input_shape)} is too small for {self.name}: "
-                    f"layer {name!r} would have shape {shape}; use at least {self.min_input_size()}x"
+                    f"layer {name!r} would have shape {env[name]}; use at least {self.min_input_size()}x"
                     f"{self.min_input_size()} pixels"
                 )
-            out.append((name, shape))
+            out.append((name, env[name]))
         return out
 
     def _check_channels(self, shape: Shape) -> None:
-        if len(shape) != 3 or shape[-1] != self.input_shape[-1]:
+        if len(shape) != len(self.input_shape) or shape[-1] != self.input_shape[-1]:
             raise JaxvizError(
                 f"{self.name} takes H x W x {self.input_shape[-1]} inputs, got shape {tuple(shape)}"
             )
@@ -131,11 +209,13 @@ class Sequential:
     @functools.cached_property
     def _dense_inputs(self) -> dict[str, int]:
         """Input width each dense layer was built for, at the model's default input size."""
-        sizes, shape = {}, self.input_shape
+        env: dict[str, Shape] = {self.input_name: self.input_shape, **dict(self.context_shapes)}
+        sizes = {}
         for name, layer in self.layers:
+            ins = [env[s] for s in self.sources[name]]
             if isinstance(layer, L.Dense):
-                sizes[name] = shape[-1]
-            shape = layer.out_shape(shape)
+                sizes[name] = ins[0][-1]
+            env[name] = layer.out_shape(*ins)
         return sizes
 
     def _dense_in(self, name: str) -> int | None:
@@ -145,15 +225,22 @@ class Sequential:
     def _fmt(shape: Sequence[int] | None) -> str:
         return "x".join(map(str, shape)) if shape is not None else "?"
 
+    @functools.lru_cache(maxsize=None)
     def min_input_size(self) -> int:
         """Smallest square input that leaves every spatial layer at least one pixel."""
-        for size in range(1, 4097):
-            shape: Shape = (size, size, self.input_shape[-1])
-            for _, layer in self.layers:
-                if isinstance(layer, (L.Flatten, L.Dense)) or min(shape) < 1:
+        spatial = [n for n, l in self.layers if not isinstance(l, (L.Flatten, L.Dense, L.GlobalAveragePooling2D,
+                                                                    L.Dropout))]
+        for size in range(self.min_size, 4097):
+            env: dict[str, Shape] = {self.input_name: (size, size, self.input_shape[-1]), **dict(self.context_shapes)}
+            ok = True
+            for name, layer in self.layers:
+                if name not in spatial:
                     break
-                shape = layer.out_shape(shape)
-            if min(shape) >= 1:
+                env[name] = layer.out_shape(*[env[s] for s in self.sources[name]])
+                if min(env[name]) < 1:
+                    ok = False
+                    break
+            if ok:
                 return size
         raise JaxvizError(f"{self.name} has no usable input size up to 4096")  # pragma: no cover
 
@@ -164,25 +251,26 @@ class Sequential:
         self.shapes(tuple(x_shape[1:]))
 
     # -- parameters ----------------------------------------------------------------------
-    def init(self, key: jax.Array, input_shape: Sequence[int] | None = None) -> Params:
-        """Fresh Keras-style parameters (glorot-uniform kernels, zero biases)."""
+    def _input_shapes(self, input_shape: Sequence[int] | None) -> dict[str, Shape]:
+        """``{weighted layer: its input shape}``."""
         shape = tuple(input_shape or self.input_shape)
+        env = {self.input_name: shape, **dict(self.context_shapes), **dict(self.shapes(shape))}
+        return {n: env[self.sources[n][0]] for n, l in self.layers if L.has_params(l)}
+
+    def init(self, key: jax.Array, input_shape: Sequence[int] | None = None) -> Params:
+        """Fresh Keras-style parameters (glorot-uniform kernels, zero biases; batch norm as identity)."""
         params: Params = {}
-        for i, ((name, layer), (_, out)) in enumerate(zip(self.layers, self.shapes(shape))):
-            if L.has_params(layer):
-                x = jnp.zeros((1,) + shape, jnp.float32)
+        ins = self._input_shapes(input_shape)
+        for i, (name, layer) in enumerate(self.layers):
+            if name in ins:
+                x = jnp.zeros((1,) + ins[name], jnp.float32)
                 params[name] = layer.init(jax.random.fold_in(key, i), x)["params"]
-            shape = out
         return params
 
     def param_shapes(self, input_shape: Sequence[int] | None = None) -> dict[str, dict[str, Shape]]:
-        shape = tuple(input_shape or self.input_shape)
-        out = {}
-        for (name, layer), (_, o) in zip(self.layers, self.shapes(shape)):
-            if L.has_params(layer):
-                out[name] = L.param_shapes(layer, shape)
-            shape = o
-        return out
+        """``{layer: {param: shape}}`` in layer order, params in Keras's order."""
+        ins = self._input_shapes(input_shape)
+        return {n: L.param_shapes(l, ins[n]) for n, l in self.layers if n in ins}
 
     def param_count(self, input_shape: Sequence[int] | None = None) -> int:
         return sum(int(np.prod(s)) for p in self.param_shapes(input_shape).values() for s in p.values())
@@ -197,14 +285,17 @@ class Sequential:
         logits: bool = False,
         train: bool = False,
         rng: jax.Array | None = None,
+        context: Mapping[str, jax.Array] | None = None,
     ) -> jax.Array:
         """Run on a batch ``x`` (N, H, W, C), up to and including layer ``until`` (default: all).
 
         ``logits=True`` returns the last computed layer before its activation (pre-softmax).
-        ``train=True`` turns dropout on and needs ``rng``.
+        ``train=True`` turns dropout on and needs ``rng``. ``context``: see :meth:`split`.
         """
-        steps = self.layers if until is None else self.layers[: self.index(until) + 1]
-        return self._run(steps, params, x, logits=logits, train=train, rng=rng)[0]
+        last = self.layers[-1][0] if until is None else self.resolve(until)
+        acts = self._run(params, x, {last}, logits_at=last if logits else None, train=train, rng=rng,
+                         context=context)
+        return acts[last]
 
     def tap(
         self,
@@ -214,13 +305,15 @@ class Sequential:
         *,
         logits: bool = False,
     ) -> dict[str, jax.Array]:
-        """``{name: activation}`` for several layers in one forward pass that stops at the deepest."""
+        """``{name: activation}`` for several layers in one forward pass that stops at the deepest
+        (``logits``: the deepest one before its activation)."""
         names = list(names)
         if not names:
             return {}
-        last = max(self.index(n) for n in names)
-        _, acts = self._run(self.layers[: last + 1], params, x, logits=logits, keep=set(names))
-        return {n: acts[n] for n in names}
+        keep = {n: self.resolve(n) for n in names}
+        deepest = max(keep.values(), key=self.index)
+        acts = self._run(params, x, set(keep.values()), logits_at=deepest if logits else None)
+        return {n: acts[k] for n, k in keep.items()}
 
     @functools.cached_property
     def jit_tap(self) -> Callable:
@@ -232,17 +325,31 @@ class Sequential:
         """``jax.jit`` of :meth:`__call__`."""
         return jax.jit(self.__call__, static_argnames=("until", "logits", "train"))
 
-    def _run(self, steps, params, x, *, logits=False, train=False, rng=None, keep=()):
-        acts = {}
-        x = jnp.asarray(x)
-        for i, (name, layer) in enumerate(steps):
-            last = i == len(steps) - 1
+    def _needed(self, outputs: set[str]) -> set[str]:
+        """The steps that ``outputs`` depend on: nothing else is computed."""
+        need, todo = set(), list(outputs)
+        while todo:
+            n = todo.pop()
+            if n in need or n not in self.sources:
+                continue
+            need.add(n)
+            todo += self.sources[n]
+        return need
+
+    def _run(self, params, x, outputs, *, logits_at=None, train=False, rng=None, context=None):
+        missing = [c for c in self.context_names if c not in (context or {})]
+        if missing:
+            raise JaxvizError(f"this slice of {self.name} also reads {missing}; pass context={{name: activation}}")
+        env = {self.input_name: jnp.asarray(x), **dict(context or {})}
+        need = self._needed(outputs)
+        for i, (name, layer) in enumerate(self.layers):
+            if name not in need:
+                continue
             variables = {"params": params[name]} if L.has_params(layer) else {}
             rngs = {"dropout": jax.random.fold_in(rng, i)} if (train and rng is not None) else None
-            x = layer.apply(variables, x, logits=logits and last, train=train, rngs=rngs)
-            if name in keep:
-                acts[name] = x
-        return x, acts
+            env[name] = layer.apply(variables, *[env[s] for s in self.sources[name]],
+                                    logits=name == logits_at, train=train, rngs=rngs)
+        return {n: env[n] for n in outputs}
 
 
 # ---------------------------------------------------------------------------------------
@@ -330,10 +437,139 @@ fruits_cnn = functools.partial(
 )
 fruits_cnn.__doc__ = "The fashion_cnn architecture with 3 classes, for the book's fruit photos (apple, pineapple, banana)."
 
+
+def xception(include_top: bool = True) -> Sequential:
+    """Keras ``Xception`` (Chollet 2017), Keras's layer names and ``model.layers`` order: 22,910,480
+    parameters with the top (299x299), 20,861,480 without (any input >= 71x71). The residual
+    branches are Keras's unnamed ``conv2d``/``batch_normalization``/``add`` layers, named as a
+    fresh Keras session names them; ``block1`` ... ``block14`` alias each block's output."""
+    steps: list[tuple[str, nn.Module]] = []
+    wiring: dict[str, tuple[str, ...]] = {}
+    auto: dict[str, int] = {}
+
+    def keras_auto(base: str) -> str:
+        n = auto.get(base, 0)
+        auto[base] = n + 1
+        return base if n == 0 else f"{base}_{n}"
+
+    def add(name: str, layer: nn.Module, *sources: str) -> str:
+        steps.append((name, layer))
+        if sources:
+            wiring[name] = sources
+        return name
+
+    def conv_bn_act(name: str, layer: nn.Module, act: str = "relu", act_first: bool = False) -> str:
+        if act_first:
+            add(f"{name}_act", L.Activation(act))
+        add(name, layer)
+        last = add(f"{name}_bn", L.BatchNormalization())
+        return last if act_first else add(f"{name}_act", L.Activation(act))
+
+    def sep(features: int) -> nn.Module:
+        return L.SeparableConv2D(features, 3, "same", use_bias=False)
+
+    def shortcut(block_in: str, features: int, b: int) -> str:
+        conv = add(keras_auto("conv2d"), L.Conv2D(features, 1, "same", "linear", strides=2, use_bias=False), block_in)
+        pool = add(f"block{b}_pool", L.MaxPool2D(3, 2, "same"), f"block{b}_sepconv2_bn")
+        bn = add(keras_auto("batch_normalization"), L.BatchNormalization(), conv)
+        return add(keras_auto("add"), L.Add(), pool, bn)
+
+    aliases = []
+    conv_bn_act("block1_conv1", L.Conv2D(32, 3, "valid", "linear", strides=2, use_bias=False))
+    x = conv_bn_act("block1_conv2", L.Conv2D(64, 3, "valid", "linear", use_bias=False))
+    aliases.append(("block1", x))
+    for b, features in ((2, 128), (3, 256), (4, 728), (13, 1024)):
+        if b == 13:  # middle flow: eight blocks of three separable convs around an identity shortcut
+            for m in range(5, 13):
+                block_in = x
+                for i in (1, 2, 3):
+                    conv_bn_act(f"block{m}_sepconv{i}", sep(728), act_first=True)
+                x = add(keras_auto("add"), L.Add(), f"block{m}_sepconv3_bn", block_in)
+                aliases.append((f"block{m}", x))
+        block_in = x
+        if b == 2:  # the first separable conv reads block1's activation directly
+            add("block2_sepconv1", sep(features))
+            add("block2_sepconv1_bn", L.BatchNormalization())
+        else:
+            conv_bn_act(f"block{b}_sepconv1", sep(728 if b == 13 else features), act_first=True)
+        conv_bn_act(f"block{b}_sepconv2", sep(features), act_first=True)
+        x = shortcut(block_in, features, b)
+        aliases.append((f"block{b}", x))
+    conv_bn_act("block14_sepconv1", sep(1536))
+    x = conv_bn_act("block14_sepconv2", sep(2048))
+    aliases.append(("block14", x))
+    if include_top:
+        steps += [("avg_pool", L.GlobalAveragePooling2D()), ("predictions", L.Dense(1000, "softmax"))]
+    aliases.sort(key=lambda a: int(a[0][5:]))
+    return Sequential(
+        "xception" if include_top else "xception_notop", tuple(steps), (299, 299, 3), "tf",
+        "imagenet" if include_top else None, tuple(wiring.items()), aliases=tuple(aliases), min_size=71,
+    )
+
+
+# EfficientNet-B0's stages (kernel, stride, expansion, output channels, repeats); Lite0 keeps them,
+# drops squeeze-excitation, uses ReLU6 and keeps the 32-channel stem and 1280-channel head.
+EFFICIENTNET_B0_STAGES = ((3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
+                          (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1))
+
+
+def efficientnet_lite0(include_top: bool = True) -> Sequential:
+    """EfficientNet-Lite0 (Tan & Le 2019, the TF-Lite variant): 4,652,008 trainable parameters plus
+    batch-norm statistics, 224x224, ReLU6, TensorFlow "same" padding, batch-norm epsilon 1e-3.
+    Layer names follow Keras's EfficientNet (``stem_conv``, ``block2b_expand_conv``, ``block2b_add``,
+    ``top_conv``...); the aliases ``stem``, ``block1a`` ... ``block7a`` and ``top`` name each step's
+    output. Weights: the published PyTorch file (see :mod:`weights_convert.torch`)."""
+    steps: list[tuple[str, nn.Module]] = []
+    wiring: dict[str, tuple[str, ...]] = {}
+    aliases: list[tuple[str, str]] = []
+
+    def conv_bn(prefix: str, conv: nn.Module, act: bool = True, bn: str = "bn", act_name: str = "activation") -> str:
+        steps.append((f"{prefix}conv" if prefix in ("stem_", "top_") else prefix, conv))
+        steps.append((f"{prefix}{bn}", L.BatchNormalization()))
+        if act:
+            steps.append((f"{prefix}{act_name}", L.Activation("relu6")))
+        return steps[-1][0]
+
+    x = conv_bn("stem_", L.Conv2D(32, 3, "same", "linear", strides=2, use_bias=False))
+    aliases.append(("stem", x))
+    channels = 32
+    for s, (k, stride, expand, out, repeats) in enumerate(EFFICIENTNET_B0_STAGES, start=1):
+        for r in range(repeats):
+            b = f"block{s}{chr(ord('a') + r)}"
+            block_in, strides = x, stride if r == 0 else 1
+            if expand != 1:
+                steps += [(f"{b}_expand_conv", L.Conv2D(channels * expand, 1, "same", "linear", use_bias=False)),
+                          (f"{b}_expand_bn", L.BatchNormalization()), (f"{b}_expand_activation", L.Activation("relu6"))]
+            steps += [(f"{b}_dwconv", L.DepthwiseConv2D(k, "same", strides=strides)),
+                      (f"{b}_bn", L.BatchNormalization()), (f"{b}_activation", L.Activation("relu6")),
+                      (f"{b}_project_conv", L.Conv2D(out, 1, "same", "linear", use_bias=False)),
+                      (f"{b}_project_bn", L.BatchNormalization())]
+            x = f"{b}_project_bn"
+            if strides == 1 and channels == out:  # identity shortcut
+                steps.append((f"{b}_add", L.Add()))
+                wiring[f"{b}_add"] = (x, block_in)
+                x = f"{b}_add"
+            aliases.append((b, x))
+            channels = out
+    x = conv_bn("top_", L.Conv2D(1280, 1, "same", "linear", use_bias=False))
+    aliases.append(("top", x))
+    if include_top:
+        steps += [("avg_pool", L.GlobalAveragePooling2D()), ("top_dropout", L.Dropout(0.2)),
+                  ("predictions", L.Dense(1000, "softmax"))]
+    return Sequential(
+        "efficientnet_lite0" if include_top else "efficientnet_lite0_notop", tuple(steps), (224, 224, 3), "lite",
+        "imagenet" if include_top else None, tuple(wiring.items()), aliases=tuple(aliases),
+    )
+
+
 MODELS: dict[str, Callable[[], Sequential]] = {
     "vgg16": functools.partial(vgg16, include_top=True),
     "vgg16_notop": functools.partial(vgg16, include_top=False),
     "vgg16_finetuned": vgg16_finetuned,
+    "efficientnet_lite0": functools.partial(efficientnet_lite0, include_top=True),
+    "efficientnet_lite0_notop": functools.partial(efficientnet_lite0, include_top=False),
+    "xception": functools.partial(xception, include_top=True),
+    "xception_notop": functools.partial(xception, include_top=False),
     "cats_dogs_small": cats_dogs_small,
     "fashion_cnn": fashion_cnn,
     "digits_cnn": digits_cnn,

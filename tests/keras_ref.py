@@ -7,6 +7,8 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import h5py
+import jax
+import jax.numpy as jnp
 import keras
 import numpy as np
 
@@ -40,7 +42,23 @@ def build(arch: str, input_shape=None) -> keras.Model:
             L.Conv2D(64, 3, activation="relu", padding="same"), L.MaxPooling2D(2),
             L.Flatten(), L.Dense(100, activation="relu"), L.Dropout(0.4), L.Dense(10, activation="softmax"),
         ])
+    if arch in ("xception", "xception_notop"):
+        model = keras.applications.Xception(weights=None, include_top=arch == "xception",
+                                            input_shape=input_shape or (299, 299, 3))
+        randomize_batchnorm(model)
+        return model
     raise KeyError(arch)
+
+
+def randomize_batchnorm(model: keras.Model, seed: int = 0) -> None:
+    """Give every BatchNormalization non-trivial statistics (a fresh one is the identity map, which
+    would test nothing): gamma, beta, mean and variance drawn around their usual ranges."""
+    rng = np.random.default_rng(seed)
+    for layer in flat_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.get_weights()[0].shape
+            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c),
+                               rng.uniform(0.5, 2.0, c)])
 
 
 def flat_layers(model: keras.Model) -> list:
@@ -83,6 +101,40 @@ def write_published(model: keras.Model, path: str) -> None:
                 g.create_dataset(n, data=w)
 
 
+KERAS1_CLASS_NAMES = {
+    "Conv2D": "convolution2d", "SeparableConv2D": "separableconvolution2d",
+    "BatchNormalization": "batchnormalization", "Dense": "dense", "Activation": "activation", "Add": "merge",
+    "MaxPooling2D": "maxpooling2d", "GlobalAveragePooling2D": "globalaveragepooling2d",
+}
+KERAS1_PARAM_NAMES = {
+    "Conv2D": ["W", "b"], "Dense": ["W", "b"], "SeparableConv2D": ["depthwise_kernel", "pointwise_kernel", "b"],
+    "BatchNormalization": ["gamma", "beta", "running_mean", "running_std"],
+}
+
+
+def write_keras1_published(model: keras.Model, path: str) -> None:
+    """The published Keras-1-era layout (``xception_weights_tf_dim_ordering_tf_kernels.h5``): every
+    group named automatically by class (``convolution2d_3``, ``batchnormalization_7``...) in
+    ``model.layers`` order, Keras-1 dataset names, and the BatchNorm variance under ``_running_std``."""
+    counters: dict[str, int] = {}
+    with h5py.File(path, "w") as f:
+        names = ["input_1"]
+        f.create_group("input_1").attrs["weight_names"] = []
+        for layer in flat_layers(model):
+            cls = type(layer).__name__
+            base = KERAS1_CLASS_NAMES[cls]
+            counters[base] = counters.get(base, 0) + 1
+            gname = f"{base}_{counters[base]}"
+            names.append(gname)
+            g = f.create_group(gname)
+            ws = layer.get_weights()
+            wnames = [f"{gname}_{p}:0" for p in KERAS1_PARAM_NAMES.get(cls, [])[: len(ws)]]
+            g.attrs["weight_names"] = [n.encode() for n in wnames]
+            for n, w in zip(wnames, ws):
+                g.create_dataset(n, data=w)
+        f.attrs["layer_names"] = [n.encode() for n in names]
+
+
 def write_all_formats(model: keras.Model, directory: str) -> dict[str, str]:
     """Save ``model`` as .keras, .weights.h5, legacy full-model .h5 and published weights-only .h5."""
     paths = {
@@ -96,3 +148,23 @@ def write_all_formats(model: keras.Model, directory: str) -> dict[str, str]:
     model.save(paths["legacy_h5"])
     write_published(model, paths["published"])
     return paths
+
+
+def seed_filter_ascent(km, layer, f, start, steps, lr, normalize, interior):
+    """The seeds' loop, written against the Keras model (JAX backend: gradients via jax.grad)."""
+    fe = keras.Model(km.input, km.get_layer(layer).output)
+
+    def loss(img):
+        a = fe(img)
+        a = a[:, 2:-2, 2:-2, f] if interior else a[..., f]
+        return jnp.mean(a)
+
+    img = jnp.asarray(start)[None]
+    for _ in range(steps):
+        g = jax.grad(loss)(img)
+        if normalize == "rms":  # Listing 5.34
+            g = g / (jnp.sqrt(jnp.mean(jnp.square(g))) + 1e-5)
+        else:  # tf.math.l2_normalize
+            g = g * jax.lax.rsqrt(jnp.maximum(jnp.sum(g * g), 1e-12))
+        img = img + lr * g
+    return float(loss(img))

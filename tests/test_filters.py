@@ -22,26 +22,6 @@ def vgg(tmp_path_factory):
     return km, get_model("vgg16_notop"), load_keras_weights(path, "vgg16_notop")[1]
 
 
-def seed_ascent_in_keras(km, layer, f, start, steps, lr, normalize, interior):
-    """The seeds' loop, written against the Keras model (JAX backend: gradients via jax.grad)."""
-    fe = keras.Model(km.input, km.get_layer(layer).output)
-
-    def loss(img):
-        a = fe(img)
-        a = a[:, 2:-2, 2:-2, f] if interior else a[..., f]
-        return jnp.mean(a)
-
-    img = jnp.asarray(start)[None]
-    for _ in range(steps):
-        g = jax.grad(loss)(img)
-        if normalize == "rms":  # Listing 5.34
-            g = g / (jnp.sqrt(jnp.mean(jnp.square(g))) + 1e-5)
-        else:  # tf.math.l2_normalize
-            g = g * jax.lax.rsqrt(jnp.maximum(jnp.sum(g * g), 1e-12))
-        img = img + lr * g
-    return float(loss(img))
-
-
 @pytest.mark.parametrize("name,layer,normalize,lr,interior", [
     ("dlwp1", "block2_conv1", "rms", 1.0, False),
     ("dlwp2", "block3_conv1", "l2", 10.0, True),
@@ -54,7 +34,7 @@ def test_presets_reach_the_seed_objective(vgg, name, layer, normalize, lr, inter
     res = filter_patterns(model, params, layer, filters, recipe, key)
     for i, f in enumerate(filters):
         start = recipe.param.init(jax.random.fold_in(jax.random.fold_in(key, f), 0), (64, 64, 3))
-        ref = seed_ascent_in_keras(km, layer, f, start, 6, lr, normalize, interior)
+        ref = keras_ref.seed_filter_ascent(km, layer, f, start, 6, lr, normalize, interior)
         assert abs(res.objective[i] - ref) <= 0.1 * abs(ref) + 1e-6, (f, res.objective[i], ref)
         assert res.dead[i] or res.history[i, -1] > res.history[i, 0]
     assert not res.dead.all()

@@ -29,7 +29,21 @@ from jaxviz.models import MODELS, Sequential, get_model
 
 # Classes whose configs would make Keras run code; jaxviz refuses such files by name.
 UNSAFE_CLASSES = {"Lambda", "TFOpLambda", "SlicingOpLambda"}
-_KIND_BY_NDIM = {4: "conv", 2: "dense"}
+
+
+def weights_kind(ndims: tuple[int, ...]) -> str:
+    """The kind of layer a list of weight ranks belongs to, as Keras lists them: conv (kernel[, bias];
+    also depthwise), sepconv (depthwise, pointwise[, bias]), dense (kernel[, bias]) or batchnorm
+    (gamma, beta, moving mean, moving variance)."""
+    if ndims[:2] == (4, 4):
+        return "sepconv"
+    if ndims[:1] == (4,):
+        return "conv"
+    if ndims[:1] == (2,):
+        return "dense"
+    if ndims == (1, 1, 1, 1):
+        return "batchnorm"
+    return "x".join(map(str, ndims)) + "-d"
 
 
 @dataclass
@@ -39,7 +53,7 @@ class FileLayer:
 
     @property
     def kind(self) -> str:
-        return _KIND_BY_NDIM.get(self.weights[0][1].ndim, f"{self.weights[0][1].ndim}d") if self.weights else "none"
+        return weights_kind(tuple(a.ndim for _, a in self.weights)) if self.weights else "none"
 
 
 @dataclass
@@ -278,7 +292,7 @@ def read_keras_file(path: "str | os.PathLike") -> KerasFile:
 
 
 def _model_params_spec(model: Sequential) -> list[tuple[str, str, dict[str, tuple[int, ...]]]]:
-    return [(n, "conv" if len(s["kernel"]) == 4 else "dense", s) for n, s in model.param_shapes().items()]
+    return [(n, weights_kind(tuple(len(v) for v in s.values())), s) for n, s in model.param_shapes().items()]
 
 
 def _pairs(model: Sequential, kf: KerasFile) -> tuple[list[tuple[str, FileLayer | None]], list[list[FileLayer]]]:
@@ -296,7 +310,7 @@ def _pairs(model: Sequential, kf: KerasFile) -> tuple[list[tuple[str, FileLayer 
     for l in kf.layers:
         queues.setdefault(l.kind, []).append(l)
     for kind in queues:
-        if kind not in ("conv", "dense"):
+        if kind not in ("conv", "sepconv", "dense", "batchnorm"):
             l = queues[kind][0]
             raise JaxvizError(
                 f"{kf.path} does not fit {model.name}: file layer {l.name!r} has weights of shapes "
@@ -308,6 +322,10 @@ def _pairs(model: Sequential, kf: KerasFile) -> tuple[list[tuple[str, FileLayer 
     return pairs, [q for q in queues.values() if q]
 
 
+def _describe(expected: dict[str, tuple[int, ...]]) -> str:
+    return ", ".join(f"{p} {tuple(s)}" for p, s in expected.items())
+
+
 def to_params(model: Sequential, kf: KerasFile) -> dict[str, dict[str, np.ndarray]]:
     """Map a :class:`KerasFile` onto ``model``'s parameters, checking every shape and value."""
     params: dict[str, dict[str, np.ndarray]] = {}
@@ -317,7 +335,7 @@ def to_params(model: Sequential, kf: KerasFile) -> dict[str, dict[str, np.ndarra
         expected = all_expected[name]
         if fl is None:
             raise JaxvizError(
-                f"{kf.path} does not fit {model.name}: layer {name!r} expects kernel {expected['kernel']} "
+                f"{kf.path} does not fit {model.name}: layer {name!r} expects {_describe(expected)} "
                 "but the file has no more layers of that kind"
             )
         pnames = [p for p, _ in fl.weights]
@@ -328,7 +346,8 @@ def to_params(model: Sequential, kf: KerasFile) -> dict[str, dict[str, np.ndarra
         if len(fl.weights) != len(expected):
             raise JaxvizError(
                 f"{kf.path} does not fit {model.name}: layer {name!r} expects {len(expected)} arrays "
-                f"({', '.join(expected)}), file layer {fl.name!r} has {len(fl.weights)}"
+                f"({_describe(expected)}), file layer {fl.name!r} has {len(fl.weights)}: "
+                f"{', '.join(str(tuple(a.shape)) for _, a in fl.weights)}"
             )
         for p, shape in expected.items():
             found = tuple(values[p].shape) if p in values else None
@@ -346,7 +365,7 @@ def to_params(model: Sequential, kf: KerasFile) -> dict[str, dict[str, np.ndarra
         hint = " (a with-top file? try --arch vgg16)" if model.name.endswith("_notop") and kind == "dense" else ""
         raise JaxvizError(
             f"{kf.path} does not fit {model.name}: the file has {len(q)} more {kind} layer(s) than the model, "
-            f"first {q[0].name!r} with kernel {tuple(q[0].weights[0][1].shape)}{hint}"
+            f"first {q[0].name!r} with {tuple(q[0].weights[0][1].shape)} weights{hint}"
         )
     return params
 
