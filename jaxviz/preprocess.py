@@ -24,6 +24,9 @@ PREPROCESSORS: dict[str, tuple[Callable, Callable]] = {
     # name: (forward, inverse); inputs are RGB floats in [0, 255]
     "caffe": (_caffe, _caffe_inv),
     "tf": (lambda x: np.asarray(x, np.float32) / 127.5 - 1.0, lambda x: (np.asarray(x, np.float32) + 1.0) * 127.5),
+    # EfficientNet-Lite's PyTorch port: ToTensor() then Normalize(mean=0.498, std=0.502) per channel.
+    "lite": (lambda x: (np.asarray(x, np.float32) / 255.0 - 0.498) / 0.502,
+             lambda x: (np.asarray(x, np.float32) * 0.502 + 0.498) * 255.0),
     "scale255": (lambda x: np.asarray(x, np.float32) / 255.0, lambda x: np.asarray(x, np.float32) * 255.0),
     "none": (lambda x: np.array(x, np.float32), lambda x: np.array(x, np.float32)),
 }
@@ -32,7 +35,8 @@ PREPROCESSORS: dict[str, tuple[Callable, Callable]] = {
 def preprocess(x: np.ndarray, mode: str) -> np.ndarray:
     """RGB pixels in [0, 255] (..., H, W, C) -> float32 model input for ``mode``.
 
-    ``caffe``: RGB->BGR then subtract the ImageNet BGR means (VGG16); ``tf``: x/127.5 - 1;
+    ``caffe``: RGB->BGR then subtract the ImageNet BGR means (VGG16); ``tf``: x/127.5 - 1 (Xception);
+    ``lite``: (x/255 - 0.498)/0.502 (EfficientNet-Lite);
     ``scale255``: x/255 (the books' small CNNs); ``none``: float32 copy.
     """
     return _lookup(mode)[0](x)

@@ -33,17 +33,24 @@ def weight_stats(w: np.ndarray, near_zero: float = 0.01) -> np.ndarray:
 def layer_weights(model: Sequential, params: Params, layer: str, bins: int = 10, near_zero: float = 0.01) -> LayerWeights:
     """Kernel, bias, histogram (``numpy.histogram``, ``bins`` equal bins as ``plt.hist``) and stats of one layer.
 
-    Any layer with a kernel works (conv and dense); a layer without weights is an error that names
-    the layers that have them.
+    Any layer with weights works: conv and dense kernels, the depthwise k x k kernels of separable and
+    depthwise convs (as k x k x 1 x C), batch-norm gammas; a layer without weights is an error that
+    names the layers that have them.
     """
     model.index(layer)
     if layer not in params:
         with_weights = [n for n in model.layer_names if n in params]
         raise JaxvizError(f"layer {layer!r} of {model.name} has no weights; layers with weights: {', '.join(with_weights)}")
-    kernel = np.asarray(params[layer]["kernel"], np.float32)
+    p = params[layer]
+    if "kernel" in p:
+        kernel = np.asarray(p["kernel"], np.float32)
+    elif "depthwise_kernel" in p:  # separable/depthwise: the spatial k x k kernels, one per channel (k x k x 1 x C)
+        kernel = np.asarray(p["depthwise_kernel"], np.float32).transpose(0, 1, 3, 2)
+    else:  # batch norm: the scales
+        kernel = np.asarray(p["gamma"], np.float32)
     counts, edges = np.histogram(kernel.reshape(-1), bins=bins)
-    return LayerWeights(layer, kernel, np.asarray(params[layer]["bias"], np.float32), counts, edges,
-                        weight_stats(kernel, near_zero))
+    bias = np.asarray(p.get("bias", p.get("beta", np.zeros(0))), np.float32)
+    return LayerWeights(layer, kernel, bias, counts, edges, weight_stats(kernel, near_zero))
 
 
 def kernel_tiles(kernel: np.ndarray, in_channel: "int | str" = 0, limit: int | None = None) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""``weights_convert SRC DEST [--arch NAME] [--overwrite] [--dry-run]``: Keras file -> jaxviz checkpoint."""
+"""``weights_convert SRC DEST [--arch NAME] [--overwrite] [--dry-run]``: Keras file or PyTorch state dict
+-> jaxviz checkpoint."""
 
 from __future__ import annotations
 
@@ -15,14 +16,20 @@ def convert(src: str, dest: str | None, arch: str | None = None, *, overwrite: b
     from jaxviz.errors import JaxvizError
     from jaxviz.models import get_model
     from weights_convert.keras import keras_file_params, read_keras_file
+    from weights_convert.torch import is_torch_file, load_torch_weights
 
     if dest is not None:
         if os.path.exists(dest) and not overwrite:
             raise JaxvizError(f"{dest} already exists; choose another destination or pass --overwrite")
-    kf = read_keras_file(src)
-    arch, params = keras_file_params(kf, arch)  # the file is read once, even a 500 MB VGG16
+    if is_torch_file(src):
+        arch, params = load_torch_weights(src, arch)
+        fmt, version = "pytorch-state-dict", None
+    else:
+        kf = read_keras_file(src)
+        arch, params = keras_file_params(kf, arch)  # the file is read once, even a 500 MB VGG16
+        fmt, version = kf.format, kf.keras_version
     model = get_model(arch)
-    print(f"{src}: {kf.format}" + (f" (Keras {kf.keras_version})" if kf.keras_version else "") + f" -> {arch}")
+    print(f"{src}: {fmt}" + (f" (Keras {version})" if version else "") + f" -> {arch}")
     print(f"{'layer':22s} {'shapes':40s} {'params':>12s}")
     total = 0
     for name, p in params.items():
@@ -35,8 +42,8 @@ def convert(src: str, dest: str | None, arch: str | None = None, *, overwrite: b
         print("dry run: nothing written")
         return arch
     path = save_checkpoint(dest, model, params, overwrite=overwrite, info={"converted_from": os.path.abspath(src),
-                                                                             "source_format": kf.format,
-                                                                             "keras_version": kf.keras_version})
+                                                                             "source_format": fmt,
+                                                                             "keras_version": version})
     print(f"wrote {path}")
     return arch
 
@@ -47,12 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="weights_convert",
         description="Convert a Keras weight file (published .h5, Keras 2 model.save .h5, Keras 3 .keras or "
-        ".weights.h5) into a self-describing jaxviz checkpoint (orbax). Nothing in the file is executed.",
+        ".weights.h5) or a PyTorch state dict (.pth, zip or legacy; torch not needed) into a self-describing "
+        "jaxviz checkpoint (orbax). Nothing in the file is executed.",
         epilog="example:\n  weights_convert vgg16_weights_tf_dim_ordering_tf_kernels.h5 ckpt/vgg16\n"
-        "  weights_convert model.keras ckpt/fashion --arch fashion_cnn --dry-run",
+        "  weights_convert model.keras ckpt/fashion --arch fashion_cnn --dry-run\n"
+        "  weights_convert efficientnet-lite0-57934424.pth ckpt/lite0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("src", help="Keras file")
+    p.add_argument("src", help="Keras file or PyTorch .pth state dict")
     p.add_argument("dest", nargs="?", help="checkpoint directory to create (not needed with --dry-run)")
     p.add_argument("--arch", help="architecture name (default: detected from the file)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DEST")

@@ -276,7 +276,8 @@ def read_keras_file(path: "str | os.PathLike") -> KerasFile:
         if magic[:2] == b"PK":
             raise JaxvizError(f"cannot read {path}: damaged or truncated zip archive")
         if magic[:1] == b"\x80" or path.endswith((".pkl", ".pickle", ".pt", ".pth")):
-            raise JaxvizError(f"refusing {path}: pickled data is never loaded; convert it to a Keras .h5 or .keras file")
+            raise JaxvizError(f"refusing {path}: pickled data is never loaded as a Keras file; a PyTorch state dict "
+                              "(.pth) goes through the restricted reader weights_convert.torch")
         raise JaxvizError(f"cannot read {path}: not an HDF5 or .keras file")
     try:
         with h5py.File(path, "r") as f:
