@@ -163,7 +163,7 @@ def test_cli_predict_and_gradcam_use_the_pretrained_weights(tmp_path):
         return subprocess.run([sys.executable, "-m", "jaxviz.cli", *args], capture_output=True, text=True, check=True)
 
     r = run("predict", "--model", "efficientnet_lite0", "sample:chelsea", "--json")
-    assert json.loads(r.stdout)[0]["top"][0][1] == "Egyptian_cat" and "UNTRAINED" not in r.stderr
+    assert json.loads(r.stdout)[0]["top"][0]["name"] == "Egyptian_cat" and "UNTRAINED" not in r.stderr
     r = run("predict", "--model", "efficientnet_lite0", "--weights", "random", "sample:chelsea")
     assert "UNTRAINED" in r.stderr
     r = run("gradcam", "--model", "efficientnet_lite0", "--image", "sample:chelsea", "--out", str(tmp_path / "g"))
