@@ -31,12 +31,12 @@ def main(argv=None) -> None:
     cls = jax.numpy.asarray(np.arange(args.batch)[:, None] % 1000, jax.numpy.int32)
     fn = _compiled(model, args.layer, args.method, "logit", Settings())
     t0 = time.perf_counter()
-    jax.block_until_ready(fn(params, x, cls, jax.random.key(0)))
+    jax.block_until_ready(fn(params, x, cls, jax.random.split(jax.random.key(0), args.batch)))
     compile_s = time.perf_counter() - t0
     times = []
     for _ in range(args.repeat):
         t0 = time.perf_counter()
-        jax.block_until_ready(fn(params, x, cls, jax.random.key(0)))
+        jax.block_until_ready(fn(params, x, cls, jax.random.split(jax.random.key(0), args.batch)))
         times.append(time.perf_counter() - t0)
     best = min(times)
     gflop = 30.7 * args.batch  # VGG16 conv+dense forward at 224x224: 15.5 G multiply-adds per image

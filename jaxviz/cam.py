@@ -25,6 +25,7 @@ import numpy as np
 
 from jaxviz.errors import JaxvizError, unknown
 from jaxviz.models import Params, Sequential
+from jaxviz.sharding import batch_mesh, chunk_size, gather, pad_to, replicate, shard_batch
 
 LAYER_METHODS = ("gradcam", "gradcam++", "scorecam")
 INPUT_METHODS = ("saliency", "smoothgrad", "ig", "guided")
@@ -128,9 +129,10 @@ def _saliency(model, params, tail, x, feats, ctx, classes, key, cfg, logits):
     return jax.vmap(jax.vmap(lambda im, c: _abs_max_channels(grad(im, c)), in_axes=(None, 0)))(x, classes)
 
 
-def _smoothgrad(model, params, tail, x, feats, ctx, classes, key, cfg, logits):
+def _smoothgrad(model, params, tail, x, feats, ctx, classes, keys, cfg, logits):
     """Smilkov et al. (2017): the gradient averaged over ``samples`` copies with Gaussian noise of
-    sigma = ``noise`` x (max - min of the image), then |.| max over channels. ``key`` draws the noise."""
+    sigma = ``noise`` x (max - min of the image), then |.| max over channels. ``keys``: one per image
+    (split from the caller's key by image index, so chunking and sharding do not change the noise)."""
     grad = _input_grad(model, params, logits)
 
     def one(im, c, k):
@@ -138,7 +140,6 @@ def _smoothgrad(model, params, tail, x, feats, ctx, classes, key, cfg, logits):
         eps = jax.random.normal(k, (cfg.samples,) + im.shape, im.dtype) * sigma
         return _abs_max_channels(jax.vmap(lambda e: grad(im + e, c))(eps).mean(axis=0))
 
-    keys = jax.random.split(key, x.shape[0])
     return jax.vmap(lambda im, cs, k: jax.vmap(lambda c: one(im, c, k))(cs))(x, classes, keys)
 
 
@@ -183,8 +184,9 @@ _IMPLS: dict[str, Callable] = {
 
 
 def _compiled(model: Sequential, layer: str, method: str, score: str, cfg: Settings, top1: bool = False):
-    """``run(params, x, classes, key) -> (maps, probs, classes)``; with ``top1`` the classes are each
-    image's argmax, taken inside the same call (``classes`` is ignored), so nothing runs twice."""
+    """``run(params, x, classes, keys) -> (maps, probs, classes)`` (``keys``: one per image); with
+    ``top1`` the classes are each image's argmax, taken inside the same call (``classes`` is ignored),
+    so nothing runs twice."""
     return _compile(model, layer, method, score, cfg, top1)  # one cache key however it is called
 
 
@@ -193,13 +195,13 @@ def _compile(model, layer, method, score, cfg, top1):
     _, tail = model.split(layer)
     impl = _IMPLS[method]
 
-    def run(params, x, classes, key):
+    def run(params, x, classes, keys):  # keys: one per image (only smoothgrad draws noise)
         acts = model.tap(params, x, (layer,) + tail.context_names)  # one pass up to the layer
         feats, ctx = acts.pop(layer), acts
         probs = tail(params, feats, context=ctx)
         if top1:
             classes = jnp.argmax(probs, axis=-1).astype(jnp.int32)[:, None]
-        return impl(model, params, tail, x, feats, ctx, classes, key, cfg, score == "logit"), probs, classes
+        return impl(model, params, tail, x, feats, ctx, classes, keys, cfg, score == "logit"), probs, classes
 
     return jax.jit(run)
 
@@ -227,6 +229,8 @@ def explain(
     score: str = "logit",
     key: jax.Array | None = None,
     settings: Settings = Settings(),
+    batch_size: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
 ) -> Cams:
     """Heatmaps of ``method`` for a batch ``x`` (N, H, W, C, preprocessed) and K classes per image.
 
@@ -234,6 +238,8 @@ def explain(
     image's top-1. ``layer``: the conv layer of the layer maps (default the last conv layer); input
     maps ignore it. ``score``: ``logit`` (pre-softmax, as in the Grad-CAM paper) or ``probability``
     (the post-softmax output, as the seeds' Listing 5.42). ``key``: the noise of ``smoothgrad``.
+    ``batch_size``: images per compiled call (bounds memory for a folder of photos; default all);
+    each call's images are split evenly over ``devices`` (default all of ``jax.devices()``).
     """
     if method not in METHODS:
         raise unknown("method", method, METHODS)
@@ -248,7 +254,18 @@ def explain(
     cls = np.zeros((x.shape[0], 1), np.int32) if top1 else resolve_classes(model, x.shape[0], n_classes, classes)
     key = jax.random.key(0) if key is None else key
     run = _compiled(model, layer, method, score, settings, top1)
-    heat, probs, cls = run(params, x, jnp.asarray(cls, jnp.int32), key)
+    mesh = batch_mesh(devices)
+    b = chunk_size(x.shape[0], batch_size, mesh)
+    params = replicate(mesh, params)
+    x, cls = np.asarray(x), np.asarray(cls, np.int32)
+    keys = jax.random.split(key, x.shape[0])  # image i's noise depends on i only, not on the chunking
+    parts = []
+    for start in range(0, x.shape[0], b):
+        n = min(b, x.shape[0] - start)
+        xs, cs, ks = shard_batch(mesh, pad_to(x[start:start + b], b), pad_to(cls[start:start + b], b),
+                                 pad_to(keys[start:start + b], b))
+        parts.append([gather(a)[:n] for a in run(params, xs, cs, ks)])
+    heat, probs, cls = (np.concatenate(p) for p in zip(*parts))
     heat = np.asarray(heat, np.float32)
     if np.any(heat.reshape(heat.shape[0] * heat.shape[1], -1).max(axis=1) == 0):
         warnings.warn(f"some {method} maps are all zero (e.g. every weighted channel is negative); returned as zeros")

@@ -152,6 +152,8 @@ def cmd_filters(args) -> None:
     loaded = _load(args, default_model="vgg16_notop")
     model = loaded.model
     recipe = get_recipe(args.recipe, size=args.size, steps=args.steps)
+    if "all" in args.layer:  # every conv layer, in order (the full atlas)
+        args.layer = [n for l in args.layer for n in (model.names_of_kind("conv") if l == "all" else [l])]
     for layer in args.layer:
         model.index(layer)
     if args.batch_size is not None and args.batch_size < 1:
@@ -186,13 +188,15 @@ def cmd_filters(args) -> None:
                                      args.batch_size, on_chunk=bar.update)
             tqdm.write(files[0].caption)
     dt = time.perf_counter() - t0
-    print(f"{total} patterns in {dt:.1f} s ({total / dt:.2f} patterns/s), recipe {args.recipe}")
+    print(f"{total} patterns in {dt:.1f} s ({total / dt:.2f} patterns/s), recipe {args.recipe}, "
+          f"{len(jax.devices())} {jax.devices()[0].platform} device(s)")
 
 
 def cmd_gradcam(args) -> None:
     import jax
 
     from jaxviz.cam import LAYER_METHODS, Settings, explain
+    from jaxviz.images import expand_sources
     from jaxviz.io import output_dir
     from jaxviz.labels import decode_predictions
     from jaxviz.writers import write_cams
@@ -202,9 +206,12 @@ def cmd_gradcam(args) -> None:
     for name, v in (("--samples", args.samples), ("--steps", args.steps), ("--chunk", args.chunk)):
         if v < 1:
             raise JaxvizError(f"{name} must be at least 1, got {v}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise JaxvizError(f"--batch-size must be at least 1, got {args.batch_size}")
+    args.image = expand_sources(args.image)
     x = _batch(model, args.image)
     cams = explain(model, loaded.params, x, args.cls, method=args.method, layer=args.layer, score=args.score,
-                   key=jax.random.key(args.seed),
+                   key=jax.random.key(args.seed), batch_size=args.batch_size,
                    settings=Settings(samples=args.samples, noise=args.noise, steps=args.steps, chunk=args.chunk))
     if model.labels is not None:
         for src, top in zip(args.image, decode_predictions(cams.probs, top=3, labels=model.labels)):
@@ -298,17 +305,20 @@ def _setup_activations(p):
 @_register("filters", "filter patterns by gradient ascent, all filters of a layer in one compiled call",
            "jaxviz filters --weights ckpt/vgg16 --layer block1_conv1 --layer block3_conv1 --count 64 "
            "--recipe dlwp1 --out out/filters\n"
-           "  jaxviz filters --weights fashion.h5 --layer conv2d_1 --filters 0,5,9 --recipe dlwp2 --size 60 --out out/f")
+           "  jaxviz filters --weights fashion.h5 --layer conv2d_1 --filters 0,5,9 --recipe dlwp2 --size 60 --out out/f\n"
+           "  jaxviz filters --weights ckpt/vgg16 --layer all --count all --batch-size 64 --out atlas   # all 4,224")
 def _setup_filters(p):
     _add_model_args(p)
-    p.add_argument("--layer", "-l", action="append", required=True, help="layer name (repeatable)")
+    p.add_argument("--layer", "-l", action="append", required=True,
+                   help="layer name (repeatable), or 'all' for every conv layer")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--count", help="first N filters, or 'all' (default: 64, or all of a smaller layer)")
     g.add_argument("--filters", help="comma-separated filter indices, e.g. 0,5,9")
     p.add_argument("--recipe", default="dlwp1", help="dlwp1 (seed 001), dlwp2 (seed 002) or lucid (default dlwp1)")
     p.add_argument("--size", type=int, help="image size (default: the recipe's: dlwp1 64, dlwp2 200, lucid 128)")
     p.add_argument("--steps", type=int, help="ascent steps (default: the recipe's: 40, 30, 256)")
-    p.add_argument("--batch-size", type=int, help="filters per compiled call (bounds memory; default all)")
+    p.add_argument("--batch-size", type=int, help="filters per compiled call, split over all devices "
+                                                  "(bounds memory; default all)")
     p.add_argument("--out", "-o", required=True, help="output directory: <layer>.png and <layer>.npz per layer")
     p.set_defaults(func=cmd_filters)
 
@@ -320,7 +330,9 @@ def _setup_filters(p):
            "  jaxviz gradcam --weights builtin:digits_cnn --image 7.png --method smoothgrad --seed 1 --out out/sg")
 def _setup_gradcam(p):
     _add_model_args(p)
-    p.add_argument("--image", "-i", action="append", required=True, help="image path or sample:NAME (repeatable)")
+    p.add_argument("--image", "-i", action="append", required=True,
+                   help="image path, a folder of images, or sample:NAME (repeatable)")
+    p.add_argument("--batch-size", type=int, help="images per compiled call, split over all devices (default all)")
     p.add_argument("--class", dest="cls", type=int, help="class index (default: each image's top-1)")
     p.add_argument("--layer", "-l", help="conv layer (default: the last conv layer)")
     from jaxviz.cam import METHODS

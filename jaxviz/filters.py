@@ -28,6 +28,7 @@ from jaxviz import layers as L
 from jaxviz.errors import JaxvizError
 from jaxviz.models import Sequential
 from jaxviz.preprocess import CAFFE_MEAN_BGR
+from jaxviz.sharding import batch_mesh, chunk_size, gather, pad_to, replicate, shard_batch
 
 Objective = Callable[[jax.Array, jax.Array], jax.Array]
 Transform = Callable[[jax.Array, jax.Array], jax.Array]
@@ -391,6 +392,7 @@ def filter_patterns(
     single_channel: bool = True,
     unroll: bool | None = None,
     on_chunk: Callable[[int], None] | None = None,
+    devices: Sequence[jax.Device] | None = None,
 ) -> Patterns:
     """Gradient-ascent patterns for ``filters`` of ``layer``.
 
@@ -399,6 +401,9 @@ def filter_patterns(
     ``unroll=True`` unrolls the step loop inside the jit (on XLA:CPU a rolled loop of conv steps is
     several times slower); the default unrolls up to 64 steps and keeps longer runs (lucid's 256)
     rolled to bound compile time. ``single_channel`` computes only the target filter of a conv layer.
+    ``devices`` (default: all of ``jax.devices()``): each chunk's filters are split evenly over them
+    (:mod:`jaxviz.sharding`; the chunk is rounded up to a multiple of the device count); the
+    patterns equal the single-device ones.
     """
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     key = jax.random.key(0) if key is None else key
@@ -421,16 +426,18 @@ def filter_patterns(
     recipe.deprocess(np.zeros(shape, np.float32))  # a size the deprocessing cannot take fails now, not after
     unroll = recipe.steps <= 64 if unroll is None else unroll
     fn = _compiled(model, layer, recipe, shape, single_channel, unroll)
-    b = int(batch_size or len(filters))
+    mesh = batch_mesh(devices)
+    b = chunk_size(len(filters), batch_size, mesh)
+    params = replicate(mesh, params)
     imgs, hists, deads = [], [], []
     for start in range(0, len(filters), b):
         chunk = filters[start:start + b]
-        idx = np.concatenate([chunk, np.repeat(chunk[-1:], b - len(chunk))])
+        idx = pad_to(chunk, b)
         keys = jax.vmap(lambda f: jax.random.fold_in(key, f))(jnp.asarray(idx))
-        img, hist, dead = fn(params, keys, jnp.asarray(idx))
-        imgs.append(np.asarray(img)[: len(chunk)])
-        hists.append(np.asarray(hist)[: len(chunk)])
-        deads.append(np.asarray(dead)[: len(chunk)])
+        img, hist, dead = fn(params, *shard_batch(mesh, keys, jnp.asarray(idx)))
+        imgs.append(gather(img)[: len(chunk)])
+        hists.append(gather(hist)[: len(chunk)])
+        deads.append(gather(dead)[: len(chunk)])
         if on_chunk:
             on_chunk(len(chunk))
     raw = np.concatenate(imgs).astype(np.float32)

@@ -115,6 +115,23 @@ def load_image(
     return arr[..., None] if channels == 1 else arr
 
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def expand_sources(sources: Sequence[str]) -> list[str]:
+    """Image sources with each folder replaced by its image files (sorted by name, not recursive)."""
+    out: list[str] = []
+    for src in sources:
+        if not src.startswith("sample:") and os.path.isdir(src):
+            files = sorted(f for f in os.listdir(src) if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not files:
+                raise JaxvizError(f"folder {src} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            out += [os.path.join(src, f) for f in files]
+        else:
+            out.append(src)
+    return out
+
+
 def image_stem(source: "str | os.PathLike | np.ndarray", index: int = 0) -> str:
     """A file-name stem for an image source: ``cat`` for ``photos/cat.jpg``, ``chelsea`` for ``sample:chelsea``."""
     if isinstance(source, np.ndarray):
