@@ -1,6 +1,6 @@
 """Seed-002 filter workload: VGG16 cut at block3_conv1, 200x200, 30 steps, N filters, random weights.
 
-    python benchmarks/bench_filters.py [--filters 64] [--batch-size 8] [--keras]
+    python benchmarks/bench_filters.py [--filters 64] [--batch-size 8] [--dtype bfloat16] [--keras]
 
 Prints compile time and steady-state time for jaxviz (float32); with --keras, also the seed loop
 (tf.function + GradientTape, one filter at a time) in Keras on whatever backend is installed
@@ -25,11 +25,12 @@ def main():
     p.add_argument("--filters", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--layer", default="block3_conv1")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--keras", action="store_true")
     args = p.parse_args()
     model = get_model("vgg16_notop")
     params = model.init(jax.random.key(0), (200, 200, 3))
-    recipe = get_recipe("dlwp2")
+    recipe = get_recipe("dlwp2", dtype=args.dtype)
     n, b = args.filters, args.batch_size
     t0 = time.perf_counter()
     filter_patterns(model, params, args.layer, range(b), recipe, batch_size=b)
@@ -38,7 +39,7 @@ def main():
     filter_patterns(model, params, args.layer, range(n), recipe, batch_size=b)
     steady = time.perf_counter() - t0
     print(f"device: {jax.devices()[0].device_kind}  layer {args.layer}  200x200  30 steps")
-    print(f"jaxviz float32: first call (compile + {b} patterns) {first:.1f} s; {n} patterns {steady:.1f} s "
+    print(f"jaxviz {args.dtype}: first call (compile + {b} patterns) {first:.1f} s; {n} patterns {steady:.1f} s "
           f"({steady / n:.2f} s/pattern, {n / steady * 64:.0f} s per 64 -> {steady / n * 64:.1f} s for 64)")
     if args.keras:
         os.environ.setdefault("KERAS_BACKEND", "tensorflow")

@@ -151,7 +151,8 @@ def cmd_filters(args) -> None:
 
     loaded = _load(args, default_model="vgg16_notop")
     model = loaded.model
-    recipe = get_recipe(args.recipe, size=args.size, steps=args.steps)
+    recipe = get_recipe(args.recipe, size=args.size, steps=args.steps, octaves=args.octaves,
+                        octave_scale=args.octave_scale, dtype=args.dtype)
     if "all" in args.layer:  # every conv layer, in order (the full atlas)
         args.layer = [n for l in args.layer for n in (model.names_of_kind("conv") if l == "all" else [l])]
     for layer in args.layer:
@@ -317,6 +318,9 @@ def _setup_filters(p):
     p.add_argument("--recipe", default="dlwp1", help="dlwp1 (seed 001), dlwp2 (seed 002) or lucid (default dlwp1)")
     p.add_argument("--size", type=int, help="image size (default: the recipe's: dlwp1 64, dlwp2 200, lucid 128)")
     p.add_argument("--steps", type=int, help="ascent steps (default: the recipe's: 40, 30, 256)")
+    p.add_argument("--octaves", type=int, help="multi-scale ascent: N sizes growing by --octave-scale (default 1)")
+    p.add_argument("--octave-scale", type=float, help="size ratio between octaves (default 1.4)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="the network's compute type (default float32)")
     p.add_argument("--batch-size", type=int, help="filters per compiled call, split over all devices "
                                                   "(bounds memory; default all)")
     p.add_argument("--out", "-o", required=True, help="output directory: <layer>.png and <layer>.npz per layer")

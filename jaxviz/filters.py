@@ -79,15 +79,17 @@ def _select(act: jax.Array, index: jax.Array) -> jax.Array:
 
 
 class Param(NamedTuple):
-    """An image parameterisation: ``init(key, (H, W, C)) -> p`` and ``to_image(p) -> (H, W, C)`` pixels."""
+    """An image parameterisation: ``init(key, (H, W, C)) -> p``, ``to_image(p) -> (H, W, C)`` pixels and
+    ``resize(p, (H, W, C)) -> p`` (the same picture at another size: octaves)."""
 
     init: Callable
     to_image: Callable
+    resize: Callable
 
 
 def pixels(init: Callable[[jax.Array, tuple], jax.Array]) -> Param:
     """The image itself is the parameter (the seeds)."""
-    return Param(init, lambda p: p)
+    return Param(init, lambda p: p, lambda p, shape: jax.image.resize(p, shape, "bilinear"))
 
 
 def uniform_start(low: float, high: float) -> Callable:
@@ -126,7 +128,21 @@ def fft_decorrelated(sd: float = 0.01, decay: float = 1.0) -> Param:
             img = img @ jnp.asarray(_COLOR_SQRT).T
         return jax.nn.sigmoid(img)
 
-    return Param(init, to_image)
+    def resize(p, shape):
+        # Band-limited upsampling: the spectrum zero-padded to the new size, rescaled for the DFT
+        # length and the new 1/f weights, so the new image is the old one interpolated.
+        (big_h, big_w, _), (_, c, h, wf) = shape, p.shape
+        w = max((wf - 1) * 2, 1)
+        spec = (p[0] + 1j * p[1]) * _freq_scale(h, w, decay)
+        if w % 2 == 0 and wf > 1:  # the old Nyquist column becomes an ordinary one, counted twice by irfft2
+            spec = spec.at[..., -1].multiply(0.5)
+        pos = (h + 1) // 2  # rows of non-negative vertical frequency; the rest are negative
+        out = jnp.zeros((c, big_h, big_w // 2 + 1), spec.dtype)
+        out = out.at[:, :pos, :wf].set(spec[:, :pos]).at[:, big_h - (h - pos):, :wf].set(spec[:, pos:])
+        out = out * (big_h * big_w) / (h * w) / _freq_scale(big_h, big_w, decay)
+        return jnp.stack([out.real, out.imag]).astype(p.dtype)
+
+    return Param(init, to_image, resize)
 
 
 # ------------------------------------------------------------------------------------ transforms
@@ -259,6 +275,13 @@ class Recipe(NamedTuple):
     penalty: Callable[[jax.Array], jax.Array] | None = None
     penalty_weight: float = 0.0
     input_scale: str | None = None  # 'unit': param gives [0,1] pixels; scaled to the model's preprocessing
+    octaves: int = 1  # > 1: start at size / octave_scale**(octaves - 1), upsample between octaves
+    octave_scale: float = 1.4
+    dtype: str = "float32"  # the network's compute type: 'bfloat16' runs it in bf16 (the image stays f32)
+
+    def sizes(self) -> list[int]:
+        """Image side of each octave, smallest first (the last is ``size``); ``steps`` steps each."""
+        return [max(1, round(self.size / self.octave_scale ** (self.octaves - 1 - o))) for o in range(self.octaves)]
 
 
 def _lucid_penalty(img):
@@ -302,7 +325,7 @@ class Patterns(NamedTuple):
     images: np.ndarray  # N x h x w x C uint8 after deprocessing
     filters: np.ndarray  # N int32
     objective: np.ndarray  # N float32: objective at the final image
-    history: np.ndarray  # N x (steps + 1) float32: objective before each step and at the end
+    history: np.ndarray  # N x (octaves * steps + 1) float32: objective before each step and at the end
     dead: np.ndarray  # N bool: the gradient was zero everywhere at every step
 
 
@@ -352,30 +375,39 @@ def _compiled(model: Sequential, layer: str, recipe: Recipe, shape: tuple[int, i
         img = recipe.param.to_image(p)
         if transformed and recipe.transform is not None:
             img = recipe.transform(key, img)
-        x = _to_model_input(model, img, recipe.input_scale)[None]
-        obj = recipe.objective(act_fn(params, x, index), index)
+        x = _to_model_input(model, img, recipe.input_scale)[None].astype(recipe.dtype)  # layers follow x's dtype
+        obj = recipe.objective(act_fn(params, x, index).astype(jnp.float32), index)
         pen = recipe.penalty(img) * recipe.penalty_weight if recipe.penalty is not None else 0.0
         return obj, pen
 
     def one(params, key, index):
-        p = recipe.param.init(jax.random.fold_in(key, 0), shape)
-        opt_state = recipe.optimizer.init(p)
+        c = shape[-1]
+        sizes = recipe.sizes()
+        p = recipe.param.init(jax.random.fold_in(key, 0), (sizes[0], sizes[0], c))
+        alive, hists = jnp.array(False), []
 
         def loss(p, k):
             obj, pen = objective_of(params, p, k, index, True)
             return -obj + pen, obj
 
-        def step(carry, i):
-            p, opt_state, alive = carry
-            (_, obj), g = jax.value_and_grad(loss, has_aux=True)(p, jax.random.fold_in(key, i + 1))
-            alive = alive | jnp.any(g != 0)
-            updates, opt_state = recipe.optimizer.update(g, opt_state, p)
-            return (optax.apply_updates(p, updates), opt_state, alive), obj
+        for o, size in enumerate(sizes):  # octaves: static sizes, one scan each, all in this one jit
+            if o:
+                p = recipe.param.resize(p, (size, size, c))
+            opt_state = recipe.optimizer.init(p)
 
-        (p, _, alive), hist = jax.lax.scan(step, (p, opt_state, jnp.array(False)), jnp.arange(recipe.steps),
-                                           unroll=recipe.steps if unroll else 1)
+            def step(carry, i, o=o):
+                p, opt_state, alive = carry
+                k = jax.random.fold_in(key, o * recipe.steps + i + 1)
+                (_, obj), g = jax.value_and_grad(loss, has_aux=True)(p, k)
+                alive = alive | jnp.any(g != 0)
+                updates, opt_state = recipe.optimizer.update(g, opt_state, p)
+                return (optax.apply_updates(p, updates), opt_state, alive), obj
+
+            (p, _, alive), hist = jax.lax.scan(step, (p, opt_state, alive), jnp.arange(recipe.steps),
+                                               unroll=recipe.steps if unroll else 1)
+            hists.append(hist)
         final, _ = objective_of(params, p, key, index, False)
-        return recipe.param.to_image(p), jnp.append(hist, final), ~alive
+        return recipe.param.to_image(p), jnp.append(jnp.concatenate(hists), final), ~alive
 
     return jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))
 
@@ -418,8 +450,11 @@ def filter_patterns(
     if isinstance(target, (L.Flatten, L.Dropout)):
         raise JaxvizError(f"{layer} has no channels of its own; choose a conv, pool or dense layer")
     shape = (recipe.size, recipe.size, model.input_shape[-1])
+    if recipe.octaves < 1 or recipe.dtype not in ("float32", "bfloat16"):
+        raise JaxvizError(f"octaves must be >= 1 and dtype float32 or bfloat16; got {recipe.octaves}, {recipe.dtype!r}")
+    model.until(layer).shapes((recipe.sizes()[0],) * 2 + shape[2:])  # the first octave's size must fit too
     border = getattr(recipe.objective, "border", 0)
-    out = model.until(layer).shapes(shape)[-1][1]
+    out = model.until(layer).shapes((recipe.sizes()[0],) * 2 + shape[2:])[-1][1]
     if border and len(out) == 3 and min(out[:2]) <= 2 * border:
         raise JaxvizError(f"at size {recipe.size} the output of {layer} is {out[0]}x{out[1]}, too small for an "
                           f"objective that drops a {border}-pixel border; use a larger --size")

@@ -118,3 +118,36 @@ def test_lucid_recipe_runs_and_rises(fixtures_dir):
     assert res.images.dtype == np.uint8 and res.images.shape == (3, 28, 28, 1)
     live = ~res.dead
     assert np.all(res.objective[live] > res.history[live, 0])
+
+
+def test_octaves_grow_the_image_and_keep_rising():
+    loaded = load_model(None, "builtin:digits_cnn")
+    recipe = get_recipe("dlwp1", size=28, steps=4, octaves=3, octave_scale=1.3)
+    assert recipe.sizes() == [17, 22, 28]
+    res = filter_patterns(loaded.model, loaded.params, "conv2d_1", range(4), recipe, jax.random.key(0))
+    assert res.patterns.shape == (4, 28, 28, 1) and res.history.shape == (4, 13)
+    assert np.all(res.history[:, -1] > res.history[:, 0])
+    with pytest.raises(JaxvizError, match="too small"):
+        filter_patterns(loaded.model, loaded.params, "conv2d_1", [0], recipe._replace(size=2), jax.random.key(0))  # octave 1: 1 px
+
+
+def test_fft_resize_is_the_same_picture_at_a_larger_size():
+    from jaxviz.filters import fft_decorrelated
+
+    param = fft_decorrelated(sd=0.5)
+    p = param.init(jax.random.key(0), (24, 24, 3))
+    small = np.asarray(param.to_image(p))
+    big = np.asarray(param.to_image(param.resize(p, (48, 48, 3))))
+    assert big.shape == (48, 48, 3)
+    np.testing.assert_allclose(big[::2, ::2], small, atol=1e-5)  # band-limited interpolation keeps the samples
+
+
+def test_bfloat16_mode_reaches_the_float32_objective():
+    loaded = load_model(None, "builtin:digits_cnn")
+    recipe = get_recipe("dlwp2", size=56, steps=8)
+    f32 = filter_patterns(loaded.model, loaded.params, "conv2d_1", range(6), recipe, jax.random.key(2))
+    bf16 = filter_patterns(loaded.model, loaded.params, "conv2d_1", range(6), recipe._replace(dtype="bfloat16"),
+                           jax.random.key(2))
+    assert bf16.patterns.dtype == np.float32 and np.all(np.isfinite(bf16.patterns))
+    assert not np.array_equal(bf16.patterns, f32.patterns)  # it did run in bf16
+    np.testing.assert_allclose(bf16.objective, f32.objective, rtol=0.1)
