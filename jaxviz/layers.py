@@ -56,6 +56,19 @@ def conv(x: jax.Array, kernel: jax.Array, strides: int, padding: str, groups: in
     )
 
 
+def _depthwise(x: jax.Array, kernel: jax.Array, strides: int, padding: str) -> jax.Array:
+    """Depth multiplier 1: kernel k x k x C x 1 (Keras's layout), one k x k filter per channel."""
+    k, c = kernel.shape[0], x.shape[-1]
+    return conv(x, kernel.reshape(k, k, 1, c), strides, padding, groups=c)
+
+
+def _bias_activation(layer: nn.Module, y: jax.Array, features: int, logits: bool) -> jax.Array:
+    """The end every conv layer shares: ``+ bias`` if it has one, then its activation unless ``logits``."""
+    if layer.use_bias:
+        y = y + layer.param("bias", _bias_init, (features,)).astype(y.dtype)
+    return y if logits else ACTIVATIONS[layer.activation](y)
+
+
 def _conv_out(shape: Shape, k: int, strides: int, padding: str, features: int) -> Shape:
     h, w, _ = shape
     if padding == "valid":
@@ -79,10 +92,7 @@ class Conv2D(nn.Module):
     def __call__(self, x: jax.Array, *, logits: bool = False, train: bool = False) -> jax.Array:
         k = self.kernel_size
         kernel = self.param("kernel", _kernel_init, (k, k, x.shape[-1], self.features))
-        y = conv(x, kernel, self.strides, self.padding)
-        if self.use_bias:
-            y = y + self.param("bias", _bias_init, (self.features,)).astype(x.dtype)
-        return y if logits else ACTIVATIONS[self.activation](y)
+        return _bias_activation(self, conv(x, kernel, self.strides, self.padding), self.features, logits)
 
     def out_shape(self, shape: Shape) -> Shape:
         return _conv_out(shape, self.kernel_size, self.strides, self.padding, self.features)
@@ -106,10 +116,7 @@ class DepthwiseConv2D(nn.Module):
     def __call__(self, x: jax.Array, *, logits: bool = False, train: bool = False) -> jax.Array:
         c, k = x.shape[-1], self.kernel_size
         dw = self.param("depthwise_kernel", _kernel_init, (k, k, c, 1))
-        y = conv(x, dw.reshape(k, k, 1, c), self.strides, self.padding, groups=c)
-        if self.use_bias:
-            y = y + self.param("bias", _bias_init, (c,)).astype(x.dtype)
-        return y if logits else ACTIVATIONS[self.activation](y)
+        return _bias_activation(self, _depthwise(x, dw, self.strides, self.padding), c, logits)
 
     def out_shape(self, shape: Shape) -> Shape:
         return _conv_out(shape, self.kernel_size, self.strides, self.padding, shape[-1])
@@ -136,10 +143,8 @@ class SeparableConv2D(nn.Module):
         c, k = x.shape[-1], self.kernel_size
         dw = self.param("depthwise_kernel", _kernel_init, (k, k, c, 1))
         pw = self.param("pointwise_kernel", _kernel_init, (1, 1, c, self.features))
-        y = conv(conv(x, dw.reshape(k, k, 1, c), self.strides, self.padding, groups=c), pw, 1, "valid")
-        if self.use_bias:
-            y = y + self.param("bias", _bias_init, (self.features,)).astype(x.dtype)
-        return y if logits else ACTIVATIONS[self.activation](y)
+        y = conv(_depthwise(x, dw, self.strides, self.padding), pw, 1, "valid")
+        return _bias_activation(self, y, self.features, logits)
 
     def out_shape(self, shape: Shape) -> Shape:
         return _conv_out(shape, self.kernel_size, self.strides, self.padding, self.features)
