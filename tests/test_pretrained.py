@@ -169,3 +169,16 @@ def test_cli_predict_and_gradcam_use_the_pretrained_weights(tmp_path):
     r = run("gradcam", "--model", "efficientnet_lite0", "--image", "sample:chelsea", "--out", str(tmp_path / "g"))
     assert "Egyptian_cat" in r.stdout
     assert np.load(tmp_path / "g" / "gradcam.npz")["heatmaps"].shape == (1, 7, 7)
+
+
+@needs_pth
+def test_weights_convert_writes_a_checkpoint_from_the_pth(tmp_path):
+    from jaxviz.checkpoint import load_checkpoint
+    from weights_convert.cli import main as convert_main
+
+    assert convert_main([PTH, str(tmp_path / "lite0")]) == 0
+    model, params, _ = load_checkpoint(str(tmp_path / "lite0"))
+    assert model.name == "efficientnet_lite0"
+    _, direct = load_torch_weights(PTH)
+    np.testing.assert_array_equal(params["top_conv"]["kernel"], direct["top_conv"]["kernel"])
+    assert convert_main([PTH, str(tmp_path / "lite0")]) == 2  # never overwritten silently

@@ -62,3 +62,14 @@ def test_cli_gradcam_on_a_folder_sharded(tmp_path):
         assert sorted(p.name for p in out.glob("*_overlay.png")) == [f"d{i}_overlay.png" for i in range(5)]
     np.testing.assert_array_equal(outs[1]["classes"], outs[4]["classes"])
     np.testing.assert_allclose(outs[1]["heatmaps"], outs[4]["heatmaps"], atol=1e-5)
+
+
+def test_cli_atlas_every_filter_of_every_conv_layer(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "jaxviz.cli", "filters", "--weights", "builtin:digits_cnn", "--layer",
+                        "all", "--count", "all", "--recipe", "dlwp1", "--size", "28", "--steps", "2", "--batch-size",
+                        "24", "--out", str(tmp_path / "atlas")], capture_output=True, text=True, env=_env(2))
+    assert r.returncode == 0, r.stderr
+    assert "96 patterns" in r.stdout and "2 cpu device(s)" in r.stdout
+    for layer, n in (("conv2d", 32), ("conv2d_1", 64)):
+        z = np.load(tmp_path / "atlas" / f"{layer}.npz")
+        assert list(z["filters"]) == list(range(n)) and z["patterns"].shape == (n, 28, 28, 1)
