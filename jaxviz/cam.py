@@ -167,9 +167,9 @@ def _ig(model, params, tail, x, feats, ctx, classes, key, cfg, logits):
 
 def _guided(model, params, tail, x, feats, ctx, classes, key, cfg, logits):
     """Springenberg et al. (2015): the input gradient with every ReLU's backward pass guided
-    (:func:`jaxviz.layers.guided_relu`), |.| max over channels."""
-    return _saliency(model.with_activation("relu", "guided_relu"), params, tail, x, feats, ctx, classes, key, cfg,
-                     logits)
+    (:func:`jaxviz.layers.guided_relu`, and ``guided_relu6`` for ReLU6 networks), |.| max over channels."""
+    guided = model.with_activation("relu", "guided_relu").with_activation("relu6", "guided_relu6")
+    return _saliency(guided, params, tail, x, feats, ctx, classes, key, cfg, logits)
 
 
 _IMPLS: dict[str, Callable] = {

@@ -32,10 +32,28 @@ def _guided_bwd(x, g):
 
 guided_relu.defvjp(_guided_fwd, _guided_bwd)
 
+
+@jax.custom_vjp
+def guided_relu6(x: jax.Array) -> jax.Array:
+    """ReLU6 with the guided gradient: it passes where ``0 < x < 6`` and the incoming gradient is positive."""
+    return jax.nn.relu6(x)
+
+
+def _guided6_fwd(x):
+    return jax.nn.relu6(x), x
+
+
+def _guided6_bwd(x, g):
+    return (jnp.where((x > 0) & (x < 6) & (g > 0), g, 0.0),)
+
+
+guided_relu6.defvjp(_guided6_fwd, _guided6_bwd)
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "linear": lambda x: x,
     "relu": jax.nn.relu,
     "guided_relu": guided_relu,
+    "guided_relu6": guided_relu6,
     "relu6": jax.nn.relu6,
     "swish": jax.nn.swish,
     "softmax": lambda x: jax.nn.softmax(x, axis=-1),

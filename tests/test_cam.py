@@ -181,6 +181,16 @@ def test_guided_relu_gradient_by_hand():
     np.testing.assert_array_equal(guided_relu(z), jax.nn.relu(z))
 
 
+def test_guided_relu6_gradient_by_hand():
+    from jaxviz.layers import guided_relu6
+
+    z = jnp.array([-1.0, 2.0, 7.0, 0.5, 3.0])
+    c = jnp.array([5.0, -2.0, 4.0, 1.0, 2.0])
+    g = jax.grad(lambda v: jnp.sum(c * guided_relu6(v)))(z)
+    np.testing.assert_array_equal(g, [0.0, 0.0, 0.0, 1.0, 2.0])  # 0 < input < 6 and gradient > 0
+    np.testing.assert_array_equal(guided_relu6(z), jax.nn.relu6(z))
+
+
 def test_guided_model_same_outputs_different_maps(fashion):
     loaded, _, x = fashion
     from jaxviz.cam import explain

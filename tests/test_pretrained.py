@@ -182,3 +182,12 @@ def test_weights_convert_writes_a_checkpoint_from_the_pth(tmp_path):
     _, direct = load_torch_weights(PTH)
     np.testing.assert_array_equal(params["top_conv"]["kernel"], direct["top_conv"]["kernel"])
     assert convert_main([PTH, str(tmp_path / "lite0")]) == 2  # never overwritten silently
+
+
+@needs_pth
+def test_guided_backprop_guides_relu6(lite, chelsea):
+    """EfficientNet uses ReLU6: guided backprop must guide it too, not fall back to plain saliency."""
+    x = preprocess(chelsea[None], "lite")
+    g = explain(lite.model, lite.params, x, [285], method="guided").heatmaps
+    s = explain(lite.model, lite.params, x, [285], method="saliency").heatmaps
+    assert np.abs(g - s).max() > 0.1
