@@ -85,13 +85,17 @@ def cmd_layers(args) -> None:
         shape = shape + (model.input_shape[-1],)
     pshapes = model.param_shapes(shape)
     print(f"{model.name}  input {'x'.join(map(str, shape or model.input_shape))}  preprocessing {model.preprocessing}")
-    print(f"{'layer':22s} {'output shape':18s} {'params':>12s}")
+    w = max([22] + [len(n) + 1 for n in model.layer_names])
+    print(f"{'layer':{w}s} {'output shape':18s} {'params':>12s}")
     total = 0
+    wired, blocks = dict(model.wiring), {layer: alias for alias, layer in model.aliases}
     for name, out in model.shapes(shape):
         n = sum(int(np.prod(s)) for s in pshapes.get(name, {}).values())
         total += n
-        print(f"{name:22s} {str(out):18s} {n:>12,d}")
-    print(f"{'total':22s} {'':18s} {total:>12,d}")
+        extra = (f"  <- {', '.join(wired[name])}" if name in wired else "") + \
+                (f"  = {blocks[name]}" if name in blocks else "")  # residual inputs; a block's output
+        print(f"{name:{w}s} {str(out):18s} {n:>12,d}{extra}")
+    print(f"{'total':{w}s} {'':18s} {total:>12,d}")
 
 
 def cmd_predict(args) -> None:

@@ -39,6 +39,10 @@ def test_every_subcommand_has_help_with_an_example():
 def test_layers_and_predict(tmp_path):
     r = jaxviz("layers", "vgg16", check=0)
     assert "block5_conv3" in r.stdout and "138,357,544" in r.stdout
+    r = jaxviz("layers", "xception", check=0)  # residual inputs and block outputs are shown
+    assert "22,910,480" in r.stdout
+    add = next(line for line in r.stdout.splitlines() if line.startswith("add "))
+    assert add.endswith("<- block2_pool, batch_normalization  = block2")
     r = jaxviz("predict", "--weights", "builtin:digits_cnn", "sample:camera", "--top", "2", check=0)
     assert "sample:camera: Predicted: [('" in r.stdout
     r = jaxviz("predict", "--weights", "builtin:digits_cnn", "sample:camera", "sample:coins", "--json", check=0)
