@@ -68,6 +68,11 @@ def test_filters_and_activations_write_their_files(tmp_path):
     assert "done in" in r.stdout and str(tmp_path / "a") in r.stdout
 
 
+class _EvalCall:
+    def __reduce__(self):
+        return eval, ("1 + 1",)
+
+
 @pytest.mark.parametrize("args, message", [
     (["predict", "--weights", "builtin:digits_cnn", "nope.jpg"], "image not found: nope.jpg"),
     (["predict", "--weights", "builtin:digits_cnn", "{bad}"], "cannot read image {bad}: not a readable PNG or JPEG"),
@@ -90,12 +95,23 @@ def test_filters_and_activations_write_their_files(tmp_path):
     (["weights", "--weights", "builtin:digits_cnn", "--out", "{file}/sub"], "is a file; choose another --out"),
     (["weights", "--weights", "builtin:digits_cnn", "--out", "/proc/jaxviz-out"], "is not writable"),
     (["weights", "--weights", "missing.h5", "--out", "{out}"], "weights file not found: missing.h5"),
+    (["gradcam", "--weights", "builtin:digits_cnn", "--image", "{empty}", "--out", "{out}"],
+     "folder {empty} holds no images"),
+    (["predict", "--model", "xception_notop", "--weights", "{evil}", "sample:chelsea"],
+     "its pickle asks for __builtin__.eval"),  # protocol 2 names builtins as Python 2 did
+    (["filters", "--model", "xception_notop", "--layer", "block3_sepconv1", "--dtype", "bfloat16", "--size", "64",
+      "--out", "{out}"], "input 64x64x3 is too small for xception_notop: use at least 71x71 pixels"),
 ])
 def test_errors_are_one_line_and_leave_nothing(tmp_path, fixtures_dir, args, message):
+    import pickle
+
     (tmp_path / "bad.png").write_text("not an image")
     (tmp_path / "file").write_text("x")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps(_EvalCall(), protocol=2))
     subs = {"{bad}": tmp_path / "bad.png", "{out}": tmp_path / "out", "{file}": tmp_path / "file",
-            "{fashion}": fixtures_dir / "keras" / "fashion_cnn_keras2.11.h5"}
+            "{fashion}": fixtures_dir / "keras" / "fashion_cnn_keras2.11.h5", "{empty}": tmp_path / "empty",
+            "{evil}": tmp_path / "evil.pth"}
 
     def fill(a):
         for k, v in subs.items():
