@@ -27,7 +27,7 @@ import optax
 from jaxviz import layers as L
 from jaxviz.errors import JaxvizError
 from jaxviz.models import Sequential
-from jaxviz.preprocess import CAFFE_MEAN_BGR
+from jaxviz.preprocess import preprocess
 from jaxviz.sharding import batch_mesh, chunk_size, gather, pad_to, replicate, shard_batch
 
 Objective = Callable[[jax.Array, jax.Array], jax.Array]
@@ -330,17 +330,8 @@ class Patterns(NamedTuple):
 
 
 def _to_model_input(model: Sequential, img: jax.Array, input_scale: str | None) -> jax.Array:
-    if input_scale != "unit":
-        return img
-    x = img * 255.0
-    mode = model.preprocessing
-    if mode == "caffe":
-        return x[..., ::-1] - jnp.asarray(CAFFE_MEAN_BGR)
-    if mode == "tf":
-        return x / 127.5 - 1.0
-    if mode == "scale255":
-        return img
-    return x
+    """``input_scale='unit'``: pixels in [0, 1] go through the model's own preprocessing; else as they are."""
+    return preprocess(img * 255.0, model.preprocessing) if input_scale == "unit" else img
 
 
 def _layer_fn(model: Sequential, layer: str, single_channel: bool):

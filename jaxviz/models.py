@@ -38,7 +38,7 @@ class Sequential:
       name: registry name of the architecture (``vgg16``, ``xception``, ...).
       layers: the steps, in order.
       input_shape: default input (H, W, C), e.g. (224, 224, 3).
-      preprocessing: ``caffe``, ``tf``, ``torch``, ``scale255`` or ``none`` (see :mod:`jaxviz.preprocess`).
+      preprocessing: ``caffe``, ``tf``, ``lite``, ``scale255`` or ``none`` (see :mod:`jaxviz.preprocess`).
       labels: name of the label set of the last layer (``imagenet``, ``fashion``, ``cats_dogs``) or None.
       wiring: ``(step, (source, ...))`` for the steps that do not read the previous step.
       input_name: what the first step reads: ``""`` (the model input) or, for a slice such as the

