@@ -443,11 +443,11 @@ def filter_patterns(
     shape = (recipe.size, recipe.size, model.input_shape[-1])
     if recipe.octaves < 1 or recipe.dtype not in ("float32", "bfloat16"):
         raise JaxvizError(f"octaves must be >= 1 and dtype float32 or bfloat16; got {recipe.octaves}, {recipe.dtype!r}")
-    model.until(layer).shapes((recipe.sizes()[0],) * 2 + shape[2:])  # the first octave's size must fit too
+    first = recipe.sizes()[0]  # the smallest image of the run (the first octave) must fit too
+    out = model.until(layer).shapes((first, first) + shape[2:])[-1][1]
     border = getattr(recipe.objective, "border", 0)
-    out = model.until(layer).shapes((recipe.sizes()[0],) * 2 + shape[2:])[-1][1]
     if border and len(out) == 3 and min(out[:2]) <= 2 * border:
-        raise JaxvizError(f"at size {recipe.size} the output of {layer} is {out[0]}x{out[1]}, too small for an "
+        raise JaxvizError(f"at size {first} the output of {layer} is {out[0]}x{out[1]}, too small for an "
                           f"objective that drops a {border}-pixel border; use a larger --size")
     recipe.deprocess(np.zeros(shape, np.float32))  # a size the deprocessing cannot take fails now, not after
     unroll = recipe.steps <= 64 if unroll is None else unroll

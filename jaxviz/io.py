@@ -116,15 +116,11 @@ def load_model(model: str | None = None, weights: "str | os.PathLike | None" = N
         if model is not None and model != m.name:
             raise JaxvizError(f"{weights} holds {m.name} weights, not {model}; drop --model or pick another checkpoint")
         return Loaded(m, params, True, f"checkpoint {weights}")
-    from weights_convert.torch import is_torch_file, load_torch_weights
+    from weights_convert import load_weights_file
 
-    if is_torch_file(weights):
-        arch, params = load_torch_weights(weights, arch=model)
-        return Loaded(get_model(arch), params, True, f"PyTorch state dict {weights}")
-    from weights_convert.keras import load_keras_weights
-
-    arch, params = load_keras_weights(weights, arch=model)
-    return Loaded(get_model(arch), params, True, f"Keras file {weights}")
+    arch, params, fmt, _ = load_weights_file(weights, arch=model)
+    kind = "PyTorch state dict" if fmt == "pytorch-state-dict" else "Keras file"
+    return Loaded(get_model(arch), params, True, f"{kind} {weights}")
 
 
 @contextlib.contextmanager

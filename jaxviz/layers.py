@@ -87,6 +87,10 @@ def _bias_activation(layer: nn.Module, y: jax.Array, features: int, logits: bool
     return y if logits else ACTIVATIONS[layer.activation](y)
 
 
+def _with_bias(layer: nn.Module, shapes: dict[str, Shape], features: int) -> dict[str, Shape]:
+    return {**shapes, "bias": (features,)} if layer.use_bias else shapes
+
+
 def _conv_out(shape: Shape, k: int, strides: int, padding: str, features: int) -> Shape:
     h, w, _ = shape
     if padding == "valid":
@@ -117,8 +121,7 @@ class Conv2D(nn.Module):
 
     def param_shapes(self, shape: Shape) -> dict[str, Shape]:
         k = self.kernel_size
-        out = {"kernel": (k, k, shape[-1], self.features)}
-        return {**out, "bias": (self.features,)} if self.use_bias else out
+        return _with_bias(self, {"kernel": (k, k, shape[-1], self.features)}, self.features)
 
 
 class DepthwiseConv2D(nn.Module):
@@ -141,8 +144,7 @@ class DepthwiseConv2D(nn.Module):
 
     def param_shapes(self, shape: Shape) -> dict[str, Shape]:
         k, c = self.kernel_size, shape[-1]
-        out = {"depthwise_kernel": (k, k, c, 1)}
-        return {**out, "bias": (c,)} if self.use_bias else out
+        return _with_bias(self, {"depthwise_kernel": (k, k, c, 1)}, c)
 
 
 class SeparableConv2D(nn.Module):
@@ -169,8 +171,8 @@ class SeparableConv2D(nn.Module):
 
     def param_shapes(self, shape: Shape) -> dict[str, Shape]:
         k, c = self.kernel_size, shape[-1]
-        out = {"depthwise_kernel": (k, k, c, 1), "pointwise_kernel": (1, 1, c, self.features)}
-        return {**out, "bias": (self.features,)} if self.use_bias else out
+        return _with_bias(self, {"depthwise_kernel": (k, k, c, 1), "pointwise_kernel": (1, 1, c, self.features)},
+                          self.features)
 
 
 class BatchNormalization(nn.Module):

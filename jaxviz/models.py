@@ -143,8 +143,7 @@ class Sequential:
             shapes[""] = self.input_shape
         before = self.layers[start - 1][0]
         inside = {n for n, _ in steps}
-        wired = dict(self.wiring)
-        reads = [src for n, _ in steps for src in wired.get(n, ())]
+        reads = [src for n, _ in steps for src in self.sources[n]]
         context = tuple(dict.fromkeys(r for r in reads if r not in inside and r != before))
         return dataclasses.replace(
             self, layers=steps, input_shape=shapes[before], input_name=before,
@@ -170,6 +169,17 @@ class Sequential:
         return self[: self.index(name) + 1]
 
     # -- shapes --------------------------------------------------------------------------
+    def _walk(self, shape: Shape, stop_at_flat: bool = False) -> Iterable[tuple[str, nn.Module, list, Shape]]:
+        """``(name, layer, input shapes, output shape)`` per step for input ``shape``, unchecked; with
+        ``stop_at_flat``, only the spatial steps before the first flatten/dense/global pool/dropout."""
+        env: dict[str, Shape] = {self.input_name: tuple(shape), **dict(self.context_shapes)}
+        for name, layer in self.layers:
+            if stop_at_flat and isinstance(layer, (L.Flatten, L.Dense, L.GlobalAveragePooling2D, L.Dropout)):
+                return
+            ins = [env[s] for s in self.sources[name]]
+            env[name] = layer.out_shape(*ins)
+            yield name, layer, ins, env[name]
+
     def shapes(self, input_shape: Sequence[int] | None = None) -> list[tuple[str, Shape]]:
         """Output shape (no batch axis) of every layer for ``input_shape`` (default: the model's).
 
@@ -180,24 +190,21 @@ class Sequential:
         if self.input_name == "" and min(shape[:2]) < self.min_size:
             raise JaxvizError(f"input {self._fmt(shape)} is too small for {self.name}: use at least "
                               f"{self.min_input_size()}x{self.min_input_size()} pixels")
-        env: dict[str, Shape] = {self.input_name: shape, **dict(self.context_shapes)}
         out = []
-        for name, layer in self.layers:
-            ins = [env[s] for s in self.sources[name]]
+        for name, layer, ins, o in self._walk(shape):
             if isinstance(layer, L.Dense) and self._dense_in(name) is not None and ins[0][-1] != self._dense_in(name):
                 raise JaxvizError(
                     f"{self.name} with its dense top needs {self._fmt(self.input_shape)} inputs, "
                     f"got {self._fmt(input_shape)}: layer {name!r} expects {self._dense_in(name)} features, "
                     f"not {ins[0][-1]}; resize the image, or use a model without the top"
                 )
-            env[name] = layer.out_shape(*ins)
-            if min(env[name]) < 1:
+            if min(o) < 1:
                 raise JaxvizError(
                     f"input {self._fmt(input_shape or self.input_shape)} is too small for {self.name}: "
-                    f"layer {name!r} would have shape {env[name]}; use at least {self.min_input_size()}x"
+                    f"layer {name!r} would have shape {o}; use at least {self.min_input_size()}x"
                     f"{self.min_input_size()} pixels"
                 )
-            out.append((name, env[name]))
+            out.append((name, o))
         return out
 
     def _check_channels(self, shape: Shape) -> None:
@@ -209,14 +216,7 @@ class Sequential:
     @functools.cached_property
     def _dense_inputs(self) -> dict[str, int]:
         """Input width each dense layer was built for, at the model's default input size."""
-        env: dict[str, Shape] = {self.input_name: self.input_shape, **dict(self.context_shapes)}
-        sizes = {}
-        for name, layer in self.layers:
-            ins = [env[s] for s in self.sources[name]]
-            if isinstance(layer, L.Dense):
-                sizes[name] = ins[0][-1]
-            env[name] = layer.out_shape(*ins)
-        return sizes
+        return {n: ins[0][-1] for n, layer, ins, _ in self._walk(self.input_shape) if isinstance(layer, L.Dense)}
 
     def _dense_in(self, name: str) -> int | None:
         return self._dense_inputs.get(name)
@@ -227,20 +227,9 @@ class Sequential:
 
     @functools.lru_cache(maxsize=None)
     def min_input_size(self) -> int:
-        """Smallest square input that leaves every spatial layer at least one pixel."""
-        spatial = [n for n, l in self.layers if not isinstance(l, (L.Flatten, L.Dense, L.GlobalAveragePooling2D,
-                                                                    L.Dropout))]
+        """Smallest square input that leaves every spatial layer at least one pixel (and Keras's ``min_size``)."""
         for size in range(self.min_size, 4097):
-            env: dict[str, Shape] = {self.input_name: (size, size, self.input_shape[-1]), **dict(self.context_shapes)}
-            ok = True
-            for name, layer in self.layers:
-                if name not in spatial:
-                    break
-                env[name] = layer.out_shape(*[env[s] for s in self.sources[name]])
-                if min(env[name]) < 1:
-                    ok = False
-                    break
-            if ok:
+            if all(min(o) >= 1 for *_, o in self._walk((size, size, self.input_shape[-1]), stop_at_flat=True)):
                 return size
         raise JaxvizError(f"{self.name} has no usable input size up to 4096")  # pragma: no cover
 
@@ -252,10 +241,10 @@ class Sequential:
 
     # -- parameters ----------------------------------------------------------------------
     def _input_shapes(self, input_shape: Sequence[int] | None) -> dict[str, Shape]:
-        """``{weighted layer: its input shape}``."""
+        """``{weighted layer: its input shape}`` (the input checked as :meth:`shapes` does)."""
         shape = tuple(input_shape or self.input_shape)
-        env = {self.input_name: shape, **dict(self.context_shapes), **dict(self.shapes(shape))}
-        return {n: env[self.sources[n][0]] for n, l in self.layers if L.has_params(l)}
+        self.shapes(shape)
+        return {n: ins[0] for n, layer, ins, _ in self._walk(shape) if L.has_params(layer)}
 
     def init(self, key: jax.Array, input_shape: Sequence[int] | None = None) -> Params:
         """Fresh Keras-style parameters (glorot-uniform kernels, zero biases; batch norm as identity)."""

@@ -15,19 +15,12 @@ def convert(src: str, dest: str | None, arch: str | None = None, *, overwrite: b
     from jaxviz.checkpoint import save_checkpoint
     from jaxviz.errors import JaxvizError
     from jaxviz.models import get_model
-    from weights_convert.keras import keras_file_params, read_keras_file
-    from weights_convert.torch import is_torch_file, load_torch_weights
+    from weights_convert import load_weights_file
 
     if dest is not None:
         if os.path.exists(dest) and not overwrite:
             raise JaxvizError(f"{dest} already exists; choose another destination or pass --overwrite")
-    if is_torch_file(src):
-        arch, params = load_torch_weights(src, arch)
-        fmt, version = "pytorch-state-dict", None
-    else:
-        kf = read_keras_file(src)
-        arch, params = keras_file_params(kf, arch)  # the file is read once, even a 500 MB VGG16
-        fmt, version = kf.format, kf.keras_version
+    arch, params, fmt, version = load_weights_file(src, arch)
     model = get_model(arch)
     print(f"{src}: {fmt}" + (f" (Keras {version})" if version else "") + f" -> {arch}")
     print(f"{'layer':22s} {'shapes':40s} {'params':>12s}")

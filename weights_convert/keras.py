@@ -323,7 +323,8 @@ def _pairs(model: Sequential, kf: KerasFile) -> tuple[list[tuple[str, FileLayer 
     return pairs, [q for q in queues.values() if q]
 
 
-def _describe(expected: dict[str, tuple[int, ...]]) -> str:
+def describe_shapes(expected: dict[str, tuple[int, ...]]) -> str:
+    """``kernel (3, 3, 3, 64), bias (64,)``: a layer's parameter shapes for error messages."""
     return ", ".join(f"{p} {tuple(s)}" for p, s in expected.items())
 
 
@@ -336,7 +337,7 @@ def to_params(model: Sequential, kf: KerasFile) -> dict[str, dict[str, np.ndarra
         expected = all_expected[name]
         if fl is None:
             raise JaxvizError(
-                f"{kf.path} does not fit {model.name}: layer {name!r} expects {_describe(expected)} "
+                f"{kf.path} does not fit {model.name}: layer {name!r} expects {describe_shapes(expected)} "
                 "but the file has no more layers of that kind"
             )
         pnames = [p for p, _ in fl.weights]
@@ -347,7 +348,7 @@ def to_params(model: Sequential, kf: KerasFile) -> dict[str, dict[str, np.ndarra
         if len(fl.weights) != len(expected):
             raise JaxvizError(
                 f"{kf.path} does not fit {model.name}: layer {name!r} expects {len(expected)} arrays "
-                f"({_describe(expected)}), file layer {fl.name!r} has {len(fl.weights)}: "
+                f"({describe_shapes(expected)}), file layer {fl.name!r} has {len(fl.weights)}: "
                 f"{', '.join(str(tuple(a.shape)) for _, a in fl.weights)}"
             )
         for p, shape in expected.items():

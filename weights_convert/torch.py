@@ -233,6 +233,7 @@ def torch_to_params(model: Sequential, sd: "collections.OrderedDict[str, np.ndar
     modules in the order they were built, which for a port is the architecture's order). Every shape
     is checked; the first misfit names both layers."""
     from jaxviz import layers as L
+    from weights_convert.keras import describe_shapes
 
     modules = _modules(sd)
     spec = model.param_shapes()
@@ -247,8 +248,8 @@ def torch_to_params(model: Sequential, sd: "collections.OrderedDict[str, np.ndar
         found = [tuple(a.shape) for a in arrays]
         if found != [tuple(s) for s in shapes.values()]:
             raise JaxvizError(
-                f"{path} does not fit {model.name}: layer {name!r} expects "
-                f"{', '.join(f'{p} {tuple(s)}' for p, s in shapes.items())}; module {module!r} gives {found}")
+                f"{path} does not fit {model.name}: layer {name!r} expects {describe_shapes(shapes)}; "
+                f"module {module!r} gives {found}")
         for (p, _), a in zip(shapes.items(), arrays):
             a = np.asarray(a, np.float32)
             if not np.all(np.isfinite(a)):
