@@ -15,8 +15,8 @@ import numpy as np
 sys.path.insert(0, ".")
 from benchmarks.seed_render import seed_display_grid  # noqa: E402
 from jaxviz import get_model, load_image, preprocess  # noqa: E402
-from jaxviz.activations import activations  # noqa: E402
-from jaxviz.render import activation_grid  # noqa: E402
+from jaxviz.methods.activations import activations  # noqa: E402
+from jaxviz.viz.render import activation_grid  # noqa: E402
 
 
 def best_of(f, n=7):

@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, ".")
 from jaxviz import get_model  # noqa: E402
-from jaxviz.filters import filter_patterns, get_recipe  # noqa: E402
+from jaxviz.methods.features import filter_patterns, get_recipe  # noqa: E402
 
 
 def main():

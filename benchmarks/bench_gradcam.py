@@ -14,8 +14,8 @@ import time
 import jax
 import numpy as np
 
-from jaxviz.cam import Settings, _compiled
-from jaxviz.models import get_model
+from jaxviz.methods.attribution import Settings, _compiled
+from jaxviz.nn import get_model
 
 
 def main(argv=None) -> None:

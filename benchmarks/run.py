@@ -35,9 +35,9 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from jaxviz import get_model  # noqa: E402
-from jaxviz import layers as L  # noqa: E402
-from jaxviz.cam import explain  # noqa: E402
-from jaxviz.filters import filter_patterns, get_recipe  # noqa: E402
+from jaxviz.nn import layers as L  # noqa: E402
+from jaxviz.methods.attribution import explain  # noqa: E402
+from jaxviz.methods.features import filter_patterns, get_recipe  # noqa: E402
 
 
 def timed(fn, repeat: int = 1) -> float:

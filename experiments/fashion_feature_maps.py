@@ -12,9 +12,9 @@ import os
 import numpy as np
 
 from jaxviz import load_image, load_model, preprocess
-from jaxviz.activations import activations
+from jaxviz.methods.activations import activations
 from jaxviz.io import output_dir
-from jaxviz.plotting import feature_map_subplots, save_figure
+from jaxviz.viz.plotting import feature_map_subplots, save_figure
 
 DEFAULT_WEIGHTS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "keras",
                                "fashion_cnn_keras2.11.h5")

@@ -12,9 +12,9 @@ import os
 import numpy as np
 
 from jaxviz import load_image, load_model, preprocess
-from jaxviz.activations import activations, layer_summary
+from jaxviz.methods.activations import activations, layer_summary
 from jaxviz.io import output_dir
-from jaxviz.plotting import activation_figure, save_figure
+from jaxviz.viz.plotting import activation_figure, save_figure
 
 
 def main():

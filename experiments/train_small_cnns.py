@@ -20,10 +20,10 @@ import time
 import jax
 from tqdm import tqdm
 
-from jaxviz import datasets
-from jaxviz.checkpoint import save_checkpoint
-from jaxviz.models import get_model
-from jaxviz.train import train_classifier
+from jaxviz.io import datasets
+from jaxviz.io.checkpoint import save_checkpoint
+from jaxviz.nn import get_model
+from jaxviz.nn.train import train_classifier
 
 PACKAGED = pathlib.Path(__file__).resolve().parents[1] / "jaxviz" / "data" / "checkpoints"
 

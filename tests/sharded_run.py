@@ -6,10 +6,10 @@ import json
 import jax
 import numpy as np
 
-from jaxviz.cam import Settings, explain
-from jaxviz.filters import filter_patterns, get_recipe
+from jaxviz.methods.attribution import Settings, explain
+from jaxviz.methods.features import filter_patterns, get_recipe
 from jaxviz.io import load_model
-from jaxviz.sharding import batch_mesh, shard_batch
+from jaxviz.methods.sharding import batch_mesh, shard_batch
 
 
 def main():

@@ -15,8 +15,8 @@ import keras_ref
 from benchmarks.seed_render import seed_display_grid
 from conftest import rel_err
 from jaxviz import get_model, load_image, preprocess
-from jaxviz.activations import activations, default_layers
-from jaxviz.render import activation_grid, normalize_channels
+from jaxviz.methods.activations import activations, default_layers
+from jaxviz.viz.render import activation_grid, normalize_channels
 from weights_convert import load_keras_weights
 
 

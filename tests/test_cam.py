@@ -12,7 +12,8 @@ import pytest
 
 import keras_ref
 from jaxviz import JaxvizError, load_model
-from jaxviz.cam import gradcam, superimpose
+from jaxviz.methods.attribution import gradcam
+from jaxviz.viz.render import superimpose
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ def keras_feat_and_grad(km, layer, x, c, logits):
 
 def test_gradcam_plus_plus_matches_formula_on_keras_gradients(fashion):
     loaded, km, x = fashion
-    from jaxviz.cam import explain
+    from jaxviz.methods.attribution import explain
 
     cams = explain(loaded.model, loaded.params, x, [2, 7], method="gradcam++", layer="conv2d_1")
     for i in range(len(x)):
@@ -131,7 +132,7 @@ def test_scorecam_matches_masked_keras_predictions(fashion):
     import cv2
 
     loaded, km, x = fashion
-    from jaxviz.cam import Settings, explain
+    from jaxviz.methods.attribution import Settings, explain
 
     cams = explain(loaded.model, loaded.params, x[:2], [[1], [4]], method="scorecam", layer="conv2d_1",
                    settings=Settings(chunk=24))  # 64 masks per image: chunks need not divide them
@@ -147,7 +148,7 @@ def test_scorecam_matches_masked_keras_predictions(fashion):
 
 def test_saliency_matches_keras_input_gradient(fashion):
     loaded, km, x = fashion
-    from jaxviz.cam import explain
+    from jaxviz.methods.attribution import explain
 
     cams = explain(loaded.model, loaded.params, x, [3], method="saliency", score="probability")
     for i in range(len(x)):
@@ -158,7 +159,7 @@ def test_saliency_matches_keras_input_gradient(fashion):
 
 def test_integrated_gradients_completeness(fashion):
     loaded, _, x = fashion
-    from jaxviz.cam import integrated_gradients
+    from jaxviz.methods.attribution import integrated_gradients
 
     attr = np.asarray(integrated_gradients(loaded.model, loaded.params, jnp.asarray(x), jnp.array([[0, 5]] * len(x)),
                                            steps=1024))
@@ -172,7 +173,7 @@ def test_integrated_gradients_completeness(fashion):
 
 
 def test_guided_relu_gradient_by_hand():
-    from jaxviz.layers import guided_relu
+    from jaxviz.nn.layers import guided_relu
 
     z = jnp.array([-1.0, 2.0, 3.0, 0.5])
     c = jnp.array([5.0, -2.0, 4.0, 1.0])
@@ -182,7 +183,7 @@ def test_guided_relu_gradient_by_hand():
 
 
 def test_guided_relu6_gradient_by_hand():
-    from jaxviz.layers import guided_relu6
+    from jaxviz.nn.layers import guided_relu6
 
     z = jnp.array([-1.0, 2.0, 7.0, 0.5, 3.0])
     c = jnp.array([5.0, -2.0, 4.0, 1.0, 2.0])
@@ -193,7 +194,7 @@ def test_guided_relu6_gradient_by_hand():
 
 def test_guided_model_same_outputs_different_maps(fashion):
     loaded, _, x = fashion
-    from jaxviz.cam import explain
+    from jaxviz.methods.attribution import explain
 
     guided = loaded.model.with_activation("relu", "guided_relu")
     np.testing.assert_array_equal(guided(loaded.params, x), loaded.model(loaded.params, x))
@@ -205,7 +206,7 @@ def test_guided_model_same_outputs_different_maps(fashion):
 
 def test_smoothgrad_keyed_and_reduces_to_saliency(fashion):
     loaded, _, x = fashion
-    from jaxviz.cam import Settings, explain
+    from jaxviz.methods.attribution import Settings, explain
 
     run = lambda key, **kw: explain(loaded.model, loaded.params, x, [1], method="smoothgrad", key=key,
                                     settings=Settings(**kw)).heatmaps
@@ -218,7 +219,7 @@ def test_smoothgrad_keyed_and_reduces_to_saliency(fashion):
 
 def test_second_call_does_not_recompile(fashion):
     loaded, _, x = fashion
-    from jaxviz.cam import Settings, _compiled, explain
+    from jaxviz.methods.attribution import Settings, _compiled, explain
 
     explain(loaded.model, loaded.params, x, [0, 1], method="gradcam++")
     fn = _compiled(loaded.model, loaded.model.last_conv, "gradcam++", "logit", Settings())
@@ -230,9 +231,9 @@ def test_second_call_does_not_recompile(fashion):
 def test_randomization_sanity_check_on_trained_digits():
     """Adebayo et al. (2018): re-initialising the dense layers above conv2d_1 must change Grad-CAM
     (rank correlation < 0.5); guided backprop is known to stay similar."""
-    from jaxviz import datasets
-    from jaxviz.cam import randomization_check
-    from jaxviz.preprocess import preprocess
+    from jaxviz.io import datasets
+    from jaxviz.methods.attribution import randomization_check
+    from jaxviz.nn.preprocess import preprocess
 
     loaded = load_model(None, "builtin:digits_cnn")
     x, _ = datasets.digits()
@@ -244,8 +245,8 @@ def test_randomization_sanity_check_on_trained_digits():
 
 
 def test_unknown_method_lists_valid():
-    from jaxviz.cam import explain
-    from jaxviz.models import get_model
+    from jaxviz.methods.attribution import explain
+    from jaxviz.nn import get_model
 
     m = get_model("fashion_cnn")
     with pytest.raises(JaxvizError, match="unknown method 'lime'; valid methods: gradcam, gradcam\\+\\+, scorecam"):

@@ -14,7 +14,7 @@ import pytest
 import keras_ref
 from conftest import rel_err
 from jaxviz import JaxvizError, get_model
-from jaxviz.checkpoint import load_checkpoint
+from jaxviz.io.checkpoint import load_checkpoint
 from weights_convert import load_keras_weights, read_keras_file
 from weights_convert.cli import main as convert_main
 

@@ -10,7 +10,7 @@ import keras_ref
 from jaxviz import JaxvizError, get_model, load_model
 import optax
 
-from jaxviz.filters import _compiled, filter_patterns, get_recipe, normalize_l2, pixels, uniform_start
+from jaxviz.methods.features import _compiled, filter_patterns, get_recipe, normalize_l2, pixels, uniform_start
 from weights_convert import load_keras_weights
 
 
@@ -132,7 +132,7 @@ def test_octaves_grow_the_image_and_keep_rising():
 
 
 def test_fft_resize_is_the_same_picture_at_a_larger_size():
-    from jaxviz.filters import fft_decorrelated
+    from jaxviz.methods.features import fft_decorrelated
 
     param = fft_decorrelated(sd=0.5)
     p = param.init(jax.random.key(0), (24, 24, 3))

@@ -10,10 +10,10 @@ import pytest
 import keras_ref
 from conftest import rel_err
 from jaxviz import JaxvizError, get_model, load_image, preprocess
-from jaxviz.checkpoint import load_checkpoint, save_checkpoint
-from jaxviz.labels import decode_predictions, imagenet_classes
-from jaxviz.models import MODELS
-from jaxviz.preprocess import deprocess
+from jaxviz.io.checkpoint import load_checkpoint, save_checkpoint
+from jaxviz.io.labels import decode_predictions, imagenet_classes
+from jaxviz.nn import MODELS
+from jaxviz.nn.preprocess import deprocess
 
 KERAS_ARCHS = ["vgg16", "vgg16_notop", "vgg16_finetuned", "cats_dogs_small", "fashion_cnn"]
 
@@ -117,8 +117,8 @@ def test_preprocessing_is_one_definition_for_numpy_and_jit():
     once fell through to raw 0..255 pixels in a separate jnp copy)."""
     import jax
 
-    from jaxviz.filters import _to_model_input
-    from jaxviz.preprocess import PREPROCESSORS
+    from jaxviz.methods.features import _to_model_input
+    from jaxviz.nn.preprocess import PREPROCESSORS
 
     x = np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
     np.testing.assert_allclose(preprocess(x, "lite"), (x / 255 - 0.498) / 0.502, rtol=1e-6)
@@ -222,7 +222,7 @@ def test_every_registered_model_builds_and_runs():
 
 def test_max_pool_gradient_goes_to_first_maximum_like_select_and_scatter():
     """Post-ReLU zeros tie inside windows; the gradient must go where TensorFlow/XLA put it."""
-    from jaxviz.layers import max_pool
+    from jaxviz.nn.layers import max_pool
 
     x = jnp.asarray(np.maximum(np.random.RandomState(0).randn(2, 7, 9, 3), 0).astype(np.float32))
     ref = lambda v: jax.lax.reduce_window(v, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")

@@ -15,10 +15,10 @@ import skimage.data
 
 import torch_ref
 from jaxviz import JaxvizError
-from jaxviz.cam import explain
+from jaxviz.methods.attribution import explain
 from jaxviz.io import load_model, pretrained_weights
-from jaxviz.preprocess import preprocess
-from weights_convert.torch import load_torch_weights, read_state_dict
+from jaxviz.nn.preprocess import preprocess
+from jaxviz.io.torch import load_torch_weights, read_state_dict
 
 try:
     PTH = pretrained_weights("efficientnet_lite0")
@@ -49,7 +49,7 @@ def test_legacy_file_is_read_without_torch(state_dict):
     assert state_dict["_blocks.0._depthwise_conv.weight"].shape == (32, 1, 3, 3)
     assert state_dict["_fc.weight"].shape == (1000, 1280)
     assert state_dict["_bn0.num_batches_tracked"].dtype == np.int64
-    code = "import weights_convert.torch as t, sys; t.read_state_dict(sys.argv[1]); print('torch' in sys.modules)"
+    code = "import jaxviz.io.torch as t, sys; t.read_state_dict(sys.argv[1]); print('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code, PTH], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "False"
 
@@ -173,7 +173,7 @@ def test_cli_predict_and_gradcam_use_the_pretrained_weights(tmp_path):
 
 @needs_pth
 def test_weights_convert_writes_a_checkpoint_from_the_pth(tmp_path):
-    from jaxviz.checkpoint import load_checkpoint
+    from jaxviz.io.checkpoint import load_checkpoint
     from weights_convert.cli import main as convert_main
 
     assert convert_main([PTH, str(tmp_path / "lite0")]) == 0

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 import jaxviz
-from jaxviz import datasets
+from jaxviz.io import datasets
 from jaxviz.errors import JaxvizError
-from jaxviz.models import get_model
-from jaxviz.train import accuracy, train_classifier
-from jaxviz.weights import kernel_tiles, layer_weights, weight_stats
+from jaxviz.nn import get_model
+from jaxviz.nn.train import accuracy, train_classifier
+from jaxviz.methods.weights import kernel_tiles, layer_weights, weight_stats
 
 
 def jaxviz_cli(*args, cwd=None):
@@ -84,7 +84,7 @@ def test_layer_weights_dense_has_histogram():
 
 def test_shipped_digits_checkpoint_classifies_held_out_digits():
     loaded = jaxviz.load_model("digits_cnn", "builtin")
-    info = jaxviz.checkpoint.read_meta(jaxviz.io.builtin_weights("digits_cnn"))["info"]
+    info = jaxviz.io.checkpoint.read_meta(jaxviz.io.builtin_weights("digits_cnn"))["info"]
     x, y = datasets.digits()
     held_out = datasets.split(jax.random.key(info["split_seed"]), x, y, info["test_fraction"])
     assert len(held_out.y_test) == info["n_test"] == 359
@@ -95,7 +95,7 @@ def test_shipped_digits_checkpoint_classifies_held_out_digits():
 
 def test_shipped_fruits_checkpoint(fixtures_dir):
     loaded = jaxviz.load_model(None, "builtin:fruits_cnn")
-    info = jaxviz.checkpoint.read_meta(jaxviz.io.builtin_weights("fruits_cnn"))["info"]
+    info = jaxviz.io.checkpoint.read_meta(jaxviz.io.builtin_weights("fruits_cnn"))["info"]
     x, y = datasets.fruits(fixtures_dir / "data" / "fruits_300.npy")
     held_out = datasets.split(jax.random.key(info["split_seed"]), x, y, info["test_fraction"])
     assert accuracy(loaded.model, loaded.params, held_out.x_test, held_out.y_test) >= 0.95

@@ -11,8 +11,8 @@ import pytest
 
 import keras_ref
 from jaxviz import JaxvizError, get_model
-from jaxviz.cam import explain
-from jaxviz.filters import filter_patterns, get_recipe
+from jaxviz.methods.attribution import explain
+from jaxviz.methods.features import filter_patterns, get_recipe
 from weights_convert import load_keras_weights, read_keras_file
 
 # Parameter names in Keras's weight order, per Keras class.

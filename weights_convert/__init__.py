@@ -1,20 +1,10 @@
-"""Import Keras weight files and PyTorch state dicts into jaxviz params and checkpoints, running no code
-from the files."""
+"""Import Keras weight files and PyTorch state dicts into jaxviz checkpoints, running no code from the
+files. The readers live in :mod:`jaxviz.io`; this package is the converter built on them (it depends on
+jaxviz, never the other way round)."""
 
-from weights_convert.keras import KerasFile, detect_architecture, keras_file_params, load_keras_weights, read_keras_file
-from weights_convert.torch import is_torch_file, load_torch_weights, read_state_dict
+from jaxviz.io.keras import KerasFile, detect_architecture, keras_file_params, load_keras_weights, read_keras_file
+from jaxviz.io.torch import is_torch_file, load_torch_weights, read_state_dict
+from jaxviz.io.weightfile import load_weights_file
 
-
-def load_weights_file(path, arch: str | None = None) -> tuple[str, dict, str, str | None]:
-    """``(architecture, params, format, keras_version)`` from any supported file: a PyTorch state dict
-    or a Keras file (read once, even a 500 MB VGG16); ``arch`` overrides detection."""
-    if is_torch_file(path):
-        arch, params = load_torch_weights(path, arch)
-        return arch, params, "pytorch-state-dict", None
-    kf = read_keras_file(path)
-    arch, params = keras_file_params(kf, arch)
-    return arch, params, kf.format, kf.keras_version
-
-
-__all__ = ["KerasFile", "detect_architecture", "load_keras_weights", "load_torch_weights", "load_weights_file",
-           "read_keras_file", "read_state_dict"]
+__all__ = ["KerasFile", "detect_architecture", "is_torch_file", "keras_file_params", "load_keras_weights",
+           "load_torch_weights", "load_weights_file", "read_keras_file", "read_state_dict"]

@@ -12,9 +12,9 @@ import numpy as np
 
 def convert(src: str, dest: str | None, arch: str | None = None, *, overwrite: bool = False) -> str:
     """Convert ``src`` and (unless ``dest`` is None) write a checkpoint; prints the layer table."""
-    from jaxviz.checkpoint import save_checkpoint
+    from jaxviz.io.checkpoint import save_checkpoint
     from jaxviz.errors import JaxvizError
-    from jaxviz.models import get_model
+    from jaxviz.nn import get_model
     from weights_convert import load_weights_file
 
     if dest is not None:
@@ -42,7 +42,7 @@ def convert(src: str, dest: str | None, arch: str | None = None, *, overwrite: b
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jaxviz.cli import run_guarded
+    from jaxviz.cli.common import run_guarded
 
     p = argparse.ArgumentParser(
         prog="weights_convert",

@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxviz.errors import JaxvizError
 from jaxviz.io import save_npz, save_png
-from jaxviz.models import Params, Sequential
+from jaxviz.nn import Params, Sequential
 
 
 class Written(NamedTuple):
@@ -33,8 +33,8 @@ def write_activations(stage: str, model: Sequential, params: Params, x: np.ndarr
                       per_row: int = 16, prefix: str = "") -> tuple[list[Written], list[dict]]:
     """``<prefix><layer>.png`` per conv/pool layer (seed Listing 5.31 grids) and ``<prefix>activations.npz``
     (H x W x C float32 per layer, first image). Returns the files and :func:`layer_summary` rows."""
-    from jaxviz.activations import activations, layer_summary
-    from jaxviz.plotting import activation_figure, save_figure
+    from jaxviz.methods.activations import activations, layer_summary
+    from jaxviz.viz.plotting import activation_figure, save_figure
 
     if per_row < 1:
         raise JaxvizError(f"--per-row must be at least 1, got {per_row}")
@@ -56,8 +56,8 @@ def write_filters(stage: str, model: Sequential, params: Params, layer: str, fil
                   prefix: str = ""):
     """``<prefix><layer>.png`` (8-wide grid, 5-pixel margins) and ``<prefix><layer>.npz`` with
     ``patterns``, ``images``, ``filters``, ``objective``. Returns the files and the :class:`Patterns`."""
-    from jaxviz.filters import filter_patterns
-    from jaxviz.render import stitch
+    from jaxviz.methods.features import filter_patterns
+    from jaxviz.viz.render import stitch
 
     res = filter_patterns(model, params, layer, filters, recipe, key, batch_size=batch_size, on_chunk=on_chunk)
     rel = f"{prefix}{layer}.png"
@@ -75,9 +75,9 @@ def write_cams(stage: str, sources: Sequence, cams, method: str, where: str, pre
                stems: Sequence[str] | None = None) -> list[Written]:
     """Per image ``<stem>_heatmap.png`` (matshow) and ``<stem>_overlay.png`` (JET, 0.4 alpha, clipped RGB);
     ``<prefix>gradcam.npz`` with ``heatmaps`` (N x h x w), ``classes`` and ``probs``."""
-    from jaxviz.cam import superimpose
-    from jaxviz.images import image_stem, load_image
-    from jaxviz.plotting import heatmap_figure, save_figure
+    from jaxviz.viz.render import superimpose
+    from jaxviz.io.images import image_stem, load_image
+    from jaxviz.viz.plotting import heatmap_figure, save_figure
 
     if stems is None:
         stems = [image_stem(src, i) for i, src in enumerate(sources)]
@@ -101,8 +101,8 @@ def write_weights(stage: str, model: Sequential, params: Params, layers: Sequenc
     """``<layer>_hist.png`` (trained vs untrained side by side), ``<layer>_kernels[_untrained].png``
     (conv layers: seed 004's 2x16 mosaic) and ``weights.npz`` (``<layer>_{kernel,bias,counts,edges,stats}``,
     the same with ``untrained_``, and ``stat_names``). Returns the files and (layer, label, stats) rows."""
-    from jaxviz.plotting import histograms, kernel_mosaic, save_figure
-    from jaxviz.weights import STAT_NAMES, kernel_tiles, layer_weights
+    from jaxviz.viz.plotting import histograms, kernel_mosaic, save_figure
+    from jaxviz.methods.weights import STAT_NAMES, kernel_tiles, layer_weights
 
     if bins < 1:
         raise JaxvizError(f"--bins must be at least 1, got {bins}")

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxviz.models import Params, Sequential
-from jaxviz.preprocess import preprocess
+from jaxviz.nn import Params, Sequential
+from jaxviz.nn.preprocess import preprocess
 
 
 class Epoch(NamedTuple):

@@ -7,8 +7,8 @@ from typing import Mapping, Sequence
 import jax
 import numpy as np
 
-from jaxviz.models import Sequential
-from jaxviz.render import activation_grid
+from jaxviz.nn import Sequential
+from jaxviz.viz.render import activation_grid
 
 
 def default_layers(model: Sequential) -> list[str]:

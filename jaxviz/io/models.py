@@ -1,19 +1,16 @@
-"""Disk I/O: resolving ``--model``/``--weights`` into a model with parameters, and atomic outputs."""
+"""Resolving ``--model``/``--weights`` into a model with parameters: the zoo, checkpoints, weight files, builtin and pretrained weights."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import shutil
-import tempfile
-from typing import Iterator
 
 import jax
-import numpy as np
 
 from jaxviz.errors import JaxvizError, unknown
-from jaxviz.models import Params, Sequential, get_model
+from jaxviz.io import checkpoint
+from jaxviz.io.weightfile import load_weights_file
+from jaxviz.nn import Params, Sequential, get_model
 
 
 @dataclasses.dataclass
@@ -61,7 +58,7 @@ def builtin_weights(name: str) -> str:
     """Path of the trained weights for ``name`` that come with jaxviz (see :data:`BUILTIN`)."""
     from importlib import resources
 
-    from jaxviz.datasets import fixture_path
+    from jaxviz.io.datasets import fixture_path
 
     if name in BUILTIN_PACKAGED:
         return str(resources.files("jaxviz").joinpath("data", "checkpoints", name))
@@ -84,7 +81,6 @@ def load_model(model: str | None = None, weights: "str | os.PathLike | None" = N
     ``random``. Omitted: ``pretrained`` where those are installed, else fresh untrained parameters
     from ``jax.random.key(seed)`` (``trained=False``).
     """
-    from jaxviz import checkpoint
 
     if weights is None and model in PRETRAINED and pretrained_weights(model, required=False):
         weights = "pretrained"
@@ -116,55 +112,8 @@ def load_model(model: str | None = None, weights: "str | os.PathLike | None" = N
         if model is not None and model != m.name:
             raise JaxvizError(f"{weights} holds {m.name} weights, not {model}; drop --model or pick another checkpoint")
         return Loaded(m, params, True, f"checkpoint {weights}")
-    from weights_convert import load_weights_file
-
     arch, params, fmt, _ = load_weights_file(weights, arch=model)
     kind = "PyTorch state dict" if fmt == "pytorch-state-dict" else "Keras file"
     return Loaded(get_model(arch), params, True, f"{kind} {weights}")
 
 
-@contextlib.contextmanager
-def output_dir(path: "str | os.PathLike") -> Iterator[str]:
-    """Stage outputs in a temporary sibling directory; move them into ``path`` only on success.
-
-    Files already in ``path`` that the command does not write are left alone; nothing half-written
-    is ever left behind.
-    """
-    path = os.path.abspath(os.fspath(path))
-    probe = path
-    while probe != os.path.dirname(probe):
-        if os.path.exists(probe) and not os.path.isdir(probe):
-            raise JaxvizError(f"output path {path} cannot be a directory: {probe} is a file; choose another --out")
-        probe = os.path.dirname(probe)
-    parent = os.path.dirname(path)
-    try:
-        os.makedirs(parent, exist_ok=True)
-        stage = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.partial-", dir=parent)
-    except OSError as e:
-        raise JaxvizError(f"output path {path} is not writable: {e.strerror}; choose another --out") from None
-    try:
-        yield stage
-        os.makedirs(path, exist_ok=True)
-        for root, _, files in os.walk(stage):
-            rel = os.path.relpath(root, stage)
-            os.makedirs(os.path.join(path, rel), exist_ok=True)
-            for f in files:
-                os.replace(os.path.join(root, f), os.path.join(path, rel, f))
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-def save_png(path: str, image: np.ndarray) -> None:
-    """Write a uint8 RGB (H x W x 3) or grayscale (H x W) image as PNG."""
-    import cv2
-
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"save_png wants uint8, got {image.dtype}")
-    bgr = image[..., ::-1] if image.ndim == 3 and image.shape[-1] == 3 else image
-    if not cv2.imwrite(path, np.ascontiguousarray(bgr)):
-        raise JaxvizError(f"could not write {path}")
-
-
-def save_npz(path: str, **arrays: np.ndarray) -> None:
-    np.savez_compressed(path, **{k: np.asarray(v) for k, v in arrays.items()})

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from jaxviz.errors import JaxvizError
-from jaxviz.models import Sequential
+from jaxviz.nn import Sequential
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _DTYPES = {
@@ -232,8 +232,8 @@ def torch_to_params(model: Sequential, sd: "collections.OrderedDict[str, np.ndar
     """Map a PyTorch state dict onto ``model`` module by module, in order (the state dict lists its
     modules in the order they were built, which for a port is the architecture's order). Every shape
     is checked; the first misfit names both layers."""
-    from jaxviz import layers as L
-    from weights_convert.keras import describe_shapes
+    from jaxviz.nn import layers as L
+    from jaxviz.io.keras import describe_shapes
 
     modules = _modules(sd)
     spec = model.param_shapes()
@@ -261,7 +261,7 @@ def torch_to_params(model: Sequential, sd: "collections.OrderedDict[str, np.ndar
 def load_torch_weights(path: "str | os.PathLike", arch: str | None = None) -> tuple[str, dict[str, dict[str, np.ndarray]]]:
     """``(architecture, params)`` from a ``.pth`` state dict; ``arch`` defaults to the registered
     architecture the state dict fits."""
-    from jaxviz.models import MODELS, get_model
+    from jaxviz.nn import MODELS, get_model
 
     sd = read_state_dict(path)
     path = os.fspath(path)

@@ -25,7 +25,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from jaxviz.errors import JaxvizError, unknown
-from jaxviz.models import MODELS, Sequential, get_model
+from jaxviz.nn import MODELS, Sequential, get_model
 
 # Classes whose configs would make Keras run code; jaxviz refuses such files by name.
 UNSAFE_CLASSES = {"Lambda", "TFOpLambda", "SlicingOpLambda"}
@@ -277,7 +277,7 @@ def read_keras_file(path: "str | os.PathLike") -> KerasFile:
             raise JaxvizError(f"cannot read {path}: damaged or truncated zip archive")
         if magic[:1] == b"\x80" or path.endswith((".pkl", ".pickle", ".pt", ".pth")):
             raise JaxvizError(f"refusing {path}: pickled data is never loaded as a Keras file; a PyTorch state dict "
-                              "(.pth) goes through the restricted reader weights_convert.torch")
+                              "(.pth) goes through the restricted reader jaxviz.io.torch")
         raise JaxvizError(f"cannot read {path}: not an HDF5 or .keras file")
     try:
         with h5py.File(path, "r") as f:

@@ -16,7 +16,6 @@ layer and, for a conv target, only the target filter's output channel computed.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Callable, Mapping, NamedTuple, Sequence
 
 import jax
@@ -24,11 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxviz import layers as L
+from jaxviz.nn import layers as L
 from jaxviz.errors import JaxvizError
-from jaxviz.models import Sequential
-from jaxviz.preprocess import preprocess
-from jaxviz.sharding import batch_mesh, chunk_size, gather, pad_to, replicate, shard_batch
+from jaxviz.nn import Sequential
+from jaxviz.nn.preprocess import preprocess
+from jaxviz.methods.sharding import batch_mesh, chunk_size, gather, pad_to, replicate, shard_batch
 
 Objective = Callable[[jax.Array, jax.Array], jax.Array]
 Transform = Callable[[jax.Array, jax.Array], jax.Array]
@@ -425,7 +424,7 @@ def filter_patterns(
     several times slower); the default unrolls up to 64 steps and keeps longer runs (lucid's 256)
     rolled to bound compile time. ``single_channel`` computes only the target filter of a conv layer.
     ``devices`` (default: all of ``jax.devices()``): each chunk's filters are split evenly over them
-    (:mod:`jaxviz.sharding`; the chunk is rounded up to a multiple of the device count); the
+    (:mod:`jaxviz.methods.sharding`; the chunk is rounded up to a multiple of the device count); the
     patterns equal the single-device ones.
     """
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe

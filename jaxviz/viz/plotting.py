@@ -35,7 +35,7 @@ def feature_map_subplots(act: np.ndarray, rows: int, cols: int, figsize=None):
 
 
 def kernel_mosaic(tiles: np.ndarray, rows: int = 2, cols: int = 16, vmin=-0.5, vmax=0.5, title: str = ""):
-    """Seed 004: ``tiles[i]`` (from :func:`jaxviz.weights.kernel_tiles`) on a rows x cols grid,
+    """Seed 004: ``tiles[i]`` (from :func:`jaxviz.methods.weights.kernel_tiles`) on a rows x cols grid,
     ``imshow(..., vmin=-0.5, vmax=0.5)``, axes off. Colour tiles (N x kh x kw x 3) are shown as they are.
     """
     fig, axs = plt.subplots(rows, cols, figsize=(15, 15 * rows / cols + (0.4 if title else 0.2)), squeeze=False)

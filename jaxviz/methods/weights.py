@@ -1,6 +1,6 @@
 """Weight statistics, histograms and kernel tiles (seed 004), as plain arrays.
 
-Pure functions over one layer's parameters; :mod:`jaxviz.plotting` draws them and the CLI writes them.
+Pure functions over one layer's parameters; :mod:`jaxviz.viz.plotting` draws them and the CLI writes them.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxviz.errors import JaxvizError
-from jaxviz.models import Params, Sequential
+from jaxviz.nn import Params, Sequential
 
 STAT_NAMES = ("mean", "std", "min", "max", "near_zero")
 

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from jaxviz.errors import JaxvizError
-from jaxviz.models import Params, Sequential, get_model
+from jaxviz.nn import Params, Sequential, get_model
 
 FORMAT = "jaxviz-checkpoint"
 META = "jaxviz.json"

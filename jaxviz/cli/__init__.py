@@ -1,0 +1,56 @@
+"""The ``jaxviz`` command line: parse arguments, call the library, write files. No logic lives only here.
+
+One module per subcommand (its ``cmd_*`` and its parser side by side); :mod:`jaxviz.cli.common` holds
+what they share."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from jaxviz.cli import layers, predict, activations, filters, gradcam, weights, demo  # noqa: F401,I001  (registers, in help order)
+from jaxviz.cli.common import COMMANDS, EPILOG_COMMON, add_common, run_guarded
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxviz",
+        description="What convnets learn: activations, filter patterns, Grad-CAM and weights, in JAX.",
+        epilog=EPILOG_COMMON,
+    )
+    add_common(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_, setup, example) in COMMANDS.items():
+        p = sub.add_parser(
+            name, help=help_, description=help_, epilog=f"example:\n  {example}\n\n{EPILOG_COMMON}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        add_common(p)
+        setup(p)
+    return parser
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    t0 = time.perf_counter()
+    import warnings
+
+    # library warnings (an all-zero heatmap, ...) as one line each, like the errors
+    warnings.showwarning = lambda msg, *a, **k: print(f"jaxviz {args.command}: warning: {msg}", file=sys.stderr)
+
+    def run():
+        args.func(args)
+        if getattr(args, "out", None):
+            print(f"done in {time.perf_counter() - t0:.1f} s; files in {os.path.abspath(args.out)}")
+
+    return run_guarded(run, args.debug, f"jaxviz {args.command}")
+
+
+

@@ -1,0 +1,34 @@
+"""`jaxviz activations`: the subcommand and its parser."""
+
+from __future__ import annotations
+
+from jaxviz.cli.common import add_model_args, batch, load, register
+
+
+def cmd_activations(args) -> None:
+    from jaxviz.methods.activations import default_layers
+    from jaxviz.io import output_dir
+    from jaxviz.viz.writers import write_activations
+
+    loaded = load(args, default_model="cats_dogs_small")
+    model = loaded.model
+    layers = args.layers or default_layers(model)
+    x = batch(model, [args.image])
+    with output_dir(args.out) as stage:
+        _, summary = write_activations(stage, model, loaded.params, x, layers, args.per_row)
+    print(f"{'layer':20s} {'shape':18s} {'dead channels':>14s}")
+    for row in summary:
+        print(f"{row['layer']:20s} {str(row['shape']):18s} {row['dead']:>6d} / {row['channels']:<6d}")
+
+
+@register("activations", "every channel of every conv/pool layer for one image, tiled per layer",
+           "jaxviz activations --model cats_dogs_small --image sample:chelsea --out out/acts\n"
+           "  jaxviz activations --weights fashion.h5 --image shirt.png --out out/f --layers conv2d conv2d_1 --per-row 8")
+def _setup_activations(p):
+    add_model_args(p)
+    p.add_argument("--image", "-i", required=True, help="image path or sample:NAME")
+    p.add_argument("--out", "-o", required=True, help="output directory (one PNG per layer + activations.npz)")
+    p.add_argument("--layers", nargs="+", metavar="L", help="layer names (default: every conv and pool layer)")
+    p.add_argument("--per-row", type=int, default=16, help="channels per grid row (default 16)")
+    p.set_defaults(func=cmd_activations)
+

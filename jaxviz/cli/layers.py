@@ -1,0 +1,54 @@
+"""`jaxviz layers`: the subcommand and its parser."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jaxviz.errors import JaxvizError
+from jaxviz.cli.common import register
+
+
+def cmd_layers(args) -> None:
+    from jaxviz.nn import MODELS, get_model
+
+    if args.list:
+        for name in MODELS:
+            m = get_model(name)
+            print(f"{name:18s} input {'x'.join(map(str, m.input_shape)):12s} {m.param_count():>12,d} params  "
+                  f"preprocessing {m.preprocessing}")
+        return
+    if args.name is None and args.weights is None:
+        raise JaxvizError("give a model name, e.g. `jaxviz layers vgg16` (or --list)")
+    if args.weights is not None:
+        from jaxviz.io import load_model
+
+        model = load_model(args.name, args.weights).model
+    else:
+        model = get_model(args.name)
+    shape = tuple(int(v) for v in args.input.split("x")) + model.input_shape[2:] if args.input else None
+    if shape is not None and len(shape) == 2:
+        shape = shape + (model.input_shape[-1],)
+    pshapes = model.param_shapes(shape)
+    print(f"{model.name}  input {'x'.join(map(str, shape or model.input_shape))}  preprocessing {model.preprocessing}")
+    w = max([22] + [len(n) + 1 for n in model.layer_names])
+    print(f"{'layer':{w}s} {'output shape':18s} {'params':>12s}")
+    total = 0
+    wired, blocks = dict(model.wiring), {layer: alias for alias, layer in model.aliases}
+    for name, out in model.shapes(shape):
+        n = sum(int(np.prod(s)) for s in pshapes.get(name, {}).values())
+        total += n
+        extra = (f"  <- {', '.join(wired[name])}" if name in wired else "") + \
+                (f"  = {blocks[name]}" if name in blocks else "")  # residual inputs; a block's output
+        print(f"{name:{w}s} {str(out):18s} {n:>12,d}{extra}")
+    print(f"{'total':{w}s} {'':18s} {total:>12,d}")
+
+
+@register("layers", "print every layer: name, output shape, parameter count, total",
+           "jaxviz layers vgg16\n  jaxviz layers vgg16_notop --input 150x150\n  jaxviz layers --list")
+def _setup_layers(p):
+    p.add_argument("name", nargs="?", help="architecture name")
+    p.add_argument("--weights", "-w", help="checkpoint or Keras file (architecture read from it)")
+    p.add_argument("--input", help="input size HxW (default: the model's)")
+    p.add_argument("--list", action="store_true", help="list the registered architectures")
+    p.set_defaults(func=cmd_layers)
+

@@ -1,0 +1,46 @@
+"""`jaxviz predict`: the subcommand and its parser."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from jaxviz.errors import JaxvizError
+from jaxviz.cli.common import add_model_args, batch, load, register
+
+
+def cmd_predict(args) -> None:
+    import jax
+
+    from jaxviz.io.labels import class_probabilities, decode_predictions
+
+    loaded = load(args, default_model="vgg16")
+    model = loaded.model
+    if model.labels is None:
+        raise JaxvizError(f"{model.name} has no classifier on top; use a model with predictions (e.g. vgg16)")
+    x = batch(model, args.images)
+    probs = np.asarray(jax.jit(model.__call__)(loaded.params, x))
+    top = decode_predictions(probs, top=args.top, labels=model.labels)
+    if args.json:
+        out = [
+            {"image": src, "probs": class_probabilities(probs)[i].tolist(),
+             "top": [{"id": a, "name": b, "prob": p} for a, b, p in top[i]]}
+            for i, src in enumerate(args.images)
+        ]
+        print(json.dumps(out, indent=1))
+        return
+    for src, t in zip(args.images, top):
+        print(f"{src}: Predicted: {[(a, b, round(p, 8)) for a, b, p in t]}")
+
+
+@register("predict", "decoded top-k predictions per image",
+           "jaxviz predict --weights vgg16.h5 sample:chelsea photo.jpg --top 3\n"
+           "  jaxviz predict --weights ckpt/ sample:coffee --json")
+def _setup_predict(p):
+    add_model_args(p)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image path or sample:NAME (e.g. sample:chelsea)")
+    p.add_argument("--top", type=int, default=5, help="how many classes per image (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON with probs and top")
+    p.set_defaults(func=cmd_predict)
+

@@ -1,0 +1,41 @@
+"""`jaxviz weights`: the subcommand and its parser."""
+
+from __future__ import annotations
+
+from jaxviz.cli.common import add_model_args, load, register
+
+
+def cmd_weights(args) -> None:
+    import jax
+
+    from jaxviz.io import output_dir
+    from jaxviz.methods.weights import STAT_NAMES
+    from jaxviz.viz.writers import write_weights
+
+    loaded = load(args, default_model="fashion_cnn")
+    model = loaded.model
+    layers = args.layer or [model.names_of_kind("conv")[0]]
+    untrained = model.init(jax.random.key(args.seed)) if args.compare_untrained else None
+    with output_dir(args.out) as stage:
+        _, rows = write_weights(stage, model, loaded.params, layers, loaded.trained, untrained, args.in_channel,
+                                args.bins)
+    print(f"{'layer':16s} {'weights':24s} " + " ".join(f"{n:>10s}" for n in STAT_NAMES))
+    for layer, k, st in rows:
+        print(f"{layer:16s} {k:24s} " + " ".join(f"{v:10.4f}" for v in st))
+
+
+@register("weights", "weight histograms, kernel mosaics and statistics of layers, trained vs untrained",
+           "jaxviz weights --weights builtin:fashion_cnn --layer conv2d --compare-untrained --out out/w\n"
+           "  jaxviz weights --model vgg16_notop --weights vgg16.h5 --layer block1_conv1 --out out/w")
+def _setup_weights(p):
+    add_model_args(p)
+    p.add_argument("--layer", "-l", action="append", help="layer name (repeatable; default: the first conv layer)")
+    p.add_argument("--compare-untrained", action="store_true",
+                   help="also show a freshly initialised copy (glorot-uniform, --seed), side by side")
+    p.add_argument("--in-channel", help="input channel of the kernel mosaic: an index, or rgb for 3-channel colour "
+                                        "tiles (default: rgb when the layer has 3 input channels, else 0)")
+    p.add_argument("--bins", type=int, default=10, help="histogram bins (default 10, as plt.hist)")
+    p.add_argument("--out", "-o", required=True,
+                   help="output directory: <layer>_hist.png, <layer>_kernels[_untrained].png, weights.npz")
+    p.set_defaults(func=cmd_weights)
+
