@@ -117,7 +117,7 @@ def test_preprocessing_is_one_definition_for_numpy_and_jit():
     once fell through to raw 0..255 pixels in a separate jnp copy)."""
     import jax
 
-    from jaxviz.methods.features import _to_model_input
+    from jaxviz.methods.features import model_input
     from jaxviz.nn.preprocess import PREPROCESSORS
 
     x = np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
@@ -128,7 +128,7 @@ def test_preprocessing_is_one_definition_for_numpy_and_jit():
         np.testing.assert_allclose(deprocess(preprocess(x, mode), mode), x, atol=1e-3, err_msg=mode)
     lite = get_model("efficientnet_lite0")
     unit = x / 255.0
-    np.testing.assert_allclose(np.asarray(jax.jit(lambda v: _to_model_input(lite, v, "unit"))(unit)),
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda v: model_input(lite, v, "unit"))(unit)),
                                preprocess(x, "lite"), atol=1e-5)
 
 

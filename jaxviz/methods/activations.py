@@ -2,34 +2,45 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import functools
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
 
-from jaxviz.nn import Sequential
+from jaxviz.nn.protocol import Model
 from jaxviz.viz.render import activation_grid
 
 
-def default_layers(model: Sequential) -> list[str]:
-    """Every conv and pool layer, in order (the seeds' ``model.layers[:8]`` for the small CNNs)."""
-    return model.names_of_kind("conv", "pool")
+def default_layers(model: Model) -> list[str]:
+    """The model's :meth:`~jaxviz.nn.protocol.Model.feature_layers` (every conv and pool layer of a
+    zoo graph: the seeds' ``model.layers[:8]`` for the small CNNs)."""
+    return model.feature_layers()
 
 
-def activations(
-    model: Sequential, params: Mapping, x: jax.Array, layers: Sequence[str] | None = None
-) -> dict[str, jax.Array]:
-    """``{layer: activation (N, H, W, C)}`` for ``layers`` (default: every conv and pool layer).
+@functools.lru_cache(maxsize=32)
+def _tap(model: Model, names: tuple[str, ...]):
+    return jax.jit(lambda params, x: model.run(params, x, taps=names, output=False).taps)
 
-    One jitted pass that stops at the deepest requested layer; the compiled function is cached on
-    the model, so a second call with the same shapes does not recompile.
+
+def activations(model: Model, params: Any, x: jax.Array, layers: Sequence[str] | None = None) -> dict[str, jax.Array]:
+    """Activations of several layers for a batch, in one jitted pass.
+
+    Args:
+      model: any :class:`~jaxviz.nn.protocol.Model` (a zoo name's model, an imported Keras file, an
+        adapted Flax module).
+      params: its parameters.
+      x: a preprocessed batch, N x H x W x C.
+      layers: layer names (default: :func:`default_layers`).
+    Returns:
+      ``{layer: activation}`` in the order asked, N x h x w x C for spatial layers. The pass stops at
+      the deepest requested layer; a second call with the same shapes does not recompile.
     """
-    names = tuple(layers) if layers is not None else tuple(default_layers(model))
-    for n in names:
-        model.index(n)  # unknown names fail here, listing the valid ones
+    names = tuple(model.resolve(n) for n in layers) if layers is not None else tuple(default_layers(model))
     model.check_input(np.shape(x))
-    out = model.jit_tap(params, x, names)
-    return {n: out[n] for n in names}  # jit returns dicts with sorted keys; keep the layer order
+    out = _tap(model, names)(params, x)
+    keys = list(layers) if layers is not None else list(names)
+    return {k: out[n] for k, n in zip(keys, names)}  # jit returns dicts with sorted keys; keep the layer order
 
 
 def layer_summary(acts: Mapping[str, np.ndarray], images_per_row: int = 16) -> list[dict]:

@@ -3,9 +3,11 @@
 Two families share one driver (:func:`explain`):
 
 * **layer maps** (``gradcam``, ``gradcam++``, ``scorecam``) weight the channels of a conv layer's
-  output and return an ``h x w`` map at that layer's resolution. The model is split at the layer
-  (never hooked or rebuilt): ``head`` gives the feature map, ``tail`` the class score. A method only
-  says how the channel weights are computed.
+  output and return an ``h x w`` map at that layer's resolution. One forward pass (the model
+  protocol's :meth:`~jaxviz.nn.protocol.Model.run`) gives the feature map and the class scores; the
+  gradient at the layer is the gradient with respect to a zero perturbation added there (``jax.vjp``:
+  the network runs forward once, backward once per class). A method only says how the channel
+  weights are computed.
 * **input maps** (``saliency``, ``smoothgrad``, ``ig``, ``guided``) differentiate the class score
   with respect to the input pixels and return an ``H x W`` map at the input's resolution.
 
@@ -17,14 +19,14 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.errors import JaxvizError, unknown
-from jaxviz.nn import Params, Sequential
+from jaxviz.nn.protocol import Model, is_spatial, layer_shape, output_shape
 from jaxviz.methods.sharding import batch_mesh, chunk_size, gather, pad_to, replicate, shard_batch
 
 LAYER_METHODS = ("gradcam", "gradcam++", "scorecam")
@@ -76,19 +78,18 @@ def _weighted_map(feat: jax.Array, weights: jax.Array) -> jax.Array:
 
 
 def _layer_gradient_method(weight_fn: Callable):
-    def method(model, params, tail, x, feats, ctx, classes, key, cfg, logits):
-
-        def one(feat, c_in, c):  # c_in: what the tail reads besides the features (a residual branch)
-            c_in = jax.tree.map(lambda a: a[None], c_in)
-            g = jax.grad(lambda f: tail(params, f[None], logits=logits, context=c_in)[0, c])(feat)
+    def method(model, params, x, feats, grads, classes, key, cfg, logits):
+        # feats: N h w C; grads: N K h w C (the gradient of each class score at the layer)
+        def one(feat, g):
             return _weighted_map(feat, weight_fn(feat, g))
 
-        return jax.vmap(jax.vmap(one, in_axes=(None, None, 0)))(feats, ctx, classes)
+        return jax.vmap(jax.vmap(one, in_axes=(None, 0)))(feats, grads)
 
+    method.needs_grad = True
     return method
 
 
-def _scorecam(model, params, tail, x, feats, ctx, classes, key, cfg, logits):
+def _scorecam(model, params, x, feats, grads, classes, key, cfg, logits):
     """Wang et al. (2020): each channel, upsampled to the input and min-max scaled, masks the image;
     the channel's weight is the class probability of the masked image. All N x C masked images go
     through the model in chunks of ``cfg.chunk`` inside the same compiled call."""
@@ -99,7 +100,7 @@ def _scorecam(model, params, tail, x, feats, ctx, classes, key, cfg, logits):
     masks = jnp.where(span > 0, (masks - lo) / jnp.where(span > 0, span, 1.0), 0.0)
     masked = x[:, None] * jnp.moveaxis(masks, -1, 1)[..., None]  # N C H W ch
     flat = masked.reshape((n * c,) + x.shape[1:])
-    scores = jax.lax.map(lambda im: model(params, im[None])[0], flat, batch_size=cfg.chunk)
+    scores = jax.lax.map(lambda im: model.run(params, im[None]).output[0], flat, batch_size=cfg.chunk)
     scores = scores.reshape(n, c, -1)  # N C classes
 
     def one(feat, score, cls):
@@ -112,9 +113,14 @@ def _scorecam(model, params, tail, x, feats, ctx, classes, key, cfg, logits):
 # Input maps: gradients of the class score with respect to the (preprocessed) input
 
 
-def _input_grad(model: Sequential, params, logits: bool):
+def _score(model: Model, params, x: jax.Array, logits: bool) -> jax.Array:
+    out = model.run(params, x)
+    return out.logits if logits else out.output
+
+
+def _input_grad(model: Model, params, logits: bool):
     def grad(im, c):  # im: H W ch, one image
-        return jax.grad(lambda z: model(params, z[None], logits=logits)[0, c])(im)
+        return jax.grad(lambda z: _score(model, params, z[None], logits)[0, c])(im)
 
     return grad
 
@@ -123,13 +129,13 @@ def _abs_max_channels(g: jax.Array) -> jax.Array:
     return _normalise(jnp.abs(g).max(axis=-1))
 
 
-def _saliency(model, params, tail, x, feats, ctx, classes, key, cfg, logits):
+def _saliency(model, params, x, feats, grads, classes, key, cfg, logits):
     """Simonyan et al. (2014): max over colour channels of |d score / d pixel|."""
     grad = _input_grad(model, params, logits)
     return jax.vmap(jax.vmap(lambda im, c: _abs_max_channels(grad(im, c)), in_axes=(None, 0)))(x, classes)
 
 
-def _smoothgrad(model, params, tail, x, feats, ctx, classes, keys, cfg, logits):
+def _smoothgrad(model, params, x, feats, grads, classes, keys, cfg, logits):
     """Smilkov et al. (2017): the gradient averaged over ``samples`` copies with Gaussian noise of
     sigma = ``noise`` x (max - min of the image), then |.| max over channels. ``keys``: one per image
     (split from the caller's key by image index, so chunking and sharding do not change the noise)."""
@@ -143,7 +149,7 @@ def _smoothgrad(model, params, tail, x, feats, ctx, classes, keys, cfg, logits):
     return jax.vmap(lambda im, cs, k: jax.vmap(lambda c: one(im, c, k))(cs))(x, classes, keys)
 
 
-def integrated_gradients(model: Sequential, params: Params, x: jax.Array, classes: jax.Array,
+def integrated_gradients(model: Model, params: Any, x: jax.Array, classes: jax.Array,
                          baseline: jax.Array | None = None, steps: int = 32, logits: bool = True) -> jax.Array:
     """Sundararajan et al. (2017): ``(x - baseline) * mean of the gradients along the straight path``
     (midpoint rule, ``steps`` points). Returns N x K x H x W x ch attributions whose sum approaches
@@ -160,16 +166,15 @@ def integrated_gradients(model: Sequential, params: Params, x: jax.Array, classe
     return jax.vmap(jax.vmap(one, in_axes=(None, 0)))(x, classes)
 
 
-def _ig(model, params, tail, x, feats, ctx, classes, key, cfg, logits):
+def _ig(model, params, x, feats, grads, classes, key, cfg, logits):
     attr = integrated_gradients(model, params, x, classes, steps=cfg.steps, logits=logits)
     return jax.vmap(jax.vmap(lambda a: _normalise(jnp.abs(a.sum(axis=-1)))))(attr)
 
 
-def _guided(model, params, tail, x, feats, ctx, classes, key, cfg, logits):
+def _guided(model, params, x, feats, grads, classes, key, cfg, logits):
     """Springenberg et al. (2015): the input gradient with every ReLU's backward pass guided
     (:func:`jaxviz.nn.layers.guided_relu`, and ``guided_relu6`` for ReLU6 networks), |.| max over channels."""
-    guided = model.with_activation("relu", "guided_relu").with_activation("relu6", "guided_relu6")
-    return _saliency(guided, params, tail, x, feats, ctx, classes, key, cfg, logits)
+    return _saliency(model.guided(), params, x, feats, grads, classes, key, cfg, logits)
 
 
 _IMPLS: dict[str, Callable] = {
@@ -183,30 +188,42 @@ _IMPLS: dict[str, Callable] = {
 }
 
 
-def _compiled(model: Sequential, layer: str, method: str, score: str, cfg: Settings, top1: bool = False):
+def _compiled(model: Model, layer: str | None, method: str, score: str, cfg: Settings, top1: bool = False):
     """``run(params, x, classes, keys) -> (maps, probs, classes)`` (``keys``: one per image); with
-    ``top1`` the classes are each image's argmax, taken inside the same call (``classes`` is ignored),
-    so nothing runs twice."""
+    ``top1`` the classes are each image's argmax, taken inside the same call, so nothing runs twice."""
     return _compile(model, layer, method, score, cfg, top1)  # one cache key however it is called
 
 
 @functools.lru_cache(maxsize=32)
 def _compile(model, layer, method, score, cfg, top1):
-    _, tail = model.split(layer)
     impl = _IMPLS[method]
+    logits = score == "logit"
 
     def run(params, x, classes, keys):  # keys: one per image (only smoothgrad draws noise)
-        acts = model.tap(params, x, (layer,) + tail.context_names)  # one pass up to the layer
-        feats, ctx = acts.pop(layer), acts
-        probs = tail(params, feats, context=ctx)
-        if top1:
-            classes = jnp.argmax(probs, axis=-1).astype(jnp.int32)[:, None]
-        return impl(model, params, tail, x, feats, ctx, classes, keys, cfg, score == "logit"), probs, classes
+        if layer is None:  # input maps: the output alone
+            out = model.run(params, x)
+            probs, feats, grads = out.output, None, None
+            if top1:
+                classes = jnp.argmax(probs, axis=-1).astype(jnp.int32)[:, None]
+        else:  # one forward pass: features, scores, and the gradient at the layer by a zero perturbation
+            def forward(delta):
+                out = model.run(params, x, taps=(layer,), perturb={layer: delta})
+                return (out.logits if logits else out.output), (out.taps[layer], out.output)
+
+            zero = jnp.zeros(x.shape[:1] + layer_shape(model, layer, x.shape[1:]), x.dtype)
+            scores, back, (feats, probs) = jax.vjp(forward, zero, has_aux=True)
+            if top1:
+                classes = jnp.argmax(probs, axis=-1).astype(jnp.int32)[:, None]
+            grads = None
+            if getattr(impl, "needs_grad", False):
+                onehot = jax.nn.one_hot(classes, scores.shape[-1], dtype=scores.dtype)  # N K classes
+                grads = jnp.moveaxis(jax.vmap(lambda e: back(e)[0], in_axes=1)(onehot), 0, 1)  # N K h w C
+        return impl(model, params, x, feats, grads, classes, keys, cfg, logits), probs, classes
 
     return jax.jit(run)
 
 
-def resolve_classes(model: Sequential, n: int, n_classes: int, classes) -> np.ndarray:
+def resolve_classes(model: Model, n: int, n_classes: int, classes) -> np.ndarray:
     """N x K class indices from per-image lists or one list for all images, checked against the range."""
     cls = np.asarray(classes, np.int64)
     if cls.ndim == 0:
@@ -219,7 +236,7 @@ def resolve_classes(model: Sequential, n: int, n_classes: int, classes) -> np.nd
 
 
 def explain(
-    model: Sequential,
+    model: Model,
     params: Mapping,
     x: jax.Array,
     classes: Sequence[Sequence[int]] | Sequence[int] | int | None = None,
@@ -245,11 +262,10 @@ def explain(
         raise unknown("method", method, METHODS)
     if score not in ("logit", "probability"):
         raise JaxvizError(f"score must be 'logit' or 'probability', got {score!r}")
-    layer = layer or model.last_conv
-    model.index(layer)
     x = jnp.asarray(x, jnp.float32)
     model.check_input(x.shape)
-    n_classes = model.shapes(x.shape[1:])[-1][1][-1]
+    n_classes = check_classifier(model, x.shape[1:], method)
+    layer = cam_layer(model, layer, x.shape[1:]) if method in LAYER_METHODS else None
     top1 = classes is None
     cls = np.zeros((x.shape[0], 1), np.int32) if top1 else resolve_classes(model, x.shape[0], n_classes, classes)
     key = jax.random.key(0) if key is None else key
@@ -272,7 +288,28 @@ def explain(
     return Cams(heat, np.asarray(cls), np.asarray(probs, np.float32))
 
 
-def gradcam(model: Sequential, params: Mapping, x: jax.Array, classes=None, layer: str | None = None,
+def check_classifier(model: Model, input_shape: Sequence[int], method: str = "gradcam") -> int:
+    """The number of classes of the model's output; a model without a class-score output raises."""
+    out = output_shape(model, input_shape)
+    if len(out) != 1:
+        raise JaxvizError(f"{method} needs class scores, but {model.name} ends in {model.resolve(model.layer_names[-1])!r}"
+                          f" with output shape {out}; use a model with its classifier (e.g. without _notop)")
+    return int(out[0])
+
+
+def cam_layer(model: Model, layer: str | None, input_shape: Sequence[int]) -> str:
+    """The layer of the layer maps (default the model's :meth:`~jaxviz.nn.protocol.Model.cam_layer`),
+    checked: it must have a spatial map (H x W x C)."""
+    layer = model.resolve(layer) if layer else model.cam_layer()
+    shapes = model.shapes(input_shape)
+    if not is_spatial(dict(shapes)[layer]):
+        spatial = [n for n, s in shapes if is_spatial(s)]
+        raise JaxvizError(f"layer {layer!r} of {model.name} has output shape {dict(shapes)[layer]}, no spatial map "
+                          f"for a class activation map; choose a layer with one, e.g. {', '.join(spatial[-4:])}")
+    return layer
+
+
+def gradcam(model: Model, params: Any, x: jax.Array, classes=None, layer: str | None = None,
             score: str = "logit") -> Cams:
     """Grad-CAM (:func:`explain` with ``method="gradcam"``)."""
     return explain(model, params, x, classes, method="gradcam", layer=layer, score=score)
@@ -288,18 +325,18 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def randomization_check(key: jax.Array, model: Sequential, params: Params, x: jax.Array, classes=None, *,
+def randomization_check(key: jax.Array, model: Model, params: Any, x: jax.Array, classes=None, *,
                         method: str = "gradcam", layer: str | None = None, **kw) -> np.ndarray:
     """Adebayo et al. (2018) model-parameter randomisation test: re-initialise every layer above
     ``layer`` (default the last conv layer) and return, per image and class, the Spearman rank
     correlation between the maps before and after. A method that explains the model gives a low
     value; one that mostly reflects the image (guided backprop is the known case) stays high.
     ``key`` draws the fresh weights (and the noise of ``smoothgrad``)."""
-    layer = layer or model.last_conv
-    cut = model.index(layer)
+    layer = model.resolve(layer) if layer else model.cam_layer()
+    names = model.layer_names
+    above = names[names.index(layer) + 1:]
     k_init, kw["key"] = jax.random.split(key)
-    fresh = model.init(k_init, np.shape(x)[1:])
-    randomized = {n: (fresh[n] if model.index(n) > cut else p) for n, p in params.items()}
+    randomized = model.reinit(params, k_init, above, np.shape(x)[1:])
     before = explain(model, params, x, classes, method=method, layer=layer, **kw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

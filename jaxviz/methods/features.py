@@ -23,9 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxviz.nn import layers as L
 from jaxviz.errors import JaxvizError
-from jaxviz.nn import Sequential
+from jaxviz.nn.protocol import Model, layer_shape
 from jaxviz.nn.preprocess import preprocess
 from jaxviz.methods.sharding import batch_mesh, chunk_size, gather, pad_to, replicate, shard_batch
 
@@ -328,44 +327,34 @@ class Patterns(NamedTuple):
     dead: np.ndarray  # N bool: the gradient was zero everywhere at every step
 
 
-def _to_model_input(model: Sequential, img: jax.Array, input_scale: str | None) -> jax.Array:
+def model_input(model: Model, img: jax.Array, input_scale: str | None) -> jax.Array:
     """``input_scale='unit'``: pixels in [0, 1] go through the model's own preprocessing; else as they are."""
     return preprocess(img * 255.0, model.preprocessing) if input_scale == "unit" else img
 
 
-def _layer_fn(model: Sequential, layer: str, single_channel: bool):
-    """``f(params, x, index) -> activation``: the model up to ``layer``; for a Conv2D target, only channel
-    ``index`` is computed (its one output filter), which is all the objective reads."""
-    head = model.until(layer)
-    target = head.layers[-1][1]
-    logits = isinstance(target, L.Dense)
-    if single_channel and isinstance(target, L.Conv2D):
-        prefix, name = head[:-1], head.layers[-1][0]
+def _layer_fn(model: Model, layer: str, single_channel: bool, logits: bool):
+    """``f(params, x, index) -> activation``: the model run only as far as ``layer``; with
+    ``single_channel`` only channel ``index`` (a model may then compute just that one filter)."""
 
-        def fn(params, x, index):
-            h = prefix(params, x) if len(prefix) else x
-            p = params[name]
-            k = jax.lax.dynamic_slice_in_dim(p["kernel"], index, 1, axis=3)
-            y = L.conv(h, k, target.strides, target.padding)
-            if target.use_bias:
-                y = y + jax.lax.dynamic_slice_in_dim(p["bias"], index, 1, axis=0)
-            return L.ACTIVATIONS[target.activation](y)
+    def fn(params, x, index):
+        out = model.run(params, x, taps=(layer,), output=False, logits=logits,
+                        channel=(layer, index) if single_channel else None)
+        return out.taps[layer]
 
-        return fn
-    return lambda params, x, index: head(params, x, logits=logits)
+    return fn
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(model: Sequential, layer: str, recipe: Recipe, shape: tuple[int, int, int], single_channel: bool,
-              unroll: bool):
+def _compiled(model: Model, layer: str, recipe: Recipe, shape: tuple[int, int, int], single_channel: bool,
+              unroll: bool, logits: bool):
     """One jitted function: a chunk of filter indices + keys -> final params, objective history, dead flags."""
-    act_fn = _layer_fn(model, layer, single_channel)
+    act_fn = _layer_fn(model, layer, single_channel, logits)
 
     def objective_of(params, p, key, index, transformed):
         img = recipe.param.to_image(p)
         if transformed and recipe.transform is not None:
             img = recipe.transform(key, img)
-        x = _to_model_input(model, img, recipe.input_scale)[None].astype(recipe.dtype)  # layers follow x's dtype
+        x = model_input(model, img, recipe.input_scale)[None].astype(recipe.dtype)  # layers follow x's dtype
         obj = recipe.objective(act_fn(params, x, index).astype(jnp.float32), index)
         pen = recipe.penalty(img) * recipe.penalty_weight if recipe.penalty is not None else 0.0
         return obj, pen
@@ -403,7 +392,7 @@ def _compiled(model: Sequential, layer: str, recipe: Recipe, shape: tuple[int, i
 
 
 def filter_patterns(
-    model: Sequential,
+    model: Model,
     params: Mapping,
     layer: str,
     filters: Sequence[int],
@@ -429,28 +418,30 @@ def filter_patterns(
     """
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     key = jax.random.key(0) if key is None else key
-    target = model.layer(layer)
-    n_out = model.until(layer).shapes((recipe.size, recipe.size, model.input_shape[-1]))[-1][1][-1]
+    layer = model.resolve(layer)
+    if recipe.octaves < 1 or recipe.dtype not in ("float32", "bfloat16"):
+        raise JaxvizError(f"octaves must be >= 1 and dtype float32 or bfloat16; got {recipe.octaves}, {recipe.dtype!r}")
+    shape = (recipe.size, recipe.size, model.input_shape[-1])
+    first = recipe.sizes()[0]  # the smallest image of the run (the first octave) must fit too
+    out = layer_shape(model, layer, (first, first) + shape[2:])
+    layer_shape(model, layer, shape)
+    kind = model.kind(layer)
+    if kind in ("flatten", "dropout", "reshape"):
+        raise JaxvizError(f"{layer} has no channels of its own; choose a conv, pool or dense layer")
+    n_out = out[-1]
     filters = np.asarray(list(filters), np.int32)
     if filters.size == 0:
         raise JaxvizError("no filters requested")
     bad = filters[(filters < 0) | (filters >= n_out)]
     if bad.size:
         raise JaxvizError(f"filter index {int(bad[0])} out of range for {layer} of {model.name}: valid 0..{n_out - 1}")
-    if isinstance(target, (L.Flatten, L.Dropout)):
-        raise JaxvizError(f"{layer} has no channels of its own; choose a conv, pool or dense layer")
-    shape = (recipe.size, recipe.size, model.input_shape[-1])
-    if recipe.octaves < 1 or recipe.dtype not in ("float32", "bfloat16"):
-        raise JaxvizError(f"octaves must be >= 1 and dtype float32 or bfloat16; got {recipe.octaves}, {recipe.dtype!r}")
-    first = recipe.sizes()[0]  # the smallest image of the run (the first octave) must fit too
-    out = model.until(layer).shapes((first, first) + shape[2:])[-1][1]
     border = getattr(recipe.objective, "border", 0)
     if border and len(out) == 3 and min(out[:2]) <= 2 * border:
         raise JaxvizError(f"at size {first} the output of {layer} is {out[0]}x{out[1]}, too small for an "
                           f"objective that drops a {border}-pixel border; use a larger --size")
     recipe.deprocess(np.zeros(shape, np.float32))  # a size the deprocessing cannot take fails now, not after
     unroll = recipe.steps <= 64 if unroll is None else unroll
-    fn = _compiled(model, layer, recipe, shape, single_channel, unroll)
+    fn = _compiled(model, layer, recipe, shape, single_channel, unroll, logits=kind == "dense")
     mesh = batch_mesh(devices)
     b = chunk_size(len(filters), batch_size, mesh)
     params = replicate(mesh, params)

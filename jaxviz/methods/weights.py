@@ -5,12 +5,12 @@ Pure functions over one layer's parameters; :mod:`jaxviz.viz.plotting` draws the
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from jaxviz.errors import JaxvizError
-from jaxviz.nn import Params, Sequential
+from jaxviz.nn.protocol import Model
 
 STAT_NAMES = ("mean", "std", "min", "max", "near_zero")
 
@@ -30,24 +30,25 @@ def weight_stats(w: np.ndarray, near_zero: float = 0.01) -> np.ndarray:
     return np.array([w.mean(), w.std(), w.min(), w.max(), np.mean(np.abs(w) < near_zero)])
 
 
-def layer_weights(model: Sequential, params: Params, layer: str, bins: int = 10, near_zero: float = 0.01) -> LayerWeights:
+def layer_weights(model: Model, params: Any, layer: str, bins: int = 10, near_zero: float = 0.01) -> LayerWeights:
     """Kernel, bias, histogram (``numpy.histogram``, ``bins`` equal bins as ``plt.hist``) and stats of one layer.
 
     Any layer with weights works: conv and dense kernels, the depthwise k x k kernels of separable and
     depthwise convs (as k x k x 1 x C), batch-norm gammas; a layer without weights is an error that
     names the layers that have them.
     """
-    model.index(layer)
-    if layer not in params:
-        with_weights = [n for n in model.layer_names if n in params]
+    p = model.layer_params(params, layer)
+    if not p:
+        with_weights = [n for n in model.layer_names if model.layer_params(params, n)]
         raise JaxvizError(f"layer {layer!r} of {model.name} has no weights; layers with weights: {', '.join(with_weights)}")
-    p = params[layer]
     if "kernel" in p:
         kernel = np.asarray(p["kernel"], np.float32)
     elif "depthwise_kernel" in p:  # separable/depthwise: the spatial k x k kernels, one per channel (k x k x 1 x C)
         kernel = np.asarray(p["depthwise_kernel"], np.float32).transpose(0, 1, 3, 2)
-    else:  # batch norm: the scales
-        kernel = np.asarray(p["gamma"], np.float32)
+    elif "gamma" in p or "scale" in p:  # batch norm: the scales (Keras gamma, Flax scale)
+        kernel = np.asarray(p.get("gamma", p.get("scale")), np.float32)
+    else:  # any other weighted layer: its first weight
+        kernel = np.asarray(next(iter(p.values())), np.float32)
     counts, edges = np.histogram(kernel.reshape(-1), bins=bins)
     bias = np.asarray(p.get("bias", p.get("beta", np.zeros(0))), np.float32)
     return LayerWeights(layer, kernel, bias, counts, edges, weight_stats(kernel, near_zero))

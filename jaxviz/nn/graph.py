@@ -20,8 +20,10 @@ import numpy as np
 
 from jaxviz.nn import layers as L
 from jaxviz.errors import JaxvizError, unknown
+from jaxviz.nn.protocol import Forward
 
 Params = dict[str, dict[str, jax.Array]]
+LOGITS = "/logits"  # the key of the last layer's pre-activation output inside a run
 Shape = tuple[int, ...]
 
 
@@ -282,7 +284,7 @@ class Sequential:
         ``train=True`` turns dropout on and needs ``rng``. ``context``: see :meth:`split`.
         """
         last = self.layers[-1][0] if until is None else self.resolve(until)
-        acts = self._run(params, x, {last}, logits_at=last if logits else None, train=train, rng=rng,
+        acts = self._run(params, x, {last}, logits_at={last} if logits else (), train=train, rng=rng,
                          context=context)
         return acts[last]
 
@@ -301,7 +303,7 @@ class Sequential:
             return {}
         keep = {n: self.resolve(n) for n in names}
         deepest = max(keep.values(), key=self.index)
-        acts = self._run(params, x, set(keep.values()), logits_at=deepest if logits else None)
+        acts = self._run(params, x, set(keep.values()), logits_at={deepest} if logits else ())
         return {n: acts[k] for n, k in keep.items()}
 
     @functools.cached_property
@@ -325,19 +327,74 @@ class Sequential:
             todo += self.sources[n]
         return need
 
-    def _run(self, params, x, outputs, *, logits_at=None, train=False, rng=None, context=None):
+    def _run(self, params, x, outputs, *, logits_at=(), train=False, rng=None, context=None, perturb=None,
+             channel=None, final=None):
         missing = [c for c in self.context_names if c not in (context or {})]
         if missing:
             raise JaxvizError(f"this slice of {self.name} also reads {missing}; pass context={{name: activation}}")
+        logits_at = {logits_at} if isinstance(logits_at, str) else set(logits_at or ())
+        perturb = {self.resolve(n): d for n, d in (perturb or {}).items()}
         env = {self.input_name: jnp.asarray(x), **dict(context or {})}
-        need = self._needed(outputs)
+        need = self._needed(set(outputs))
         for i, (name, layer) in enumerate(self.layers):
             if name not in need:
                 continue
             variables = {"params": params[name]} if L.has_params(layer) else {}
-            rngs = {"dropout": jax.random.fold_in(rng, i)} if (train and rng is not None) else None
-            env[name] = layer.apply(variables, *[env[s] for s in self.sources[name]],
-                                    logits=name == logits_at, train=train, rngs=rngs)
-        return {n: env[n] for n in outputs}
+            ins = [env[s] for s in self.sources[name]]
+            if channel is not None and channel[0] == name and hasattr(layer, "one_channel"):
+                env[name] = layer.apply(variables, *ins, channel[1], logits=name in logits_at, method="one_channel")
+            else:
+                rngs = {"dropout": jax.random.fold_in(rng, i)} if (train and rng is not None) else None
+                env[name] = layer.apply(variables, *ins, logits=name in logits_at, train=train, rngs=rngs)
+                if name == final:  # the output before its activation too (XLA computes the shared part once)
+                    env[LOGITS] = layer.apply(variables, *ins, logits=True, train=train, rngs=rngs)
+                if channel is not None and channel[0] == name:
+                    env[name] = jax.lax.dynamic_slice_in_dim(env[name], channel[1], 1, axis=-1)
+            if name in perturb:
+                env[name] = env[name] + perturb[name]
+        return {n: env[n] for n in outputs} | ({LOGITS: env[LOGITS]} if final else {})
 
+    # -- the model protocol (jaxviz.nn.protocol.Model) -------------------------------------------
+    def run(self, params: Mapping, x: jax.Array, *, taps: Sequence[str] = (),
+            perturb: Mapping[str, jax.Array] | None = None, output: bool = True, logits: bool = False,
+            channel: tuple[str, jax.Array] | None = None) -> Forward:
+        """One forward pass: the output (and its pre-activation logits), the activations at ``taps``,
+        ``perturb`` added at named layers; only what is asked for is computed (see
+        :meth:`jaxviz.nn.protocol.Model.run`)."""
+        keep = {n: self.resolve(n) for n in taps}
+        if channel is not None:
+            channel = (self.resolve(channel[0]), channel[1])
+        last = self.layers[-1][0]
+        if output and last in keep.values() and logits:
+            raise JaxvizError(f"tap {last!r} (the output) without logits=True; its logits are Forward.logits")
+        acts = self._run(params, x, set(keep.values()) | ({last} if output else set()),
+                         logits_at=set(keep.values()) if logits else (), perturb=perturb, channel=channel,
+                         final=last if output else None)
+        out, lgt = (acts[last], acts[LOGITS]) if output else (None, None)
+        return Forward(out, lgt, {n: acts[k] for n, k in keep.items()})
 
+    def kind(self, name: str) -> str:
+        """The kind of layer ``name`` (``conv``, ``pool``, ``dense``, ``act``, ``norm``, ...)."""
+        return L.kind(self.layer(name))
+
+    def guided(self) -> "Sequential":
+        """The same model with ReLU and ReLU6 replaced by their guided versions (guided backprop)."""
+        return self.with_activation("relu", "guided_relu").with_activation("relu6", "guided_relu6")
+
+    def layer_params(self, params: Mapping, name: str) -> dict[str, jax.Array]:
+        """The weights of layer ``name`` in Keras's names (``kernel``, ``bias``, ``gamma``, ...); {} if none."""
+        return dict(params.get(self.resolve(name), {}))
+
+    def reinit(self, params: Mapping, key: jax.Array, layers: Sequence[str],
+               input_shape: Sequence[int] | None = None) -> Params:
+        """``params`` with the layers ``layers`` re-initialised from ``key``."""
+        fresh, redo = self.init(key, input_shape), {self.resolve(n) for n in layers}
+        return {n: (fresh[n] if n in redo else p) for n, p in params.items()}
+
+    def feature_layers(self) -> list[str]:
+        """Every conv and pool layer, in order (the seeds' ``model.layers[:8]`` for the small CNNs)."""
+        return self.names_of_kind("conv", "pool")
+
+    def cam_layer(self) -> str:
+        """:attr:`last_conv`: the last conv layer's output after its batch norm and activation."""
+        return self.last_conv

@@ -21,6 +21,14 @@ import numpy as np
 from jaxviz.viz.writers import Written
 
 
+def _predict(model, params, x):
+    return jax.jit(lambda p, x: model.run(p, x).output)(params, x)
+
+
+def _convs(model) -> list[str]:
+    return [n for n in model.layer_names if model.kind(n) == "conv"]
+
+
 class Section(NamedTuple):
     title: str
     settings: str  # how it was made: model, weights, recipe, the equivalent command
@@ -48,7 +56,7 @@ def _cam_sections(stage, name, loaded, sources, x, methods, prefix, quick) -> li
     stems = [f"image{i}" for i in range(len(sources))]
     for method in methods:
         cams = explain(loaded.model, loaded.params, x, method=method, key=jax.random.key(0), settings=cfg)
-        where = f"layer {loaded.model.last_conv}" if method in LAYER_METHODS else "input"
+        where = f"layer {loaded.model.cam_layer()}" if method in LAYER_METHODS else "input"
         files = write_cams(stage, sources, cams, method, where, prefix=f"{prefix}{method}/", stems=stems)
         out.append(Section(f"{name}: {method}", f"{loaded.model.name}, {loaded.source}; each image's top-1 class, "
                            f"logit score; JET overlay at alpha 0.4. `jaxviz gradcam --method {method}`",
@@ -73,7 +81,7 @@ def run_demo(stage: str, weights: str | None = None, quick: bool = False, seed: 
     digits = load_model(None, "builtin:digits_cnn", seed=seed)
     imgs, labels, info = _digits_held_out(4 if quick else 8)
     x = preprocess(imgs.astype(np.float32), "scale255")
-    probs = np.asarray(digits.model.jit_call(digits.params, x))
+    probs = np.asarray(_predict(digits.model, digits.params, x))
     os.makedirs(os.path.join(stage, "digits"), exist_ok=True)
     save_figure(image_strip(imgs[..., 0], [f"true {t}, pred {p.argmax()} ({p.max():.2f})" for t, p in zip(labels, probs)]),
                 os.path.join(stage, "digits", "predictions.png"))
@@ -138,10 +146,10 @@ def run_demo(stage: str, weights: str | None = None, quick: bool = False, seed: 
         xv = preprocess(np.stack([load_image(p, (h, w)) for p in photos]).astype(np.float32), vgg.model.preprocessing)
         sections += [s._replace(settings=f"{trained}. " + s.settings)
                      for s in _cam_sections(stage, vgg.model.name, vgg, photos, xv, ("gradcam",), "vgg16/cam/", quick)]
-        layers = [n for n in vgg.model.names_of_kind("conv") if n.endswith("_conv1")][: 2 if quick else 3]
+        layers = [n for n in _convs(vgg.model) if n.endswith("_conv1")][: 2 if quick else 3]
         files, _ = write_activations(stage, vgg.model, vgg.params, xv[:1], layers, 16, prefix="vgg16/activations/")
         sections.append(Section(f"{vgg.model.name}: activations of sample:chelsea", trained, files))
-    fl = [n for n in vgg.model.names_of_kind("conv") if n.endswith("_conv1")][:2]
+    fl = [n for n in _convs(vgg.model) if n.endswith("_conv1")][:2]
     d1 = get_recipe("dlwp1", steps=10 if quick else 40)
     files = []
     for layer in fl:
@@ -150,7 +158,7 @@ def run_demo(stage: str, weights: str | None = None, quick: bool = False, seed: 
         files += f
     sections.append(Section(f"{vgg.model.name}: filter patterns (recipe dlwp1, seed 001)",
                             f"{trained}; 64x64, {d1.steps} steps of size 1 on the RMS-normalised gradient", files))
-    files, _ = write_weights(stage, vgg.model, vgg.params, [vgg.model.names_of_kind("conv")[0]], vgg.trained,
+    files, _ = write_weights(stage, vgg.model, vgg.params, [_convs(vgg.model)[0]], vgg.trained,
                              prefix="vgg16/weights/")
     sections.append(Section(f"{vgg.model.name}: block1_conv1 kernels as colour tiles", trained, files))
     return sections
@@ -176,7 +184,7 @@ def _efficientnet_sections(stage, key, quick, seed, progress) -> list[Section]:
     photos = ["sample:chelsea", "sample:coffee", "sample:astronaut"]
     shots = np.stack([load_image(p, m.input_shape[:2]) for p in photos])
     x = preprocess(shots.astype(np.float32), m.preprocessing)
-    probs = np.asarray(m.jit_call(lite.params, x))
+    probs = np.asarray(_predict(m, lite.params, x))
     top = decode_predictions(probs, top=1)
     os.makedirs(os.path.join(stage, "lite0"), exist_ok=True)
     save_figure(image_strip(shots, [f"{t[0][1]} ({t[0][2]:.2f})" for t in top], cmap=None),

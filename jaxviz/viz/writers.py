@@ -8,14 +8,14 @@ exactly the code that makes it on the command line. Each writer returns the file
 from __future__ import annotations
 
 import os
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import numpy as np
 
 from jaxviz.errors import JaxvizError
 from jaxviz.io import save_npz, save_png
-from jaxviz.nn import Params, Sequential
+from jaxviz.nn.protocol import Model
 
 
 class Written(NamedTuple):
@@ -29,7 +29,7 @@ def _join(stage: str, rel: str) -> str:
     return path
 
 
-def write_activations(stage: str, model: Sequential, params: Params, x: np.ndarray, layers: Sequence[str],
+def write_activations(stage: str, model: Model, params: Any, x: np.ndarray, layers: Sequence[str],
                       per_row: int = 16, prefix: str = "") -> tuple[list[Written], list[dict]]:
     """``<prefix><layer>.png`` per conv/pool layer (seed Listing 5.31 grids) and ``<prefix>activations.npz``
     (H x W x C float32 per layer, first image). Returns the files and :func:`layer_summary` rows."""
@@ -51,7 +51,18 @@ def write_activations(stage: str, model: Sequential, params: Params, x: np.ndarr
     return files, summary
 
 
-def write_filters(stage: str, model: Sequential, params: Params, layer: str, filters: Sequence[int], recipe,
+def index_ranges(indices: Sequence[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0..2, 5, 7..8"``: runs of consecutive indices, in the given order."""
+    runs: list[list[int]] = []
+    for i in map(int, indices):
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ", ".join(f"{r[0]}..{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs)
+
+
+def write_filters(stage: str, model: Model, params: Any, layer: str, filters: Sequence[int], recipe,
                   key: jax.Array, batch_size: int | None = None, on_chunk: Callable[[int], None] | None = None,
                   prefix: str = ""):
     """``<prefix><layer>.png`` (8-wide grid, 5-pixel margins) and ``<prefix><layer>.npz`` with
@@ -66,7 +77,7 @@ def write_filters(stage: str, model: Sequential, params: Params, layer: str, fil
     save_npz(_join(stage, f"{prefix}{layer}.npz"), patterns=res.patterns, images=res.images, filters=res.filters,
              objective=res.objective)
     dead = int(res.dead.sum())
-    caption = (f"{layer}: filters {res.filters[0]}..{res.filters[-1]}, mean objective "
+    caption = (f"{layer}: filters {index_ranges(res.filters)}, mean objective "
                f"{res.history[:, 0].mean():.3g} -> {res.objective.mean():.3g}" + (f", {dead} dead" if dead else ""))
     return [Written(rel, caption)], res
 
@@ -96,8 +107,8 @@ def write_cams(stage: str, sources: Sequence, cams, method: str, where: str, pre
     return files
 
 
-def write_weights(stage: str, model: Sequential, params: Params, layers: Sequence[str], trained: bool,
-                  untrained: Params | None = None, in_channel=None, bins: int = 10, prefix: str = ""):
+def write_weights(stage: str, model: Model, params: Any, layers: Sequence[str], trained: bool,
+                  untrained: Any | None = None, in_channel=None, bins: int = 10, prefix: str = ""):
     """``<layer>_hist.png`` (trained vs untrained side by side), ``<layer>_kernels[_untrained].png``
     (conv layers: seed 004's 2x16 mosaic) and ``weights.npz`` (``<layer>_{kernel,bias,counts,edges,stats}``,
     the same with ``untrained_``, and ``stat_names``). Returns the files and (layer, label, stats) rows."""
@@ -107,7 +118,7 @@ def write_weights(stage: str, model: Sequential, params: Params, layers: Sequenc
     if bins < 1:
         raise JaxvizError(f"--bins must be at least 1, got {bins}")
     for layer in layers:
-        model.index(layer)
+        model.resolve(layer)
     arrays: dict[str, np.ndarray] = {"stat_names": np.array(STAT_NAMES)}
     files, rows = [], []
     for layer in layers:

@@ -1,0 +1,116 @@
+"""The model protocol: the one way every capability talks to a network.
+
+Activations, filter patterns, the CAM and attribution family, weight statistics, the CLI and the demo
+use only what :class:`Model` declares. The zoo's and the Keras importer's graphs
+(:class:`jaxviz.nn.graph.Sequential`) implement it, and so do the adapters for your own Flax NNX and
+Linen modules (:func:`jaxviz.adapt`). Everything a capability needs reduces to one primitive,
+:meth:`Model.run`: one forward pass that returns the output, the activations at named layers, and
+adds a perturbation at named layers — the gradient with respect to a layer's output is the gradient
+with respect to that perturbation at zero, so no capability needs to split a model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, NamedTuple, Protocol, Sequence, runtime_checkable
+
+import jax
+
+Shape = tuple[int, ...]
+
+
+class Forward(NamedTuple):
+    """What :meth:`Model.run` returns.
+
+    Attributes:
+      output: the model's output (probabilities for a softmax top), N x K; ``None`` when the pass
+        stopped at the deepest tap (``output=False``).
+      logits: the output before the last layer's activation (equal to ``output`` when the model has no
+        final activation), N x K; ``None`` with ``output=False``.
+      taps: ``{layer: activation}`` for the requested layers (N x H x W x C for spatial layers).
+    """
+
+    output: jax.Array | None
+    logits: jax.Array | None
+    taps: dict[str, jax.Array]
+
+
+@runtime_checkable
+class Model(Protocol):
+    """A network as the capabilities see it (see the module docstring).
+
+    Attributes:
+      name: a name for captions and errors.
+      input_shape: the default input (H, W, C).
+      preprocessing: how pixels 0..255 become model input (a mode of :mod:`jaxviz.nn.preprocess`).
+      labels: the label set of the output (``imagenet``, ...), or None.
+    """
+
+    name: str
+    input_shape: Shape
+    preprocessing: str
+    labels: str | None
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Every addressable layer, in call order."""
+
+    def resolve(self, name: str) -> str:
+        """The layer behind ``name`` (an alias or a layer name); an unknown name raises a
+        :class:`~jaxviz.errors.JaxvizError` that lists the valid ones."""
+
+    def kind(self, name: str) -> str:
+        """``conv``, ``pool``, ``dense``, ``act``, ``norm``, ``block`` (a module of modules), ... ."""
+
+    def shapes(self, input_shape: Sequence[int] | None = None) -> list[tuple[str, Shape]]:
+        """Output shape (no batch axis) of every layer for an input (H, W, C); a bad size raises."""
+
+    def check_input(self, x_shape: Sequence[int]) -> None:
+        """Raise a clear error unless a batch of shape (N, H, W, C) fits."""
+
+    def run(self, params: Any, x: jax.Array, *, taps: Sequence[str] = (),
+            perturb: Mapping[str, jax.Array] | None = None, output: bool = True, logits: bool = False,
+            channel: tuple[str, jax.Array] | None = None) -> Forward:
+        """One forward pass of a batch ``x`` (N, H, W, C, preprocessed).
+
+        Args:
+          taps: layers whose outputs to return.
+          perturb: ``{layer: array}`` added to those layers' outputs (zeros leave the result unchanged;
+            differentiate with respect to them for the gradient at a layer).
+          output: False stops at the deepest tap (``Forward.output``/``logits`` are None).
+          logits: taps of layers with a built-in final activation are taken before it.
+          channel: ``(layer, index)``: that layer's tap holds only channel ``index`` (N, ..., 1); a
+            model may then compute just that channel.
+        """
+
+    def guided(self) -> "Model":
+        """The same network (same parameters) with every ReLU's backward pass guided (guided backprop)."""
+
+    def layer_params(self, params: Any, name: str) -> dict[str, jax.Array]:
+        """The weights of one layer, ``{name: array}`` (kernels H x W x in x out); ``{}`` if it has none."""
+
+    def init(self, key: jax.Array, input_shape: Sequence[int] | None = None) -> Any:
+        """Fresh, untrained parameters."""
+
+    def reinit(self, params: Any, key: jax.Array, layers: Sequence[str],
+               input_shape: Sequence[int] | None = None) -> Any:
+        """``params`` with the weights of ``layers`` freshly initialised (the randomisation check)."""
+
+    def feature_layers(self) -> list[str]:
+        """The layers whose activations are shown by default (conv and pool outputs with a spatial map)."""
+
+    def cam_layer(self) -> str:
+        """The default layer of the CAM methods: the last spatial feature layer before pooling or flattening."""
+
+
+def output_shape(model: Model, input_shape: Sequence[int] | None = None) -> Shape:
+    """The shape (no batch axis) of the model's output."""
+    return model.shapes(input_shape)[-1][1]
+
+
+def layer_shape(model: Model, layer: str, input_shape: Sequence[int] | None = None) -> Shape:
+    """The output shape (no batch axis) of one layer."""
+    return dict(model.shapes(input_shape))[model.resolve(layer)]
+
+
+def is_spatial(shape: Shape) -> bool:
+    return len(shape) == 3
