@@ -45,13 +45,22 @@ def resnet(seed: int = 0) -> ResNet:
 
 
 class LinenCNN(nn.Module):
-    @nn.compact
+    """conv1 -> relu -> bn -> 2x2 max pool -> conv2 -> relu -> global mean -> head (4 classes)."""
+
+    def setup(self):
+        self.conv1 = nn.Conv(8, (3, 3))
+        self.bn = nn.BatchNorm(use_running_average=True)
+        self.conv2 = nn.Conv(16, (3, 3))
+        self.head = nn.Dense(4)
+
+    def features(self, x):
+        return nn.max_pool(self.bn(nn.relu(self.conv1(x))), (2, 2), (2, 2))
+
+    def tail(self, f):
+        return self.head(nn.relu(self.conv2(f)).mean(axis=(1, 2)))
+
     def __call__(self, x):
-        x = nn.relu(nn.Conv(8, (3, 3), name="conv1")(x))
-        x = nn.BatchNorm(use_running_average=True, name="bn")(x)
-        x = nn.max_pool(x, (2, 2), (2, 2))
-        x = nn.relu(nn.Conv(16, (3, 3), name="conv2")(x))
-        return nn.Dense(4, name="head")(x.mean(axis=(1, 2)))
+        return self.tail(self.features(x))
 
 
 def linen_cnn(seed: int = 0):
