@@ -12,14 +12,15 @@ import numpy as np
 
 def convert(src: str, dest: str | None, arch: str | None = None, *, overwrite: bool = False) -> str:
     """Convert ``src`` and (unless ``dest`` is None) write a checkpoint; prints the layer table."""
-    from jaxviz.io.checkpoint import save_checkpoint
+    from jaxviz.io.checkpoint import check_replaceable, save_checkpoint
     from jaxviz.errors import JaxvizError
     from jaxviz.nn import get_model
     from weights_convert import load_weights_file
 
-    if dest is not None:
-        if os.path.exists(dest) and not overwrite:
+    if dest is not None:  # checked before the (possibly long) read, and again when writing
+        if os.path.lexists(dest) and not overwrite:
             raise JaxvizError(f"{dest} already exists; choose another destination or pass --overwrite")
+        check_replaceable(dest)
     arch, params, fmt, version = load_weights_file(src, arch)
     model = get_model(arch)
     print(f"{src}: {fmt}" + (f" (Keras {version})" if version else "") + f" -> {arch}")
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("src", help="Keras file or PyTorch .pth state dict")
     p.add_argument("dest", nargs="?", help="checkpoint directory to create (not needed with --dry-run)")
     p.add_argument("--arch", help="architecture name (default: detected from the file)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing DEST")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing DEST if it is a jaxviz checkpoint (anything else is refused)")
     p.add_argument("--dry-run", action="store_true", help="check and print, write nothing")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = p.parse_args(argv)

@@ -3,7 +3,8 @@
 A checkpoint is a directory: ``params/`` (orbax) and ``jaxviz.json`` (architecture name, input
 shape, preprocessing, labels, provenance), so the directory alone is enough to rebuild the model.
 It is written into a temporary sibling directory and renamed into place; an existing checkpoint
-is never replaced unless ``overwrite=True``.
+is never replaced unless ``overwrite=True``, and nothing but a checkpoint (or an empty directory) is
+ever replaced. Parameters that are not finite are refused on saving and on loading.
 """
 
 from __future__ import annotations
@@ -26,6 +27,37 @@ META = "jaxviz.json"
 
 def is_checkpoint(path: "str | os.PathLike") -> bool:
     return os.path.isfile(os.path.join(path, META))
+
+
+def check_replaceable(path: "str | os.PathLike") -> None:
+    """Raise unless ``--overwrite`` may replace ``path``: it does not exist, is an empty directory, or is
+    a jaxviz checkpoint holding nothing but what :func:`save_checkpoint` writes. A file, a link or any
+    other directory is refused, so that overwriting never deletes something that is not a checkpoint."""
+    path = os.fspath(path)
+    if not os.path.lexists(path):
+        return
+    if os.path.islink(path) or not os.path.isdir(path):
+        kind = "a symbolic link" if os.path.islink(path) else "a file"
+        raise JaxvizError(f"{path} is {kind}, not a jaxviz checkpoint; --overwrite replaces only checkpoints, so "
+                          "remove it yourself or choose another destination")
+    entries = sorted(os.listdir(path))
+    if not entries:
+        return
+    extra = [e for e in entries if e not in (META, "params")]
+    if not is_checkpoint(path) or extra:
+        what = f"it holds {extra[0]!r}" if extra else f"it has no {META}"
+        raise JaxvizError(f"{path} is a directory but not a jaxviz checkpoint ({what}); --overwrite replaces only "
+                          "checkpoints, so remove it yourself or choose another destination")
+    read_meta(path)  # a jaxviz.json of another format is refused too
+
+
+def check_finite(params: Mapping[str, Mapping[str, Any]], where: str) -> None:
+    """Raise an error naming the first layer whose parameters hold NaN or Inf (``where``: the subject
+    of the message, e.g. the checkpoint's path)."""
+    for name, ps in params.items():
+        for pname, a in ps.items():
+            if not np.all(np.isfinite(np.asarray(a))):
+                raise JaxvizError(f"{where}: layer {name!r} {pname} contains NaN or Inf; the weights are unusable")
 
 
 def check_params(model: Sequential, params: Mapping[str, Mapping[str, Any]], input_shape=None) -> None:
@@ -58,9 +90,11 @@ def save_checkpoint(
     import orbax.checkpoint as ocp
 
     path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path) and not overwrite:
+    if os.path.lexists(path) and not overwrite:
         raise JaxvizError(f"{path} already exists; choose another destination or pass --overwrite")
+    check_replaceable(path)
     check_params(model, params)
+    check_finite(params, f"refusing to save {model.name}")
     parent = os.path.dirname(path)
     try:
         os.makedirs(parent, exist_ok=True)
@@ -83,16 +117,30 @@ def save_checkpoint(
         }
         with open(os.path.join(tmp, META), "w") as f:
             json.dump(meta, f, indent=2)
-        if os.path.exists(path):  # overwrite=True: swap, then drop the old one
+        old = None
+        if os.path.lexists(path):  # overwrite=True onto a checkpoint (or empty directory): swap, drop the old
+            check_replaceable(path)  # again: it may have changed while the new one was written
             old = tmp + ".old"
             os.rename(path, old)
-            os.rename(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.rename(tmp, path)
+            except BaseException:
+                os.rename(old, path)  # put the old one back
+                raise
         else:
             os.rename(tmp, path)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise JaxvizError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if old is not None:
+        try:
+            shutil.rmtree(old)
+        except OSError as e:
+            raise JaxvizError(f"wrote {path}, but the checkpoint it replaced, moved to {old}, could not be removed: "
+                              f"{e.strerror or e}") from None
     return path
 
 
@@ -101,9 +149,12 @@ def read_meta(path: "str | os.PathLike") -> dict[str, Any]:
         with open(os.path.join(path, META)) as f:
             meta = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise JaxvizError(f"{path} is not a jaxviz checkpoint ({e.__class__.__name__}: {e})") from None
-    if meta.get("format") != FORMAT:
-        raise JaxvizError(f"{path} is not a jaxviz checkpoint (format {meta.get('format')!r})")
+        raise JaxvizError(f"{path} is not a jaxviz checkpoint ({e.__class__.__name__}: {str(e)[:200]})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise JaxvizError(f"{path} is not a jaxviz checkpoint (format {str(fmt)[:80]!r})")
+    if not isinstance(meta.get("architecture"), str):
+        raise JaxvizError(f"{path}: its {META} names no architecture; the checkpoint is damaged")
     return meta
 
 
@@ -122,6 +173,7 @@ def load_checkpoint(path: "str | os.PathLike") -> tuple[Sequential, Params, dict
         with ocp.StandardCheckpointer() as ckptr:
             params = ckptr.restore(os.path.join(path, "params"), target)
     except Exception as e:  # orbax raises many types for a damaged or mismatched tree
-        raise JaxvizError(f"cannot restore {path} as {model.name}: {str(e).splitlines()[0][:300]}") from None
+        raise JaxvizError(f"cannot restore {path} as {model.name}: {(str(e).splitlines() or [''])[0][:300]}") from None
     check_params(model, params)
+    check_finite(params, path)
     return model, params, meta

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import os
 import pickle
+import pickletools
 import struct
 import zipfile
 from typing import Any
@@ -25,6 +27,9 @@ from jaxviz.errors import JaxvizError
 from jaxviz.nn import Sequential
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+MAX_BYTES = 4 << 30  # the most one file may make us read into storages, and again build into tensors
+MAX_PICKLE_BYTES = 256 << 20  # the most read of a zip's data.pkl (real ones are kilobytes)
+MAX_NDIM = 32
 _DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
     "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16, "CharStorage": np.int8,
@@ -32,16 +37,60 @@ _DTYPES = {
 }
 
 
-class _StorageType:
+def _line(e: BaseException) -> str:
+    """``Type: message`` of ``e`` on one short line."""
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
+
+
+class _Frozen:
+    """What the unpickler hands out. A pickle's BUILD opcode sets attributes on the object on top of
+    the stack; refusing them means a file cannot rewrite the reader's markers, storages or tensors."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is read-only")
+
+    def _init(self, **fields: Any) -> None:
+        for k, v in fields.items():
+            object.__setattr__(self, k, v)
+
+
+class _StorageType(_Frozen):
+    __slots__ = ("name", "dtype")
+
     def __init__(self, name: str):
-        self.dtype = np.dtype(_DTYPES[name])
+        self._init(name=name, dtype=np.dtype(_DTYPES[name]))
 
 
-class _Tensor:
-    """A tensor not yet materialised: its storage key, offset, size and stride (in elements)."""
+class _Storage(_Frozen):
+    """A storage a tensor refers to: its key, element type and declared element count."""
 
-    def __init__(self, storage: tuple, offset: int, size: tuple, stride: tuple):
-        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+    __slots__ = ("key", "dtype", "numel")
+
+    def __init__(self, key: str, dtype: np.dtype, numel: int):
+        self._init(key=key, dtype=dtype, numel=numel)
+
+
+class _Tensor(_Frozen):
+    """A tensor not yet materialised, exactly as the pickle gave it: storage, offset, size and stride
+    (in elements). Nothing is trusted until :func:`_layout` has checked it against its storage."""
+
+    __slots__ = ("storage", "offset", "size", "stride")
+
+    def __init__(self, storage: Any, offset: Any, size: Any, stride: Any):
+        self._init(storage=storage, offset=offset, size=size, stride=stride)
+
+
+class _Call(_Frozen):
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Any):
+        self._init(fn=fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
@@ -57,144 +106,301 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
     return data
 
 
-_ALLOWED = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    **{("torch", name): _StorageType(name) for name in _DTYPES},
-}
+def _allowed() -> dict[tuple[str, str], Any]:
+    """The globals a state dict may name, as fresh read-only objects for each file."""
+    return {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("torch._utils", "_rebuild_tensor_v2"): _Call(_rebuild_tensor_v2),
+        ("torch._utils", "_rebuild_tensor"): _Call(_rebuild_tensor),
+        ("torch._utils", "_rebuild_parameter"): _Call(_rebuild_parameter),
+        **{("torch", name): _StorageType(name) for name in _DTYPES},
+    }
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, stream: io.BufferedIOBase, path: str):
+    def __init__(self, stream: io.BufferedIOBase, path: str, max_bytes: int):
         super().__init__(stream)
-        self.path = path
-        self.storages: dict[str, tuple[np.dtype, int]] = {}
+        self.path, self.max_bytes = path, max_bytes
+        self.allowed = _allowed()
+        self.storages: dict[str, _Storage] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return _ALLOWED[(module, name)]
+            return self.allowed[(module, name)]
         except KeyError:
-            raise JaxvizError(
-                f"refusing {self.path}: its pickle asks for {module}.{name}, which is not part of a plain state "
-                "dict (tensors in ordered dicts); jaxviz never runs code from weight files"
-            ) from None
+            pass
+        if module == "torch" and name.endswith("Storage"):
+            raise JaxvizError(f"{self.path}: tensors of type torch.{name} are not supported; supported storages: "
+                              f"{', '.join(_DTYPES)}")
+        raise JaxvizError(
+            f"refusing {self.path}: its pickle asks for {module}.{name}, which is not part of a plain state "
+            "dict (tensors in ordered dicts); jaxviz never runs code from weight files"
+        )
 
-    def persistent_load(self, pid: Any) -> tuple:
-        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
-            raise JaxvizError(f"refusing {self.path}: unexpected persistent id {pid!r:.80}")
-        _, stype, key, _location, numel = pid[:5]
-        self.storages[str(key)] = (stype.dtype, int(numel))
-        return (str(key), stype.dtype)
+    def persistent_load(self, pid: Any) -> _Storage:
+        bad = f"{self.path}: unexpected persistent id ({type(pid).__name__}) in its pickle; the file is damaged"
+        if type(pid) is not tuple or len(pid) not in (5, 6) or pid[0] != "storage":
+            raise JaxvizError(bad)
+        stype, key, _location, numel = pid[1:5]
+        if not isinstance(stype, _StorageType) or type(key) is not str or type(numel) is not int or numel < 0:
+            raise JaxvizError(bad)
+        if len(pid) == 6 and pid[5] is not None:  # legacy view metadata: pre-1.0 storage views
+            raise JaxvizError(f"{self.path}: storage {key} is a view of another storage (PyTorch < 1.0); "
+                              "re-save the state dict with a current PyTorch")
+        if numel * stype.dtype.itemsize > self.max_bytes:
+            raise JaxvizError(f"{self.path}: storage {key} claims {numel:,} elements, more than the "
+                              f"{self.max_bytes:,} bytes a weight file may hold; the file is damaged")
+        storage = _Storage(key, stype.dtype, numel)
+        seen = self.storages.setdefault(key, storage)
+        if (seen.dtype, seen.numel) != (storage.dtype, storage.numel):
+            raise JaxvizError(f"{self.path}: storage {key} is declared both as {seen.numel} x {seen.dtype} and as "
+                              f"{numel} x {stype.dtype}; the file is damaged")
+        return seen
 
 
-def _load_pickle(stream: io.BufferedIOBase, path: str, what: str) -> tuple[Any, dict[str, tuple[np.dtype, int]]]:
-    """The next pickle in ``stream`` and the storages it referred to."""
-    u = _Unpickler(stream, path)
+_MEMO_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
+
+
+def _load_pickle(stream: io.BytesIO, path: str, what: str, max_bytes: int) -> tuple[Any, dict[str, _Storage]]:
+    """The next pickle in ``stream`` and the storages it referred to.
+
+    The opcodes are scanned first, without running any: a memo index is an array index for the
+    C unpickler, so a ten-byte pickle storing to index 2**31 would make it allocate 16 GiB. An index
+    above the opcode count is refused (a pickler numbers memo entries 0, 1, 2, ...)."""
+    start = stream.tell()
+    try:
+        for n, (op, arg, _) in enumerate(pickletools.genops(stream)):
+            if op.name in _MEMO_PUTS and arg > n:
+                raise JaxvizError(f"cannot read {path}: its {what} stores to memo slot {arg:,} after {n} opcodes; "
+                                  "the file is damaged or hostile")
+    except JaxvizError:
+        raise
+    except Exception as e:  # truncated, unknown opcode, not a pickle at all
+        raise JaxvizError(f"cannot read {path}: its {what} is not a readable pickle ({_line(e)})") from None
+    stream.seek(start)
+    u = _Unpickler(stream, path, max_bytes)
     try:
         return u.load(), u.storages
     except JaxvizError:
         raise
-    except Exception as e:  # truncated, or not a pickle at all
-        raise JaxvizError(f"cannot read {path}: its {what} is not a readable pickle ({type(e).__name__}: {e})") from None
+    except Exception as e:  # wrong argument counts, unhashable keys, read-only objects ...
+        raise JaxvizError(f"cannot read {path}: its {what} is not a readable pickle ({_line(e)})") from None
 
 
-def _materialise(obj: Any, buffers: dict[str, np.ndarray], path: str) -> Any:
-    if isinstance(obj, _Tensor):
-        key, dtype = obj.storage
-        buf = buffers[key]
-        size = int(np.prod(obj.size)) if obj.size else 1
-        end = obj.offset + (sum((s - 1) * st for s, st in zip(obj.size, obj.stride)) + 1 if size else 0)
-        if end > buf.size:
-            raise JaxvizError(f"{path}: a tensor reaches past the end of its storage; the file is damaged")
-        strides = tuple(st * buf.itemsize for st in obj.stride)
-        view = np.lib.stride_tricks.as_strided(buf[obj.offset:], obj.size, strides) if size else np.zeros(obj.size, dtype)
-        return np.array(view)  # a contiguous copy
-    if isinstance(obj, dict):
-        return collections.OrderedDict((k, _materialise(v, buffers, path)) for k, v in obj.items())
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_materialise(v, buffers, path) for v in obj)
+def _state_dict(obj: Any, path: str) -> "dict[str, _Tensor]":
+    """The ``{name: tensor}`` mapping of an unpickled file (unwrapping a training checkpoint's
+    ``state_dict``), every key a string and every value a tensor."""
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]  # a training checkpoint wrapping the state dict
+    if not isinstance(obj, dict):
+        raise JaxvizError(f"{path}: not a state dict of tensors (found {type(obj).__name__})")
+    for k, v in obj.items():
+        if type(k) is not str:
+            raise JaxvizError(f"{path}: not a state dict of tensors (a key is of type {type(k).__name__}, not str)")
+        if not isinstance(v, _Tensor):
+            raise JaxvizError(f"{path}: not a state dict of tensors ({k[:80]!r} is a {type(v).__name__})")
     return obj
 
 
-def _read_zip(path: str) -> Any:
-    with zipfile.ZipFile(path) as z:
-        pkls = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+def _layout(t: _Tensor, name: str, path: str, max_bytes: int) -> tuple[tuple[int, ...], tuple[int, ...], int, int]:
+    """``(size, stride, offset, last)`` of ``t`` once proven to lie inside its storage: every element
+    index ``offset + sum(i_k * stride_k)`` (``0 <= i_k < size_k``) is in ``[offset, last]`` and
+    ``last < numel``; ``last`` is ``offset - 1`` for an empty tensor. Python integers: no overflow."""
+    def bad(why: str) -> JaxvizError:
+        return JaxvizError(f"{path}: tensor {name[:80]!r} {why}; the file is damaged or hostile")
+
+    st = t.storage
+    if not isinstance(st, _Storage):
+        raise bad(f"refers to a {type(st).__name__} instead of a storage")
+    if not isinstance(t.size, (tuple, list)) or not isinstance(t.stride, (tuple, list)):
+        raise bad("has a size or stride that is not a list of integers")
+    if len(t.size) != len(t.stride) or len(t.size) > MAX_NDIM:
+        raise bad(f"has {len(t.size)} sizes and {len(t.stride)} strides (at most {MAX_NDIM}, equally many)")
+    if not all(type(v) is int for v in (t.offset, *t.size, *t.stride)):
+        raise bad("has an offset, size or stride that is not an integer")
+    size, stride, offset = tuple(t.size), tuple(t.stride), t.offset
+    if offset < 0 or min(size, default=0) < 0 or min(stride, default=0) < 0:
+        raise bad(f"has a negative offset, size or stride (offset {offset}, size {size}, stride {stride})")
+    # Bound the element count with empty dimensions counted as 1, so that neither numpy's shape
+    # arithmetic nor a (0, 2**62) shape can overflow; stop multiplying as soon as the cap is passed.
+    limit, count = max_bytes // st.dtype.itemsize, 1
+    for n in size:
+        count *= max(n, 1)
+        if count > limit:
+            raise bad(f"claims shape {size}, more than the {max_bytes:,} bytes a weight file may hold")
+    if 0 in size:
+        if offset > st.numel:
+            raise bad(f"starts at {offset}, past the end of its storage of {st.numel} elements")
+        return size, stride, offset, offset - 1
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= st.numel:
+        raise bad(f"reaches element {last} of a storage of {st.numel} elements")
+    return size, stride, offset, last
+
+
+def _materialise(sd: "dict[str, _Tensor]", buffers: dict[str, np.ndarray], path: str, max_bytes: int
+                 ) -> "collections.OrderedDict[str, np.ndarray]":
+    """Copy every tensor out of its storage, at most ``max_bytes`` in all."""
+    out: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+    total = 0
+    for name, t in sd.items():
+        size, stride, offset, last = _layout(t, name, path, max_bytes)
+        buf = buffers[t.storage.key]
+        native = buf.dtype.newbyteorder("=")
+        total += math.prod(size) * buf.itemsize
+        if total > max_bytes:
+            raise JaxvizError(f"{path}: its tensors add up to more than {max_bytes:,} bytes, the most a weight "
+                              "file may hold; the file is damaged or not a convnet's weights")
+        if last < offset:
+            out[name] = np.zeros(size, native)
+            continue
+        # Safe by _layout: the view lies inside buf[offset:last + 1]. A dimension of size 1 gets
+        # stride 0, so an absurd stride there cannot overflow numpy's byte strides.
+        strides = tuple(s * buf.itemsize if n > 1 else 0 for n, s in zip(size, stride))
+        view = np.lib.stride_tricks.as_strided(buf[offset:last + 1], size, strides, writeable=False)
+        out[name] = np.array(view, dtype=native, order="C")
+    return out
+
+
+def _needed(sd: "dict[str, _Tensor]", storages: dict[str, _Storage]) -> list[_Storage]:
+    """The storages the state dict's tensors use, in first-use order."""
+    keys = dict.fromkeys(t.storage.key for t in sd.values() if isinstance(t.storage, _Storage))
+    return [storages[k] for k in keys]
+
+
+def _array(raw: "bytes | memoryview", st: _Storage, little: bool, offset: int = 0) -> np.ndarray:
+    if st.dtype == np.bool_:  # any nonzero byte is True; numpy bools must be 0 or 1
+        return np.frombuffer(raw, np.uint8, st.numel, offset) != 0
+    return np.frombuffer(raw, st.dtype.newbyteorder("<" if little else ">"), st.numel, offset)
+
+
+def _member(z: zipfile.ZipFile, name: str, limit: int, path: str) -> bytes:
+    """At most ``limit + 1`` bytes of archive member ``name`` (so a compression bomb is never inflated)."""
+    try:
+        with z.open(name) as f:
+            return f.read(limit + 1)
+    except Exception as e:  # zipfile raises many types for damaged members
+        raise JaxvizError(f"cannot read {path}: damaged zip member {name[:80]} ({_line(e)})") from None
+
+
+def _read_zip(path: str, max_bytes: int) -> "collections.OrderedDict[str, np.ndarray]":
+    try:
+        z = zipfile.ZipFile(path)
+        names = z.namelist()
+    except Exception as e:
+        raise JaxvizError(f"cannot read {path}: damaged zip archive ({_line(e)})") from None
+    with z:
+        pkls = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
         if not pkls:
             raise JaxvizError(f"{path}: zip archive without data.pkl; not a PyTorch file")
         root = pkls[0][: -len("data.pkl")]
-        obj, storages = _load_pickle(io.BytesIO(z.read(pkls[0])), path, "data.pkl")
-        order = z.read(root + "byteorder").decode().strip() if root + "byteorder" in z.namelist() else "little"
-        buffers = {}
-        for key, (dtype, numel) in storages.items():
-            raw = z.read(f"{root}data/{key}")
-            if len(raw) < numel * dtype.itemsize:
-                raise JaxvizError(f"{path}: storage {key} is truncated; the file is damaged")
-            buffers[key] = np.frombuffer(raw, dtype.newbyteorder("<" if order == "little" else ">"), numel)
-    return _materialise(obj, buffers, path)
+        data = _member(z, pkls[0], MAX_PICKLE_BYTES, path)
+        if len(data) > MAX_PICKLE_BYTES:
+            raise JaxvizError(f"{path}: its data.pkl is larger than {MAX_PICKLE_BYTES:,} bytes; not a state dict")
+        obj, storages = _load_pickle(io.BytesIO(data), path, "data.pkl", max_bytes)
+        little = True
+        if root + "byteorder" in names:
+            order = _member(z, root + "byteorder", 16, path).strip()
+            if order not in (b"little", b"big"):
+                raise JaxvizError(f"{path}: its byteorder says {order[:16]!r}, not 'little' or 'big'; the file is damaged")
+            little = order == b"little"
+        sd = _state_dict(obj, path)
+        buffers, total = {}, 0
+        for st in _needed(sd, storages):
+            name, nbytes = f"{root}data/{st.key}", st.numel * st.dtype.itemsize
+            total += nbytes
+            if total > max_bytes:
+                raise JaxvizError(f"{path}: its storages add up to more than {max_bytes:,} bytes, the most a weight "
+                                  "file may hold; the file is damaged or not a convnet's weights")
+            if name not in names:
+                raise JaxvizError(f"{path}: storage {st.key[:80]} has no data in the archive; the file is damaged")
+            raw = _member(z, name, nbytes, path)[:nbytes]
+            if len(raw) < nbytes:
+                raise JaxvizError(f"{path}: storage {st.key[:80]} is truncated ({len(raw)} of {nbytes} bytes); "
+                                  "the file is damaged")
+            buffers[st.key] = _array(raw, st, little)
+    return _materialise(sd, buffers, path, max_bytes)
 
 
-def _read_legacy(path: str) -> Any:
+def _read_legacy(path: str, max_bytes: int) -> "collections.OrderedDict[str, np.ndarray]":
+    if os.path.getsize(path) > max_bytes + MAX_PICKLE_BYTES:
+        raise JaxvizError(f"{path}: larger than {max_bytes + MAX_PICKLE_BYTES:,} bytes, the most a weight file may be")
     with open(path, "rb") as fh:
-        stream = io.BytesIO(fh.read())
+        data = fh.read()
+    if data[:2] == b"PK":
+        raise JaxvizError(f"cannot read {path}: damaged or truncated zip archive")
+    stream = io.BytesIO(data)
 
-    def next_pickle(what: str) -> tuple[Any, dict]:
-        return _load_pickle(stream, path, what)
+    def next_pickle(what: str) -> tuple[Any, dict[str, _Storage]]:
+        return _load_pickle(stream, path, what, max_bytes)
 
     magic, _ = next_pickle("header")
     if magic != LEGACY_MAGIC:
         raise JaxvizError(f"cannot read {path}: not a PyTorch file (no zip archive, no legacy magic number)")
     next_pickle("protocol version")
     sys_info, _ = next_pickle("system information")
-    little = not isinstance(sys_info, dict) or sys_info.get("little_endian", True)
+    little = sys_info.get("little_endian", True) if isinstance(sys_info, dict) else True
+    if type(little) is not bool:
+        raise JaxvizError(f"{path}: its system information is damaged (little_endian is not true or false)")
     obj, storages = next_pickle("state dict")
     keys, _ = next_pickle("storage list")
+    if type(keys) is not list or not all(type(k) is str for k in keys) or len(set(keys)) != len(keys):
+        raise JaxvizError(f"{path}: its storage list is not a list of distinct names; the file is damaged")
+    sd = _state_dict(obj, path)
     buffers = {}
-    for key in keys:
-        if str(key) not in storages:
-            raise JaxvizError(f"{path}: storage {key} is listed but never used; the file is damaged")
-        dtype, numel = storages[str(key)]
+    for key in keys:  # the storages follow in this order, each as an int64 element count and its bytes
+        st = storages.get(key)
+        if st is None:
+            raise JaxvizError(f"{path}: storage {key[:80]} is listed but never used; the file is damaged")
         head = stream.read(8)
         if len(head) < 8:
-            raise JaxvizError(f"{path}: the file ends before storage {key}; it is truncated")
+            raise JaxvizError(f"{path}: the file ends before storage {key[:80]}; it is truncated")
         (count,) = struct.unpack("<q" if little else ">q", head)
-        raw = stream.read(count * dtype.itemsize)
-        if count != numel or len(raw) != count * dtype.itemsize:
-            raise JaxvizError(f"{path}: storage {key} is truncated or damaged")
-        buffers[str(key)] = np.frombuffer(raw, dtype.newbyteorder("<" if little else ">"), count)
-    return _materialise(obj, buffers, path)
+        pos, nbytes = stream.tell(), st.numel * st.dtype.itemsize
+        if count != st.numel or pos + nbytes > len(data):
+            raise JaxvizError(f"{path}: storage {key[:80]} is truncated or damaged")
+        buffers[key] = _array(data, st, little, pos)
+        stream.seek(pos + nbytes)
+    missing = [st.key for st in _needed(sd, storages) if st.key not in buffers]
+    if missing:
+        raise JaxvizError(f"{path}: storage {missing[0][:80]} is used but its data is missing; the file is damaged")
+    return _materialise(sd, buffers, path, max_bytes)
 
 
 def is_torch_file(path: "str | os.PathLike") -> bool:
-    """Whether ``path`` looks like a PyTorch file: a zip with a ``data.pkl`` or a legacy pickle."""
+    """Whether ``path`` looks like a PyTorch file: a zip with a ``data.pkl`` or a legacy pickle (a
+    damaged zip named ``.pth``/``.pt`` counts, so that the error comes from the PyTorch reader)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         return False
+    named = path.endswith((".pth", ".pt"))
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as z:
                 return any(n == "data.pkl" or n.endswith("/data.pkl") for n in z.namelist())
-        except zipfile.BadZipFile:
-            return False
-    with open(path, "rb") as fh:
-        return fh.read(1) == b"\x80" or path.endswith((".pth", ".pt"))
+        except Exception:  # damaged in any of the ways zipfile reports
+            return named
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(1) == b"\x80" or named
+    except OSError:
+        return named
 
 
-def read_state_dict(path: "str | os.PathLike") -> "collections.OrderedDict[str, np.ndarray]":
+def read_state_dict(path: "str | os.PathLike", *, max_bytes: int = MAX_BYTES) -> "collections.OrderedDict[str, np.ndarray]":
     """``{name: numpy array}`` from a PyTorch ``.pth``/``.pt`` state dict (zip or legacy format).
 
     No torch needed and no code from the file run: a pickle that refers to anything but tensors and
-    ordered dicts is refused with a :class:`JaxvizError` naming what it asked for."""
+    ordered dicts is refused with a :class:`JaxvizError` naming what it asked for. Every tensor's
+    offset, sizes and strides are checked against its storage before anything is copied, and at most
+    ``max_bytes`` are read into storages and at most ``max_bytes`` built into tensors."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise JaxvizError(f"weights file not found: {path}")
-    obj = _read_zip(path) if zipfile.is_zipfile(path) else _read_legacy(path)
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]  # a training checkpoint wrapping the state dict
-    if not isinstance(obj, dict) or not all(isinstance(v, np.ndarray) for v in obj.values()):
-        raise JaxvizError(f"{path}: not a state dict of tensors (found {type(obj).__name__})")
-    return obj
+    try:
+        return _read_zip(path, max_bytes) if zipfile.is_zipfile(path) else _read_legacy(path, max_bytes)
+    except OSError as e:
+        raise JaxvizError(f"cannot read {path}: {e.strerror or _line(e)}") from None
 
 
 # ---------------------------------------------------------------------------------------------
