@@ -37,6 +37,10 @@ _KIND_PATTERNS = (
 )
 
 
+class _Stop(Exception):
+    """Raised inside a trace once every layer asked for has returned: the rest is not traced."""
+
+
 @dataclasses.dataclass(frozen=True)
 class _Layers:
     names: tuple[str, ...]  # in the order of first call
@@ -68,7 +72,7 @@ class _Adapted:
             raise JaxvizError(f"input_shape must be (H, W, C), got {tuple(input_shape)}")
         self.name, self.input_shape, self.preprocessing, self.labels = name, shape, preprocessing, labels
         self._reshape, self._outputs, self._guided = reshape, outputs, False
-        self._shapes: dict[Shape, list[tuple[str, Shape]]] = {}
+        self._shapes: dict[tuple, list[tuple[str, Shape]]] = {}
         self._layers = self._discover()
 
     # -- the flavour's part ----------------------------------------------------------------------
@@ -129,11 +133,10 @@ class _Adapted:
             return self._reshape.get(name)
         return self._reshape if (self._reshape is not None and getattr(y, "ndim", 0) == 3) else None
 
-    def run(self, params: Any, x: jax.Array, *, taps: Sequence[str] = (),
-            perturb: Mapping[str, jax.Array] | None = None, output: bool = True, logits: bool = False,
-            channel: tuple[str, jax.Array] | None = None) -> Forward:
-        taps = tuple(self.resolve(n) for n in taps)
-        perturb = {self.resolve(n): d for n, d in (perturb or {}).items()}
+    def _forward(self, params: Any, x: jax.Array, taps: Sequence[str], perturb: Mapping[str, jax.Array],
+                 stop_after: str | None) -> tuple[jax.Array | None, dict[str, jax.Array]]:
+        """The model's output and ``{layer: output}`` for ``taps``; with ``stop_after``, tracing stops
+        once that layer has returned (nothing after it is traced, so nothing after it can fail)."""
         got: dict[str, jax.Array] = {}
 
         def on_call(name, module, y, entering=False):
@@ -145,38 +148,55 @@ class _Adapted:
                 y = y + (jax.linear_transpose(r, y)(d)[0] if r is not None else d)
             if name in taps and name not in got:
                 got[name] = r(y) if r is not None else y
+            if name == stop_after:
+                raise _Stop
             return y
 
-        with self._guiding():
-            out = self._trace(params, jnp.asarray(x), on_call)
+        try:
+            with self._guiding():
+                return self._trace(params, jnp.asarray(x), on_call), got
+        except _Stop:
+            return None, got
+
+    def run(self, params: Any, x: jax.Array, *, taps: Sequence[str] = (),
+            perturb: Mapping[str, jax.Array] | None = None, output: bool = True, logits: bool = False,
+            channel: tuple[str, jax.Array] | None = None) -> Forward:
+        taps = tuple(self.resolve(n) for n in taps)
+        perturb = {self.resolve(n): d for n, d in (perturb or {}).items()}
+        stop = None
+        if not output and taps:  # stop tracing at the last of the taps (and perturbations) to return
+            wanted = set(taps) | set(perturb)
+            stop = max(wanted, key=self._layers.done.index)
+        out, got = self._forward(params, x, taps, perturb, stop)
         missing = [n for n in taps if n not in got]
         if missing:
             raise JaxvizError(f"layer {missing[0]!r} of {self.name} did not return an array")
         if channel is not None:
             name, index = self.resolve(channel[0]), channel[1]
             got[name] = jax.lax.dynamic_slice_in_dim(got[name], index, 1, axis=-1)
-        if self._outputs == "logits":
-            lgt, out = out, jax.nn.softmax(out, axis=-1)
-        else:
-            lgt = out
-        return Forward(out if output else None, lgt if output else None, {n: got[n] for n in taps})
+        lgt = None
+        if output:
+            lgt, out = (out, jax.nn.softmax(out, axis=-1)) if self._outputs == "logits" else (out, out)
+        return Forward(out, lgt, {n: got[n] for n in taps})
 
-    def shapes(self, input_shape: Sequence[int] | None = None) -> list[tuple[str, Shape]]:
+    def shapes(self, input_shape: Sequence[int] | None = None, until: str | None = None) -> list[tuple[str, Shape]]:
         shape = tuple(input_shape or self.input_shape)
         if len(shape) != 3 or shape[-1] != self.input_shape[-1] or min(shape) < 1:
             raise JaxvizError(f"{self.name} takes H x W x {self.input_shape[-1]} inputs, got shape {shape}")
-        if shape not in self._shapes:
+        until = self.resolve(until) if until else None
+        if (shape, until) not in self._shapes:
             x = jax.ShapeDtypeStruct((1,) + shape, jnp.float32)
             try:
-                f = jax.eval_shape(lambda p, x: self.run(p, x, taps=self._layers.names), self.params, x)
+                out, got = jax.eval_shape(lambda p, x: self._forward(p, x, self._layers.names, {}, until),
+                                          self.params, x)
             except JaxvizError:
                 raise
             except Exception as e:
                 raise JaxvizError(f"{self.name} cannot take a {'x'.join(map(str, shape))} input: "
                                   f"{type(e).__name__}") from e
-            self._shapes[shape] = [(n, tuple(f.taps[n].shape[1:])) for n in self._layers.names] + \
-                [("(output)", tuple(f.output.shape[1:]))]
-        return self._shapes[shape]
+            rows = [(n, tuple(got[n].shape[1:])) for n in self._layers.names if n in got]
+            self._shapes[(shape, until)] = rows + ([("(output)", tuple(out.shape[1:]))] if out is not None else [])
+        return self._shapes[(shape, until)]
 
     def check_input(self, x_shape: Sequence[int]) -> None:
         if len(x_shape) != 4:

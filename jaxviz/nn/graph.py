@@ -182,11 +182,14 @@ class Sequential:
             env[name] = layer.out_shape(*ins)
             yield name, layer, ins, env[name]
 
-    def shapes(self, input_shape: Sequence[int] | None = None) -> list[tuple[str, Shape]]:
-        """Output shape (no batch axis) of every layer for ``input_shape`` (default: the model's).
+    def shapes(self, input_shape: Sequence[int] | None = None, until: str | None = None) -> list[tuple[str, Shape]]:
+        """Output shape (no batch axis) of every layer for ``input_shape`` (default: the model's); with
+        ``until``, of the layers up to that one only.
 
         Raises a :class:`JaxvizError` if the input is too small or does not fit a dense top.
         """
+        if until is not None:
+            return self.until(until).shapes(input_shape)
         shape = tuple(input_shape or self.input_shape)
         self._check_channels(shape)
         if self.input_name == "" and min(shape[:2]) < self.min_size:

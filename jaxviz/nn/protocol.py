@@ -61,8 +61,10 @@ class Model(Protocol):
     def kind(self, name: str) -> str:
         """``conv``, ``pool``, ``dense``, ``act``, ``norm``, ``block`` (a module of modules), ... ."""
 
-    def shapes(self, input_shape: Sequence[int] | None = None) -> list[tuple[str, Shape]]:
-        """Output shape (no batch axis) of every layer for an input (H, W, C); a bad size raises."""
+    def shapes(self, input_shape: Sequence[int] | None = None, until: str | None = None) -> list[tuple[str, Shape]]:
+        """Output shape (no batch axis) of every layer for an input (H, W, C), the last entry the
+        model's output; a bad size raises. With ``until``, only the layers up to that one (a dense top
+        does not then limit the input size)."""
 
     def check_input(self, x_shape: Sequence[int]) -> None:
         """Raise a clear error unless a batch of shape (N, H, W, C) fits."""
@@ -108,8 +110,9 @@ def output_shape(model: Model, input_shape: Sequence[int] | None = None) -> Shap
 
 
 def layer_shape(model: Model, layer: str, input_shape: Sequence[int] | None = None) -> Shape:
-    """The output shape (no batch axis) of one layer."""
-    return dict(model.shapes(input_shape))[model.resolve(layer)]
+    """The output shape (no batch axis) of one layer (only the layers up to it must fit the input)."""
+    layer = model.resolve(layer)
+    return dict(model.shapes(input_shape, until=layer))[layer]
 
 
 def is_spatial(shape: Shape) -> bool:
