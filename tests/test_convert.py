@@ -41,10 +41,13 @@ def test_every_format_matches_keras(arch, shape, tmp_path):
         names = list(h5py.File(paths["legacy_h5"])["model_weights"]["vgg16"].attrs["weight_names"])
         assert names[0].startswith("block5_conv1")  # the order this case is about
     for fmt, path in paths.items():
-        detected, params = load_keras_weights(path, arch if arch == "vgg16_notop" else None)
+        detected, params = load_keras_weights(path)  # the architecture told by the file alone
         assert detected == arch, fmt
         model = get_model(arch)
         assert_same_activations(model, params, km, shape)
+        named, forced = load_keras_weights(path, arch)  # naming it gives the same parameters
+        assert named == arch and forced.keys() == params.keys(), fmt
+        assert all(np.array_equal(forced[l][k], params[l][k]) for l in params for k in params[l]), fmt
 
 
 @pytest.mark.slow

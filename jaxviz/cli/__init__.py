@@ -9,13 +9,14 @@ import argparse
 import os
 import sys
 import time
+import warnings
 
 from jaxviz.cli import layers, predict, activations, filters, gradcam, weights, demo  # noqa: F401,I001  (registers, in help order)
-from jaxviz.cli.common import COMMANDS, EPILOG_COMMON, add_common, run_guarded
+from jaxviz.cli.common import COMMANDS, EPILOG_COMMON, Parser, add_common, run_guarded
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="jaxviz",
         description="What convnets learn: activations, filter patterns, Grad-CAM and weights, in JAX.",
         epilog=EPILOG_COMMON,
@@ -32,25 +33,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``jaxviz`` command; returns the exit status (0, 2 for bad input, 130/143 when interrupted)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a one-line usage error (2), as a status rather than an exit
+        return e.code if isinstance(e.code, int) else 2
     if args.command is None:
         parser.print_help()
         return 2
     t0 = time.perf_counter()
-    import warnings
+    shown = warnings.showwarning
 
     # library warnings (an all-zero heatmap, ...) as one line each, like the errors
-    warnings.showwarning = lambda msg, *a, **k: print(f"jaxviz {args.command}: warning: {msg}", file=sys.stderr)
+    def one_line(msg, *a, **k):
+        print(f"jaxviz {args.command}: warning: {' '.join(str(msg).splitlines())}", file=sys.stderr)
 
     def run():
         args.func(args)
         if getattr(args, "out", None):
             print(f"done in {time.perf_counter() - t0:.1f} s; files in {os.path.abspath(args.out)}")
 
-    return run_guarded(run, args.debug, f"jaxviz {args.command}")
-
-
-
+    warnings.showwarning = one_line
+    try:
+        return run_guarded(run, args.debug, f"jaxviz {args.command}")
+    finally:
+        warnings.showwarning = shown  # main() called in-process (tests) leaves the caller's hook as it was

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jaxviz.cli.common import add_model_args, batch, load, register
+from jaxviz.cli.common import add_model_args, at_least, batch, input_shape, load, register, say_preprocessing
 
 
 def cmd_activations(args) -> None:
@@ -10,11 +10,14 @@ def cmd_activations(args) -> None:
     from jaxviz.io import output_dir
     from jaxviz.viz.writers import write_activations
 
-    loaded = load(args, default_model="cats_dogs_small")
-    model = loaded.model
-    layers = args.layers or default_layers(model)
-    x = batch(model, [args.image])
-    with output_dir(args.out) as stage:
+    at_least("--per-row", args.per_row)
+    with output_dir(args.out) as stage:  # an unusable --out fails before any work
+        loaded = load(args, default_model="cats_dogs_small")
+        model = loaded.model
+        layers = args.layers or default_layers(model)
+        shape = input_shape(args, model)
+        say_preprocessing(args, model)
+        x = batch(model, [args.image], shape)
         _, summary = write_activations(stage, model, loaded.params, x, layers, args.per_row)
     print(f"{'layer':20s} {'shape':18s} {'dead channels':>14s}")
     for row in summary:
@@ -23,7 +26,9 @@ def cmd_activations(args) -> None:
 
 @register("activations", "every channel of every conv/pool layer for one image, tiled per layer",
            "jaxviz activations --model cats_dogs_small --image sample:chelsea --out out/acts\n"
-           "  jaxviz activations --weights fashion.h5 --image shirt.png --out out/f --layers conv2d conv2d_1 --per-row 8")
+           "  jaxviz activations --weights fashion.h5 --image shirt.png --out out/f --layers conv2d conv2d_1 "
+           "--per-row 8\n"
+           "  jaxviz activations --model vgg16_notop --input 150x150 --image cat.png --out out/a")
 def _setup_activations(p):
     add_model_args(p)
     p.add_argument("--image", "-i", required=True, help="image path or sample:NAME")
@@ -31,4 +36,3 @@ def _setup_activations(p):
     p.add_argument("--layers", nargs="+", metavar="L", help="layer names (default: every conv and pool layer)")
     p.add_argument("--per-row", type=int, default=16, help="channels per grid row (default 16)")
     p.set_defaults(func=cmd_activations)
-

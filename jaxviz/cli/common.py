@@ -1,9 +1,16 @@
-"""What every subcommand shares: model and weight arguments, loading with the weights line, image
-batches, the command registry and the one-line error guard."""
+"""What every subcommand shares: model, weight, input-size and preprocessing arguments, checked
+numbers, loading with the weights line, image batches, the command registry and the one-line error
+guard (which also turns SIGTERM into a clean exit)."""
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
+import math
+import os
+import re
+import signal
 import sys
 from typing import Callable
 
@@ -11,16 +18,45 @@ import numpy as np
 
 from jaxviz.errors import JaxvizError
 
-EPILOG_COMMON = "Errors print one line and exit with status 2; --debug shows the traceback."
+EPILOG_COMMON = ("Errors print one line and exit with status 2 (130 on Ctrl-C, 143 on SIGTERM; nothing is written "
+                 "then); --debug shows the traceback.")
+MAX_SIDE = 4096  # the largest --input / --size side: beyond it one image's activations alone need gigabytes
 
 
-def add_model_args(p: argparse.ArgumentParser, *, model_required: bool = False) -> None:
-    p.add_argument("--model", "-m", required=model_required, help="architecture name (see `jaxviz layers --list`)")
-    p.add_argument(
-        "--weights", "-w",
-        help="jaxviz checkpoint directory or Keras file (.h5/.keras/.weights.h5); omitted = UNTRAINED random weights",
-    )
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``PROG: error: ...``) and exit status 2, like
+    every other jaxviz error, instead of the usage block followed by the error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+def weights_help() -> str:
+    from jaxviz.io.models import BUILTIN, PRETRAINED
+
+    return (f"where the weights come from: a jaxviz checkpoint directory; a Keras file (.h5, .keras, .weights.h5); "
+            f"a PyTorch state dict (.pth); builtin or builtin:NAME for the trained weights that ship with jaxviz "
+            f"({', '.join(BUILTIN)}); pretrained for published ImageNet weights ({', '.join(PRETRAINED)}); random "
+            f"for untrained weights. Omitted: pretrained for {', '.join(PRETRAINED)} when its package is "
+            f"installed, else UNTRAINED random weights")
+
+
+def add_model_args(p: argparse.ArgumentParser, *, images: bool = True, input_size: bool = True) -> None:
+    """``--model``, ``--weights``, ``--seed``; ``--input HxW`` (``input_size``) and ``--preprocessing``
+    (``images``: the command feeds images to the model)."""
+    p.add_argument("--model", "-m", help="architecture name (see `jaxviz layers --list`), or FILE.py:FACTORY / "
+                                         "package.module:FACTORY for your own Flax model (its code is run)")
+    p.add_argument("--weights", "-w", help=weights_help())
     p.add_argument("--seed", type=int, default=0, help="PRNG seed for random init and random starts (default 0)")
+    if input_size:
+        p.add_argument("--input", metavar="HxW", help="input size, e.g. 150x150, for models that take any size "
+                                                      "(default: the model's own)")
+    if images:
+        from jaxviz.nn.preprocess import PREPROCESSORS  # read at run time: modes may be added there
+
+        p.add_argument("--preprocessing", choices=list(PREPROCESSORS),
+                       help="how pixels 0..255 become model input, overriding the model's own: "
+                            f"{', '.join(PREPROCESSORS)} (see jaxviz.nn.preprocess)")
 
 
 def add_common(p: argparse.ArgumentParser, top: bool = False) -> None:
@@ -29,6 +65,30 @@ def add_common(p: argparse.ArgumentParser, top: bool = False) -> None:
                    help="show full tracebacks")
 
 
+# -- checked values ----------------------------------------------------------------------------------
+def parse_size(text: str, flag: str = "--input") -> tuple[int, int]:
+    """``"150x150"`` -> ``(150, 150)``: exactly two positive integers joined by ``x``, each at most
+    :data:`MAX_SIDE`; anything else (``150``, ``64x64x3``, ``150by150``) is a one-line error."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not m:
+        raise JaxvizError(f"{flag} takes a size HxW such as 150x150 (height x width; channels come from the "
+                          f"model), got {text!r}")
+    h, w = int(m[1]), int(m[2])
+    if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        raise JaxvizError(f"{flag} {text}: each side must be 1..{MAX_SIDE}")
+    return h, w
+
+
+def at_least(flag: str, value: "int | float | None", low: "int | float" = 1, high: "int | float | None" = None) -> None:
+    """A one-line error unless ``value`` (when given) is a finite number in ``[low, high]``."""
+    if value is None:
+        return
+    if not math.isfinite(value) or value < low or (high is not None and value > high):
+        bound = f"at least {low}" if high is None else f"{low}..{high}"
+        raise JaxvizError(f"{flag} must be {bound}, got {value}")
+
+
+# -- loading ------------------------------------------------------------------------------------------
 def say_weights(loaded) -> None:
     if not loaded.trained:
         print(f"WARNING: {loaded.model.name} has UNTRAINED weights ({loaded.source}); "
@@ -37,26 +97,80 @@ def say_weights(loaded) -> None:
         print(f"{loaded.model.name}: weights from {loaded.source}", file=sys.stderr)
 
 
-def load(args, default_model: str | None = None):
+def load(args, default_model: str | None = None, input_hw: tuple[int, int] | None = None):
+    """The model and parameters of ``--model``/``--weights``, with ``--preprocessing`` applied.
+    Prints where the weights came from (stderr). ``input_hw``: the input size of a ``FILE.py:FACTORY``
+    model that does not declare one, when the command has no ``--input`` (filters: the pattern size)."""
     from jaxviz.io import load_model
+    from jaxviz.io.factory import is_factory_spec, load_factory
 
     model = args.model
-    if model is None and args.weights is None:
-        model = default_model
-    loaded = load_model(model, args.weights, seed=args.seed)
+    if is_factory_spec(model):  # your own Flax model: FILE.py:FACTORY returns the module with its parameters
+        if args.weights is not None:
+            raise JaxvizError(f"--weights does not apply to --model {model}: the factory returns the parameters")
+        hw = parse_size(args.input) if getattr(args, "input", None) else input_hw
+        loaded = load_factory(model, hw, getattr(args, "preprocessing", None))
+    else:
+        if model is None and args.weights is None:
+            model = default_model
+        loaded = load_model(model, args.weights, seed=args.seed)
     say_weights(loaded)
+    mode = getattr(args, "preprocessing", None)
+    if mode is not None:
+        loaded = dataclasses.replace(loaded, model=with_preprocessing(loaded.model, mode))
     return loaded
 
 
-def batch(model, images: list[str], interpolation: str = "nearest") -> np.ndarray:
+def with_preprocessing(model, mode: str):
+    """``model`` (unchanged) with its ``preprocessing`` replaced by ``mode``."""
+    if dataclasses.is_dataclass(model):
+        return dataclasses.replace(model, preprocessing=mode)
+    model = copy.copy(model)  # a protocol adapter that is no dataclass
+    model.preprocessing = mode
+    return model
+
+
+def say_preprocessing(args, model) -> None:
+    """Which preprocessing the images get, on stderr: ``preprocessing: caffe (the model's)``."""
+    why = "--preprocessing" if getattr(args, "preprocessing", None) else "the model's"
+    print(f"preprocessing: {model.preprocessing} ({why})", file=sys.stderr)
+
+
+def conv_layers(model) -> list[str]:
+    """The model's conv layers, in order."""
+    return [n for n in model.layer_names if model.kind(n) == "conv"]
+
+
+def input_shape(args, model) -> tuple[int, ...]:
+    """The input (H, W, C) of ``--input`` (default: the model's), checked against the whole model:
+    a fixed dense top or a too-small size is a one-line error."""
+    if getattr(args, "input", None) is None:
+        return tuple(model.input_shape)
+    shape = parse_size(args.input) + tuple(model.input_shape[2:])
+    model.shapes(shape)
+    return shape
+
+
+def batch(model, images: list[str], shape: tuple[int, ...] | None = None, interpolation: str = "nearest") -> np.ndarray:
+    """The images loaded at ``shape`` (default: the model's input) and preprocessed for ``model``."""
     from jaxviz.io.images import load_image
     from jaxviz.nn.preprocess import preprocess
 
-    h, w, c = model.input_shape
+    h, w, c = shape or model.input_shape
     pixels = np.stack([load_image(src, (h, w), interpolation=interpolation, channels=c) for src in images])
     return preprocess(pixels.astype(np.float32), model.preprocessing)
 
 
+def refuse_out_in_inputs(out: str, images: list[str]) -> None:
+    """``--out`` may not be a folder given as input: a rerun would read the previous outputs as inputs."""
+    target = os.path.realpath(out)
+    for src in images:
+        if not src.startswith("sample:") and os.path.isdir(src) and os.path.realpath(src) == target:
+            raise JaxvizError(f"--out {out} is the input folder {src}; a rerun would read these outputs as "
+                              "images: choose another --out")
+
+
+# -- registry and guard -----------------------------------------------------------------------------
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
 
 
@@ -68,17 +182,35 @@ def register(name: str, help_: str, example: str):
     return deco
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` (the staged outputs) cleans up."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def run_guarded(func: Callable[[], object], debug: bool, prog: str) -> int:
-    """Run ``func``; a :class:`JaxvizError` becomes one line on stderr and exit status 2."""
+    """Run ``func``; a :class:`JaxvizError` becomes one line on stderr and exit status 2; Ctrl-C and
+    SIGTERM unwind (staged outputs are removed) and exit with 130 and 143."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        previous = None
     try:
         func()
         return 0
     except JaxvizError as e:
         if debug:
             raise
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(str(e).splitlines())}", file=sys.stderr)  # one line, whatever it holds
         return 2
+    except Terminated:
+        print(f"{prog}: terminated (SIGTERM); no partial output was left", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
+        print(f"{prog}: interrupted; no partial output was left", file=sys.stderr)
         return 130
-
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxviz.errors import JaxvizError
-from jaxviz.cli.common import register
+from jaxviz.cli.common import parse_size, register, weights_help
 
 
 def cmd_layers(args) -> None:
@@ -25,9 +25,7 @@ def cmd_layers(args) -> None:
         model = load_model(args.name, args.weights).model
     else:
         model = get_model(args.name)
-    shape = tuple(int(v) for v in args.input.split("x")) + model.input_shape[2:] if args.input else None
-    if shape is not None and len(shape) == 2:
-        shape = shape + (model.input_shape[-1],)
+    shape = parse_size(args.input) + tuple(model.input_shape[2:]) if args.input else None
     pshapes = model.param_shapes(shape)
     print(f"{model.name}  input {'x'.join(map(str, shape or model.input_shape))}  preprocessing {model.preprocessing}")
     w = max([22] + [len(n) + 1 for n in model.layer_names])
@@ -47,8 +45,8 @@ def cmd_layers(args) -> None:
            "jaxviz layers vgg16\n  jaxviz layers vgg16_notop --input 150x150\n  jaxviz layers --list")
 def _setup_layers(p):
     p.add_argument("name", nargs="?", help="architecture name")
-    p.add_argument("--weights", "-w", help="checkpoint or Keras file (architecture read from it)")
-    p.add_argument("--input", help="input size HxW (default: the model's)")
+    p.add_argument("--weights", "-w", help=weights_help() + "; the architecture is read from a checkpoint or file")
+    p.add_argument("--input", metavar="HxW", help="input size, e.g. 150x150 (default: the model's)")
     p.add_argument("--list", action="store_true", help="list the registered architectures")
     p.set_defaults(func=cmd_layers)
 

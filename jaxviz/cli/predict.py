@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from jaxviz.errors import JaxvizError
-from jaxviz.cli.common import add_model_args, batch, load, register
+from jaxviz.cli.common import add_model_args, at_least, batch, input_shape, load, register, say_preprocessing
 
 
 def cmd_predict(args) -> None:
@@ -15,12 +15,19 @@ def cmd_predict(args) -> None:
 
     from jaxviz.io.labels import class_probabilities, decode_predictions
 
+    at_least("--top", args.top)
     loaded = load(args, default_model="vgg16")
     model = loaded.model
+    shape = input_shape(args, model)
     if model.labels is None:
-        raise JaxvizError(f"{model.name} has no classifier on top; use a model with predictions (e.g. vgg16)")
-    x = batch(model, args.images)
-    probs = np.asarray(jax.jit(model.__call__)(loaded.params, x))
+        from jaxviz.nn.protocol import output_shape
+
+        what = "class scores but no label set" if len(output_shape(model, shape)) == 1 else "no classifier on top"
+        raise JaxvizError(f"{model.name} has {what}; predict decodes labelled classifiers (e.g. vgg16); "
+                          "gradcam --class N works on any class-score output")
+    say_preprocessing(args, model)
+    x = batch(model, args.images, shape)
+    probs = np.asarray(jax.jit(lambda params, x: model.run(params, x).output)(loaded.params, x))
     top = decode_predictions(probs, top=args.top, labels=model.labels)
     if args.json:
         out = [

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from jaxviz.cli.common import add_model_args, load, register
+from jaxviz.errors import JaxvizError
+from jaxviz.cli.common import add_model_args, at_least, conv_layers, input_shape, load, register
+
+MAX_BINS = 10_000  # a histogram wider than a screen says nothing more, and 10**9 bins would exhaust memory
 
 
 def cmd_weights(args) -> None:
@@ -12,11 +15,15 @@ def cmd_weights(args) -> None:
     from jaxviz.methods.weights import STAT_NAMES
     from jaxviz.viz.writers import write_weights
 
-    loaded = load(args, default_model="fashion_cnn")
-    model = loaded.model
-    layers = args.layer or [model.names_of_kind("conv")[0]]
-    untrained = model.init(jax.random.key(args.seed)) if args.compare_untrained else None
-    with output_dir(args.out) as stage:
+    at_least("--bins", args.bins, 1, MAX_BINS)
+    with output_dir(args.out) as stage:  # an unusable --out fails before any work
+        loaded = load(args, default_model="fashion_cnn")
+        model = loaded.model
+        shape = input_shape(args, model)
+        layers = args.layer or conv_layers(model)[:1]
+        if not layers:
+            raise JaxvizError(f"{model.name} has no conv layer; name a layer with weights with --layer")
+        untrained = model.init(jax.random.key(args.seed), shape) if args.compare_untrained else None
         _, rows = write_weights(stage, model, loaded.params, layers, loaded.trained, untrained, args.in_channel,
                                 args.bins)
     print(f"{'layer':16s} {'weights':24s} " + " ".join(f"{n:>10s}" for n in STAT_NAMES))
@@ -28,13 +35,13 @@ def cmd_weights(args) -> None:
            "jaxviz weights --weights builtin:fashion_cnn --layer conv2d --compare-untrained --out out/w\n"
            "  jaxviz weights --model vgg16_notop --weights vgg16.h5 --layer block1_conv1 --out out/w")
 def _setup_weights(p):
-    add_model_args(p)
+    add_model_args(p, images=False)  # --input: the size the untrained copy is initialised for
     p.add_argument("--layer", "-l", action="append", help="layer name (repeatable; default: the first conv layer)")
     p.add_argument("--compare-untrained", action="store_true",
                    help="also show a freshly initialised copy (glorot-uniform, --seed), side by side")
     p.add_argument("--in-channel", help="input channel of the kernel mosaic: an index, or rgb for 3-channel colour "
                                         "tiles (default: rgb when the layer has 3 input channels, else 0)")
-    p.add_argument("--bins", type=int, default=10, help="histogram bins (default 10, as plt.hist)")
+    p.add_argument("--bins", type=int, default=10, help=f"histogram bins, 1..{MAX_BINS} (default 10, as plt.hist)")
     p.add_argument("--out", "-o", required=True,
                    help="output directory: <layer>_hist.png, <layer>_kernels[_untrained].png, weights.npz")
     p.set_defaults(func=cmd_weights)

@@ -7,6 +7,7 @@ Resizing uses Pillow (already a dependency of matplotlib and scikit-image) becau
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -59,16 +60,45 @@ def _to_pil(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(arr)
 
 
+# Bounds on what an image file may cost before a single pixel is decoded: a 400 KB PNG can declare
+# 20000 x 20000 pixels (1.2 GB once decoded). 64 Mpx is a 9000 x 7000 photo; nothing jaxviz draws needs more.
+MAX_IMAGE_PIXELS = 64_000_000
+MAX_IMAGE_BYTES = 256 * 2**20
+# The formats Pillow may open: the common photo formats only. Others (EPS runs Ghostscript, ...) are refused.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")
+
+
+def _unreadable(path: str, e: BaseException) -> JaxvizError:
+    return JaxvizError(f"cannot read image {path}: not a readable image file ({', '.join(IMAGE_FORMATS)}; "
+                       f"{e.__class__.__name__})")
+
+
 def _open(path: str) -> Image.Image:
     if not os.path.exists(path):
         raise JaxvizError(f"image not found: {path}")
     if os.path.isdir(path):
         raise JaxvizError(f"{path} is a directory, not an image file")
+    size = os.path.getsize(path)
+    if size > MAX_IMAGE_BYTES:
+        raise JaxvizError(f"image {path} is {size / 2**20:.0f} MiB, more than the {MAX_IMAGE_BYTES // 2**20} MiB "
+                          "jaxviz reads; use a smaller file")
+    too_big = f"more than the {MAX_IMAGE_PIXELS // 10**6} Mpx jaxviz decodes; resize it first"
     try:
-        img = Image.open(path)
+        with warnings.catch_warnings():  # Pillow's own, higher bomb limit: an error here too, never a warning
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path, formats=IMAGE_FORMATS)  # reads the header only
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise JaxvizError(f"image {path} declares {too_big}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+        raise _unreadable(path, e) from None
+    w, h = img.size
+    if w * h > MAX_IMAGE_PIXELS:  # checked before decoding: a decompression bomb never expands
+        img.close()
+        raise JaxvizError(f"image {path} declares {w}x{h} pixels, {too_big}")
+    try:
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise JaxvizError(f"cannot read image {path}: not a readable PNG or JPEG ({e.__class__.__name__})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        raise _unreadable(path, e) from None
     if img.mode.startswith("I;16") or img.mode == "I":
         # 16-bit (or 32-bit integer) grayscale: keep the top 8 bits rather than clipping at 255.
         arr = np.asarray(img).astype(np.int64)

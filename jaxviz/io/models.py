@@ -9,7 +9,7 @@ import jax
 
 from jaxviz.errors import JaxvizError, unknown
 from jaxviz.io import checkpoint
-from jaxviz.io.weightfile import load_weights_file
+from jaxviz.io.weightfile import load_model_file
 from jaxviz.nn import Params, Sequential, get_model
 
 
@@ -97,6 +97,9 @@ def load_model(model: str | None = None, weights: "str | os.PathLike | None" = N
         name = weights.partition(":")[2] or model
         if not name:
             raise JaxvizError(f"--weights builtin needs --model; trained builtin weights exist for {', '.join(BUILTIN)}")
+        if name not in BUILTIN:
+            hint = f" ({name} has published weights: --weights pretrained)" if name in PRETRAINED else ""
+            raise JaxvizError(f"{unknown('builtin weights', name, BUILTIN)}{hint}")
         if model is not None and model != name:
             raise JaxvizError(f"--weights {weights} holds {name} weights, not {model}")
         loaded = load_model(None, builtin_weights(name), seed=seed)
@@ -112,8 +115,12 @@ def load_model(model: str | None = None, weights: "str | os.PathLike | None" = N
         if model is not None and model != m.name:
             raise JaxvizError(f"{weights} holds {m.name} weights, not {model}; drop --model or pick another checkpoint")
         return Loaded(m, params, True, f"checkpoint {weights}")
-    arch, params, fmt, _ = load_weights_file(weights, arch=model)
+    try:
+        m, params, fmt, _ = load_model_file(weights, arch=model)
+    except JaxvizError as e:
+        # the file readers' advice names weights_convert's --arch; here the architecture is --model
+        raise JaxvizError(str(e).replace("--arch", "--model")) from e
     kind = "PyTorch state dict" if fmt == "pytorch-state-dict" else "Keras file"
-    return Loaded(get_model(arch), params, True, f"{kind} {weights}")
+    return Loaded(m, params, True, f"{kind} {weights}")
 
 
