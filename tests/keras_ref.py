@@ -168,3 +168,142 @@ def seed_filter_ascent(km, layer, f, start, steps, lr, normalize, interior):
             g = g * jax.lax.rsqrt(jnp.maximum(jnp.sum(g * g), 1e-12))
         img = img + lr * g
     return float(loss(img))
+
+
+def layer_outputs(model: keras.Model, x) -> dict[tuple[str, ...], np.ndarray]:
+    """Every leaf layer's output for ``x``, keyed by its path of names (``(nested_model, layer)``),
+    computed by Keras itself: a Functional model through one feature-extractor model over its own graph
+    (so residual DAGs work), a nested model on the input it receives in its parent's graph."""
+    out: dict[tuple[str, ...], np.ndarray] = {}
+    if isinstance(model, keras.Sequential):
+        h = x
+        for layer in model.layers:
+            if isinstance(layer, keras.Model):
+                out.update({(layer.name,) + k: v for k, v in layer_outputs(layer, h).items()})
+            h = layer(h, training=False)
+            if not isinstance(layer, keras.Model):
+                out[(layer.name,)] = np.asarray(h)
+        return out
+    layers = [l for l in model.layers if not isinstance(l, keras.layers.InputLayer)]
+    feats = keras.Model(model.inputs, [l.output for l in layers])(x, training=False)
+    for layer, f in zip(layers, feats):
+        if isinstance(layer, keras.Model):
+            h = keras.Model(model.inputs, layer.input)(x, training=False)
+            out.update({(layer.name,) + k: v for k, v in layer_outputs(layer, h).items()})
+        else:
+            out[(layer.name,)] = np.asarray(f)
+    return out
+
+
+# Every activation Keras 3 can name in a config (keras.activations), except ``threshold``, which needs
+# arguments, and ``glu``, which halves the channels while Keras's Activation layer declares the input shape
+# (a model using it cannot run in Keras itself).
+KERAS_ACTIVATIONS = ["relu", "leaky_relu", "relu6", "softmax", "celu", "elu", "selu", "softplus", "softsign",
+                     "squareplus", "soft_shrink", "sparse_plus", "silu", "gelu", "tanh", "tanh_shrink",
+                     "sigmoid", "sparse_sigmoid", "exponential", "hard_sigmoid", "hard_silu", "hard_tanh",
+                     "hard_shrink", "linear", "mish", "log_softmax", "log_sigmoid", "sparsemax", "swish",
+                     "hard_swish"]
+
+
+def randomize_weights(model: keras.Model, seed: int = 0) -> None:
+    """Non-trivial values for the weights a fresh model initialises to constants: batch-norm statistics
+    (:func:`randomize_batchnorm`), layer-norm gamma/beta, PReLU slopes and conv/dense biases."""
+    rng = np.random.default_rng(seed + 1)
+    draw = {"gamma": lambda s: rng.uniform(0.5, 1.5, s), "beta": lambda s: rng.normal(0, 0.1, s),
+            "moving_mean": lambda s: rng.normal(0, 0.1, s), "moving_variance": lambda s: rng.uniform(0.5, 2.0, s)}
+    for layer in flat_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.set_weights([draw[w.name](w.shape).astype(np.float32) for w in layer.weights])
+            continue
+        if isinstance(layer, (keras.layers.LayerNormalization, keras.layers.PReLU)) or \
+                (getattr(layer, "use_bias", False) and not isinstance(layer, keras.layers.BatchNormalization)):
+            ws = layer.get_weights()
+            if isinstance(layer, keras.layers.LayerNormalization) or isinstance(layer, keras.layers.PReLU):
+                ws = [rng.uniform(0.1, 0.6, w.shape).astype(np.float32) if i == 0 else
+                      rng.normal(0, 0.1, w.shape).astype(np.float32) for i, w in enumerate(ws)]
+            else:  # the bias is the last weight of a conv or dense layer
+                ws[-1] = rng.normal(0, 0.1, ws[-1].shape).astype(np.float32)
+            layer.set_weights(ws)
+
+
+def user_cnn_sequential() -> keras.Model:
+    """A user-style Sequential CNN with every single-input layer jaxviz imports, most non-default options
+    set: input transforms, strided/dilated/grouped/depthwise/separable/transposed convs, both batch-norm
+    flags, ReLU with all three options, every pooling, padding/cropping/upsampling, the noise layers,
+    PReLU/ELU/LeakyReLU, LayerNormalization, a per-pixel Dense and a Softmax top."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(1)
+    L = keras.layers
+    norm = L.Normalization()
+    norm.adapt(np.random.default_rng(2).uniform(0, 1, (16, 40, 40, 3)).astype(np.float32))
+    model = keras.Sequential([
+        keras.Input((40, 40, 3)),
+        L.Rescaling(1 / 255.0),
+        norm,
+        L.Resizing(36, 36, interpolation="bilinear"),
+        L.Conv2D(8, 3, strides=2, padding="same", use_bias=False),
+        L.BatchNormalization(center=False, epsilon=1e-2),
+        L.ReLU(max_value=4.0, negative_slope=0.1, threshold=0.2),
+        L.DepthwiseConv2D(3, depth_multiplier=2, padding="same", dilation_rate=2, activation="relu6", use_bias=True),
+        L.BatchNormalization(scale=False),
+        L.SeparableConv2D(16, 3, depth_multiplier=2, activation="swish"),
+        L.LeakyReLU(negative_slope=0.2),
+        L.Conv2D(16, 3, groups=4, padding="same", activation="elu"),
+        L.MaxPooling2D(3, strides=2, padding="same"),
+        L.Conv2DTranspose(8, 3, strides=2, padding="same", activation="gelu"),
+        L.AveragePooling2D(3, strides=2, padding="same"),
+        L.ZeroPadding2D(((1, 2), (0, 1))),
+        L.Cropping2D(((1, 0), (0, 1))),
+        L.UpSampling2D(2, interpolation="bilinear"),
+        L.UpSampling2D((1, 2)),
+        L.AveragePooling2D(2),
+        L.Conv2D(12, (3, 2), strides=(1, 2), padding="valid", activation="relu"),
+        L.MaxPooling2D(2),
+        L.SpatialDropout2D(0.2),
+        L.GaussianNoise(0.1),
+        L.GaussianDropout(0.1),
+        L.PReLU(shared_axes=[1, 2]),
+        L.ELU(alpha=0.7),
+        L.LayerNormalization(),
+        L.Conv2DTranspose(6, 2, strides=1, padding="valid", dilation_rate=1),
+        L.Dense(12, activation="tanh"),
+        L.GlobalMaxPooling2D(keepdims=True),
+        L.Flatten(),
+        L.Dropout(0.3),
+        L.Dense(10),
+        L.Softmax(),
+    ], name="user_cnn")
+    randomize_weights(model)
+    return model
+
+
+def user_cnn_functional() -> keras.Model:
+    """A user-style functional CNN with every merge layer (several inbound tensors), Identity,
+    Permute/Reshape, config-stored Normalization, keepdims global pooling, Dense on rank 2 and one
+    branch per Keras activation name."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(3)
+    L = keras.layers
+    inp = keras.Input((32, 32, 3))
+    x = L.Normalization(mean=[120.0, 110.0, 100.0], variance=[3600.0, 3000.0, 2500.0])(inp)
+    x = L.Conv2D(12, 3, padding="same", activation="relu", name="stem")(x)
+    a = L.Conv2D(12, 1, name="branch_a")(x)
+    b = L.Conv2D(12, 1, activation="sigmoid", name="branch_b")(x)
+    merged = L.Concatenate(name="merged")([
+        L.Add()([a, b]), L.Subtract()([a, b]), L.Multiply()([a, b]), L.Average()([a, b, x]),
+        L.Maximum()([a, b]), L.Minimum()([a, b]),
+    ])
+    merged = L.Identity()(merged)
+    h = L.Conv2D(4, 1, name="pre_act")(merged)
+    acts = L.Concatenate(name="activations")([L.Activation(n, name=f"act_{n}")(h) for n in KERAS_ACTIVATIONS])
+    y = L.MaxPooling2D(2)(acts)
+    y = L.Permute((2, 1, 3))(y)
+    y = L.Reshape((8, 32, -1))(y)
+    y = L.Conv2D(8, 3, strides=(2, 1), activation="softplus")(y)
+    y = L.GlobalAveragePooling2D(keepdims=True)(y)
+    y = L.GlobalAveragePooling2D()(y)
+    y = L.Dense(5)(y)
+    out = L.Activation("softmax", name="probs")(y)
+    model = keras.Model(inp, out, name="user_functional")
+    randomize_weights(model)
+    return model

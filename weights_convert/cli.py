@@ -14,15 +14,14 @@ def convert(src: str, dest: str | None, arch: str | None = None, *, overwrite: b
     """Convert ``src`` and (unless ``dest`` is None) write a checkpoint; prints the layer table."""
     from jaxviz.io.checkpoint import check_replaceable, save_checkpoint
     from jaxviz.errors import JaxvizError
-    from jaxviz.nn import get_model
-    from weights_convert import load_weights_file
+    from jaxviz.io.weightfile import load_model_file
 
     if dest is not None:  # checked before the (possibly long) read, and again when writing
         if os.path.lexists(dest) and not overwrite:
             raise JaxvizError(f"{dest} already exists; choose another destination or pass --overwrite")
         check_replaceable(dest)
-    arch, params, fmt, version = load_weights_file(src, arch)
-    model = get_model(arch)
+    model, params, fmt, version = load_model_file(src, arch)
+    arch = model.name
     print(f"{src}: {fmt}" + (f" (Keras {version})" if version else "") + f" -> {arch}")
     print(f"{'layer':22s} {'shapes':40s} {'params':>12s}")
     total = 0

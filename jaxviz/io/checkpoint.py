@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxviz.errors import JaxvizError
 from jaxviz.nn import Params, Sequential, get_model
+from jaxviz.nn.keras_graph import graph_from_spec, stored_graph
 
 FORMAT = "jaxviz-checkpoint"
 META = "jaxviz.json"
@@ -114,6 +115,7 @@ def save_checkpoint(
             "preprocessing": model.preprocessing,
             "labels": model.labels,
             "info": dict(info or {}),
+            "graph": stored_graph(model),  # an imported architecture travels with its parameters
         }
         with open(os.path.join(tmp, META), "w") as f:
             json.dump(meta, f, indent=2)
@@ -164,7 +166,7 @@ def load_checkpoint(path: "str | os.PathLike") -> tuple[Sequential, Params, dict
 
     path = os.path.abspath(os.fspath(path))
     meta = read_meta(path)
-    model = get_model(meta["architecture"])
+    model = graph_from_spec(meta["graph"], path) if meta.get("graph") else get_model(meta["architecture"])
     shapes = model.param_shapes()
     target = {
         n: {p: jax.ShapeDtypeStruct(s, np.float32) for p, s in ps.items()} for n, ps in shapes.items()

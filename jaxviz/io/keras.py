@@ -14,6 +14,7 @@ does; every shape is checked and the first misfit is named.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -25,10 +26,17 @@ from typing import Any, Iterable
 import numpy as np
 
 from jaxviz.errors import JaxvizError, unknown
-from jaxviz.nn import MODELS, Sequential, get_model
+from jaxviz.nn import MODELS, Params, Sequential, get_model
+from jaxviz.nn import layers as L
+from jaxviz.nn.keras_graph import UNSAFE_CLASSES, KerasGraph, build_graph, refuse_custom
 
-# Classes whose configs would make Keras run code; jaxviz refuses such files by name.
-UNSAFE_CLASSES = {"Lambda", "TFOpLambda", "SlicingOpLambda"}
+# What a file may make jaxviz read (untrusted input must not exhaust memory): a model config (JSON) of at
+# most MAX_CONFIG_BYTES, a metadata.json of MAX_METADATA_BYTES, and weights of MAX_WEIGHT_BYTES in all
+# (every keras.applications model fits; VGG16 with its top is 0.55 GB). Sizes are checked before reading.
+MAX_CONFIG_BYTES = 64 << 20
+MAX_METADATA_BYTES = 1 << 20
+MAX_WEIGHT_BYTES = 4 << 30
+MAX_NAMES = 100_000  # layer and weight names listed in one HDF5 attribute
 
 
 def weights_kind(ndims: tuple[int, ...]) -> str:
@@ -48,8 +56,12 @@ def weights_kind(ndims: tuple[int, ...]) -> str:
 
 @dataclass
 class FileLayer:
+    """One weighted layer of a file. ``path``: where it sits, as config names from the top (Keras 3:
+    ``(container, ..., layer)``; legacy HDF5: ``(top-level group, layer)``)."""
+
     name: str
     weights: list[tuple[str | None, np.ndarray]] = field(default_factory=list)
+    path: tuple[str, ...] = ()
 
     @property
     def kind(self) -> str:
@@ -71,54 +83,37 @@ class KerasFile:
 # Configs
 
 
-def _config_layers(cfg: dict) -> list[dict]:
+def _config_layers(cfg: Any) -> list:
     """The layer list of a Sequential/Functional config (Keras 2.0 Sequentials store a bare list)."""
+    if not isinstance(cfg, dict):
+        return []
     inner = cfg.get("config", cfg)
     if isinstance(inner, list):
         return inner
-    return inner.get("layers", []) if isinstance(inner, dict) else []
+    layers = inner.get("layers", []) if isinstance(inner, dict) else []
+    return layers if isinstance(layers, list) else []
+
+
+def _entry_name(layer: Any) -> str | None:
+    if not isinstance(layer, dict):
+        return None
+    cfg = layer.get("config")
+    name = cfg.get("name") if isinstance(cfg, dict) else None
+    return name if isinstance(name, str) else layer.get("name") if isinstance(layer.get("name"), str) else None
 
 
 def refuse_unsafe(cfg: Any, path: str) -> None:
-    """Refuse configs that would execute code (Lambda layers, custom objects)."""
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            cls = node.get("class_name")
-            name = (node.get("config") or {}).get("name") if isinstance(node.get("config"), dict) else None
-            if cls in UNSAFE_CLASSES:
-                raise JaxvizError(
-                    f"refusing {path}: its config has a {cls} layer {name!r}, which would run code from the file; "
-                    "jaxviz never executes code from weight files (rebuild the model without it)"
-                )
-            module = node.get("module")
-            registered = node.get("registered_name")
-            custom = (isinstance(module, str) and module.split(".")[0] not in ("keras", "builtins")) or (
-                isinstance(registered, str) and ">" in registered
-            )
-            if isinstance(cls, str) and custom:
-                raise JaxvizError(
-                    f"refusing {path}: layer {name!r} uses custom object {registered or cls!r} from module {module!r}; "
-                    "jaxviz never executes code from weight files"
-                )
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(cfg)
+    """Refuse configs that would execute code (Lambda layers, custom objects, checked on ``class_name``,
+    ``module`` and ``registered_name`` alike)."""
+    refuse_custom(cfg, path)
 
 
 def _nested_orders(cfg: dict | None) -> dict[str, list[str]]:
     """``{container_layer_name: [its layer names in order]}`` for nested models in a Keras 2 config."""
     orders: dict[str, list[str]] = {}
-    if not cfg:
-        return orders
     for layer in _config_layers(cfg):
         if isinstance(layer, dict) and layer.get("class_name") in ("Functional", "Model", "Sequential"):
-            name = layer.get("config", {}).get("name") or layer.get("name")
-            orders[name] = [l.get("config", {}).get("name") or l.get("name") for l in _config_layers(layer)]
+            orders[_entry_name(layer)] = [_entry_name(l) for l in _config_layers(layer)]
     return orders
 
 
@@ -126,8 +121,51 @@ def _nested_orders(cfg: dict | None) -> dict[str, list[str]]:
 # HDF5 readers
 
 
-def _strs(values: Iterable) -> list[str]:
-    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
+class _Budget:
+    """Bytes of weights still allowed (:data:`MAX_WEIGHT_BYTES`), checked on each dataset's declared
+    size and type before it is read (a compressed dataset cannot inflate past its declared shape)."""
+
+    def __init__(self, path: str):
+        self.path, self.left = path, MAX_WEIGHT_BYTES
+
+    def read(self, ds, where: str) -> np.ndarray:
+        import h5py
+
+        if not isinstance(ds, h5py.Dataset):
+            raise JaxvizError(f"{self.path}: {where} is not a dataset; the file is damaged")
+        if ds.dtype.kind not in "fiu" or ds.ndim > 8:
+            raise JaxvizError(f"{self.path}: {where} holds {ds.dtype} data of rank {ds.ndim}, not numbers; "
+                              "the file is damaged")
+        size = int(np.prod(ds.shape, dtype=np.int64)) * ds.dtype.itemsize
+        if size > self.left:
+            raise JaxvizError(f"{self.path}: its weights exceed {MAX_WEIGHT_BYTES >> 20} MB (at {where}); "
+                              "refusing to read them")
+        self.left -= size
+        return np.asarray(ds[()])
+
+
+def _strs(values: Iterable, path: str = "file") -> list[str]:
+    values = list(values) if not isinstance(values, np.ndarray) else values.reshape(-1).tolist()
+    if len(values) > MAX_NAMES:
+        raise JaxvizError(f"{path}: lists {len(values)} names in one attribute; the file is damaged")
+    return [v.decode("utf8", "replace") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _parse_config(raw: Any, path: str, what: str) -> Any:
+    """JSON text of at most :data:`MAX_CONFIG_BYTES` -> object, with one-line errors."""
+    if isinstance(raw, np.ndarray) and raw.shape == ():
+        raw = raw.item()
+    if not isinstance(raw, (bytes, str)):
+        raise JaxvizError(f"{path}: {what} is not text; the file is damaged")
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise JaxvizError(f"{path}: its {what} is {len(raw) >> 20} MB, over the {MAX_CONFIG_BYTES >> 20} MB jaxviz "
+                          "reads; refusing it")
+    try:
+        return json.loads(raw.decode("utf8") if isinstance(raw, bytes) else raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise JaxvizError(f"{path}: {what} is not valid JSON; the file is damaged") from None
+    except RecursionError:
+        raise JaxvizError(f"{path}: {what} is nested too deeply; the file is damaged") from None
 
 
 def _read_legacy(f, path: str) -> KerasFile:
@@ -136,36 +174,35 @@ def _read_legacy(f, path: str) -> KerasFile:
     root = f["model_weights"] if full else f
     config = None
     if "model_config" in f.attrs:
-        raw = f.attrs["model_config"]
-        try:
-            config = json.loads(raw.decode("utf8") if isinstance(raw, bytes) else raw)
-        except json.JSONDecodeError:
-            raise JaxvizError(f"{path}: model_config is not valid JSON; the file is damaged") from None
+        config = _parse_config(f.attrs["model_config"], path, "model_config")
         refuse_unsafe(config, path)
     orders = _nested_orders(config)
+    budget = _Budget(path)
     layers: list[FileLayer] = []
-    for lname in _strs(root.attrs["layer_names"]):
+    for lname in _strs(root.attrs["layer_names"], path):
         if lname not in root:
             raise JaxvizError(f"{path}: layer group {lname!r} listed in layer_names is missing; the file is damaged")
         group = root[lname]
-        wnames = _strs(group.attrs.get("weight_names", []))
+        wnames = _strs(group.attrs.get("weight_names", []), path)
         sub: dict[str, FileLayer] = {}
         for wn in wnames:
             if wn not in group:
                 raise JaxvizError(f"{path}: dataset {lname}/{wn} is missing; the file is damaged")
             parts = wn.split(":")[0].split("/")
             owner, pname = (parts[-2], parts[-1]) if len(parts) >= 2 else (lname, None)
-            sub.setdefault(owner, FileLayer(owner)).weights.append((pname, np.asarray(group[wn][()])))
+            sub.setdefault(owner, FileLayer(owner, path=(lname, owner))).weights.append(
+                (pname, budget.read(group[wn], f"{lname}/{wn}")))
         if len(sub) == 1:  # a plain layer: its group name is its name
             only = next(iter(sub.values()))
-            layers.append(FileLayer(lname, only.weights))
+            layers.append(FileLayer(lname, only.weights, (lname, only.name)))
         elif sub:  # a nested model: order its layers as its config does, not as its weights are listed
             order = orders.get(lname, [])
             rank = {n: i for i, n in enumerate(order)}
             layers += sorted(sub.values(), key=lambda l: rank.get(l.name, len(rank)))
     version = f.attrs.get("keras_version")
-    version = version.decode() if isinstance(version, bytes) else version
-    return KerasFile(path, "keras2-h5" if full else "published-h5", layers, config, version)
+    version = version.decode("utf8", "replace") if isinstance(version, bytes) else version
+    return KerasFile(path, "keras2-h5" if full else "published-h5", layers, config,
+                     version if isinstance(version, str) else None)
 
 
 def _natural(key: str) -> tuple[str, int]:
@@ -191,7 +228,10 @@ def _keras3_keys(cfg: dict) -> list[tuple[str, dict]]:
     out = []
     seq = cfg.get("class_name") == "Sequential"
     for layer in _config_layers(cfg):
+        if not isinstance(layer, dict):
+            continue
         cls = layer.get("class_name", "")
+        cls = cls if isinstance(cls, str) else ""
         if seq and cls == "InputLayer":
             continue
         base = _snake(cls)
@@ -202,21 +242,29 @@ def _keras3_keys(cfg: dict) -> list[tuple[str, dict]]:
 
 
 def _read_keras3(h5, path: str, config: dict | None, version: str | None) -> KerasFile:
+    import h5py
+
     if config is not None:
         refuse_unsafe(config, path)
     layers: list[FileLayer] = []
+    budget = _Budget(path)
 
-    def vars_of(group, name: str) -> FileLayer:
-        fl = FileLayer(name)
+    def vars_of(group, name: str, where: tuple[str, ...]) -> FileLayer:
+        fl = FileLayer(name, path=where)
         if "vars" in group:
-            for k in sorted(group["vars"].keys(), key=int):  # vars/10 after vars/9
-                fl.weights.append((None, np.asarray(group["vars"][k][()])))
+            keys = list(group["vars"].keys())
+            if len(keys) > MAX_NAMES or not all(k.isdigit() and len(k) < 7 for k in keys):
+                raise JaxvizError(f"{path}: {'/'.join(where)} has variables named {keys[:3]}...; the file is damaged")
+            for k in sorted(keys, key=int):  # vars/10 after vars/9
+                fl.weights.append((None, budget.read(group["vars"][k], f"{'/'.join(where)}/vars/{k}")))
         return fl
 
-    def walk(group, cfg: dict | None) -> None:
-        if "layers" not in group:
+    def walk(group, cfg: dict | None, prefix: tuple[str, ...], depth: int) -> None:
+        if "layers" not in group or depth > 32:
             return
         children = group["layers"]
+        if not isinstance(children, h5py.Group):
+            raise JaxvizError(f"{path}: 'layers' is not a group; the file is damaged")
         if cfg is not None:
             keyed = [(k, c) for k, c in _keras3_keys(cfg) if k in children]
         else:  # no config: containers first (a base model leads), then by class counter
@@ -224,16 +272,20 @@ def _read_keras3(h5, path: str, config: dict | None, version: str | None) -> Ker
             keyed = [(k, None) for k in keys]
         for key, child_cfg in keyed:
             child = children[key]
-            name = (child_cfg or {}).get("config", {}).get("name", key) if child_cfg else key
+            if not isinstance(child, h5py.Group):
+                raise JaxvizError(f"{path}: layers/{key} is not a group; the file is damaged")
+            name = (child_cfg.get("config") or {}).get("name", key) if isinstance(child_cfg, dict) and \
+                isinstance(child_cfg.get("config"), dict) else key
+            name = name if isinstance(name, str) else key
             if "layers" in child:
-                walk(child, child_cfg)
-            fl = vars_of(child, name)
+                walk(child, child_cfg, prefix + (name,), depth + 1)
+            fl = vars_of(child, name, prefix + (name,))
             if fl.weights:
                 layers.append(fl)
 
     if "layers" not in h5:
         raise JaxvizError(f"{path}: no 'layers' group; not a Keras 3 weights file")
-    walk(h5, config)
+    walk(h5, config, (), 0)
     return KerasFile(path, "keras3", layers, config, version)
 
 
@@ -241,8 +293,22 @@ def _read_keras3(h5, path: str, config: dict | None, version: str | None) -> Ker
 # Entry points
 
 
+def _member(z: zipfile.ZipFile, name: str, limit: int, path: str) -> bytes:
+    """One archive member, refused before decompressing when its declared size is over ``limit``
+    (and read with a bound, in case the declared size lies)."""
+    size = z.getinfo(name).file_size
+    if size > limit:
+        raise JaxvizError(f"{path}: its {name} is {size >> 20} MB, over the {limit >> 20} MB jaxviz reads; refusing it")
+    with z.open(name) as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise JaxvizError(f"{path}: its {name} is over the {limit >> 20} MB jaxviz reads; refusing it")
+    return data
+
+
 def read_keras_file(path: "str | os.PathLike") -> KerasFile:
-    """Read any supported Keras file into a :class:`KerasFile` (no code from the file is run)."""
+    """Read any supported Keras file into a :class:`KerasFile` (no code from the file is run; what is
+    read is capped, see :data:`MAX_CONFIG_BYTES` and :data:`MAX_WEIGHT_BYTES`)."""
     import h5py
 
     path = os.fspath(path)
@@ -256,20 +322,24 @@ def read_keras_file(path: "str | os.PathLike") -> KerasFile:
                 names = set(z.namelist())
                 if "model.weights.h5" not in names:
                     raise JaxvizError(f"{path}: zip archive without model.weights.h5; not a Keras 3 .keras file")
-                config = json.loads(z.read("config.json")) if "config.json" in names else None
-                meta = json.loads(z.read("metadata.json")) if "metadata.json" in names else {}
-                data = z.read("model.weights.h5")  # in memory; nothing is extracted to disk
-        except zipfile.BadZipFile as e:
-            raise JaxvizError(f"cannot read {path}: damaged zip archive ({e})") from None
-        except json.JSONDecodeError:
-            raise JaxvizError(f"{path}: config.json or metadata.json is not valid JSON; the file is damaged") from None
-        if config is not None:
-            refuse_unsafe(config, path)
+                config = (_parse_config(_member(z, "config.json", MAX_CONFIG_BYTES, path), path, "config.json")
+                          if "config.json" in names else None)
+                meta = (_parse_config(_member(z, "metadata.json", MAX_METADATA_BYTES, path), path, "metadata.json")
+                        if "metadata.json" in names else {})
+                if config is not None:  # refused before the weights are even read
+                    refuse_unsafe(config, path)
+                data = _member(z, "model.weights.h5", MAX_WEIGHT_BYTES + (64 << 20), path)  # in memory only
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError) as e:
+            raise JaxvizError(f"cannot read {path}: damaged zip archive ({str(e)[:200]})") from None
+        except (OSError, RuntimeError) as e:  # zlib errors, encrypted members
+            raise JaxvizError(f"cannot read {path}: damaged zip archive ({str(e)[:200]})") from None
+        version = meta.get("keras_version") if isinstance(meta, dict) else None
         try:
             with h5py.File(io.BytesIO(data), "r") as h5:
-                return _read_keras3(h5, path, config, meta.get("keras_version"))
+                return _read_keras3(h5, path, config if isinstance(config, dict) else None,
+                                    version if isinstance(version, str) else None)
         except OSError as e:
-            raise JaxvizError(f"cannot read {path}: its model.weights.h5 is damaged ({e})") from None
+            raise JaxvizError(f"cannot read {path}: its model.weights.h5 is damaged ({str(e)[:200]})") from None
     with open(path, "rb") as fh:
         magic = fh.read(8)
     if magic != b"\x89HDF\r\n\x1a\n":
@@ -288,8 +358,9 @@ def read_keras_file(path: "str | os.PathLike") -> KerasFile:
             if "layers" in f:
                 return _read_keras3(f, path, None, None)
             raise JaxvizError(f"{path}: no layer_names, model_weights or layers; not a Keras weights file")
-    except OSError as e:
-        raise JaxvizError(f"cannot read {path}: damaged or truncated HDF5 file ({str(e).splitlines()[0]})") from None
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise JaxvizError(f"cannot read {path}: damaged or truncated HDF5 file ({(str(e).splitlines() or [''])[0][:200]})"
+                          ) from None
 
 
 def _model_params_spec(model: Sequential) -> list[tuple[str, str, dict[str, tuple[int, ...]]]]:
@@ -400,3 +471,116 @@ def keras_file_params(kf: KerasFile, arch: str | None = None) -> tuple[str, dict
     elif arch not in MODELS:
         raise unknown("architecture", arch, list(MODELS))
     return arch, to_params(get_model(arch), kf)
+
+
+# ---------------------------------------------------------------------------------------------
+# Any model: the architecture from the file's own config
+
+# Variables Keras stores that jaxviz does not need (Normalization's sample count), by Keras class.
+_EXTRA_VARS = {"Normalization": ("count",)}
+# Keras 3 renamed DepthwiseConv2D's kernel; legacy HDF5 written by Keras 3 uses the new name.
+_ALIASES = {"DepthwiseConv2D": {"kernel": "depthwise_kernel"}}
+
+
+def _find(kf: KerasFile, origin: tuple[str, ...], used: set[int]) -> FileLayer | None:
+    """The file layer of a step: by its full path (Keras 3), by (top-level group, layer) (legacy
+    HDF5), or the only weighted layer of its top-level group."""
+    keys = [origin, (origin[0], origin[-1])]
+    for key in keys:
+        for i, fl in enumerate(kf.layers):
+            if fl.path == key and i not in used:
+                used.add(i)
+                return fl
+    if len(origin) == 1:
+        group = [i for i, fl in enumerate(kf.layers) if fl.path[:1] == origin[:1]]
+        if len(group) == 1 and group[0] not in used:
+            used.add(group[0])
+            return kf.layers[group[0]]
+    return None
+
+
+def graph_params(graph: KerasGraph, kf: KerasFile) -> Params:
+    """The parameters of an imported graph from its file, layer by layer (by name where the file names
+    its weights, else in Keras's order), every shape and value checked; weights the config does not
+    account for are an error."""
+    params: dict[str, dict[str, np.ndarray]] = {}
+    used: set[int] = set()
+    for step, expected in graph.model.param_shapes().items():
+        cls = graph.classes[step]
+        fl = _find(kf, graph.origins[step], used)
+        if fl is None:
+            raise JaxvizError(f"{kf.path}: layer {step!r} ({cls}) has no weights in the file "
+                              f"(expected {describe_shapes(expected)}); the file is damaged")
+        extra = _EXTRA_VARS.get(cls, ())
+        alias = _ALIASES.get(cls, {})
+        names = [alias.get(p, p) if p is not None else None for p, _ in fl.weights]
+        if all(n in expected or n in extra for n in names) and len(set(names)) == len(names):
+            values = {n: a for n, (_, a) in zip(names, fl.weights) if n in expected}
+        elif len(fl.weights) in (len(expected), len(expected) + len(extra)):
+            values = {p: a for p, (_, a) in zip(expected, fl.weights)}  # Keras's variable order
+        else:
+            values = {}
+        if len(values) != len(expected) or len(fl.weights) not in (len(expected), len(expected) + len(extra)):
+            raise JaxvizError(
+                f"{kf.path}: layer {step!r} ({cls}) expects {describe_shapes(expected)}, the file has "
+                f"{', '.join(str(tuple(a.shape)) for _, a in fl.weights)}")
+        for p, shape in expected.items():
+            arr = values[p]
+            if tuple(arr.shape) != tuple(shape):
+                raise JaxvizError(f"{kf.path}: layer {step!r} ({cls}) {p} expected shape {tuple(shape)}, "
+                                  f"found {tuple(arr.shape)}")
+            arr = np.asarray(arr, np.float32)
+            if not np.all(np.isfinite(arr)):
+                raise JaxvizError(f"{kf.path}: layer {step!r} ({cls}) {p} contains NaN or Inf; the weights are unusable")
+            params.setdefault(step, {})[p] = arr
+    left = [fl for i, fl in enumerate(kf.layers) if i not in used]
+    if left:
+        raise JaxvizError(f"{kf.path}: the file has weights for {'/'.join(left[0].path) or left[0].name!r} "
+                          f"({len(left)} layer(s) in all) that its model config does not use; the file is damaged")
+    return params
+
+
+def _signature(model: Sequential) -> tuple:
+    """The architecture without names: layer classes, settings and which earlier steps each reads."""
+    index = {n: i for i, (n, _) in enumerate(model.layers)}
+    index[""] = -1
+    return tuple((type(l).__name__, tuple(sorted(L.layer_fields(l).items())), tuple(index[s] for s in model.sources[n]))
+                 for n, l in model.layers)
+
+
+def zoo_equivalent(model: Sequential) -> Sequential | None:
+    """The registered architecture that is exactly ``model`` (same layers, settings, wiring and parameter
+    shapes; names may differ), at ``model``'s input size; None if there is none."""
+    sig, shapes = _signature(model), list(model.param_shapes().values())
+    for name in MODELS:
+        zoo = get_model(name)
+        if len(zoo.layers) != len(model.layers) or _signature(zoo) != sig:
+            continue
+        if zoo.input_shape != model.input_shape:
+            try:
+                zoo = dataclasses.replace(zoo, input_shape=model.input_shape)
+                zoo.shapes()
+            except JaxvizError:
+                continue
+        if list(zoo.param_shapes().values()) == shapes:
+            return zoo
+    return None
+
+
+def load_keras_model(path: "str | os.PathLike", arch: str | None = None) -> tuple[Sequential, Params, KerasFile]:
+    """``(model, params, file)`` from any Keras file.
+
+    A file with a model config is rebuilt from it (:func:`jaxviz.nn.keras_graph.build_graph`); when that
+    graph is exactly a registered architecture, the registered one is used (its name, preprocessing and
+    labels). A weights-only file (published ``.h5``, ``.weights.h5``) is matched to a registered
+    architecture by its weight shapes. ``arch`` maps the weights onto that registered architecture instead.
+    """
+    kf = read_keras_file(path)
+    if arch is not None or kf.config is None:
+        name, params = keras_file_params(kf, arch)
+        return get_model(name), params, kf
+    graph = build_graph(kf.config, kf.path)
+    zoo = zoo_equivalent(graph.model)
+    if zoo is not None:
+        return zoo, to_params(zoo, kf), kf
+    return graph.model, graph_params(graph, kf), kf

@@ -1,20 +1,35 @@
-"""Read Keras weight files and PyTorch state dicts into jaxviz params and checkpoints, running no code
+"""Read Keras weight files and PyTorch state dicts into jaxviz models and params, running no code
 from the files."""
 
 from __future__ import annotations
 
-from jaxviz.io.keras import keras_file_params, read_keras_file
+from jaxviz.errors import JaxvizError
+from jaxviz.io.keras import load_keras_model
 from jaxviz.io.torch import is_torch_file, load_torch_weights
+from jaxviz.nn import Params, Sequential, get_model
+
+
+def load_model_file(path, arch: str | None = None) -> tuple[Sequential, Params, str, str | None]:
+    """``(model, params, format, keras_version)`` from any supported file: a PyTorch state dict (mapped
+    onto a registered architecture) or a Keras file (its own architecture from its config, or the
+    registered one its weights fit; read once, even a 500 MB VGG16); ``arch`` forces a registered
+    architecture."""
+    if is_torch_file(path):
+        name, params = load_torch_weights(path, arch)
+        return get_model(name), params, "pytorch-state-dict", None
+    try:
+        model, params, kf = load_keras_model(path, arch)
+    except JaxvizError:
+        raise
+    except Exception as e:  # h5py raises RuntimeError, KeyError, ... on damaged files; --debug shows the cause
+        raise JaxvizError(f"cannot read {path}: damaged Keras file ({type(e).__name__}: "
+                          f"{(str(e).splitlines() or [''])[0][:200]})") from e
+    return model, params, kf.format, kf.keras_version
 
 
 def load_weights_file(path, arch: str | None = None) -> tuple[str, dict, str, str | None]:
-    """``(architecture, params, format, keras_version)`` from any supported file: a PyTorch state dict
-    or a Keras file (read once, even a 500 MB VGG16); ``arch`` overrides detection."""
-    if is_torch_file(path):
-        arch, params = load_torch_weights(path, arch)
-        return arch, params, "pytorch-state-dict", None
-    kf = read_keras_file(path)
-    arch, params = keras_file_params(kf, arch)
-    return arch, params, kf.format, kf.keras_version
-
-
+    """``(architecture, params, format, keras_version)`` as :func:`load_model_file`, for callers that
+    rebuild the model with ``get_model(architecture)`` (registered architectures only; a file with
+    its own architecture needs :func:`load_model_file`)."""
+    model, params, fmt, version = load_model_file(path, arch)
+    return model.name, params, fmt, version
