@@ -288,6 +288,8 @@ def test_pth_with_nan_or_inf_is_refused(tmp_path, layout):
         write_state_dict(tmp_path / "n.pth", sd, layout)
         with pytest.raises(JaxvizError, match=r"module 'fc1' contains NaN or Inf"):
             load_torch_weights(tmp_path / "n.pth", "fashion_cnn")
+        with pytest.raises(JaxvizError, match=r"module 'fc1' contains NaN or Inf"):  # not "no architecture fits"
+            load_torch_weights(tmp_path / "n.pth")
     write_state_dict(tmp_path / "ok.pth", fashion_state_dict(), layout)
     arch, params = load_torch_weights(tmp_path / "ok.pth", "fashion_cnn")
     np.testing.assert_array_equal(params["dense"]["kernel"], fashion_state_dict()["fc1.weight"].T)

@@ -18,6 +18,7 @@ import os
 import pickle
 import pickletools
 import struct
+import warnings
 import zipfile
 from typing import Any
 
@@ -168,23 +169,20 @@ def _load_pickle(stream: io.BytesIO, path: str, what: str, max_bytes: int) -> tu
     C unpickler, so a ten-byte pickle storing to index 2**31 would make it allocate 16 GiB. An index
     above the opcode count is refused (a pickler numbers memo entries 0, 1, 2, ...)."""
     start = stream.tell()
-    try:
-        for n, (op, arg, _) in enumerate(pickletools.genops(stream)):
-            if op.name in _MEMO_PUTS and arg > n:
-                raise JaxvizError(f"cannot read {path}: its {what} stores to memo slot {arg:,} after {n} opcodes; "
-                                  "the file is damaged or hostile")
-    except JaxvizError:
-        raise
-    except Exception as e:  # truncated, unknown opcode, not a pickle at all
-        raise JaxvizError(f"cannot read {path}: its {what} is not a readable pickle ({_line(e)})") from None
-    stream.seek(start)
-    u = _Unpickler(stream, path, max_bytes)
-    try:
-        return u.load(), u.storages
-    except JaxvizError:
-        raise
-    except Exception as e:  # wrong argument counts, unhashable keys, read-only objects ...
-        raise JaxvizError(f"cannot read {path}: its {what} is not a readable pickle ({_line(e)})") from None
+    with warnings.catch_warnings():  # a damaged STRING opcode makes the escape decoder warn: the error says it
+        warnings.simplefilter("ignore")
+        try:
+            for n, (op, arg, _) in enumerate(pickletools.genops(stream)):
+                if op.name in _MEMO_PUTS and arg > n:
+                    raise JaxvizError(f"cannot read {path}: its {what} stores to memo slot {arg:,} after {n} "
+                                      "opcodes; the file is damaged or hostile")
+            stream.seek(start)
+            u = _Unpickler(stream, path, max_bytes)
+            return u.load(), u.storages
+        except JaxvizError:
+            raise
+        except Exception as e:  # truncated, unknown opcodes, wrong argument counts, read-only objects ...
+            raise JaxvizError(f"cannot read {path}: its {what} is not a readable pickle ({_line(e)})") from None
 
 
 def _state_dict(obj: Any, path: str) -> "dict[str, _Tensor]":
@@ -433,11 +431,9 @@ def _convert(kind: str, module: dict[str, np.ndarray]) -> list[np.ndarray]:
     return [w] + ([module["bias"]] if "bias" in module else [])
 
 
-def torch_to_params(model: Sequential, sd: "collections.OrderedDict[str, np.ndarray]", path: str = "state dict"
-                    ) -> dict[str, dict[str, np.ndarray]]:
-    """Map a PyTorch state dict onto ``model`` module by module, in order (the state dict lists its
-    modules in the order they were built, which for a port is the architecture's order). Every shape
-    is checked; the first misfit names both layers."""
+def _map(model: Sequential, sd: "collections.OrderedDict[str, np.ndarray]", path: str
+         ) -> dict[str, dict[str, tuple[str, np.ndarray]]]:
+    """``{layer: {param: (module, float32 array)}}``: the state dict laid onto ``model``, every shape checked."""
     from jaxviz.nn import layers as L
     from jaxviz.io.keras import describe_shapes
 
@@ -446,7 +442,7 @@ def torch_to_params(model: Sequential, sd: "collections.OrderedDict[str, np.ndar
     if len(modules) != len(spec):
         raise JaxvizError(f"{path} does not fit {model.name}: {len(modules)} weighted modules, the model has "
                           f"{len(spec)} weighted layers")
-    params: dict[str, dict[str, np.ndarray]] = {}
+    out: dict[str, dict[str, tuple[str, np.ndarray]]] = {}
     for (module, tensors), (name, shapes) in zip(modules, spec.items()):
         layer = model.layer(name)
         kind = {L.BatchNormalization: "batchnorm", L.DepthwiseConv2D: "depthwise"}.get(type(layer), "conv")
@@ -456,12 +452,26 @@ def torch_to_params(model: Sequential, sd: "collections.OrderedDict[str, np.ndar
             raise JaxvizError(
                 f"{path} does not fit {model.name}: layer {name!r} expects {describe_shapes(shapes)}; "
                 f"module {module!r} gives {found}")
-        for (p, _), a in zip(shapes.items(), arrays):
-            a = np.asarray(a, np.float32)
+        out[name] = {p: (module, np.asarray(a, np.float32)) for (p, _), a in zip(shapes.items(), arrays)}
+    return out
+
+
+def _finite(mapped: dict[str, dict[str, tuple[str, np.ndarray]]], path: str) -> dict[str, dict[str, np.ndarray]]:
+    """The params of :func:`_map`, once every value is known to be finite (a float64 beyond float32's
+    range has become Inf, and is refused too)."""
+    for ps in mapped.values():
+        for module, a in ps.values():
             if not np.all(np.isfinite(a)):
                 raise JaxvizError(f"{path}: module {module!r} contains NaN or Inf; the weights are unusable")
-            params.setdefault(name, {})[p] = a
-    return params
+    return {name: {p: a for p, (_, a) in ps.items()} for name, ps in mapped.items()}
+
+
+def torch_to_params(model: Sequential, sd: "collections.OrderedDict[str, np.ndarray]", path: str = "state dict"
+                    ) -> dict[str, dict[str, np.ndarray]]:
+    """Map a PyTorch state dict onto ``model`` module by module, in order (the state dict lists its
+    modules in the order they were built, which for a port is the architecture's order). Every shape
+    is checked; the first misfit names both layers. NaN or Inf is refused, naming the module."""
+    return _finite(_map(model, sd, path), path)
 
 
 def load_torch_weights(path: "str | os.PathLike", arch: str | None = None) -> tuple[str, dict[str, dict[str, np.ndarray]]]:
@@ -475,8 +485,9 @@ def load_torch_weights(path: "str | os.PathLike", arch: str | None = None) -> tu
         return arch, torch_to_params(get_model(arch), sd, path)
     for name in MODELS:
         try:
-            return name, torch_to_params(get_model(name), sd, path)
+            mapped = _map(get_model(name), sd, path)
         except JaxvizError:
             continue
+        return name, _finite(mapped, path)  # NaN in the one that fits is reported, not "nothing fits"
     raise JaxvizError(f"{path}: no registered architecture fits this state dict "
-                      f"({len(_modules(sd))} weighted modules); pass --arch")
+                      f"({len(_modules(sd))} weighted modules); name one (jaxviz --model, weights_convert --arch)")
