@@ -85,7 +85,7 @@ def _emit(obj: Any, out: bytearray, legacy: bool) -> None:
             out += op.BININT + struct.pack("<i", obj)
         else:
             b = obj.to_bytes((obj.bit_length() + 8) // 8, "little", signed=True)
-            out += op.LONG1 + bytes([len(b)]) + b
+            out += op.LONG1 + bytes([len(b)]) + b if len(b) < 256 else op.LONG4 + struct.pack("<i", len(b)) + b
     elif isinstance(obj, float):
         out += op.BINFLOAT + struct.pack(">d", obj)
     elif isinstance(obj, str):
@@ -198,7 +198,7 @@ def write_legacy(path, obj: Any, *, keys: "list | None" = None, counts: "dict | 
     out += pickle.dumps(keys, protocol=2)
     for key in keys:
         s = stores.get(key)
-        out += struct.pack("<q", counts.get(key, s.numel if s else 0))
+        out += struct.pack("<q", counts.get(key, min(s.numel, 2**63 - 1) if s else 0))
         out += data.get(key, s.data if s else b"")
     with open(path, "wb") as f:
         f.write(out)

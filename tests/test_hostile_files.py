@@ -50,7 +50,7 @@ def test_every_rebuild_path_reads_strided_expanded_and_empty_tensors(tmp_path, l
         "transposed": H.Tensor(s, 0, (4, 3), (1, 4), rebuild),
         "every_other": H.Tensor(s, 1, (2, 3), (2, 4), rebuild),  # a[:, 1::2].T, offset 1
         "expanded": H.Tensor(s, 5, (3, 2), (0, 1), rebuild),  # stride 0: a row broadcast, as torch expand saves
-        "odd_unit_stride": H.Tensor(s, 11, (1, 1), (2**63, 7), rebuild),  # size-1 dims may carry any stride
+        "odd_unit_stride": H.Tensor(s, 11, (1, 1), (2**63 - 1, 7), rebuild),  # size-1 dims: any stride
         "empty": H.Tensor(s, 12, (0, 512), (512, 1), rebuild),
         "n": H.tensor_of("2", np.array(5, np.int64), rebuild),
     })
@@ -97,6 +97,12 @@ HOSTILE = {
     "a hundred dimensions": (_tensor(0, (1,) * 100, (1,) * 100), "has 100 sizes"),
     "size that is not an integer": (_tensor(0, (2.5,), (1,)), "not an integer"),
     "size that is a boolean": (_tensor(0, (True,), (1,)), "not an integer"),
+    # 6000 digits: too many for int -> str, so no message may try to print them
+    "size of 2**20000": (_tensor(0, (2**20000,), (1,)), "beyond 64-bit integers"),
+    "stride of 2**20000": (_tensor(0, (2,), (2**20000,)), "beyond 64-bit integers"),
+    "offset of 2**20000": (_tensor(2**20000, (2,), (1,)), "beyond 64-bit integers"),
+    "element count of 2**20000": (_tensor(0, (1,), (1,), H.Storage("0", "FloatStorage", 2**20000, b"")),
+                                  "unexpected persistent id"),
     "storage that is not a storage": (_tensor(0, (4,), (1,), storage="0"), "refers to a str instead of a storage"),
     "storage that is a tensor": (_tensor(0, (4,), (1,), storage=H.tensor_of("0", F4)), "refers to a _Tensor"),
     "storage claiming 2**40 elements": ({"w": H.Tensor(H.Storage("0", "FloatStorage", 2**40, F4.tobytes()), 0, (4,),

@@ -31,6 +31,7 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 MAX_BYTES = 4 << 30  # the most one file may make us read into storages, and again build into tensors
 MAX_PICKLE_BYTES = 256 << 20  # the most read of a zip's data.pkl (real ones are kilobytes)
 MAX_NDIM = 32
+_INT64 = 2**63  # torch's sizes, strides, offsets and counts are int64; a larger number is damage
 _DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
     "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16, "CharStorage": np.int8,
@@ -143,18 +144,19 @@ class _Unpickler(pickle.Unpickler):
         if type(pid) is not tuple or len(pid) not in (5, 6) or pid[0] != "storage":
             raise JaxvizError(bad)
         stype, key, _location, numel = pid[1:5]
-        if not isinstance(stype, _StorageType) or type(key) is not str or type(numel) is not int or numel < 0:
+        if not isinstance(stype, _StorageType) or type(key) is not str or type(numel) is not int \
+                or not 0 <= numel < _INT64:
             raise JaxvizError(bad)
         if len(pid) == 6 and pid[5] is not None:  # legacy view metadata: pre-1.0 storage views
-            raise JaxvizError(f"{self.path}: storage {key} is a view of another storage (PyTorch < 1.0); "
+            raise JaxvizError(f"{self.path}: storage {key[:80]} is a view of another storage (PyTorch < 1.0); "
                               "re-save the state dict with a current PyTorch")
         if numel * stype.dtype.itemsize > self.max_bytes:
-            raise JaxvizError(f"{self.path}: storage {key} claims {numel:,} elements, more than the "
+            raise JaxvizError(f"{self.path}: storage {key[:80]} claims {numel:,} elements, more than the "
                               f"{self.max_bytes:,} bytes a weight file may hold; the file is damaged")
         storage = _Storage(key, stype.dtype, numel)
         seen = self.storages.setdefault(key, storage)
         if (seen.dtype, seen.numel) != (storage.dtype, storage.numel):
-            raise JaxvizError(f"{self.path}: storage {key} is declared both as {seen.numel} x {seen.dtype} and as "
+            raise JaxvizError(f"{self.path}: storage {key[:80]} is declared both as {seen.numel} x {seen.dtype} and as "
                               f"{numel} x {stype.dtype}; the file is damaged")
         return seen
 
@@ -174,7 +176,8 @@ def _load_pickle(stream: io.BytesIO, path: str, what: str, max_bytes: int) -> tu
         try:
             for n, (op, arg, _) in enumerate(pickletools.genops(stream)):
                 if op.name in _MEMO_PUTS and arg > n:
-                    raise JaxvizError(f"cannot read {path}: its {what} stores to memo slot {arg:,} after {n} "
+                    slot = f"{arg:,}" if arg < _INT64 else "beyond 2**63"
+                    raise JaxvizError(f"cannot read {path}: its {what} stores to memo slot {slot} after {n} "
                                       "opcodes; the file is damaged or hostile")
             stream.seek(start)
             u = _Unpickler(stream, path, max_bytes)
@@ -216,6 +219,8 @@ def _layout(t: _Tensor, name: str, path: str, max_bytes: int) -> tuple[tuple[int
         raise bad(f"has {len(t.size)} sizes and {len(t.stride)} strides (at most {MAX_NDIM}, equally many)")
     if not all(type(v) is int for v in (t.offset, *t.size, *t.stride)):
         raise bad("has an offset, size or stride that is not an integer")
+    if not all(-_INT64 <= v < _INT64 for v in (t.offset, *t.size, *t.stride)):  # (before any is printed)
+        raise bad("has an offset, size or stride beyond 64-bit integers")
     size, stride, offset = tuple(t.size), tuple(t.stride), t.offset
     if offset < 0 or min(size, default=0) < 0 or min(stride, default=0) < 0:
         raise bad(f"has a negative offset, size or stride (offset {offset}, size {size}, stride {stride})")
