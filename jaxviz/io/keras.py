@@ -25,6 +25,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from jaxviz.io.h5probe import probe_h5
 from jaxviz.errors import JaxvizError, unknown
 from jaxviz.nn import MODELS, Params, Sequential, get_model
 from jaxviz.nn import layers as L
@@ -334,12 +335,14 @@ def read_keras_file(path: "str | os.PathLike") -> KerasFile:
         except (OSError, RuntimeError) as e:  # zlib errors, encrypted members
             raise JaxvizError(f"cannot read {path}: damaged zip archive ({str(e)[:200]})") from None
         version = meta.get("keras_version") if isinstance(meta, dict) else None
+        probe_h5(data, f"{path} (its model.weights.h5)")  # a hang in libhdf5 could not be interrupted here
         try:
             with h5py.File(io.BytesIO(data), "r") as h5:
                 return _read_keras3(h5, path, config if isinstance(config, dict) else None,
                                     version if isinstance(version, str) else None)
-        except OSError as e:
-            raise JaxvizError(f"cannot read {path}: its model.weights.h5 is damaged ({str(e)[:200]})") from None
+        except (OSError, KeyError, TypeError, ValueError) as e:
+            raise JaxvizError(f"cannot read {path}: its model.weights.h5 is damaged "
+                              f"({(str(e).splitlines() or [''])[0][:200]})") from None
     with open(path, "rb") as fh:
         magic = fh.read(8)
     if magic != b"\x89HDF\r\n\x1a\n":
@@ -349,6 +352,7 @@ def read_keras_file(path: "str | os.PathLike") -> KerasFile:
             raise JaxvizError(f"refusing {path}: pickled data is never loaded as a Keras file; a PyTorch state dict "
                               "(.pth) goes through the restricted reader jaxviz.io.torch")
         raise JaxvizError(f"cannot read {path}: not an HDF5 or .keras file")
+    probe_h5(path, path)  # a hang in libhdf5 could not be interrupted here
     try:
         with h5py.File(path, "r") as f:
             if "layer_names" in f.attrs or "model_weights" in f:
