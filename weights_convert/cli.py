@@ -42,9 +42,9 @@ def convert(src: str, dest: str | None, arch: str | None = None, *, overwrite: b
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jaxviz.cli.common import run_guarded
+    from jaxviz.cli.common import Parser, run_guarded
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="weights_convert",
         description="Convert a Keras weight file (published .h5, Keras 2 model.save .h5, Keras 3 .keras or "
         ".weights.h5) or a PyTorch state dict (.pth, zip or legacy; torch not needed) into a self-describing "

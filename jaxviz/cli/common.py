@@ -5,7 +5,6 @@ guard (which also turns SIGTERM into a clean exit)."""
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import math
 import os
@@ -117,17 +116,8 @@ def load(args, default_model: str | None = None, input_hw: tuple[int, int] | Non
     say_weights(loaded)
     mode = getattr(args, "preprocessing", None)
     if mode is not None:
-        loaded = dataclasses.replace(loaded, model=with_preprocessing(loaded.model, mode))
+        loaded = dataclasses.replace(loaded, model=loaded.model.with_preprocessing(mode))
     return loaded
-
-
-def with_preprocessing(model, mode: str):
-    """``model`` (unchanged) with its ``preprocessing`` replaced by ``mode``."""
-    if dataclasses.is_dataclass(model):
-        return dataclasses.replace(model, preprocessing=mode)
-    model = copy.copy(model)  # a protocol adapter that is no dataclass
-    model.preprocessing = mode
-    return model
 
 
 def say_preprocessing(args, model) -> None:

@@ -284,7 +284,9 @@ def explain(
     heat, probs, cls = (np.concatenate(p) for p in zip(*parts))
     heat = np.asarray(heat, np.float32)
     if np.any(heat.reshape(heat.shape[0] * heat.shape[1], -1).max(axis=1) == 0):
-        warnings.warn(f"some {method} maps are all zero (e.g. every weighted channel is negative); returned as zeros")
+        why = ("every weighted channel is negative" if method in LAYER_METHODS else
+               "the image equals the zero baseline, e.g. a black image" if method == "ig" else "the gradient is zero")
+        warnings.warn(f"some {method} maps are all zero ({why}); returned as zeros")
     return Cams(heat, np.asarray(cls), np.asarray(probs, np.float32))
 
 

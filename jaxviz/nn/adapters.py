@@ -203,11 +203,17 @@ class _Adapted:
             raise JaxvizError(f"{self.name} takes a batch N x H x W x C, got shape {tuple(x_shape)}")
         self.shapes(tuple(x_shape[1:]))
 
-    def guided(self) -> "_Adapted":
+    def _replace(self, **attrs) -> "_Adapted":
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
-        clone._guided = True
+        clone.__dict__.update(attrs)
         return clone
+
+    def with_preprocessing(self, mode: str) -> "_Adapted":
+        return self._replace(preprocessing=mode)
+
+    def guided(self) -> "_Adapted":
+        return self._replace(_guided=True)
 
     @contextlib.contextmanager
     def _guiding(self) -> Iterator[None]:

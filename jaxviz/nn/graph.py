@@ -380,6 +380,10 @@ class Sequential:
         """The kind of layer ``name`` (``conv``, ``pool``, ``dense``, ``act``, ``norm``, ...)."""
         return L.kind(self.layer(name))
 
+    def with_preprocessing(self, mode: str) -> "Sequential":
+        """The same model fed with preprocessing ``mode``."""
+        return dataclasses.replace(self, preprocessing=mode)
+
     def guided(self) -> "Sequential":
         """The same model with ReLU and ReLU6 replaced by their guided versions (guided backprop)."""
         return self.with_activation("relu", "guided_relu").with_activation("relu6", "guided_relu6")

@@ -84,6 +84,9 @@ class Model(Protocol):
             model may then compute just that channel.
         """
 
+    def with_preprocessing(self, mode: str) -> "Model":
+        """The same network (same parameters) fed with another preprocessing."""
+
     def guided(self) -> "Model":
         """The same network (same parameters) with every ReLU's backward pass guided (guided backprop)."""
 
