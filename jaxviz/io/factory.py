@@ -49,7 +49,7 @@ def load_factory(spec: str, input_hw: Sequence[int] | None = None, preprocessing
     Returns:
       A :class:`jaxviz.Loaded`.
     """
-    from jaxviz.io.models import Loaded
+    from jaxviz.nn.protocol import Loaded
     from jaxviz.nn.adapters import adapt
 
     target, _, name = spec.rpartition(":")

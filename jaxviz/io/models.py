@@ -10,15 +10,8 @@ import jax
 from jaxviz.errors import JaxvizError, unknown
 from jaxviz.io import checkpoint
 from jaxviz.io.weightfile import load_model_file
-from jaxviz.nn import Params, Sequential, get_model
-
-
-@dataclasses.dataclass
-class Loaded:
-    model: Sequential
-    params: Params
-    trained: bool
-    source: str  # where the parameters came from, for captions and logs
+from jaxviz.nn.protocol import Loaded
+from jaxviz.nn import get_model
 
 
 # Trained weights that need no download: checkpoints shipped in the package (made by

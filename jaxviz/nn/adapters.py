@@ -417,7 +417,7 @@ def adapt(module: Any, variables: Mapping | None = None, *, input_shape: Sequenc
     from flax import nnx
     import flax.linen as nn
 
-    from jaxviz.io.models import Loaded
+    from jaxviz.nn.protocol import Loaded
 
     if isinstance(module, Loaded):
         return module

@@ -11,6 +11,7 @@ with respect to that perturbation at zero, so no capability needs to split a mod
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, NamedTuple, Protocol, Sequence, runtime_checkable
 
 import jax
@@ -105,6 +106,23 @@ class Model(Protocol):
 
     def cam_layer(self) -> str:
         """The default layer of the CAM methods: the last spatial feature layer before pooling or flattening."""
+
+
+@dataclasses.dataclass
+class Loaded:
+    """A model with its parameters, as :func:`jaxviz.load_model` and :func:`jaxviz.adapt` return it.
+
+    Attributes:
+      model: the network (:class:`Model`).
+      params: its parameters (any pytree the model's ``run`` takes).
+      trained: False for fresh random weights (captions say UNTRAINED).
+      source: where the parameters came from, for captions and logs.
+    """
+
+    model: Model
+    params: Any
+    trained: bool
+    source: str
 
 
 def output_shape(model: Model, input_shape: Sequence[int] | None = None) -> Shape:
