@@ -458,9 +458,11 @@ class _Builder:
     def entry_class(self, entry: Any) -> tuple[str, str]:
         if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str):
             raise self.fail("a layer in the model config has no class_name; the file is damaged")
+        if not entry["class_name"].isprintable() or len(entry["class_name"]) > 120:
+            raise self.fail(f"a layer class name {entry['class_name'][:60]!r} is not a class name; the file is damaged")
         name = _name_of(entry)
         if name is None:
-            raise self.fail(f"a {entry['class_name'][:60]} layer in the model config has no name; the file is damaged")
+            raise self.fail(f"a {entry['class_name']!r} layer in the model config has no name; the file is damaged")
         return entry["class_name"], name
 
     def note_input(self, cfg: Any, top: bool) -> None:
@@ -515,7 +517,7 @@ class _Builder:
                 raise self.fail(f"{label} has no layer list; the file is damaged")
             ins, outs = self.tensor_list(inner.get("input_layers"), label), self.tensor_list(inner.get("output_layers"), label)
             if len(outs) != 1:
-                raise self.fail(f"{label} has {len(outs)} outputs ({', '.join(o[0] for o in outs)[:200]}); "
+                raise self.fail(f"{label} has {len(outs)} outputs ({', '.join(repr(o[0]) for o in outs)[:200]}); "
                                 "jaxviz models have one output")
             if len(ins) != len(inputs) or len(ins) != 1:
                 raise self.fail(f"{label} has {len(ins)} inputs; jaxviz models take one image batch")
@@ -548,7 +550,7 @@ class _Builder:
             return self.container(layer, path, inputs, depth + 1)
         module = layer.get("module")
         if isinstance(module, str) and module.startswith("keras.src.ops"):
-            raise self.fail(f"layer {name!r} ({cls}) is a raw Keras operation ({module}); jaxviz imports Keras layers "
+            raise self.fail(f"layer {name!r} ({cls[:80]!r}) is a raw Keras operation ({module[:80]!r}); jaxviz imports Keras layers "
                             "only (use keras.layers.{Add,Multiply,...} in the model)")
         if cls in UNSAFE_CLASSES:  # refuse_custom has normally caught it already
             raise self.fail(f"layer {name!r} ({cls}) would run code from the file; refused")
