@@ -416,3 +416,46 @@ def test_weights_over_the_cap_refused_before_reading(tmp_path):
     assert os.path.getsize(tmp_path / "big.h5") < 1 << 20
     with pytest.raises(JaxvizError, match="weights exceed 4096 MB"):
         keras_io.read_keras_file(tmp_path / "big.h5")
+
+
+# ------------------------------------------------------------------------------------------------ fuzz
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 1 << 40) | st.floats(allow_nan=True) |
+                    st.text(max_size=8) | st.sampled_from(["same", "valid", "relu", "Conv2D", "InputLayer", "Add"]),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+                    max_leaves=12)
+
+
+def _nodes(value, path=()):
+    """Every (path, value) inside a JSON value."""
+    yield path, value
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        yield from _nodes(v, path + (k,))
+
+
+@pytest.fixture(scope="module")
+def functional_config():
+    return json.loads(json.dumps(keras.saving.serialize_keras_object(keras_ref.user_cnn_functional())))
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_mutated_configs_build_or_raise_one_line_errors(functional_config, data):
+    """Any value anywhere in a real config: the importer builds a graph or raises a one-line JaxvizError."""
+    cfg = json.loads(json.dumps(functional_config))
+    for _ in range(data.draw(st.integers(1, 3))):
+        nodes = [p for p, _ in _nodes(cfg) if p]
+        path = data.draw(st.sampled_from(nodes))
+        parent = cfg
+        for k in path[:-1]:
+            parent = parent[k]
+        parent[path[-1]] = data.draw(JSON)
+    try:
+        build_graph(cfg, "fuzz")
+    except JaxvizError as e:
+        assert "\n" not in str(e)

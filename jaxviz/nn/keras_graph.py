@@ -593,10 +593,10 @@ class _Builder:
         refs: list[Any] = []
         kwargs: dict = {}
         if isinstance(node, dict):  # Keras 3
-            args = node.get("args") or []
+            args = node.get("args")
             kwargs = node.get("kwargs") or {}
-            if len(args) != 1:
-                raise self.fail(f"layer {name!r} ({cls}) is called with {len(args)} positional arguments; "
+            if not isinstance(args, list) or len(args) != 1:
+                raise self.fail(f"layer {name!r} ({cls}) is called with {str(args)[:40]!r} as positional arguments; "
                                 "jaxviz supports one tensor or one list of tensors")
             first = args[0]
             tensors = first if isinstance(first, list) else [first]
@@ -605,7 +605,7 @@ class _Builder:
                     t.get("class_name") == "__keras_tensor__" and isinstance(t.get("config"), dict) else None
                 if not isinstance(hist, list) or len(hist) != 3:
                     raise self.fail(f"layer {name!r} ({cls}) is called on something other than a tensor "
-                                    f"({str(t)[:60]}); not supported")
+                                    f"({str(t)[:60]!r}); not supported")
                 refs.append(hist)
         elif isinstance(node, list):  # Keras 2: [[name, node, tensor, kwargs], ...]
             for t in node:
@@ -621,12 +621,12 @@ class _Builder:
         for key, value in kwargs.items():
             if key == "training" or (key == "mask" and value is None):
                 continue  # jaxviz always runs in inference mode
-            raise self.fail(f"layer {name!r} ({cls}) is called with {key}={str(value)[:40]}; not supported")
+            raise self.fail(f"layer {name!r} ({cls}) is called with {str(key)[:40]!r}={str(value)[:40]!r}; not supported")
         out = []
         for ref in refs:
             src, node_index, tensor_index = ref
             if not isinstance(src, str) or node_index != 0 or tensor_index != 0:
-                raise self.fail(f"layer {name!r} ({cls}) reads {src!r} node {node_index} tensor {tensor_index}: a "
+                raise self.fail(f"layer {name!r} ({cls}) reads {str(src)[:80]!r} node {str(node_index)[:20]!r} tensor {str(tensor_index)[:20]!r}: a "
                                 "shared layer or a layer with several outputs; not supported")
             out.append(src)
         return out
@@ -652,8 +652,13 @@ def build_graph(config: Mapping, where: str = "model") -> KerasGraph:
     b = _Builder(where)
     try:
         out = b.container(top, (), [()], 0)
+    except JaxvizError:
+        raise
     except RecursionError:
         raise JaxvizError(f"{where}: the model config is nested too deeply; the file is damaged") from None
+    except (TypeError, KeyError, AttributeError, IndexError, ValueError) as e:  # a value of the wrong type anywhere
+        raise JaxvizError(f"{where}: the model config is malformed ({type(e).__name__}: "
+                          f"{(str(e).splitlines() or [''])[0][:100]!r}); the file is damaged") from None
     if not b.steps or out == ():
         raise JaxvizError(f"{where}: the model has no layers")
     if out != b.steps[-1][0]:
