@@ -52,8 +52,8 @@ def main() -> None:
     zoo = jaxviz.load_model("fashion_cnn")
     net = FashionNNX(nnx.Rngs(0))
     for name in ("conv2d", "conv2d_1", "dense", "dense_1"):
-        getattr(net, name).kernel.value = jnp.asarray(zoo.params[name]["kernel"])
-        getattr(net, name).bias.value = jnp.asarray(zoo.params[name]["bias"])
+        getattr(net, name).kernel[...] = jnp.asarray(zoo.params[name]["kernel"])
+        getattr(net, name).bias[...] = jnp.asarray(zoo.params[name]["bias"])
     nnx_b = jaxviz.adapt(net, input_shape=(28, 28, 1), outputs="logits", name="fashion_nnx")
     x = np.asarray(jax.random.uniform(jax.random.key(1), (8, 28, 28, 1)), np.float32)
     diff = float(np.abs(np.asarray(nnx_b.model.run(nnx_b.params, x).logits)

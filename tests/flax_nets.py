@@ -39,8 +39,8 @@ def resnet(seed: int = 0) -> ResNet:
     m = ResNet(nnx.Rngs(seed))
     k = jax.random.key(seed + 100)
     for i, b in enumerate(m.blocks):
-        b.bn1.mean.value = jax.random.normal(jax.random.fold_in(k, i), b.bn1.mean.value.shape) * 0.1
-        b.bn1.var.value = jax.random.uniform(jax.random.fold_in(k, 10 + i), b.bn1.var.value.shape, minval=0.5, maxval=2)
+        b.bn1.mean[...] = jax.random.normal(jax.random.fold_in(k, i), b.bn1.mean.shape) * 0.1
+        b.bn1.var[...] = jax.random.uniform(jax.random.fold_in(k, 10 + i), b.bn1.var.shape, minval=0.5, maxval=2)
     return m
 
 
@@ -94,7 +94,7 @@ class ViT(nnx.Module):
     def __call__(self, x):
         t = self.patch(x)
         n, h, w, d = t.shape
-        t = jnp.concatenate([jnp.broadcast_to(self.cls.value, (n, 1, d)), t.reshape(n, h * w, d)], axis=1)
+        t = jnp.concatenate([jnp.broadcast_to(self.cls[...], (n, 1, d)), t.reshape(n, h * w, d)], axis=1)
         for b in self.blocks:
             t = b(t)
         return self.head(t[:, 0])

@@ -121,7 +121,7 @@ def test_vit_gradcam_on_reshaped_tokens_equals_hand(vit):
     def tokens(x):  # the input of blocks.1
         t = m.patch(x)
         n, h, w, d = t.shape
-        t = jnp.concatenate([jnp.broadcast_to(m.cls.value, (n, 1, d)), t.reshape(n, h * w, d)], axis=1)
+        t = jnp.concatenate([jnp.broadcast_to(m.cls[...], (n, 1, d)), t.reshape(n, h * w, d)], axis=1)
         return m.blocks[0](t)
 
     t1 = tokens(X)
@@ -210,9 +210,9 @@ def test_no_recompilation_and_batch_independence(nnx_net):
 def test_weights_of_adapted_layers(nnx_net, linen_net):
     m, b = nnx_net
     w = jaxviz.layer_weights(b.model, b.params, "blocks.0.conv1")
-    np.testing.assert_array_equal(w.kernel, np.asarray(m.blocks[0].conv1.kernel.value))
+    np.testing.assert_array_equal(w.kernel, np.asarray(m.blocks[0].conv1.kernel[...]))
     bn = jaxviz.layer_weights(b.model, b.params, "blocks.0.bn1")
-    np.testing.assert_array_equal(bn.kernel, np.asarray(m.blocks[0].bn1.scale.value))
+    np.testing.assert_array_equal(bn.kernel, np.asarray(m.blocks[0].bn1.scale[...]))
     lw = jaxviz.layer_weights(linen_net[2].model, linen_net[2].params, "conv2")
     np.testing.assert_array_equal(lw.kernel, np.asarray(linen_net[1]["params"]["conv2"]["kernel"]))
     with pytest.raises(jaxviz.JaxvizError, match="has no weights"):
@@ -255,3 +255,39 @@ print(json.dumps({"devices": jax.device_count(), "cam": float(np.abs(cams4.heatm
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["devices"] == 4
     assert out["cam"] <= 1e-6 and out["filters"] <= 1e-6, out
+
+
+def test_cli_gradcam_on_a_factory_model_and_its_errors(tmp_path, capsys):
+    """`jaxviz gradcam --model my_net.py:build --layer blocks.1` end to end; a factory that raises, returns
+    something else, or a layer that does not exist: one line that says what is valid, exit 2."""
+    from jaxviz.cli import main
+
+    net = tmp_path / "my_net.py"
+    net.write_text("import flax_nets\n\ndef build():\n    return flax_nets.resnet(0)\n\n"
+                   "def broken():\n    raise RuntimeError('no weights here')\n\ndef number():\n    return 42\n")
+    sys.path.insert(0, HERE)
+    try:
+        def cli(*args):
+            rc = main([str(a) for a in args])
+            out, err = capsys.readouterr()
+            return rc, err.strip().splitlines()
+
+        base = ["gradcam", "--input", "16x16", "--image", "sample:chelsea"]
+        rc, err = cli(*base, "--model", f"{net}:build", "--layer", "blocks.1", "--class", "2", "--out", tmp_path / "o")
+        assert rc == 0, err
+        b = jaxviz.adapt(F.resnet(0), input_shape=(16, 16, 3))
+        x = jaxviz.load_image("sample:chelsea", (16, 16))[None].astype(np.float32)
+        ref = jaxviz.explain(b.model, b.params, x, [2], layer="blocks.1").heatmaps
+        np.testing.assert_allclose(np.load(tmp_path / "o" / "gradcam.npz")["heatmaps"], ref[:, 0], atol=1e-6)
+        for factory, layer, match in (
+            ("broken", "blocks.1", "the factory raised RuntimeError: no weights here"),
+            ("number", "blocks.1", "adapt takes a flax.nnx.Module"),
+            ("nothing", "blocks.1", "has no function 'nothing'; its functions: broken, build, number"),
+            ("build", "blocks.9", "unknown layer 'blocks.9' in build; valid layers: stem, blocks.0, blocks.0.conv1"),
+        ):
+            rc, err = cli(*base, "--model", f"{net}:{factory}", "--layer", layer, "--out", tmp_path / "bad")
+            assert rc == 2 and len([l for l in err if "error:" in l]) == 1, err
+            assert err[-1].startswith("jaxviz gradcam: error:") and match in err[-1], err
+            assert not (tmp_path / "bad").exists()
+    finally:
+        sys.path.remove(HERE)

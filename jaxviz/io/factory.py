@@ -72,23 +72,14 @@ def load_factory(spec: str, input_hw: Sequence[int] | None = None, preprocessing
                           f"{str(e).splitlines()[0] if str(e) else ''}") from e
     if isinstance(made, Loaded):
         return made
-    what = "an nnx.Module, a (linen_module, variables) pair, or jaxviz.adapt(...)"
-    import flax.linen as nn
-    from flax import nnx
-
-    if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], nn.Module):
-        args: tuple = made
-    elif isinstance(made, nnx.Module):
-        args = (made,)
-    else:
-        raise JaxvizError(f"--model {spec}: the factory returned {type(made).__name__}; it must return {what}")
+    args = made if isinstance(made, tuple) else (made,)  # (linen_module, variables) or a module
     if not input_hw:
-        raise JaxvizError(f"--model {spec} returned a module without an input size; pass --input HxW")
-    error = None
+        raise JaxvizError(f"--model {spec} returned {type(made).__name__} without an input size; pass --input HxW "
+                          "(or return jaxviz.adapt(...) from the factory)")
+    errors = []
     for channels in (3, 1):
         try:
-            return adapt(*args, input_shape=(*input_hw, channels), preprocessing=preprocessing or "none",
-                         name=name)
-        except JaxvizError as e:
-            error = error or e
-    raise error
+            return adapt(*args, input_shape=(*input_hw, channels), preprocessing=preprocessing or "none", name=name)
+        except (JaxvizError, TypeError) as e:
+            errors.append(e)
+    raise JaxvizError(f"--model {spec}: {str(errors[0]).splitlines()[0]}")
