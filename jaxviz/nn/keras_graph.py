@@ -240,11 +240,9 @@ def _pad_pairs(o: _Options, key: str, default: Any) -> tuple[tuple[int, int], tu
 
 def _conv(o: _Options) -> L.Layer:
     o.channels_last()
-    kw = dict(features=o.integer("filters"), kernel_size=o.pair("kernel_size"), padding=o.padding(),
-              activation=o.activation(), strides=o.pair("strides", 1), use_bias=o.flag("use_bias", True),
-              dilation=o.pair("dilation_rate", 1))
-    groups = o.integer("groups", 1)
-    return L.Conv2D(**kw, groups=groups)
+    return L.Conv2D(features=o.integer("filters"), kernel_size=o.pair("kernel_size"), padding=o.padding(),
+                    activation=o.activation(), strides=o.pair("strides", 1), use_bias=o.flag("use_bias", True),
+                    dilation=o.pair("dilation_rate", 1), groups=o.integer("groups", 1))
 
 
 def _depthwise(o: _Options) -> L.Layer:
@@ -372,14 +370,24 @@ def _upsampling(o: _Options) -> L.Layer:
                           interpolation=o.choice("interpolation", "nearest", _INTERPOLATIONS))
 
 
-def _plain(cls: type, *keys: str) -> Callable[[_Options], L.Layer]:
+def _plain(cls: type) -> Callable[[_Options], L.Layer]:
     def make(o: _Options) -> L.Layer:
         if "data_format" in o.cfg:
             o.channels_last()
-        for k in keys:
-            o.get(k)
         return cls()
     return make
+
+
+def _prelu(o: _Options) -> L.Layer:
+    axes = () if o.get("shared_axes") is None else o.ints("shared_axes")
+    return L.PReLU(shared_axes=tuple(sorted(axes)))
+
+
+def _concatenate(o: _Options) -> L.Layer:
+    axis = o.axes("axis")
+    if len(axis) != 1:
+        raise o.fail(f"axis {o.cfg.get('axis')!r} is not supported")
+    return L.Concatenate(axis=axis[0])
 
 
 def _rate(cls: type, key: str = "rate") -> Callable[[_Options], L.Layer]:
@@ -387,8 +395,8 @@ def _rate(cls: type, key: str = "rate") -> Callable[[_Options], L.Layer]:
         if "data_format" in o.cfg:
             o.channels_last()
         v = o.number(key, 0.0)
-        if not 0 <= v < 1 and key == "rate":
-            raise o.fail(f"{key} {v} is outside [0, 1)")
+        if v < 0 or (key == "rate" and v >= 1):
+            raise o.fail(f"{key} {v} is outside {'[0, 1)' if key == 'rate' else '[0, inf)'}")
         return cls(v)
     return make
 
@@ -415,13 +423,12 @@ CONVERTERS: dict[str, Callable[[_Options], L.Layer]] = {
     "Activation": lambda o: L.Activation(o.activation(default=None)),
     "ReLU": _relu,
     "LeakyReLU": _leaky,
-    "PReLU": lambda o: L.PReLU(shared_axes=tuple(sorted(o.ints("shared_axes", [])))) if o.cfg.get("shared_axes")
-    is not None else L.PReLU(shared_axes=(o.get("shared_axes") or ())),
+    "PReLU": _prelu,
     "ELU": lambda o: L.ELU(alpha=o.number("alpha", 1.0)),
     "Softmax": lambda o: L.Softmax(axis=o.axes("axis") or (-1,)),
     "Add": _plain(L.Add), "Subtract": _plain(L.Subtract), "Multiply": _plain(L.Multiply),
     "Average": _plain(L.Average), "Maximum": _plain(L.Maximum), "Minimum": _plain(L.Minimum),
-    "Concatenate": lambda o: L.Concatenate(axis=o.axes("axis")[0] if len(o.axes("axis")) == 1 else 99),
+    "Concatenate": _concatenate,
     "ZeroPadding2D": lambda o: (o.channels_last(), L.ZeroPadding2D(_pad_pairs(o, "padding", 1)))[1],
     "Cropping2D": lambda o: (o.channels_last(), L.Cropping2D(_pad_pairs(o, "cropping", 0)))[1],
     "UpSampling2D": _upsampling,
