@@ -1,12 +1,16 @@
 """One benchmark runner: jaxviz beside the seed algorithm in Keras, on whatever device JAX finds.
 
-    python benchmarks/run.py [--quick] [--filters N] [--cam-batch N] [--skip-keras]
+    python benchmarks/run.py [--quick] [--filters N] [--cam-batch N] [--rounds R] [--skip-keras]
+                             [--profile] [--sweep]
 
-Three workloads, each timed after compilation (the first call is reported separately):
+Three workloads, each timed after compilation (the first call is reported separately), jaxviz and
+Keras in turn (A B A B ...: ``--rounds`` pairs); the table gives each side's median and the median
+of the pairwise ratios, so a change in the machine's load during the run falls on both sides:
 
 * ``filters``: seed 002's filter grid -- VGG16 cut at ``block3_conv1``, 200x200, 30 steps of the
-  L2-normalised gradient, N filters (all in compiled calls by jaxviz; the seed's Python loop of
-  one ``tf.function`` step per iteration and filter in Keras);
+  L2-normalised gradient, N filters (jaxviz: ``filter_patterns`` with its default chunking and
+  without its quality measurement, which the seed does not do; the seed's Python loop of one
+  ``tf.function`` step per iteration and filter in Keras);
 * ``gradcam``: VGG16 at 224x224, Grad-CAM on ``block5_conv3`` for a batch (jaxviz: one jitted call;
   Keras: the seed's eager GradientTape per image, and the same inside one ``tf.function`` batch);
 * ``activations``: every conv and pool layer of VGG16 for one 224x224 image (jaxviz ``tap``; Keras: a
@@ -15,7 +19,10 @@ Three workloads, each timed after compilation (the first call is reported separa
 Keras runs on TensorFlow when it is installed (``pip install tensorflow-cpu`` in this benchmark's own
 environment: the seeds' setting), else on its JAX backend. Random weights throughout: time does not
 depend on values. GFLOP/s counts convolution and dense multiply-adds (x2) of the work each method must
-do, against a measured peak (a large float32 matmul on the same device). Prints one table.
+do, against the measured ceilings: a large float32 matmul (XLA, numpy, TensorFlow) and, on a CPU
+with a C compiler, the register-only FMA kernel ``benchmarks/fma_ceiling.c``. Prints one table;
+``--profile`` adds the per-op breakdown of ``benchmarks/profile.py`` and ``--sweep`` the batch-size
+sweeps of ``benchmarks/sweep.py``.
 """
 
 from __future__ import annotations
@@ -23,8 +30,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from typing import Callable
 
 if importlib.util.find_spec("tensorflow") and "KERAS_BACKEND" not in os.environ:
     os.environ["KERAS_BACKEND"] = "tensorflow"
@@ -49,6 +60,34 @@ def timed(fn, repeat: int = 1) -> float:
     return best
 
 
+def ab(ours: Callable, seed: Callable | None, rounds: int) -> tuple[float, float | None, float | None]:
+    """(jaxviz median s, Keras median s, median of the pairwise ratios Keras/jaxviz): the two timed in
+    turn, ``rounds`` pairs, each already warm. ``seed`` None: jaxviz alone."""
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(timed(ours))
+        if seed is not None:
+            b.append(seed())
+    if seed is None:
+        return statistics.median(a), None, None
+    return statistics.median(a), statistics.median(b), statistics.median([y / x for x, y in zip(a, b)])
+
+
+def fma_ceiling() -> float | None:
+    """GFLOP/s of ``fma_ceiling.c`` (one thread per CPU) when a C compiler builds it, else None."""
+    src = os.path.join(os.path.dirname(__file__), "fma_ceiling.c")
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = os.path.join(tmp, "fma")
+        try:
+            subprocess.run(["cc", "-O2", "-march=native", "-fopenmp", src, "-o", exe], check=True,
+                           capture_output=True, timeout=60)
+            env = {**os.environ, "OMP_NUM_THREADS": str(os.cpu_count())}
+            out = subprocess.run([exe, "50000000"], check=True, capture_output=True, text=True, env=env, timeout=120)
+            return float(out.stdout.split()[-1])
+        except (OSError, subprocess.SubprocessError, ValueError):
+            return None
+
+
 def measured_peak() -> tuple[float, str]:
     """The best GFLOP/s of a 4096^3 float32 matmul by XLA, numpy (BLAS) and TensorFlow (when installed)."""
     n = 4096
@@ -65,7 +104,11 @@ def measured_peak() -> tuple[float, str]:
         (t @ t).numpy()
         rates["TensorFlow"] = 2 * n**3 / timed(lambda: (t @ t).numpy(), 5) / 1e9
     best = max(rates, key=rates.get)
-    return rates[best], ", ".join(f"{k} {v:.0f}" for k, v in rates.items())
+    text = ", ".join(f"{k} {v:.0f}" for k, v in rates.items())
+    if jax.default_backend() == "cpu":
+        fma = fma_ceiling()
+        text += f"; register-only FMA ceiling {fma:.0f}" if fma else "; FMA ceiling: no C compiler"
+    return rates[best], text
 
 
 def forward_gflop(model, until: str, shape, last_channels: int | None = None) -> float:
@@ -87,7 +130,8 @@ def forward_gflop(model, until: str, shape, last_channels: int | None = None) ->
 # Keras (seed) versions
 
 
-def keras_filters(n: int, steps: int) -> float:
+def keras_filters(n: int, steps: int) -> Callable[[], float]:
+    """The seed loop, compiled and warm: calling it runs ``n`` patterns and returns its seconds."""
     import keras
 
     km = keras.applications.VGG16(weights=None, include_top=False, input_shape=(200, 200, 3))
@@ -121,17 +165,22 @@ def keras_filters(n: int, steps: int) -> float:
             return jax.random.uniform(jax.random.key(0), (1, 200, 200, 3), minval=0.4, maxval=0.6)
 
     jax.block_until_ready(step(start(), 0))  # trace/compile once
-    t0 = time.perf_counter()
-    for f in range(n):
-        img = start()
-        for _ in range(steps):
-            img = step(img, f)
-        np.asarray(img)
-    return time.perf_counter() - t0
+
+    def loop() -> float:
+        t0 = time.perf_counter()
+        for f in range(n):
+            img = start()
+            for _ in range(steps):
+                img = step(img, f)
+            np.asarray(img)
+        return time.perf_counter() - t0
+
+    return loop
 
 
-def keras_gradcam(batch: int) -> tuple[float, float]:
-    """(seed eager tape, one image at a time; the same in one tf.function over the batch), seconds."""
+def keras_gradcam(batch: int) -> tuple[Callable[[], float], Callable[[], float]]:
+    """(seed eager tape, one image at a time; the same in one tf.function over the batch), each a warm
+    callable returning its seconds."""
     import keras
 
     km = keras.applications.VGG16(weights=None, include_top=True)
@@ -154,9 +203,8 @@ def keras_gradcam(batch: int) -> tuple[float, float]:
 
         jcam = jax.jit(cam)
         jax.block_until_ready(jcam(x[:1]))
-        per_image = timed(lambda: [jcam(x[i:i + 1]) for i in range(batch)][-1])
         jax.block_until_ready(jcam(x))
-        return per_image, timed(lambda: jcam(x))
+        return (lambda: timed(lambda: [jcam(x[i:i + 1]) for i in range(batch)][-1])), (lambda: timed(lambda: jcam(x)))
     import tensorflow as tf
 
     def eager(xi):  # Listing 5.42 with GradientTape, one image
@@ -178,15 +226,12 @@ def keras_gradcam(batch: int) -> tuple[float, float]:
         return tf.nn.relu(tf.reduce_mean(feats * w, axis=-1))
 
     eager(x[:1])
-    t0 = time.perf_counter()
-    for i in range(batch):
-        eager(x[i:i + 1]).numpy()
-    per_image = time.perf_counter() - t0
     batched(x).numpy()
-    return per_image, timed(lambda: batched(x).numpy())
+    return (lambda: timed(lambda: [eager(x[i:i + 1]).numpy() for i in range(batch)])), \
+        (lambda: timed(lambda: batched(x).numpy()))
 
 
-def keras_activations() -> float:
+def keras_activations() -> Callable[[], float]:
     import keras
 
     km = keras.applications.VGG16(weights=None, include_top=False, input_shape=(224, 224, 3))
@@ -194,7 +239,7 @@ def keras_activations() -> float:
     am = keras.Model(km.input, [l.output for l in layers])
     x = np.random.default_rng(0).uniform(-120, 120, (1, 224, 224, 3)).astype(np.float32)
     am.predict(x, verbose=0)
-    return timed(lambda: am.predict(x, verbose=0), 3)
+    return lambda: timed(lambda: am.predict(x, verbose=0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,38 +247,48 @@ def keras_activations() -> float:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small counts (4 filters, batch 4): about 3 minutes on 2 CPU cores")
+    p.add_argument("--quick", action="store_true", help="small counts (4 filters, batch 4, 2 rounds)")
     p.add_argument("--filters", type=int, help="filter patterns (default 64, --quick 4)")
     p.add_argument("--cam-batch", type=int, help="Grad-CAM batch (default 16, --quick 4)")
+    p.add_argument("--rounds", type=int, help="jaxviz/Keras pairs timed in turn per workload (default 3, --quick 2)")
     p.add_argument("--skip-keras", action="store_true", help="jaxviz only")
+    p.add_argument("--profile", action="store_true", help="add the per-op breakdown (benchmarks/profile.py)")
+    p.add_argument("--sweep", action="store_true", help="add the batch-size sweeps (benchmarks/sweep.py)")
+    p.add_argument("--all-conv1", action="store_true",
+                   help="add jaxviz's time for all 64 patterns of each block*_conv1 layer (seed 002's settings)")
     args = p.parse_args(argv)
     n_f = args.filters or (4 if args.quick else 64)
     n_c = args.cam_batch or (4 if args.quick else 16)
+    rounds = args.rounds or (2 if args.quick else 3)
     dev = jax.devices()[0]
+    load = os.getloadavg()[0]
     peak, peaks = measured_peak()
     backend = None
     if not args.skip_keras:
         import keras
 
         backend = keras.backend.backend()
-    print(f"device: {jax.device_count()} x {dev.device_kind} ({dev.platform}); float32 matmul GFLOP/s: {peaks} "
-          f"(peak = the best); Keras {'skipped' if backend is None else backend}")
+    print(f"{time.strftime('%Y-%m-%d')}, device: {jax.device_count()} x {dev.device_kind} ({dev.platform}), "
+          f"{os.cpu_count()} CPUs; float32 GFLOP/s: {peaks} (peak = the best matmul); Keras "
+          f"{'skipped' if backend is None else backend}; load average {load:.2f} at the start")
     rows = []
     key = jax.random.key(0)
 
-    # 1. filters
+    # 1. filters (default chunking, as a user gets it; no quality measurement: the seed has none)
     vgg = get_model("vgg16_notop")
     params = vgg.init(key, (200, 200, 3))
     recipe = get_recipe("dlwp2")
-    batch = min(n_f, 8 * jax.device_count())
+
+    def ours_filters():
+        return filter_patterns(vgg, params, "block3_conv1", range(n_f), recipe, key, quality=False).patterns
+
     t0 = time.perf_counter()
-    filter_patterns(vgg, params, "block3_conv1", range(batch), recipe, key, batch_size=batch)
+    jax.block_until_ready(ours_filters())
     first = time.perf_counter() - t0
-    ours = timed(lambda: filter_patterns(vgg, params, "block3_conv1", range(n_f), recipe, key, batch_size=batch).patterns)
     fwd = forward_gflop(vgg, "block3_conv1", (200, 200, 3), last_channels=1)
     work = n_f * recipe.steps * 2 * fwd  # forward + input gradient per step
     seed = keras_filters(n_f, recipe.steps) if backend else None
-    rows.append((f"filters: {n_f} patterns, 200px, 30 steps", ours, seed, work, first))
+    rows.append((f"filters: {n_f} patterns, 200px, 30 steps", *ab(ours_filters, seed, rounds), work, first))
 
     # 2. Grad-CAM
     vt = get_model("vgg16")
@@ -242,16 +297,19 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     explain(vt, params, x)
     first = time.perf_counter() - t0
-    ours = timed(lambda: explain(vt, params, x).heatmaps, 3)
+
+    def ours_cam():
+        return explain(vt, params, x).heatmaps
+
     work = n_c * (forward_gflop(vt, "predictions", (224, 224, 3)) + forward_gflop(vt, "predictions", (224, 224, 3))
                   - forward_gflop(vt, "block5_conv3", (224, 224, 3)))  # forward + gradient of the tail
     if backend:
         eager, batched = keras_gradcam(n_c)
         compiled = "tf.function" if backend == "tensorflow" else "jax.jit"
-        rows.append((f"gradcam: {n_c} images (Keras: seed, per image)", ours, eager, work, first))
-        rows.append((f"gradcam: {n_c} images (Keras: {compiled} batch)", ours, batched, work, None))
+        rows.append((f"gradcam: {n_c} images (Keras: {compiled} batch)", *ab(ours_cam, batched, rounds), work, first))
+        rows.append((f"gradcam: {n_c} images (Keras: seed, per image)", *ab(ours_cam, eager, 1), work, None))
     else:
-        rows.append((f"gradcam: {n_c} images", ours, None, work, first))
+        rows.append((f"gradcam: {n_c} images", *ab(ours_cam, None, rounds), work, first))
 
     # 3. activations
     names = tuple(vgg.names_of_kind("conv", "pool"))
@@ -260,17 +318,38 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     jax.block_until_ready(vgg.jit_tap(params, x1, names))
     first = time.perf_counter() - t0
-    ours = timed(lambda: vgg.jit_tap(params, x1, names), 3)
     seed = keras_activations() if backend else None
-    rows.append(("activations: 18 VGG16 layers, 1 image", ours, seed, forward_gflop(vgg, "block5_pool", (224, 224, 3)),
-                 first))
+    rows.append(("activations: 18 VGG16 layers, 1 image", *ab(lambda: vgg.jit_tap(params, x1, names), seed, rounds * 5),
+                 forward_gflop(vgg, "block5_pool", (224, 224, 3)), first))
 
-    print(f"\n{'workload':48s} {'jaxviz s':>9s} {'Keras s':>9s} {'Keras/jaxviz':>12s} {'GFLOP/s':>8s} "
-          f"{'% peak':>7s} {'1st call s':>10s}")
-    for name, ours, seed, work, first in rows:
-        ratio = f"{seed / ours:.2f}x" if seed else "-"
-        print(f"{name:48s} {ours:9.2f} {seed if seed else float('nan'):9.2f} {ratio:>12s} {work / ours:8.0f} "
-              f"{100 * work / ours / peak:6.0f}% {first if first else float('nan'):10.1f}")
+    print(f"\n| workload | jaxviz s | Keras s | Keras / jaxviz (median of {rounds} pairs) | jaxviz GFLOP/s | % of peak "
+          f"| 1st call s |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, ours, seed, ratio, work, first in rows:
+        print(f"| {name} | {ours:.2f} | {seed if seed else float('nan'):.2f} | "
+              f"{f'{ratio:.2f}x' if ratio else '-'} | {work / ours:.0f} | {100 * work / ours / peak:.0f}% | "
+              f"{first if first else float('nan'):.1f} |")
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
+    sys.stdout.flush()
+    if args.all_conv1:
+        vgg = get_model("vgg16_notop")
+        params = vgg.init(key, (200, 200, 3))
+        print("\n| layer | 64 patterns, s (first call, compile included) | then, s |\n| --- | ---: | ---: |")
+        for b in range(1, 6):
+            def run64(layer=f"block{b}_conv1"):
+                return filter_patterns(vgg, params, layer, range(64), recipe, key, quality=False).patterns
+
+            t0 = time.perf_counter()
+            jax.block_until_ready(run64())
+            first = time.perf_counter() - t0
+            print(f"| block{b}_conv1 | {first:.2f} | {timed(run64):.2f} |", flush=True)
+    if args.profile:
+        from benchmarks import profile
+
+        profile.main(["--cam-batch", str(n_c), "--repeat", "3"])
+    if args.sweep:
+        from benchmarks import sweep
+
+        sweep.main(["--rounds", str(rounds)])
 
 
 if __name__ == "__main__":
