@@ -1,15 +1,22 @@
-"""Read Keras weight files into jaxviz params, without executing anything from the file.
+"""Read Keras files into jaxviz models and params, without executing anything from the file.
 
 Formats:
   * published ``keras.applications`` weights-only HDF5 (root ``layer_names``, Keras-1 dataset names);
   * Keras 2 full-model HDF5 from ``model.save`` (``model_config``, ``model_weights/...``),
-    including a nested base model whose group lists trainable weights first;
+    including a nested base model whose group lists trainable weights first; Keras 3 writes the same
+    layout when it saves to ``.h5``;
   * Keras 3 ``.keras`` archives (read in memory) and ``.weights.h5`` files (``layers/<key>/vars/N``).
 
-The file is reduced to a list of weighted layers ``(name, kind, [(param_name|None, array)])`` in
-model order. Layers then map onto the architecture by name when the names agree exactly, otherwise
-by order within each kind (conv to conv, dense to dense), as Keras's own ``by_name=False`` loading
-does; every shape is checked and the first misfit is named.
+The file is reduced to a list of weighted layers ``(name, path, [(param_name|None, array)])`` in
+model order, reading at most :data:`MAX_CONFIG_BYTES` of config and :data:`MAX_WEIGHT_BYTES` of weights.
+
+:func:`load_keras_model` rebuilds the architecture from the file's own config
+(:func:`jaxviz.nn.keras_graph.build_graph`) and takes each layer's weights by its path in the file
+(:func:`graph_params`); a config that is exactly a registered architecture opens as that one. Files
+without a config, and :func:`load_keras_weights` / :func:`keras_file_params`, map onto a registered
+architecture: by name when the names agree exactly, otherwise by order within each kind (conv to conv,
+dense to dense), as Keras's own ``by_name=False`` loading does; every shape is checked and the first
+misfit is named.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from jaxviz.io.h5probe import probe_h5
 from jaxviz.errors import JaxvizError, unknown
 from jaxviz.nn import MODELS, Params, Sequential, get_model
 from jaxviz.nn import layers as L
-from jaxviz.nn.keras_graph import UNSAFE_CLASSES, KerasGraph, build_graph, refuse_custom
+from jaxviz.nn.keras_graph import UNSAFE_CLASSES, KerasGraph, build_graph, refuse_custom  # noqa: F401 (re-exported)
 
 # What a file may make jaxviz read (untrusted input must not exhaust memory): a model config (JSON) of at
 # most MAX_CONFIG_BYTES, a metadata.json of MAX_METADATA_BYTES, and weights of MAX_WEIGHT_BYTES in all
