@@ -52,6 +52,15 @@ def activation_grid(act: np.ndarray, images_per_row: int = 16) -> Grid:
     return Grid(grid, int(dead.sum()))
 
 
+def fit_columns(n: int, widest: int = 8) -> int:
+    """Columns for a grid of ``n`` pictures, at most ``widest``: all in one row when they fit, else the
+    width from ``widest`` down to half of it that leaves the fewest empty cells (the widest of equals),
+    so 4 patterns are a 4-wide row and 12 are two rows of 6, not an 8-wide grid with black cells."""
+    if n <= widest:
+        return max(n, 1)
+    return min(range(widest, (widest + 1) // 2 - 1, -1), key=lambda c: (-n) % c)
+
+
 def stitch(images: np.ndarray, n_cols: int = 8, margin: int = 5, n_rows: int | None = None) -> np.ndarray:
     """Stitch N x H x W x C uint8 images into a grid with black ``margin`` pixels between them.
 

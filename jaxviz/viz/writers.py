@@ -64,21 +64,30 @@ def index_ranges(indices: Sequence[int]) -> str:
 
 def write_filters(stage: str, model: Model, params: Any, layer: str, filters: Sequence[int], recipe,
                   key: jax.Array, batch_size: int | None = None, on_chunk: Callable[[int], None] | None = None,
-                  prefix: str = ""):
-    """``<prefix><layer>.png`` (8-wide grid, 5-pixel margins) and ``<prefix><layer>.npz`` with
-    ``patterns``, ``images``, ``filters``, ``objective``. Returns the files and the :class:`Patterns`."""
-    from jaxviz.methods.features import filter_patterns
-    from jaxviz.viz.render import stitch
+                  prefix: str = "", quality: bool = True):
+    """``<prefix><layer>.png`` (a grid as wide as fits the count, at most 8; one row per unit when the
+    recipe makes several patterns per unit; 5-pixel margins) and ``<prefix><layer>.npz`` with
+    ``patterns``, ``images``, ``filters``, ``objective`` and the quality figures of
+    :class:`~jaxviz.methods.features.Patterns` (``photo_best``, ``relative``, ``robustness``, ``hf_energy``;
+    ``photos`` names the photos measured against). Returns the files and the Patterns."""
+    from jaxviz.methods.features import PHOTOS, filter_patterns
+    from jaxviz.viz.render import fit_columns, stitch
 
-    res = filter_patterns(model, params, layer, filters, recipe, key, batch_size=batch_size, on_chunk=on_chunk)
+    res = filter_patterns(model, params, layer, filters, recipe, key, batch_size=batch_size, on_chunk=on_chunk,
+                          quality=quality)
     rel = f"{prefix}{layer}.png"
     images = res.images[..., 0] if res.images.shape[-1] == 1 else res.images
-    save_png(_join(stage, rel), stitch(images, n_cols=8, margin=5))
+    per_unit = len(res.filters) // len(np.unique(res.filters))
+    cols = per_unit if per_unit > 1 else fit_columns(len(images))
+    save_png(_join(stage, rel), stitch(images, n_cols=cols, margin=5))
     save_npz(_join(stage, f"{prefix}{layer}.npz"), patterns=res.patterns, images=res.images, filters=res.filters,
-             objective=res.objective)
+             objective=res.objective, photo_best=res.photo_best, relative=res.relative, robustness=res.robustness,
+             hf_energy=res.hf_energy, photos=np.array(PHOTOS))
     dead = int(res.dead.sum())
-    caption = (f"{layer}: filters {index_ranges(res.filters)}, mean objective "
+    caption = (f"{layer}: filters {index_ranges(np.unique(res.filters))}, mean objective "
                f"{res.history[:, 0].mean():.3g} -> {res.objective.mean():.3g}" + (f", {dead} dead" if dead else ""))
+    if quality:
+        caption += "; " + res.summary()
     return [Written(rel, caption)], res
 
 
