@@ -29,6 +29,8 @@ def cmd_filters(args) -> None:
         loaded = load(args, default_model="vgg16_notop", input_hw=(recipe.size, recipe.size))
         model = loaded.model
         _say_preprocessing(args, model, recipe)
+        if not args.layer:  # default: the last conv layer's output (as Grad-CAM's default layer)
+            args.layer = [model.cam_layer()]
         if "all" in args.layer:  # every conv layer, in order (the full atlas)
             args.layer = [n for l in args.layer for n in (conv_layers(model) if l == "all" else [l])]
         for layer in args.layer:
@@ -112,8 +114,8 @@ def parse_filters(text: str) -> list[int]:
            "  jaxviz filters --weights ckpt/vgg16 --layer all --count all --batch-size 64 --out atlas   # all 4,224")
 def _setup_filters(p):
     add_model_args(p, input_size=False)  # --size is the pattern's size
-    p.add_argument("--layer", "-l", action="append", required=True,
-                   help="layer name (repeatable), or 'all' for every conv layer")
+    p.add_argument("--layer", "-l", action="append",
+                   help="layer name (repeatable), or 'all' for every conv layer (default: the last conv layer)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--count", help="first N filters, or 'all' (default: 64, or all of a smaller layer)")
     g.add_argument("--filters", help="comma-separated filter indices, e.g. 0,5,9")
@@ -125,6 +127,6 @@ def _setup_filters(p):
     p.add_argument("--octave-scale", type=float, help="size ratio between octaves, at least 1 (default 1.4)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="the network's compute type (default float32)")
     p.add_argument("--batch-size", type=int, help="filters per compiled call, split over all devices "
-                                                  "(bounds memory; default all)")
+                                                  "(bounds memory; default: all on accelerators, 1 per call on CPUs)")
     p.add_argument("--out", "-o", required=True, help="output directory: <layer>.png and <layer>.npz per layer")
     p.set_defaults(func=cmd_filters)

@@ -47,7 +47,7 @@ def _setup_gradcam(p):
     add_model_args(p)
     p.add_argument("--image", "-i", action="append", required=True,
                    help="image path, a folder of images, or sample:NAME (repeatable)")
-    p.add_argument("--batch-size", type=int, help="images per compiled call, split over all devices (default all)")
+    p.add_argument("--batch-size", type=int, help="images per compiled call, split over all devices (default: all on accelerators, calls of 16/4/1 images on CPUs)")
     p.add_argument("--class", dest="cls", type=int, help="class index (default: each image's top-1)")
     p.add_argument("--layer", "-l", help="conv layer (default: the last conv layer)")
     from jaxviz.methods.attribution import METHODS

@@ -19,12 +19,11 @@ def cmd_predict(args) -> None:
     loaded = load(args, default_model="vgg16")
     model = loaded.model
     shape = input_shape(args, model)
-    if model.labels is None:
-        from jaxviz.nn.protocol import output_shape
+    from jaxviz.nn.protocol import output_shape
 
-        what = "class scores but no label set" if len(output_shape(model, shape)) == 1 else "no classifier on top"
-        raise JaxvizError(f"{model.name} has {what}; predict decodes labelled classifiers (e.g. vgg16); "
-                          "gradcam --class N works on any class-score output")
+    if len(output_shape(model, shape)) != 1:
+        raise JaxvizError(f"{model.name} has no classifier on top (its output is {output_shape(model, shape)}); "
+                          "predict needs class scores")
     say_preprocessing(args, model)
     x = batch(model, args.images, shape)
     probs = np.asarray(jax.jit(lambda params, x: model.run(params, x).output)(loaded.params, x))

@@ -44,11 +44,13 @@ def class_probabilities(probs: np.ndarray) -> np.ndarray:
     return probs
 
 
-def decode_predictions(probs: np.ndarray, top: int = 5, labels: str = "imagenet") -> list[list[tuple[str, str, float]]]:
+def decode_predictions(probs: np.ndarray, top: int = 5,
+                       labels: str | None = "imagenet") -> list[list[tuple[str, str, float]]]:
     """Like ``keras.applications.imagenet_utils.decode_predictions``: per sample, the ``top``
-    classes as ``(id, name, probability)`` in decreasing probability (ids are WordNet ids for ImageNet)."""
+    classes as ``(id, name, probability)`` in decreasing probability (ids are WordNet ids for ImageNet;
+    ``labels=None``: a model without a label set, ids and names are the class indices)."""
     probs = class_probabilities(probs)
-    classes = label_set(labels)
+    classes = label_set(labels) if labels is not None else tuple((str(i), f"class {i}") for i in range(probs.shape[1]))
     if probs.shape[1] != len(classes):
         raise JaxvizError(f"predictions have {probs.shape[1]} classes but label set {labels!r} has {len(classes)}")
     out = []

@@ -27,6 +27,10 @@ LOGITS = "/logits"  # the key of the last layer's pre-activation output inside a
 Shape = tuple[int, ...]
 
 
+def _keeps_spatial(layer: nn.Module) -> bool:
+    return bool(getattr(layer, "keeps_spatial", True))
+
+
 @dataclasses.dataclass(frozen=True)
 class Sequential:
     """An ordered sequence of ``(keras_name, flax_layer)`` steps plus what is needed to feed it.
@@ -96,9 +100,9 @@ class Sequential:
             raise JaxvizError(f"{self.name} has no convolution layer")
         i = self.index(convs[-1])
         readers = self.readers
-        while i + 1 < len(self.layers) and L.kind(self.layers[i + 1][1]) in ("norm", "act") \
+        while i + 1 < len(self.layers) and L.kind(self.layers[i + 1][1]) in ("norm", "act", "merge") \
                 and readers.get(self.layers[i][0]) == [self.layers[i + 1][0]]:
-            i += 1
+            i += 1  # a residual block's add and activation too: ResNet50's conv5_block3_out
         return self.layers[i][0]
 
     # -- wiring --------------------------------------------------------------------------
@@ -176,7 +180,7 @@ class Sequential:
         ``stop_at_flat``, only the spatial steps before the first flatten/dense/global pool/dropout."""
         env: dict[str, Shape] = {self.input_name: tuple(shape), **dict(self.context_shapes)}
         for name, layer in self.layers:
-            if stop_at_flat and isinstance(layer, (L.Flatten, L.Dense, L.GlobalAveragePooling2D, L.Dropout)):
+            if stop_at_flat and (L.kind(layer) in ("dense", "dropout") or not _keeps_spatial(layer)):
                 return
             ins = [env[s] for s in self.sources[name]]
             env[name] = layer.out_shape(*ins)
@@ -197,7 +201,7 @@ class Sequential:
                               f"{self.min_input_size()}x{self.min_input_size()} pixels")
         out = []
         for name, layer, ins, o in self._walk(shape):
-            if isinstance(layer, L.Dense) and self._dense_in(name) is not None and ins[0][-1] != self._dense_in(name):
+            if L.kind(layer) == "dense" and self._dense_in(name) is not None and ins[0][-1] != self._dense_in(name):
                 raise JaxvizError(
                     f"{self.name} with its dense top needs {self._fmt(self.input_shape)} inputs, "
                     f"got {self._fmt(input_shape)}: layer {name!r} expects {self._dense_in(name)} features, "
@@ -221,7 +225,7 @@ class Sequential:
     @functools.cached_property
     def _dense_inputs(self) -> dict[str, int]:
         """Input width each dense layer was built for, at the model's default input size."""
-        return {n: ins[0][-1] for n, layer, ins, _ in self._walk(self.input_shape) if isinstance(layer, L.Dense)}
+        return {n: ins[0][-1] for n, layer, ins, _ in self._walk(self.input_shape) if L.kind(layer) == "dense"}
 
     def _dense_in(self, name: str) -> int | None:
         return self._dense_inputs.get(name)
@@ -399,8 +403,14 @@ class Sequential:
         return {n: (fresh[n] if n in redo else p) for n, p in params.items()}
 
     def feature_layers(self) -> list[str]:
-        """Every conv and pool layer, in order (the seeds' ``model.layers[:8]`` for the small CNNs)."""
-        return self.names_of_kind("conv", "pool")
+        """Every conv, pool and activation layer with a spatial map, in order (the seeds'
+        ``model.layers[:8]`` for the small CNNs, whose activations are inside their conv layers)."""
+        return [n for n, layer in self.layers if L.kind(layer) in ("conv", "pool", "act") and _keeps_spatial(layer)
+                and n in self._spatial_names]
+
+    @functools.cached_property
+    def _spatial_names(self) -> set[str]:
+        return {n for n, *_ in self._walk(self.input_shape, stop_at_flat=True)}
 
     def cam_layer(self) -> str:
         """:attr:`last_conv`: the last conv layer's output after its batch norm and activation."""
