@@ -482,3 +482,33 @@ def test_mutated_configs_build_or_raise_one_line_errors(functional_config, data)
         build_graph(cfg, "fuzz")
     except JaxvizError as e:
         assert "\n" not in str(e)
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5"])
+def test_cli_runs_every_command_with_only_the_file(user_functional, fmt, tmp_path, capsys):
+    """predict, activations, filters and gradcam on an imported model with nothing but --weights FILE:
+    the model's own defaults (input size, preprocessing, layers) and answers equal to the API's."""
+    from jaxviz.cli import main
+
+    w = user_functional.paths[fmt]
+    for args in (["predict", "--weights", w, "sample:chelsea", "--json"],
+                 ["activations", "--weights", w, "--image", "sample:chelsea", "--out", tmp_path / "a"],
+                 ["filters", "--weights", w, "--count", "2", "--steps", "2", "--size", "32", "--out", tmp_path / "f"],
+                 ["gradcam", "--weights", w, "--image", "sample:chelsea", "--out", tmp_path / "g"]):
+        rc = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        assert rc == 0, (args[0], err)
+        if args[0] == "predict":
+            probs = np.asarray(json.loads(out)[0]["probs"])
+    loaded = jaxviz.load_model(weights=w)
+    m = loaded.model
+    x = jaxviz.preprocess(jaxviz.load_image("sample:chelsea", m.input_shape[:2])[None].astype(np.float32),
+                          m.preprocessing)
+    np.testing.assert_allclose(probs, np.asarray(m.run(loaded.params, x).output)[0], atol=1e-5)
+    assert sorted(p.name for p in (tmp_path / "a").glob("*.png")) == sorted(f"{n}.png" for n in m.feature_layers())
+    assert len(list((tmp_path / "f").glob("*.npz"))) == 1
+    rc = main(["filters", "--weights", w, "--count", "2", "--out", str(tmp_path / "f64")])  # its Reshape fixes 32x32
+    assert rc == 2 and "needs 32x32x3 inputs, got 64x64x3" in capsys.readouterr().err
+    cam = np.load(tmp_path / "g" / "gradcam.npz")["heatmaps"]
+    ref = jaxviz.explain(m, loaded.params, x).heatmaps[:, 0]
+    np.testing.assert_allclose(cam, ref, atol=1e-5)

@@ -201,6 +201,11 @@ class Sequential:
                               f"{self.min_input_size()}x{self.min_input_size()} pixels")
         out = []
         for name, layer, ins, o in self._walk(shape):
+            if L.has_params(layer) and self._fixed_in(name) is not None and ins[0][-1] != self._fixed_in(name) \
+                    and L.kind(layer) != "dense":  # e.g. a conv after a Reshape whose channels depend on the size
+                raise JaxvizError(
+                    f"{self.name} needs {self._fmt(self.input_shape)} inputs, got {self._fmt(input_shape)}: layer "
+                    f"{name!r} expects {self._fixed_in(name)} input channels, not {ins[0][-1]}; resize the image")
             if L.kind(layer) == "dense" and self._dense_in(name) is not None and ins[0][-1] != self._dense_in(name):
                 raise JaxvizError(
                     f"{self.name} with its dense top needs {self._fmt(self.input_shape)} inputs, "
@@ -229,6 +234,14 @@ class Sequential:
 
     def _dense_in(self, name: str) -> int | None:
         return self._dense_inputs.get(name)
+
+    @functools.cached_property
+    def _fixed_inputs(self) -> dict[str, int]:
+        """Input channels each weighted layer was built for, at the model's default input size."""
+        return {n: ins[0][-1] for n, layer, ins, _ in self._walk(self.input_shape) if L.has_params(layer)}
+
+    def _fixed_in(self, name: str) -> int | None:
+        return self._fixed_inputs.get(name)
 
     @staticmethod
     def _fmt(shape: Sequence[int] | None) -> str:
@@ -343,22 +356,25 @@ class Sequential:
         perturb = {self.resolve(n): d for n, d in (perturb or {}).items()}
         env = {self.input_name: jnp.asarray(x), **dict(context or {})}
         need = self._needed(set(outputs))
+        sliced: dict[str, jax.Array] = {}
         for i, (name, layer) in enumerate(self.layers):
             if name not in need:
                 continue
             variables = {"params": params[name]} if L.has_params(layer) else {}
             ins = [env[s] for s in self.sources[name]]
-            if channel is not None and channel[0] == name and hasattr(layer, "one_channel"):
+            read_later = any(name in self.sources[o] for o in need if o != name)
+            if channel is not None and channel[0] == name and hasattr(layer, "one_channel") and not read_later:
                 env[name] = layer.apply(variables, *ins, channel[1], logits=name in logits_at, method="one_channel")
             else:
                 rngs = {"dropout": jax.random.fold_in(rng, i)} if (train and rng is not None) else None
                 env[name] = layer.apply(variables, *ins, logits=name in logits_at, train=train, rngs=rngs)
                 if name == final:  # the output before its activation too (XLA computes the shared part once)
                     env[LOGITS] = layer.apply(variables, *ins, logits=True, train=train, rngs=rngs)
-                if channel is not None and channel[0] == name:
-                    env[name] = jax.lax.dynamic_slice_in_dim(env[name], channel[1], 1, axis=-1)
+                if channel is not None and channel[0] == name:  # later layers read the whole output
+                    sliced[name] = jax.lax.dynamic_slice_in_dim(env[name], channel[1], 1, axis=-1)
             if name in perturb:
                 env[name] = env[name] + perturb[name]
+        env.update(sliced)
         return {n: env[n] for n in outputs} | ({LOGITS: env[LOGITS]} if final else {})
 
     # -- the model protocol (jaxviz.nn.protocol.Model) -------------------------------------------
