@@ -60,3 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         return run_guarded(run, args.debug, f"jaxviz {args.command}")
     finally:
         warnings.showwarning = shown  # main() called in-process (tests) leaves the caller's hook as it was
+
+
+def entry() -> None:
+    """The ``jaxviz`` console command: :func:`main`, then exit with its status. After Ctrl-C or SIGTERM
+    (outputs already cleaned up) the process leaves at once: an interpreter teardown while XLA threads
+    are still compiling can crash (seen here as SIGSEGV after the clean message)."""
+    status = main()
+    if status in (130, 143):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)

@@ -1,7 +1,5 @@
 """``python -m jaxviz.cli``: the same as the ``jaxviz`` command."""
 
-import sys
+from jaxviz.cli import entry
 
-from jaxviz.cli import main
-
-sys.exit(main())
+entry()
