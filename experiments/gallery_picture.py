@@ -1,34 +1,46 @@
-"""The README's picture: a few figures of ``jaxviz demo`` side by side.
+"""The README's picture: the real network's rows of the full ``jaxviz demo`` gallery, one above the other.
 
     jaxviz demo --out gallery && python experiments/gallery_picture.py gallery docs/gallery.png
+
+Rows: EfficientNet-Lite0's filter patterns at two depths (titles carry their measured quality, read from
+the demo's npz files), its class visualisations of the photos' classes, and the comparison of every
+attribution method on the photos.
 """
 
 import sys
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-PICKS = [
-    ("digits/filters/conv2d_1.png", "digits_cnn conv2d_1: 64 filter patterns (dlwp2)"),
-    ("digits/cam/gradcam/image3_overlay.png", "Grad-CAM, digit 3"),
-    ("digits/cam/guided/image3_overlay.png", "guided backprop, digit 3"),
-    ("fashion/weights/conv2d_hist.png", "seed 004: trained vs untrained weights"),
-    ("fashion/weights/conv2d_kernels.png", "seed 004: conv2d kernels (trained)"),
-    ("digits/activations/conv2d.png", "digits_cnn conv2d activations"),
-]
+LAYERS = ("block2b_expand_activation", "block4b_expand_activation")
+
+
+def pattern_title(src: str, layer: str) -> str:
+    z = np.load(f"{src}/lite0/filters/{layer}.npz")
+    beat = int(np.sum(z["objective"] > z["photo_best"]))
+    return (f"EfficientNet-Lite0 {layer}, units {z['filters'].min()}..{z['filters'].max()} (recipe lucid): "
+            f"{beat}/{len(z['filters'])} above the best photo crop, median robustness "
+            f"{np.median(z['robustness']):.2f}, high-frequency energy {np.median(z['hf_energy']):.2f}")
 
 
 def main(src: str, dest: str) -> None:
-    fig, axs = plt.subplots(2, 3, figsize=(15, 8))
-    for ax, (rel, title) in zip(axs.ravel(), PICKS):
-        im = plt.imread(f"{src}/{rel}")
-        ax.imshow(im, interpolation="nearest", cmap="gray" if im.ndim == 2 else None)
-        ax.set_title(title, fontsize=10)
+    rows = [(f"{src}/lite0/filters/{layer}.png", pattern_title(src, layer)) for layer in LAYERS]
+    rows += [(f"{src}/lite0/classes/classes.png", "class visualisations of the photos' classes (recipe lucid_class); "
+              "p: the model's probability at 224x224"),
+             (f"{src}/lite0/compare.png", "every attribution method on the photos, for each photo's top-1 class")]
+    images = [plt.imread(path) for path, _ in rows]
+    heights = [im.shape[0] / im.shape[1] for im in images]
+    fig, axs = plt.subplots(len(rows), 1, figsize=(12, 12 * sum(heights) + 0.4 * len(rows)),
+                            gridspec_kw={"height_ratios": heights})
+    for ax, im, (_, title) in zip(axs, images, rows):
+        ax.imshow(im, interpolation="antialiased")
+        ax.set_title(title, fontsize=10, loc="left")
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(dest, dpi=72)
+    fig.savefig(dest, dpi=80)
 
 
 if __name__ == "__main__":

@@ -522,7 +522,8 @@ def get_recipe(name: str, *, crop: int | None = None, **overrides) -> Recipe:
             raise JaxvizError(f"crop applies to the dlwp2 recipe only, not {name}")
         overrides["deprocess"] = functools.partial(deprocess_dlwp2, crop=crop)
     if name.startswith("lucid") and overrides.get("size") and "transform" not in overrides:
-        overrides["transform"] = lucid_transforms(overrides["size"], CLASS_ZOOM if name == "lucid_class" else LUCID_ZOOM)
+        zoom = CLASS_ZOOM if name == "lucid_class" else LUCID_ZOOM
+        overrides["transform"] = lucid_transforms(overrides["size"], zoom)
     return RECIPES[name]._replace(**{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -777,7 +778,8 @@ def filter_patterns(
     on ``batch_size`` (units per compiled call; the last chunk is padded so shapes never change).
     ``unroll=True`` unrolls the step loop inside the jit (on XLA:CPU a rolled loop of conv steps is
     several times slower); the default unrolls runs of up to 64 steps without transforms or
-    pass-through steps (the seeds') and keeps the others (lucid's) rolled to bound compile time. ``single_channel`` computes only the target filter of a conv layer.
+    pass-through steps (the seeds') and keeps the others (lucid's) rolled to bound compile time.
+    ``single_channel`` computes only the target filter of a conv layer.
     ``devices`` (default: all of ``jax.devices()``): each chunk's units are split evenly over them
     (:mod:`jaxviz.methods.sharding`; the chunk is rounded up to a multiple of the device count); the
     patterns equal the single-device ones. ``quality`` measures each pattern (see :class:`Patterns`):

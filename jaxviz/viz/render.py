@@ -91,3 +91,35 @@ def superimpose(photo: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> n
     heat = np.uint8(255 * np.clip(heat, 0, 1))
     jet = cv2.applyColorMap(heat, cv2.COLORMAP_JET)[..., ::-1]  # OpenCV gives BGR
     return np.clip(jet.astype(np.float32) * alpha + photo.astype(np.float32), 0, 255).astype(np.uint8)
+
+
+def labelled_grid(cells: list[list[np.ndarray]], col_labels: list[str], row_labels: list[str], cell: int = 128,
+                  gap: int = 4, label_width: int = 150, font_size: int = 13) -> np.ndarray:
+    """Rows x columns of pictures in one RGB uint8 image: each picture (H x W, H x W x 1 or x 3, uint8)
+    resized to ``cell`` x ``cell`` (nearest when it is enlarged 2x or more, so digits stay crisp), a header
+    with ``col_labels`` above the columns and ``row_labels`` (``\\n`` for several lines) at the left of
+    the rows, on white. A comparison of methods across photos, or a labelled row of patterns."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=font_size)
+    line = font_size + 3
+    rows, cols = len(cells), max(len(r) for r in cells)
+    head = line * max((lab.count("\n") + 1 for lab in col_labels), default=1) + gap
+    left = label_width if any(row_labels) else 0
+    canvas = Image.new("RGB", (left + cols * (cell + gap), head + rows * (cell + gap)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, lab in enumerate(col_labels):
+        draw.multiline_text((left + j * (cell + gap) + 2, 1), lab, fill="black", font=font, spacing=3)
+    for i, row in enumerate(cells):
+        y = head + i * (cell + gap)
+        if left:
+            draw.multiline_text((2, y + 2), row_labels[i], fill="black", font=font, spacing=3)
+        for j, pic in enumerate(row):
+            pic = np.asarray(pic)
+            if pic.ndim == 3 and pic.shape[-1] == 1:
+                pic = pic[..., 0]
+            im = Image.fromarray(pic).convert("RGB")
+            big = cell >= 2 * max(im.size)
+            im = im.resize((cell, cell), Image.NEAREST if big else Image.BILINEAR)
+            canvas.paste(im, (left + j * (cell + gap), y))
+    return np.asarray(canvas)
