@@ -119,10 +119,12 @@ def _setup_filters(p):
     g = p.add_mutually_exclusive_group()
     g.add_argument("--count", help="first N filters, or 'all' (default: 64, or all of a smaller layer)")
     g.add_argument("--filters", help="comma-separated filter indices, e.g. 0,5,9")
-    p.add_argument("--recipe", default="dlwp1", help="dlwp1 (seed 001), dlwp2 (seed 002) or lucid (default dlwp1)")
+    p.add_argument("--recipe", default="dlwp1", help="dlwp1 (seed 001), dlwp2 (seed 002), lucid (pixels through the "
+                                                     "model's preprocessing: real networks) or lucid_class (classes of "
+                                                     "the output layer) (default dlwp1)")
     p.add_argument("--size", type=int, help=f"image size, 1..{MAX_SIDE} (default: the recipe's: dlwp1 64, dlwp2 200, "
-                                            "lucid 128)")
-    p.add_argument("--steps", type=int, help="ascent steps, at least 1 (default: the recipe's: 40, 30, 256)")
+                                            "lucid and lucid_class 128)")
+    p.add_argument("--steps", type=int, help="ascent steps, at least 1 (default: the recipe's: 40, 30, 256, 256)")
     p.add_argument("--octaves", type=int, help="multi-scale ascent: N sizes growing by --octave-scale (default 1)")
     p.add_argument("--octave-scale", type=float, help="size ratio between octaves, at least 1 (default 1.4)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="the network's compute type (default float32)")
