@@ -28,19 +28,26 @@ def pattern_title(src: str, layer: str) -> str:
 
 def main(src: str, dest: str) -> None:
     rows = [(f"{src}/lite0/filters/{layer}.png", pattern_title(src, layer)) for layer in LAYERS]
-    rows += [(f"{src}/lite0/classes/classes.png", "class visualisations of the photos' classes (recipe lucid_class); "
-              "p: the model's probability at 224x224"),
-             (f"{src}/lite0/compare.png", "every attribution method on the photos, for each photo's top-1 class")]
+    rows += [(f"{src}/lite0/classes/classes.png", "EfficientNet-Lite0: class visualisations of the photos' classes "
+              "(recipe lucid_class); p: the model's probability at 224x224"),
+             (f"{src}/lite0/compare.png", "EfficientNet-Lite0: every attribution method on the photos, for each "
+              "photo's top-1 class")]
     images = [plt.imread(path) for path, _ in rows]
-    heights = [im.shape[0] / im.shape[1] for im in images]
-    fig, axs = plt.subplots(len(rows), 1, figsize=(12, 12 * sum(heights) + 0.4 * len(rows)),
-                            gridspec_kw={"height_ratios": heights})
-    for ax, im, (_, title) in zip(axs, images, rows):
-        ax.imshow(im, interpolation="antialiased")
-        ax.set_title(title, fontsize=10, loc="left")
+    title_px, gap_px = 22, 10
+    width = max(im.shape[1] for im in images)  # each picture at its own pixel size, none enlarged
+    height = sum(im.shape[0] + title_px + gap_px for im in images)
+    dpi = 100
+    fig = plt.figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    top = height
+    for im, (_, title) in zip(images, rows):
+        top -= title_px
+        fig.text(0.0, top / height, title, fontsize=9, va="bottom")
+        h, w = im.shape[:2]
+        ax = fig.add_axes([0.0, (top - h) / height, w / width, h / height])
+        ax.imshow(im, interpolation="nearest")
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(dest, dpi=80)
+        top -= h + gap_px
+    fig.savefig(dest, dpi=dpi, facecolor="white")
 
 
 if __name__ == "__main__":

@@ -256,3 +256,22 @@ def test_class_visualisations_on_efficientnet_lite0(lite0):
     x = jax.image.resize(jnp.asarray(res.patterns), (4, 224, 224, 3), "bilinear")
     probs = np.asarray(model.run(params, F.model_input(model, x, "unit")).output)
     assert np.all(probs[np.arange(4), classes] > 0.9), probs[np.arange(4), classes]
+
+
+@pytest.mark.parametrize("name,layer,size", [("xception_notop", "block2_sepconv1", 80),
+                                             ("vgg16_notop", "block2_conv1", 48)])
+def test_lucid_feeds_pixels_through_each_models_preprocessing(name, layer, size):
+    """The lucid recipe's pixels stay in [0, 1] and reach Xception ('tf': [-1, 1]) and VGG16 ('caffe':
+    BGR minus the ImageNet means) through the model's own preprocessing; the ascent rises on both."""
+    from jaxviz import get_model
+
+    model = get_model(name)
+    params = model.init(jax.random.key(0), (size, size, 3))
+    res = F.filter_patterns(model, params, layer, [0, 1, 2], F.get_recipe("lucid", size=size, steps=24),
+                            jax.random.key(1), quality=False)
+    assert res.patterns.min() >= 0.0 and res.patterns.max() <= 1.0
+    x = np.asarray(F.model_input(model, jnp.asarray(res.patterns), "unit"))
+    np.testing.assert_allclose(x, preprocess(res.patterns * 255.0, model.preprocessing), rtol=1e-5, atol=1e-4)
+    lo, hi = (preprocess(np.full((1, 1, 3), v, np.float32), model.preprocessing) for v in (0.0, 255.0))
+    assert np.all(x >= np.minimum(lo, hi) - 1e-4) and np.all(x <= np.maximum(lo, hi) + 1e-4)
+    assert np.all(res.objective > res.history[:, 0])
