@@ -228,6 +228,30 @@ def test_filters_caption_and_dead_filters_on_stderr(tmp_path, capsys):
     assert rc == 0 and "conv2d: filters 0..1, 20, mean objective" in out, out
 
 
+def test_filters_print_and_store_the_quality_measures(tmp_path, capsys):
+    """The lucid recipe with two diverse patterns per filter: the caption line on stdout carries the
+    measures, and the npz holds them per pattern, equal to what the line summarises."""
+    rc, out, err = run_main(capsys, "filters", "--weights", "builtin:digits_cnn", "--layer", "conv2d_1", "--filters",
+                            "0,3,7", "--recipe", "lucid", "--size", "28", "--steps", "12", "--per-filter", "2",
+                            "--diversity", "4", "--out", tmp_path / "f")
+    assert rc == 0, err
+    z = np.load(tmp_path / "f" / "conv2d_1.npz")
+    assert z["filters"].tolist() == [0, 0, 3, 3, 7, 7] and z["patterns"].shape == (6, 28, 28, 1)
+    for name in ("photo_best", "relative", "robustness", "hf_energy", "selectivity"):
+        assert z[name].shape == (6,) and np.isfinite(z[name]).all(), name
+    line = next(l for l in out.splitlines() if l.startswith("conv2d_1: filters 0, 3, 7"))
+    beat = int(np.sum(z["objective"] > z["photo_best"]))
+    assert f"above the best photo: {beat}/6" in line
+    assert f"median robustness {np.median(z['robustness']):.2f}" in line
+    assert f"median high-frequency energy {np.median(z['hf_energy']):.2f}" in line
+    assert f"own unit strongest: {int(np.sum(z['selectivity'] > 1))}/6" in line
+    rc, out, err = run_main(capsys, "filters", "--weights", "builtin:digits_cnn", "--layer", "conv2d_1", "--filters",
+                            "0,3", "--recipe", "lucid", "--size", "28", "--steps", "2", "--no-quality", "--out",
+                            tmp_path / "g")
+    assert rc == 0 and "robustness" not in out, err
+    assert np.isnan(np.load(tmp_path / "g" / "conv2d_1.npz")["robustness"]).all()
+
+
 def test_own_flax_model_from_a_factory(tmp_path, capsys):
     """--model FILE.py:FACTORY: tests/flax_nets.py's NNX ResNet, sized by --input; Grad-CAM at its last
     spatial layer has the input's 16x16 resolution; --weights does not combine with it."""

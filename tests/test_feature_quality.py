@@ -205,6 +205,26 @@ def test_quality_figures_by_hand_on_a_small_model():
     np.testing.assert_allclose(flat.robustness[np.isfinite(flat.robustness)], 1.0, atol=1e-4)
 
 
+def test_selectivity_by_hand():
+    """selectivity = a pattern's objective for its own unit over the largest objective for that unit among
+    the patterns of the other units, here with two patterns per unit (the sibling does not count)."""
+    loaded = load_model(None, "builtin:digits_cnn")
+    model, params = loaded.model, loaded.params
+    recipe = F.get_recipe("lucid", size=28, steps=12, per_filter=2)
+    res = F.filter_patterns(model, params, "conv2d_1", [1, 4, 6], recipe, jax.random.key(0))
+    x = F.model_input(model, jnp.asarray(res.patterns), "unit")
+    act = np.asarray(model.run(params, x, taps=("conv2d_1",), output=False).taps["conv2d_1"]).mean(axis=(1, 2))
+    expect = []
+    for n, f in enumerate(res.filters):
+        rival = max(act[m, f] for m in range(len(res.filters)) if res.filters[m] != f)
+        expect.append(act[n, f] / rival if rival > 0 else (np.inf if act[n, f] > rival else 0.0))
+    np.testing.assert_allclose(res.selectivity, expect, rtol=1e-4)
+    assert np.sum(res.selectivity > 1) >= 4  # a dozen steps already make most patterns their unit's favourite
+    assert f"own unit strongest: {int(np.sum(res.selectivity > 1))}/6" in res.summary()
+    one = F.filter_patterns(model, params, "conv2d_1", [1], recipe._replace(steps=2), jax.random.key(0))
+    assert np.all(np.isnan(one.selectivity)) and "own unit" not in one.summary()
+
+
 def test_write_filters_stores_the_quality_figures(tmp_path):
     from jaxviz.viz.writers import write_filters
 
@@ -212,7 +232,7 @@ def test_write_filters_stores_the_quality_figures(tmp_path):
     files, res = write_filters(str(tmp_path), loaded.model, loaded.params, "conv2d", range(4),
                                F.get_recipe("dlwp2", size=28, steps=3, crop=2), jax.random.key(0))
     z = np.load(tmp_path / "conv2d.npz")
-    for name in ("photo_best", "relative", "robustness", "hf_energy", "objective", "filters"):
+    for name in ("photo_best", "relative", "robustness", "hf_energy", "selectivity", "objective", "filters"):
         np.testing.assert_array_equal(z[name], getattr(res, name))
     assert "above the best photo" in files[0].caption and "robustness" in files[0].caption
     assert list(z["photos"]) == list(F.PHOTOS)

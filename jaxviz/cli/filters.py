@@ -22,10 +22,15 @@ def cmd_filters(args) -> None:
     at_least("--octaves", args.octaves)
     at_least("--octave-scale", args.octave_scale)  # octaves grow: 1 repeats a size, below 1 would shrink
     at_least("--batch-size", args.batch_size)
+    at_least("--per-filter", args.per_filter, 1, 64)
+    at_least("--diversity", args.diversity, 0)
+    if args.diversity and (args.per_filter or 1) < 2:
+        raise JaxvizError("--diversity pushes apart the patterns of one filter; add --per-filter 2 or more")
     picked = parse_filters(args.filters) if args.filters is not None else None
     with output_dir(args.out) as stage:  # an unusable --out fails before any work
         recipe = get_recipe(args.recipe, size=args.size, steps=args.steps, octaves=args.octaves,
-                            octave_scale=args.octave_scale, dtype=args.dtype)
+                            octave_scale=args.octave_scale, dtype=args.dtype, per_filter=args.per_filter,
+                            diversity=args.diversity)
         loaded = load(args, default_model="vgg16_notop", input_hw=(recipe.size, recipe.size))
         model = loaded.model
         _say_preprocessing(args, model, recipe)
@@ -42,7 +47,7 @@ def cmd_filters(args) -> None:
             for layer, idx in plans:
                 bar.set_description(layer)
                 files, res = write_filters(stage, model, loaded.params, layer, idx, recipe, jax.random.key(args.seed),
-                                           args.batch_size, on_chunk=bar.update)
+                                           args.batch_size, on_chunk=bar.update, quality=not args.no_quality)
                 tqdm.write(files[0].caption)
                 dead = [int(f) for f, d in zip(res.filters, res.dead) if d]
                 if dead:  # the caption says so on stdout; a warning belongs on stderr too
@@ -111,7 +116,9 @@ def parse_filters(text: str) -> list[int]:
            "jaxviz filters --weights ckpt/vgg16 --layer block1_conv1 --layer block3_conv1 --count 64 "
            "--recipe dlwp1 --out out/filters\n"
            "  jaxviz filters --weights fashion.h5 --layer conv2d_1 --filters 0,5,9 --recipe dlwp2 --size 60 --out out/f\n"
-           "  jaxviz filters --weights ckpt/vgg16 --layer all --count all --batch-size 64 --out atlas   # all 4,224")
+           "  jaxviz filters --weights ckpt/vgg16 --layer all --count all --batch-size 64 --out atlas   # all 4,224\n"
+           "  jaxviz filters --model efficientnet_lite0 --layer block4b_expand_activation --filters 5 --recipe lucid "
+           "--per-filter 4 --diversity 4 --out div")
 def _setup_filters(p):
     add_model_args(p, input_size=False)  # --size is the pattern's size
     p.add_argument("--layer", "-l", action="append",
@@ -128,7 +135,15 @@ def _setup_filters(p):
     p.add_argument("--octaves", type=int, help="multi-scale ascent: N sizes growing by --octave-scale (default 1)")
     p.add_argument("--octave-scale", type=float, help="size ratio between octaves, at least 1 (default 1.4)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="the network's compute type (default float32)")
+    p.add_argument("--per-filter", type=int, help="patterns per filter, optimised together, 1..64 (default 1); "
+                                                  "one row per filter in the grid")
+    p.add_argument("--diversity", type=float, help="weight of the term that makes a filter's patterns differ "
+                                                   "(lucid's diversity, relative to the objective; 4 is a good start; "
+                                                   "needs --per-filter 2 or more; default 0)")
     p.add_argument("--batch-size", type=int, help="filters per compiled call, split over all devices "
                                                   "(bounds memory; default: all on accelerators, 1 per call on CPUs)")
+    p.add_argument("--no-quality", action="store_true",
+                   help="skip the quality measures printed per layer and stored in the npz (patterns vs the best of "
+                        "55 photo crops, robustness to jitter and zoom, high-frequency energy, own-unit selectivity)")
     p.add_argument("--out", "-o", required=True, help="output directory: <layer>.png and <layer>.npz per layer")
     p.set_defaults(func=cmd_filters)

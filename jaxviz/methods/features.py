@@ -538,7 +538,9 @@ class Patterns(NamedTuple):
     photo excites the unit, photo_best <= 0); ``robustness`` = the mean objective over random jitters
     (up to size/16 pixels) and zooms (0.9..1.1) of the pattern divided by its objective; ``hf_energy``,
     the share of the pattern's spectral energy (mean removed) above half the Nyquist frequency in
-    either direction (white noise: 0.75).
+    either direction (white noise: 0.75); ``selectivity``, the pattern's objective for its own unit over
+    the largest objective for that unit among the patterns of the other units of the call (above 1: its
+    own pattern excites the unit most; NaN with a single unit).
     """
 
     patterns: np.ndarray  # N x H x W x C float32, the raw images before deprocessing
@@ -552,13 +554,27 @@ class Patterns(NamedTuple):
     relative: np.ndarray | None = None  # N float32
     robustness: np.ndarray | None = None  # N float32
     hf_energy: np.ndarray | None = None  # N float32
+    selectivity: np.ndarray | None = None  # N float32
 
     def summary(self) -> str:
-        """One line of the medians of the quality figures and the count above the best photo."""
-        beat = int(np.sum(self.objective > self.photo_best))
-        return (f"above the best photo: {beat}/{len(self.objective)}, median objective / best photo "
-                f"{np.nanmedian(self.relative):.2f}, median robustness {np.nanmedian(self.robustness):.2f}, "
-                f"median high-frequency energy {np.nanmedian(self.hf_energy):.2f}")
+        """One line: how many patterns beat the best photo, the medians of the quality figures, and how
+        many excite their own unit most."""
+        n = len(self.objective)
+        with np.errstate(invalid="ignore"):
+            beat = int(np.sum(self.objective > self.photo_best))
+        line = (f"above the best photo: {beat}/{n}, median objective / best photo {_median(self.relative)}, "
+                f"median robustness {_median(self.robustness)}, median high-frequency energy "
+                f"{_median(self.hf_energy)}")
+        sel = self.selectivity if self.selectivity is not None else np.full(n, np.nan)
+        if np.isfinite(sel).any():
+            line += f", own unit strongest: {int(np.sum(sel > 1))}/{n}"
+        return line
+
+
+def _median(v: np.ndarray | None) -> str:
+    v = np.asarray([] if v is None else v, np.float64)
+    v = v[np.isfinite(v)]
+    return f"{np.median(v):.2f}" if v.size else "n/a"
 
 
 def model_input(model: Model, img: jax.Array, input_scale: str | None) -> jax.Array:
@@ -732,7 +748,8 @@ ROBUSTNESS_DRAWS = 8
 
 @functools.lru_cache(maxsize=32)
 def _quality_fns(model: Model, layer: str, recipe: Recipe, single_channel: bool, logits: bool):
-    """Jitted ``(best over photos per unit, (objective, mean perturbed objective) per pattern)``."""
+    """Jitted ``(best over photos per unit, (objective, mean perturbed objective) per pattern,
+    objective of each unit on each image)``."""
     obj = as_objective(recipe.objective)
     full = _runner(model, layer, obj, None, False, logits)
     run = _runner(model, layer, obj, None, single_channel and obj.own_channel, logits)
@@ -750,7 +767,11 @@ def _quality_fns(model: Model, layer: str, recipe: Recipe, single_channel: bool,
         v = obj(run(params, to_x(jnp.concatenate([img[None], moved])), index), index)
         return v[0], jnp.mean(v[1:])
 
-    return jax.jit(photos_best), jax.jit(jax.vmap(perturbed, in_axes=(None, 0, 0, 0)))
+    def responses(params, imgs, indices):  # images x units: every unit's objective on every image
+        taps = full(params, to_x(imgs), indices[0])
+        return jax.vmap(lambda i: obj(taps, i), out_axes=1)(indices)
+
+    return jax.jit(photos_best), jax.jit(jax.vmap(perturbed, in_axes=(None, 0, 0, 0))), jax.jit(responses)
 
 
 # ---------------------------------------------------------------------------------------- the call
@@ -842,7 +863,7 @@ def filter_patterns(
         res = measure(model, params, layer, res, recipe, batch_size=b, single_channel=single_channel, mesh=mesh)
     else:
         nan = np.full(len(units), np.nan, np.float32)
-        res = res._replace(photo_best=nan, relative=nan, robustness=nan, hf_energy=nan)
+        res = res._replace(photo_best=nan, relative=nan, robustness=nan, hf_energy=nan, selectivity=nan)
     return res
 
 
@@ -854,7 +875,7 @@ def measure(model: Model, params: Mapping, layer: str, patterns: Patterns, recip
     layer = model.resolve(layer)
     mesh = mesh or batch_mesh()
     logits = model.kind(layer) == "dense"
-    best_fn, perturbed_fn = _quality_fns(model, layer, recipe, single_channel, logits)
+    best_fn, perturbed_fn, responses_fn = _quality_fns(model, layer, recipe, single_channel, logits)
     raw = patterns.patterns
     size, c = raw.shape[1], raw.shape[-1]
     photos = photo_crops(size, c)
@@ -877,4 +898,29 @@ def measure(model: Model, params: Mapping, layer: str, patterns: Patterns, recip
         relative = np.where(photo_best > 0, patterns.objective / photo_best, np.nan).astype(np.float32)
         robustness = np.where(base != 0, moved / base, np.nan).astype(np.float32)
     return patterns._replace(photo_best=photo_best, relative=relative, robustness=robustness,
-                             hf_energy=hf_energy(raw))
+                             hf_energy=hf_energy(raw),
+                             selectivity=selectivity(responses_fn, params, raw, patterns.filters, units))
+
+
+SELECTIVITY_CHUNK = 16  # patterns per forward pass of the selectivity measure (bounds its memory)
+
+
+def selectivity(responses_fn, params, raw: np.ndarray, filters: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """Per pattern: its own unit's objective over the largest objective of that unit among the patterns
+    of the other units (``responses_fn(params, images, units) -> images x units``). NaN with one unit."""
+    if len(units) < 2:
+        return np.full(len(raw), np.nan, np.float32)
+    resp = []
+    for start in range(0, len(raw), SELECTIVITY_CHUNK):
+        chunk = raw[start:start + SELECTIVITY_CHUNK]
+        out = responses_fn(params, pad_to(jnp.asarray(chunk), SELECTIVITY_CHUNK), jnp.asarray(units))
+        resp.append(np.asarray(out)[: len(chunk)])
+    resp = np.concatenate(resp)  # N x U
+    col = np.searchsorted(units, filters)  # each pattern's own unit's column
+    own = resp[np.arange(len(raw)), col]
+    others = np.where(filters[:, None] == filters[None, :], -np.inf, resp[:, col].T)  # [n, m]: pattern m, unit of n
+    rival = others.max(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # the ratio reads as "how many times the best rival"; with a rival at or below 0 the own pattern
+        # wins whenever its objective is positive (reported as +inf)
+        return np.where(rival > 0, own / rival, np.where(own > rival, np.inf, 0.0)).astype(np.float32)

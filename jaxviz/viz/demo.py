@@ -68,14 +68,15 @@ def compare_methods(stage: str, loaded, photos: np.ndarray, x: np.ndarray, names
     (JET overlays at alpha 0.4, as ``jaxviz gradcam`` draws them), and ``<prefix>compare.npz`` with every
     method's heatmaps. Returns the section and each photo's top-1."""
     from jaxviz.methods.attribution import LAYER_METHODS, Settings, explain
-    from jaxviz.viz.render import labelled_grid, superimpose
+    from jaxviz.viz.render import display_map, labelled_grid, superimpose
 
     model, params = loaded.model, loaded.params
     cfg = Settings(samples=8 if quick else 16, steps=8 if quick else 16)
     top = _top1(model, _predict(model, params, x))
     maps = {m: explain(model, params, x, method=m, key=jax.random.key(0), settings=cfg).heatmaps[:, 0]
             for m in methods}
-    cells = [[photos[i]] + [superimpose(photos[i], maps[m][i]) for m in methods] for i in range(len(photos))]
+    shown = {m: v if m in LAYER_METHODS else np.stack([display_map(h) for h in v]) for m, v in maps.items()}
+    cells = [[photos[i]] + [superimpose(photos[i], shown[m][i]) for m in methods] for i in range(len(photos))]
     rows = [f"{n}\ntop-1: {name[:14]}\np = {p:.2f}" for n, (_, name, p) in zip(names, top)]
     rel = _save(stage, f"{prefix}compare.png", labelled_grid(cells, ["photo"] + list(methods), rows))
     np.savez_compressed(os.path.join(stage, f"{prefix}compare.npz"), classes=np.array([t[0] for t in top]),
@@ -84,7 +85,8 @@ def compare_methods(stage: str, loaded, photos: np.ndarray, x: np.ndarray, names
     section = Section(f"{model.name}: Grad-CAM and every attribution method side by side",
                       f"{loaded.source}. Rows: photos with the model's top-1 class and probability; columns: the "
                       f"methods for that class (logit score; {', '.join(m for m in methods if m in LAYER_METHODS)} "
-                      f"at layer {layer}, the others at the input), JET overlay at alpha 0.4"
+                      f"at layer {layer}, the others at the input and scaled to their 99th percentile), JET "
+                      f"overlay at alpha 0.4"
                       + ("" if quick else f"; smoothgrad {cfg.samples} samples, ig {cfg.steps} steps") +
                       f". `jaxviz gradcam --model {model.name} --method M IMAGE`",
                       [Written(rel, "rows: photos (top-1 class, probability); columns: " + ", ".join(methods))])

@@ -78,6 +78,17 @@ def stitch(images: np.ndarray, n_cols: int = 8, margin: int = 5, n_rows: int | N
     return out
 
 
+def display_map(heatmap: np.ndarray, percentile: float | None = 99.0) -> np.ndarray:
+    """A pixel-level attribution map (saliency, SmoothGrad, IG, guided) scaled for display: divided by its
+    ``percentile``-th value and clipped to [0, 1], as Smilkov et al. (2017) show SmoothGrad. A few extreme
+    pixels otherwise set the scale and the rest of the map stays dark (blue under JET). ``None``: as is."""
+    m = np.asarray(heatmap, np.float32)
+    if percentile is None:
+        return m
+    top = float(np.percentile(m, percentile))
+    return np.clip(m / top, 0, 1) if top > 0 else m
+
+
 def superimpose(photo: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:
     """Listing 5.44 done right: heatmap resized to the photo with OpenCV, JET colours, ``alpha`` x heatmap
     + photo, clipped to uint8, RGB in and RGB out (the seed wrote an unclipped BGR float)."""

@@ -68,7 +68,8 @@ def write_filters(stage: str, model: Model, params: Any, layer: str, filters: Se
     """``<prefix><layer>.png`` (a grid as wide as fits the count, at most 8; one row per unit when the
     recipe makes several patterns per unit; 5-pixel margins) and ``<prefix><layer>.npz`` with
     ``patterns``, ``images``, ``filters``, ``objective`` and the quality figures of
-    :class:`~jaxviz.methods.features.Patterns` (``photo_best``, ``relative``, ``robustness``, ``hf_energy``;
+    :class:`~jaxviz.methods.features.Patterns` (``photo_best``, ``relative``, ``robustness``, ``hf_energy``,
+    ``selectivity``;
     ``photos`` names the photos measured against). Returns the files and the Patterns."""
     from jaxviz.methods.features import PHOTOS, filter_patterns
     from jaxviz.viz.render import fit_columns, stitch
@@ -82,7 +83,7 @@ def write_filters(stage: str, model: Model, params: Any, layer: str, filters: Se
     save_png(_join(stage, rel), stitch(images, n_cols=cols, margin=5))
     save_npz(_join(stage, f"{prefix}{layer}.npz"), patterns=res.patterns, images=res.images, filters=res.filters,
              objective=res.objective, photo_best=res.photo_best, relative=res.relative, robustness=res.robustness,
-             hf_energy=res.hf_energy, photos=np.array(PHOTOS))
+             hf_energy=res.hf_energy, selectivity=res.selectivity, photos=np.array(PHOTOS))
     dead = int(res.dead.sum())
     caption = (f"{layer}: filters {index_ranges(np.unique(res.filters))}, mean objective "
                f"{res.history[:, 0].mean():.3g} -> {res.objective.mean():.3g}" + (f", {dead} dead" if dead else ""))
@@ -93,9 +94,11 @@ def write_filters(stage: str, model: Model, params: Any, layer: str, filters: Se
 
 def write_cams(stage: str, sources: Sequence, cams, method: str, where: str, prefix: str = "",
                stems: Sequence[str] | None = None) -> list[Written]:
-    """Per image ``<stem>_heatmap.png`` (matshow) and ``<stem>_overlay.png`` (JET, 0.4 alpha, clipped RGB);
+    """Per image ``<stem>_heatmap.png`` (matshow) and ``<stem>_overlay.png`` (JET, 0.4 alpha, clipped RGB;
+    a pixel-level map is scaled to its 99th percentile first, :func:`~jaxviz.viz.render.display_map`);
     ``<prefix>gradcam.npz`` with ``heatmaps`` (N x h x w), ``classes`` and ``probs``."""
-    from jaxviz.viz.render import superimpose
+    from jaxviz.methods.attribution import LAYER_METHODS
+    from jaxviz.viz.render import display_map, superimpose
     from jaxviz.io.images import image_stem, load_image
     from jaxviz.viz.plotting import heatmap_figure, save_figure
 
@@ -108,7 +111,8 @@ def write_cams(stage: str, sources: Sequence, cams, method: str, where: str, pre
         heat = cams.heatmaps[i, 0]
         label = f"{method} class {cams.classes[i, 0]} ({where})"
         save_figure(heatmap_figure(heat, f"{stem}: {label}"), _join(stage, f"{prefix}{stem}_heatmap.png"))
-        save_png(_join(stage, f"{prefix}{stem}_overlay.png"), superimpose(load_image(src, channels=3), heat))
+        shown = heat if method in LAYER_METHODS else display_map(heat)  # pixel-level maps: 99th percentile
+        save_png(_join(stage, f"{prefix}{stem}_overlay.png"), superimpose(load_image(src, channels=3), shown))
         files += [Written(f"{prefix}{stem}_overlay.png", f"{stem}: {label}, p={cams.probs[i].max():.2f} top-1"),
                   Written(f"{prefix}{stem}_heatmap.png", f"{stem}: raw {method} map")]
     save_npz(_join(stage, f"{prefix}gradcam.npz"), heatmaps=cams.heatmaps[:, 0], classes=cams.classes[:, 0],
