@@ -29,6 +29,25 @@ def test_fft_image_scale_is_unitary():
     assert spreads[1] == pytest.approx(np.sqrt(2.0), rel=0.1)  # real and imaginary parts, unit variance each
 
 
+def test_fft_octave_upsamples_the_same_picture():
+    """Between octaves the spectrum is zero-padded: doubling an even size interpolates the picture, so
+    every other pixel of the new image is the old image (colour and sigmoid are pointwise), Nyquist
+    row and column included."""
+    param = F.fft_decorrelated(sd=0.5)
+    p = param.init(jax.random.key(4), (16, 16, 3))
+    small, big = param.to_image(p), param.to_image(param.resize(p, (32, 32, 3)))
+    np.testing.assert_allclose(np.asarray(big)[::2, ::2], np.asarray(small), atol=2e-6)
+    assert float(jnp.abs(big[1::2, 1::2] - small).mean()) > 1e-3  # the new pixels are not copies
+
+
+def test_lucid_octaves_keep_rising():
+    loaded = load_model(None, "builtin:digits_cnn")
+    recipe = F.get_recipe("lucid", size=28, steps=10, octaves=2, octave_scale=1.4, transform=F.jitter(1))
+    res = F.filter_patterns(loaded.model, loaded.params, "conv2d_1", [0, 1], recipe, quality=False)
+    assert res.history.shape == (2, 21) and res.patterns.shape == (2, 28, 28, 1)
+    assert np.all(res.objective > res.history[:, 10])  # the second octave, at 28 px, improves on the first
+
+
 @pytest.mark.parametrize("h,w", [(29, 29), (28, 29), (29, 30), (7, 5)])
 def test_fft_image_odd_sizes_keep_their_size(h, w):
     param = F.fft_decorrelated()
@@ -155,13 +174,33 @@ def test_passthrough_gradient_rescues_a_unit_its_relu_blocks():
     kernel = np.asarray(params["conv2d"]["kernel"][..., 0, 4])
     at_grey, at_best = 0.5 * kernel.sum(), np.clip(kernel, 0, None).sum()
     params["conv2d"]["bias"] = jnp.asarray(params["conv2d"]["bias"]).at[4].set(-(at_grey + 0.25 * (at_best - at_grey)))
-    recipe = F.get_recipe("lucid", size=28, steps=40, transform=F.jitter(1))
+    recipe = F.get_recipe("lucid", size=28, steps=40, transform=F.jitter(1), pre_activation=False)
     assert recipe.passthrough == 16
     blocked = F.filter_patterns(loaded.model, params, "conv2d", [4], recipe._replace(passthrough=0), quality=False)
     rescued = F.filter_patterns(loaded.model, params, "conv2d", [4], recipe, quality=False)
     assert blocked.dead.tolist() == [True] and np.all(blocked.history == 0.0)
     assert rescued.dead.tolist() == [False] and rescued.objective[0] > 1e-4
     assert rescued.history[0, 0] == 0.0  # off at the start, as without
+
+
+def test_lucid_reads_the_unit_before_its_activation():
+    """The lucid recipe's objective is the unit's mean before the layer's ReLU (digits_cnn's conv2d has
+    it built in): the reported objective equals the pre-activation mean of the final pattern, and a unit
+    whose ReLU is off everywhere at the start (the bias of the pass-through test) still rises."""
+    loaded = load_model(None, "builtin:digits_cnn")
+    model, params = loaded.model, jax.tree_util.tree_map(lambda a: a, loaded.params)
+    kernel = np.asarray(params["conv2d"]["kernel"][..., 0, 4])
+    at_grey, at_best = 0.5 * kernel.sum(), np.clip(kernel, 0, None).sum()
+    params["conv2d"]["bias"] = jnp.asarray(params["conv2d"]["bias"]).at[4].set(-(at_grey + 0.25 * (at_best - at_grey)))
+    recipe = F.get_recipe("lucid", size=28, steps=40, transform=F.jitter(1), passthrough=0)
+    assert recipe.pre_activation
+    res = F.filter_patterns(model, params, "conv2d", [4, 9], recipe, quality=False)
+    x = F.model_input(model, jnp.asarray(res.patterns), "unit")
+    pre = np.asarray(model.run(params, x, taps=("conv2d",), output=False, logits=True).taps["conv2d"])
+    np.testing.assert_allclose(res.objective, pre[..., [4, 9]].mean(axis=(1, 2)).diagonal(), rtol=1e-5, atol=1e-6)
+    assert res.history[0, 0] < 0  # the ReLU is off everywhere at the start ...
+    assert res.objective[0] > res.history[0, 0] + 0.2 * abs(res.history[0, 0])  # ... and the ascent moves anyway
+    assert not res.dead.any()
 
 
 # ------------------------------------------------------------------------------- quality figures
@@ -213,7 +252,8 @@ def test_selectivity_by_hand():
     recipe = F.get_recipe("lucid", size=28, steps=12, per_filter=2)
     res = F.filter_patterns(model, params, "conv2d_1", [1, 4, 6], recipe, jax.random.key(0))
     x = F.model_input(model, jnp.asarray(res.patterns), "unit")
-    act = np.asarray(model.run(params, x, taps=("conv2d_1",), output=False).taps["conv2d_1"]).mean(axis=(1, 2))
+    act = model.run(params, x, taps=("conv2d_1",), output=False, logits=True).taps["conv2d_1"]  # as lucid reads it
+    act = np.asarray(act).mean(axis=(1, 2))
     expect = []
     for n, f in enumerate(res.filters):
         rival = max(act[m, f] for m in range(len(res.filters)) if res.filters[m] != f)
@@ -260,10 +300,13 @@ def test_lucid_patterns_on_efficientnet_lite0(lite0, layer):
     assert np.sum(res.objective > res.photo_best) >= 14  # more than the strongest of the 55 photo crops
     assert np.median(res.robustness) >= 0.6
     assert np.median(res.hf_energy) <= 0.35
+    # each unit's own pattern wins, read as the recipe reads the unit: before its ReLU6
     x = F.model_input(model, jnp.asarray(res.patterns), "unit")
-    acts = np.asarray(model.run(params, x, taps=(layer,), output=False).taps[layer].mean(axis=(1, 2)))[:, :16]
+    acts = model.run(params, x, taps=(layer,), output=False, logits=True).taps[layer]
+    acts = np.asarray(acts.mean(axis=(1, 2)))[:, :16]
     own = np.diag(acts)
-    assert np.all(own > np.max(acts - np.diag(np.full(16, np.inf)), axis=0))  # each unit's own pattern wins
+    assert np.all(own > np.max(acts - np.diag(np.full(16, np.inf)), axis=0))
+    assert np.all(res.selectivity > 1)
 
 
 @pytest.mark.slow

@@ -47,6 +47,7 @@ Taps = Mapping[Any, jax.Array]
 
 # The name under which an objective reads the model's output before its last activation (Forward.logits).
 LOGITS = "<logits>"
+DIVERSITY = "<diversity>"  # where the runner puts the diversity layer's activation
 
 # ----------------------------------------------------------------------------------- objectives
 
@@ -448,6 +449,11 @@ class Recipe(NamedTuple):
     (no position of the unit responds) gets the gradient as if that activation were the identity
     (lucid's redirected ReLU, at the target layer), so a unit that no pixel of the start excites still
     gets a direction.
+    ``pre_activation``: the objective reads its layers before their built-in activation (``Model.run``'s
+    ``logits=True``; a dense target always is). A capped activation (ReLU6, as in EfficientNet-Lite0 and
+    MobileNet) stops rewarding an image once the unit sits at its ceiling everywhere, so several
+    patterns tie at 6 and the ascent stops short of what the unit responds to most; the quality figures
+    are then measured on the same pre-activation values.
     """
 
     size: int
@@ -467,6 +473,7 @@ class Recipe(NamedTuple):
     diversity: float = 0.0
     diversity_layer: str | None = None
     passthrough: int = 0
+    pre_activation: bool = False
 
     def sizes(self) -> list[int]:
         """Image side of each octave, smallest first (the last is ``size``); ``steps`` steps each."""
@@ -499,9 +506,12 @@ RECIPES: dict[str, Recipe] = {
     "dlwp2": Recipe(200, 30, pixels(uniform_start(0.4, 0.6)), channel_interior(2),
                     optax.chain(normalize_l2(1e-12), optax.scale(-10.0)), deprocess_dlwp2),
     # lucid's render_vis: unitary FFT + decorrelated colour in [0, 1] through the model's preprocessing,
-    # its standard transforms, Adam 0.05, no penalty; pass-through gradient for the first 16 steps
+    # its standard transforms, Adam 0.05, no penalty. The unit is read before its activation (a ReLU6 at
+    # its ceiling tied patterns: on Lite0's block2b, 15 of 16 won their own unit read after it, 16 of 16
+    # before), so no unit's gradient is blocked at the target; with pre_activation=False the first 16
+    # steps pass the gradient through a blocked activation instead (lucid's redirected ReLU)
     "lucid": Recipe(128, 256, fft_decorrelated(), channel(), optax.adam(0.05), deprocess_unit,
-                    transform=lucid_transforms(128), input_scale="unit", passthrough=16),
+                    transform=lucid_transforms(128), input_scale="unit", passthrough=16, pre_activation=True),
     # class visualisation (target: the output layer): the logit plus 5x the log-probability, so the other
     # classes go down too, and zooms of 1..1.75 (see CLASS_ZOOM)
     "lucid_class": Recipe(128, 256, fft_decorrelated(), class_logit() + 5 * class_logprob(), optax.adam(0.05),
@@ -591,12 +601,17 @@ def _runner(model: Model, layer: str, objective: Objective, extra: str | None, s
     common part of the two passes)."""
     names = [layer if n is None else n for n in objective.layers]
     need_out = LOGITS in names
-    taps = tuple(dict.fromkeys([n for n in names if n != LOGITS] + ([extra] if extra else [])))
+    taps = tuple(dict.fromkeys([n for n in names if n != LOGITS]))
 
     def run(params, x, index, passthrough=False):
         ch = (layer, index) if single else None
-        out = model.run(params, x, taps=taps, output=need_out, logits=logits, channel=ch)
+        out = model.run(params, x, taps=taps + ((extra,) if extra and not logits else ()), output=need_out,
+                        logits=logits, channel=ch)
         t: dict[Any, jax.Array] = {n: v.astype(jnp.float32) for n, v in out.taps.items()}
+        if extra:  # the diversity layer's output, after its activation as lucid's (a pre-activation target
+            # reads it in a second pass; XLA computes the common part once)
+            t[DIVERSITY] = (out.taps[extra] if not logits else
+                            model.run(params, x, taps=(extra,), output=False).taps[extra]).astype(jnp.float32)
         if passthrough and not logits and layer in t:
             pre = model.run(params, x, taps=(layer,), output=False, logits=True, channel=ch).taps[layer]
             post, pre = t[layer], pre.astype(jnp.float32)
@@ -640,7 +655,7 @@ def _compiled(model: Model, layer: str, recipe: Recipe, channels: int, single_ch
             imgs = jax.vmap(recipe.transform)(jax.random.split(key, k), imgs)
         x = model_input(model, imgs, recipe.input_scale).astype(recipe.dtype)  # layers follow x's dtype
         taps = run(params, x, index, passthrough)
-        div = gram_similarity(taps[div_layer]) if div_layer else 0.0
+        div = gram_similarity(taps[DIVERSITY]) if div_layer else 0.0
         return obj(taps, index), pen, div
 
     def one(params, key, index):
@@ -837,7 +852,7 @@ def filter_patterns(
     recipe.deprocess(np.zeros(shape, np.float32))  # a size the deprocessing cannot take fails now, not after
     if unroll is None:  # short plain runs (the seeds') unroll; transforms or pass-through steps would bloat the jit
         unroll = recipe.steps <= 64 and recipe.transform is None and not recipe.passthrough
-    logits = kind == "dense"  # a dense target (the classes) is read before its softmax
+    logits = kind == "dense" or recipe.pre_activation  # a dense target (the classes): before its softmax
     fn = _compiled(model, layer, recipe, shape[-1], single_channel, unroll, logits)
     mesh = batch_mesh(devices)
     b = chunk_size(len(filters), batch_size, mesh)
@@ -874,7 +889,7 @@ def measure(model: Model, params: Mapping, layer: str, patterns: Patterns, recip
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     layer = model.resolve(layer)
     mesh = mesh or batch_mesh()
-    logits = model.kind(layer) == "dense"
+    logits = model.kind(layer) == "dense" or recipe.pre_activation
     best_fn, perturbed_fn, responses_fn = _quality_fns(model, layer, recipe, single_channel, logits)
     raw = patterns.patterns
     size, c = raw.shape[1], raw.shape[-1]
