@@ -21,9 +21,10 @@ LAYERS = ("block2b_expand_activation", "block4b_expand_activation")
 def pattern_title(src: str, layer: str) -> str:
     z = np.load(f"{src}/lite0/filters/{layer}.npz")
     beat = int(np.sum(z["objective"] > z["photo_best"]))
-    return (f"EfficientNet-Lite0 {layer}, units {z['filters'].min()}..{z['filters'].max()} (recipe lucid): "
-            f"{beat}/{len(z['filters'])} above the best photo crop, median robustness "
-            f"{np.median(z['robustness']):.2f}, high-frequency energy {np.median(z['hf_energy']):.2f}")
+    n = len(z["filters"])
+    return (f"EfficientNet-Lite0 {layer}, units {z['filters'].min()}..{z['filters'].max()} (lucid): {beat}/{n} above "
+            f"the best photo, robustness {np.median(z['robustness']):.2f}, high-freq. energy "
+            f"{np.median(z['hf_energy']):.2f}, own unit strongest {int(np.sum(z['selectivity'] > 1))}/{n}")
 
 
 def main(src: str, dest: str) -> None:
