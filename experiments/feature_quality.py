@@ -61,7 +61,7 @@ def main() -> None:
             row = dict(recipe=name, layer=layer, size=args.size, steps=args.steps, n=n,
                        above=int(np.sum(res.objective > res.photo_best)),
                        relative=float(np.nanmedian(res.relative)), robustness=float(np.nanmedian(res.robustness)),
-                       hf_energy=float(np.nanmedian(res.hf_energy)), own=int(np.sum(res.selectivity > 1)),
+                       hf_energy=float(np.nanmedian(res.hf_energy)), own=int(np.sum(res.selectivity > 0)),
                        dead=int(res.dead.sum()), first_s=first / n, steady_s=steady / n)
             rows.append(row)
             print(f"| {name} | {layer} | {args.size}, {args.steps} | {row['above']}/{n} | {row['relative']:.2f} | "

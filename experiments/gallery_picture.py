@@ -24,7 +24,7 @@ def pattern_title(src: str, layer: str) -> str:
     n = len(z["filters"])
     return (f"EfficientNet-Lite0 {layer}, units {z['filters'].min()}..{z['filters'].max()} (lucid): {beat}/{n} above "
             f"the best photo, robustness {np.median(z['robustness']):.2f}, high-freq. energy "
-            f"{np.median(z['hf_energy']):.2f}, own unit strongest {int(np.sum(z['selectivity'] > 1))}/{n}")
+            f"{np.median(z['hf_energy']):.2f}, own unit strongest {int(np.sum(z['selectivity'] > 0))}/{n}")
 
 
 def main(src: str, dest: str) -> None:

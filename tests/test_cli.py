@@ -244,7 +244,7 @@ def test_filters_print_and_store_the_quality_measures(tmp_path, capsys):
     assert f"above the best photo: {beat}/6" in line
     assert f"median robustness {np.median(z['robustness']):.2f}" in line
     assert f"median high-frequency energy {np.median(z['hf_energy']):.2f}" in line
-    assert f"own unit strongest: {int(np.sum(z['selectivity'] > 1))}/6" in line
+    assert f"own unit strongest: {int(np.sum(z['selectivity'] > 0))}/6" in line
     rc, out, err = run_main(capsys, "filters", "--weights", "builtin:digits_cnn", "--layer", "conv2d_1", "--filters",
                             "0,3", "--recipe", "lucid", "--size", "28", "--steps", "2", "--no-quality", "--out",
                             tmp_path / "g")

@@ -548,9 +548,10 @@ class Patterns(NamedTuple):
     photo excites the unit, photo_best <= 0); ``robustness`` = the mean objective over random jitters
     (up to size/16 pixels) and zooms (0.9..1.1) of the pattern divided by its objective; ``hf_energy``,
     the share of the pattern's spectral energy (mean removed) above half the Nyquist frequency in
-    either direction (white noise: 0.75); ``selectivity``, the pattern's objective for its own unit over
-    the largest objective for that unit among the patterns of the other units of the call (above 1: its
-    own pattern excites the unit most; NaN with a single unit).
+    either direction (white noise: 0.75); ``selectivity``, the contrast ``(own - rival) / (|own| +
+    |rival|)`` in [-1, 1] between the pattern's objective for its own unit and the largest objective for
+    that unit among the patterns of the other units of the call (above 0: its own pattern excites the
+    unit most; finite whatever the signs, which pre-activation objectives have; NaN with a single unit).
     """
 
     patterns: np.ndarray  # N x H x W x C float32, the raw images before deprocessing
@@ -577,7 +578,7 @@ class Patterns(NamedTuple):
                 f"{_median(self.hf_energy)}")
         sel = self.selectivity if self.selectivity is not None else np.full(n, np.nan)
         if np.isfinite(sel).any():
-            line += f", own unit strongest: {int(np.sum(sel > 1))}/{n}"
+            line += f", own unit strongest: {int(np.sum(sel > 0))}/{n}"
         return line
 
 
@@ -921,8 +922,9 @@ SELECTIVITY_CHUNK = 16  # patterns per forward pass of the selectivity measure (
 
 
 def selectivity(responses_fn, params, raw: np.ndarray, filters: np.ndarray, units: np.ndarray) -> np.ndarray:
-    """Per pattern: its own unit's objective over the largest objective of that unit among the patterns
-    of the other units (``responses_fn(params, images, units) -> images x units``). NaN with one unit."""
+    """Per pattern: the contrast ``(own - rival) / (|own| + |rival|)`` between its own unit's objective and
+    the largest objective of that unit among the patterns of the other units (``responses_fn(params,
+    images, units) -> images x units``); 0 when both are 0, NaN with one unit."""
     if len(units) < 2:
         return np.full(len(raw), np.nan, np.float32)
     resp = []
@@ -935,7 +937,5 @@ def selectivity(responses_fn, params, raw: np.ndarray, filters: np.ndarray, unit
     own = resp[np.arange(len(raw)), col]
     others = np.where(filters[:, None] == filters[None, :], -np.inf, resp[:, col].T)  # [n, m]: pattern m, unit of n
     rival = others.max(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # the ratio reads as "how many times the best rival"; with a rival at or below 0 the own pattern
-        # wins whenever its objective is positive (reported as +inf)
-        return np.where(rival > 0, own / rival, np.where(own > rival, np.inf, 0.0)).astype(np.float32)
+    scale = np.abs(own) + np.abs(rival)
+    return np.where(scale > 0, (own - rival) / np.where(scale > 0, scale, 1.0), 0.0).astype(np.float32)
