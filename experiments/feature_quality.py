@@ -44,8 +44,8 @@ def main() -> None:
     model, params = lite.model, lite.params
     key = jax.random.key(args.seed)
     rows = []
-    print(f"| recipe | layer | size, steps | above best photo | objective / best photo | robustness | "
-          f"high-freq. energy | own unit strongest | s per pattern (first call / steady) |")
+    print("| recipe | layer | size, steps | above best photo | objective / best photo | robustness | "
+          "high-freq. energy | own unit strongest | s per pattern (first call / steady) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in args.recipes.split(","):
         # dlwp1 at its seed's own settings would be 40 steps at 64; it is run at the same size and steps

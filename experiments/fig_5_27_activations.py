@@ -12,7 +12,8 @@ import os
 import numpy as np
 
 from jaxviz import load_image, load_model, preprocess
-from jaxviz.methods.activations import activations, layer_summary
+from jaxviz.methods.activations import activations
+from jaxviz.viz.render import layer_summary
 from jaxviz.io import output_dir
 from jaxviz.viz.plotting import activation_figure, save_figure
 

@@ -12,7 +12,6 @@ Dropout 0.4), batch 32. Deterministic given --seed on the same machine. About 30
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 import time

@@ -222,7 +222,7 @@ def test_filters_caption_and_dead_filters_on_stderr(tmp_path, capsys):
     assert zero  # this seed has some
     warn = [l for l in err.splitlines() if l.startswith("jaxviz filters: warning: conv2d:")]
     assert len(warn) == 1 and warn[0].endswith(": " + ", ".join(map(str, zero)))
-    assert f"{len(zero)} of 32 filters dead" in warn[0] and f"conv2d: filters 0..31," in out
+    assert f"{len(zero)} of 32 filters dead" in warn[0] and "conv2d: filters 0..31," in out
     rc, out, err = run_main(capsys, "filters", "--model", "fashion_cnn", "--layer", "conv2d", "--filters", "0,1,20",
                             "--steps", "3", "--size", "28", "--out", tmp_path / "g")
     assert rc == 0 and "conv2d: filters 0..1, 20, mean objective" in out, out

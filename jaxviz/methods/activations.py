@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
 
 from jaxviz.nn.protocol import Model
-from jaxviz.viz.render import activation_grid
 
 
 def default_layers(model: Model) -> list[str]:
@@ -41,16 +40,3 @@ def activations(model: Model, params: Any, x: jax.Array, layers: Sequence[str] |
     out = _tap(model, names)(params, x)
     keys = list(layers) if layers is not None else list(names)
     return {k: out[n] for k, n in zip(keys, names)}  # jit returns dicts with sorted keys; keep the layer order
-
-
-def layer_summary(acts: Mapping[str, np.ndarray], images_per_row: int = 16) -> list[dict]:
-    """Per layer of the first image: shape, dead channels (zero variance) and the rendered grid."""
-    out = []
-    for name, a in acts.items():
-        a = np.asarray(a)[0]
-        if a.ndim != 3:
-            out.append({"layer": name, "shape": a.shape, "dead": 0, "channels": int(a.shape[-1]), "grid": None})
-            continue
-        grid = activation_grid(a, images_per_row)
-        out.append({"layer": name, "shape": a.shape, "dead": grid.dead, "channels": int(a.shape[-1]), "grid": grid.image})
-    return out

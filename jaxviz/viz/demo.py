@@ -120,7 +120,6 @@ def _efficientnet_sections(stage, key, quick, seed, progress) -> list[Section]:
     from jaxviz.methods.features import get_recipe
     from jaxviz.nn.preprocess import preprocess
     from jaxviz.viz.plotting import image_strip, save_figure
-    from jaxviz.viz.render import labelled_grid
     from jaxviz.viz.writers import write_activations, write_filters
 
     if pretrained_weights("efficientnet_lite0", required=False) is None:
@@ -179,7 +178,6 @@ def _efficientnet_sections(stage, key, quick, seed, progress) -> list[Section]:
                            "without --quick): the photos' classes drawn by the lucid_class recipe", []))
     else:
         out.append(_class_section(stage, lite, key, top))
-    classes = list(dict.fromkeys(c for c, _, _ in top))
     layers = ["stem_activation", "block2b_expand_activation", "block4b_expand_activation"]
     files, _ = write_activations(stage, m, params, x[:1], layers, 16, prefix="lite0/activations/")
     out.append(Section(f"efficientnet_lite0: activations of {photos[0]}",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 import numpy as np
 
@@ -50,6 +50,19 @@ def activation_grid(act: np.ndarray, images_per_row: int = 16) -> Grid:
     padded[..., :n] = tiles
     grid = padded.reshape(h, w, rows, images_per_row).transpose(2, 0, 3, 1).reshape(rows * h, images_per_row * w)
     return Grid(grid, int(dead.sum()))
+
+
+def layer_summary(acts: Mapping[str, np.ndarray], images_per_row: int = 16) -> list[dict]:
+    """Per layer of the first image: shape, dead channels (zero variance) and the rendered grid."""
+    out = []
+    for name, a in acts.items():
+        a = np.asarray(a)[0]
+        if a.ndim != 3:
+            out.append({"layer": name, "shape": a.shape, "dead": 0, "channels": int(a.shape[-1]), "grid": None})
+            continue
+        grid = activation_grid(a, images_per_row)
+        out.append({"layer": name, "shape": a.shape, "dead": grid.dead, "channels": int(a.shape[-1]), "grid": grid.image})
+    return out
 
 
 def fit_columns(n: int, widest: int = 8) -> int:

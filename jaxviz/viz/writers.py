@@ -33,7 +33,8 @@ def write_activations(stage: str, model: Model, params: Any, x: np.ndarray, laye
                       per_row: int = 16, prefix: str = "") -> tuple[list[Written], list[dict]]:
     """``<prefix><layer>.png`` per conv/pool layer (seed Listing 5.31 grids) and ``<prefix>activations.npz``
     (H x W x C float32 per layer, first image). Returns the files and :func:`layer_summary` rows."""
-    from jaxviz.methods.activations import activations, layer_summary
+    from jaxviz.methods.activations import activations
+    from jaxviz.viz.render import layer_summary
     from jaxviz.viz.plotting import activation_figure, save_figure
 
     if per_row < 1:
