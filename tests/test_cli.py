@@ -237,12 +237,14 @@ def test_filters_print_and_store_the_quality_measures(tmp_path, capsys):
     assert rc == 0, err
     z = np.load(tmp_path / "f" / "conv2d_1.npz")
     assert z["filters"].tolist() == [0, 0, 3, 3, 7, 7] and z["patterns"].shape == (6, 28, 28, 1)
-    for name in ("photo_best", "relative", "robustness", "hf_energy", "selectivity"):
+    for name in ("photo_best", "relative", "hf_energy", "selectivity"):
         assert z[name].shape == (6,) and np.isfinite(z[name]).all(), name
+    clear = np.abs(z["objective"]) > 1e-4  # robustness is a ratio to a response above 0, else NaN
+    assert np.array_equal(np.isfinite(z["robustness"])[clear], z["objective"][clear] > 0)
     line = next(l for l in out.splitlines() if l.startswith("conv2d_1: filters 0, 3, 7"))
     beat = int(np.sum(z["objective"] > z["photo_best"]))
     assert f"above the best photo: {beat}/6" in line
-    assert f"median robustness {np.median(z['robustness']):.2f}" in line
+    assert f"median robustness {np.nanmedian(z['robustness']):.2f}" in line
     assert f"median high-frequency energy {np.median(z['hf_energy']):.2f}" in line
     assert f"own unit strongest: {int(np.sum(z['selectivity'] > 0))}/6" in line
     rc, out, err = run_main(capsys, "filters", "--weights", "builtin:digits_cnn", "--layer", "conv2d_1", "--filters",

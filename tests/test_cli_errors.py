@@ -214,6 +214,8 @@ NUMBERS = [
      "--batch-size must be at least 1"),
     ("per-filter-0", ["filters", *DIGITS, "--layer", "conv2d", "--recipe", "lucid", "--per-filter", "0", "--out",
                       "{out}"], "--per-filter must be 1..64, got 0"),
+    ("per-filter-65", ["filters", *DIGITS, "--layer", "conv2d", "--recipe", "lucid", "--per-filter", "65", "--out",
+                       "{out}"], "--per-filter must be 1..64, got 65"),
     ("diversity-negative", ["filters", *DIGITS, "--layer", "conv2d", "--recipe", "lucid", "--per-filter", "2",
                             "--diversity=-1", "--out", "{out}"], "--diversity must be at least 0, got -1.0"),
     ("diversity-alone", ["filters", *DIGITS, "--layer", "conv2d", "--recipe", "lucid", "--diversity", "4", "--out",

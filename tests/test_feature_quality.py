@@ -251,7 +251,9 @@ def test_selectivity_by_hand():
     loaded = load_model(None, "builtin:digits_cnn")
     model, params = loaded.model, loaded.params
     recipe = F.get_recipe("lucid", size=28, steps=12, per_filter=2)
-    res = F.filter_patterns(model, params, "conv2d_1", [1, 4, 6], recipe, jax.random.key(0))
+    # units out of order, and 18 patterns: more than one forward pass of the measure
+    res = F.filter_patterns(model, params, "conv2d_1", [9, 1, 4, 6, 0, 3, 8, 2, 5], recipe, jax.random.key(0))
+    assert len(res.filters) > F.SELECTIVITY_CHUNK
     x = F.model_input(model, jnp.asarray(res.patterns), "unit")
     act = model.run(params, x, taps=("conv2d_1",), output=False, logits=True).taps["conv2d_1"]  # as lucid reads it
     act = np.asarray(act).mean(axis=(1, 2))
@@ -261,8 +263,8 @@ def test_selectivity_by_hand():
         expect.append((act[n, f] - rival) / (abs(act[n, f]) + abs(rival)))
     np.testing.assert_allclose(res.selectivity, expect, rtol=1e-4, atol=1e-6)
     assert np.all(np.abs(res.selectivity) <= 1)
-    assert np.sum(res.selectivity > 0) >= 4  # a dozen steps already make most patterns their unit's favourite
-    assert f"own unit strongest: {int(np.sum(res.selectivity > 0))}/6" in res.summary()
+    assert np.sum(res.selectivity > 0) >= 12  # a dozen steps already make most patterns their unit's favourite
+    assert f"own unit strongest: {int(np.sum(res.selectivity > 0))}/18" in res.summary()
     one = F.filter_patterns(model, params, "conv2d_1", [1], recipe._replace(steps=2), jax.random.key(0))
     assert np.all(np.isnan(one.selectivity)) and "own unit" not in one.summary()
 
@@ -309,6 +311,9 @@ def test_lucid_patterns_on_efficientnet_lite0(lite0, layer):
     own = np.diag(acts)
     assert np.all(own > np.max(acts - np.diag(np.full(16, np.inf)), axis=0))
     assert np.all(res.selectivity > 0)
+    # read after the ReLU6, as the layer outputs it: no other pattern beats the own one (ties at the cap)
+    post = np.asarray(model.run(params, x, taps=(layer,), output=False).taps[layer].mean(axis=(1, 2)))[:, :16]
+    assert np.all(np.diag(post) >= np.max(post - np.diag(np.full(16, np.inf)), axis=0) - 0.01 * 6)
 
 
 @pytest.mark.slow

@@ -42,12 +42,13 @@ def cmd_filters(args) -> None:
             model.resolve(layer)
         plans = [(layer, _indices(args, model, layer, recipe.size, picked)) for layer in args.layer]
         t0 = time.perf_counter()
-        total = sum(len(i) for _, i in plans)
+        total = sum(len(i) for _, i in plans) * recipe.per_filter  # patterns, not filters
         with tqdm(total=total, unit="pattern", disable=None) as bar:
             for layer, idx in plans:
                 bar.set_description(layer)
                 files, res = write_filters(stage, model, loaded.params, layer, idx, recipe, jax.random.key(args.seed),
-                                           args.batch_size, on_chunk=bar.update, quality=not args.no_quality)
+                                           args.batch_size, on_chunk=lambda n: bar.update(n * recipe.per_filter),
+                                           quality=not args.no_quality)
                 tqdm.write(files[0].caption)
                 dead = [int(f) for f, d in zip(res.filters, res.dead) if d]
                 if dead:  # the caption says so on stdout; a warning belongs on stderr too

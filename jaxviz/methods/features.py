@@ -546,7 +546,8 @@ class Patterns(NamedTuple):
     The quality figures (NaN when not measured): ``photo_best``, the unit's strongest objective over
     the crops of :data:`PHOTOS` at the pattern's size; ``relative`` = objective / photo_best (NaN when no
     photo excites the unit, photo_best <= 0); ``robustness`` = the mean objective over random jitters
-    (up to size/16 pixels) and zooms (0.9..1.1) of the pattern divided by its objective; ``hf_energy``,
+    (up to size/16 pixels) and zooms (0.9..1.1) of the pattern divided by its objective (NaN when that is
+    at or below 0); ``hf_energy``,
     the share of the pattern's spectral energy (mean removed) above half the Nyquist frequency in
     either direction (white noise: 0.75); ``selectivity``, the contrast ``(own - rival) / (|own| +
     |rival|)`` in [-1, 1] between the pattern's objective for its own unit and the largest objective for
@@ -687,7 +688,8 @@ def _compiled(model: Model, layer: str, recipe: Recipe, channels: int, single_ch
                 updates, opt_state = jax.vmap(recipe.optimizer.update)(g, opt_state, p)
                 return (optax.apply_updates(p, updates), opt_state, alive), values
 
-            n_pass = min(recipe.passthrough, recipe.steps - 1) if o == 0 else 0
+            # pass-through steps only where the target is read after its activation (logits: nothing blocks)
+            n_pass = min(recipe.passthrough, recipe.steps - 1) if o == 0 and not logits else 0
             for lo, hi, pt in ((0, n_pass, True), (n_pass, recipe.steps, False)):
                 if hi > lo:
                     (p, opt_state, alive), hist = jax.lax.scan(
@@ -912,7 +914,8 @@ def measure(model: Model, params: Mapping, layer: str, patterns: Patterns, recip
     base, moved = np.concatenate(base), np.concatenate(moved)
     with np.errstate(divide="ignore", invalid="ignore"):
         relative = np.where(photo_best > 0, patterns.objective / photo_best, np.nan).astype(np.float32)
-        robustness = np.where(base != 0, moved / base, np.nan).astype(np.float32)
+        # a ratio only means "kept x of its response" for a response above 0 (pre-activation ones can be below)
+        robustness = np.where(base > 0, moved / base, np.nan).astype(np.float32)
     return patterns._replace(photo_best=photo_best, relative=relative, robustness=robustness,
                              hf_energy=hf_energy(raw),
                              selectivity=selectivity(responses_fn, params, raw, patterns.filters, units))

@@ -160,7 +160,9 @@ def _efficientnet_sections(stage, key, quick, seed, progress) -> list[Section]:
                        f"preprocessing, a unitary 1/f Fourier image with decorrelated colour, lucid's transforms "
                        f"(pad, jitter, zoom, rotate), Adam 0.05, {steps} steps, all units of a layer in one compiled "
                        f"call. Captions: objective start -> end, how many patterns excite their unit more than the "
-                       f"best of 55 photo crops, robustness to jitter and zoom, high-frequency energy (noise: 0.75). "
+                       f"best of 55 photo crops, robustness to jitter and zoom, high-frequency energy (noise: 0.75), how "
+                       f"many excite their own unit more than the other units' patterns do (all read before the "
+                       f"unit's ReLU6, as the recipe reads it). "
                        f"`jaxviz filters --model efficientnet_lite0 --layer {lite0_layers(quick)[-1]} --recipe lucid "
                        f"--size {size} --steps {steps}`", files))
     if not quick:
