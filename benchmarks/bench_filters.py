@@ -13,7 +13,6 @@ import sys
 import time
 
 import jax
-import numpy as np
 
 sys.path.insert(0, ".")
 from jaxviz import get_model  # noqa: E402

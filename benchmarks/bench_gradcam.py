@@ -14,7 +14,7 @@ import time
 import jax
 import numpy as np
 
-from jaxviz.methods.attribution import Settings, _compiled
+from jaxviz.methods.attribution import compiled_explain
 from jaxviz.nn import get_model
 
 
@@ -29,7 +29,7 @@ def main(argv=None) -> None:
     params = model.init(jax.random.key(0))
     x = jax.numpy.asarray(np.random.default_rng(0).uniform(-120, 120, (args.batch, 224, 224, 3)).astype(np.float32))
     cls = jax.numpy.asarray(np.arange(args.batch)[:, None] % 1000, jax.numpy.int32)
-    fn = _compiled(model, args.layer, args.method, "logit", Settings())
+    fn = compiled_explain(model, (224, 224, 3), args.method, args.layer)
     t0 = time.perf_counter()
     jax.block_until_ready(fn(params, x, cls, jax.random.split(jax.random.key(0), args.batch)))
     compile_s = time.perf_counter() - t0

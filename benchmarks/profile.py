@@ -73,7 +73,7 @@ class Table:
 
     def print(self, whole: float) -> None:
         print(f"\n## {self.title}\n")
-        print(f"| piece | ms | % of whole | GFLOP | GFLOP/s | GB accessed | GB/s |")
+        print("| piece | ms | % of whole | GFLOP | GFLOP/s | GB accessed | GB/s |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for name, s, gf, gb in self.rows:
             rate = f"{gf / s:.0f}" if s > 0 and gf == gf and gf > 0.05 else "-"
@@ -194,7 +194,7 @@ def profile_filters(batch: int, repeat: int) -> None:
 
 
 def profile_gradcam(batch: int, repeat: int) -> None:
-    from jaxviz.methods.attribution import Settings, _compiled, explain
+    from jaxviz.methods.attribution import compiled_explain, explain
 
     model = get_model("vgg16")
     params = model.init(jax.random.key(0))
@@ -227,7 +227,7 @@ def profile_gradcam(batch: int, repeat: int) -> None:
     xj = jnp.asarray(x)
     cls = jnp.zeros((batch, 1), jnp.int32)
     keys = jax.random.split(jax.random.key(0), batch)
-    run = _compiled(model, layer, "gradcam", "logit", Settings(), True)
+    run = compiled_explain(model, (224, 224, 3), "gradcam", layer, top1=True)
     t_run = median_time(run, params, xj, cls, keys, repeat=rep)
     fwd = lambda p, x: model.run(p, x).output  # noqa: E731
     t_fwd = median_time(jax.jit(fwd), params, xj, repeat=rep)

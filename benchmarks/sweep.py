@@ -49,11 +49,11 @@ def report(title: str, per: dict[int, float], unit: str) -> None:
 
 def cam_sweep(sizes: list[int], rounds: int) -> tuple[dict[int, float], dict[int, float]]:
     """(compiled call at each batch size, jaxviz.explain with its default chunking) per image."""
-    from jaxviz.methods.attribution import Settings, _compiled, explain
+    from jaxviz.methods.attribution import compiled_explain, explain
 
     model = get_model("vgg16")
     params = model.init(jax.random.key(0))
-    run = _compiled(model, "block5_conv3", "gradcam", "logit", Settings(), True)
+    run = compiled_explain(model, (224, 224, 3), "gradcam", "block5_conv3", top1=True)
     x = np.random.default_rng(0).uniform(-120, 120, (max(sizes), 224, 224, 3)).astype(np.float32)
 
     def call(b):

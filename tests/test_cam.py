@@ -264,3 +264,22 @@ def test_cli_methods(fixtures_dir, tmp_path, method):
     side = 14 if method in ("gradcam++", "scorecam") else 28
     assert z["heatmaps"].shape == (1, side, side) and z["classes"].tolist() == [3]
     assert 0 <= z["heatmaps"].min() and z["heatmaps"].max() <= 1
+
+
+def test_compiled_explain_is_the_call_explain_makes():
+    """The public compiled call (what benchmarks time) gives explain's maps, is one function for equal
+    arguments, and checks its arguments as explain does."""
+    from jaxviz.methods.attribution import compiled_explain, explain
+
+    m = load_model(None, "builtin:digits_cnn")
+    x = jax.random.uniform(jax.random.key(0), (3, 28, 28, 1))
+    run = compiled_explain(m.model, (28, 28, 1), "gradcam", top1=True)
+    maps, probs, cls = run(m.params, x, jnp.zeros((3, 1), jnp.int32), jax.random.split(jax.random.key(0), 3))
+    assert compiled_explain(m.model, (28, 28, 1), "gradcam", top1=True) is run
+    cams = explain(m.model, m.params, x, batch_size=3)
+    np.testing.assert_allclose(np.asarray(maps), cams.heatmaps, rtol=1e-6, atol=1e-7)
+    assert np.asarray(cls).tolist() == cams.classes.tolist() and np.asarray(probs).shape == (3, 10)
+    with pytest.raises(JaxvizError, match=r"unknown method 'gradcam\+\+\+'"):
+        compiled_explain(m.model, (28, 28, 1), "gradcam+++")
+    with pytest.raises(JaxvizError, match="flatten"):
+        compiled_explain(m.model, (28, 28, 1), layer="flatten")

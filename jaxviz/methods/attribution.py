@@ -188,10 +188,21 @@ _IMPLS: dict[str, Callable] = {
 }
 
 
-def _compiled(model: Model, layer: str | None, method: str, score: str, cfg: Settings, top1: bool = False):
-    """``run(params, x, classes, keys) -> (maps, probs, classes)`` (``keys``: one per image); with
-    ``top1`` the classes are each image's argmax, taken inside the same call, so nothing runs twice."""
-    return _compile(model, layer, method, score, cfg, top1)  # one cache key however it is called
+def compiled_explain(model: Model, input_shape: Sequence[int], method: str = "gradcam", layer: str | None = None,
+                     score: str = "logit", settings: Settings = Settings(), top1: bool = False):
+    """The one jitted call :func:`explain` makes per chunk, checked as :func:`explain` checks its arguments:
+    ``run(params, x, classes, keys) -> (maps, probs, classes)`` for batches of ``input_shape`` (H, W, C)
+    images, ``classes`` N x K int32, ``keys`` one per image; with ``top1`` the classes are each image's
+    argmax, taken inside the same call, so nothing runs twice. For timing the method without
+    :func:`explain`'s chunking and transfers (``benchmarks/``); equal arguments return the same function."""
+    if method not in METHODS:
+        raise unknown("method", method, METHODS)
+    if score not in ("logit", "probability"):
+        raise JaxvizError(f"score must be 'logit' or 'probability', got {score!r}")
+    model.check_input((1,) + tuple(input_shape))
+    check_classifier(model, input_shape, method)
+    layer = cam_layer(model, layer, input_shape) if method in LAYER_METHODS else None
+    return _compile(model, layer, method, score, settings, top1)
 
 
 @functools.lru_cache(maxsize=32)
@@ -260,18 +271,15 @@ def explain(
     call's images are split evenly over ``devices`` (default all of ``jax.devices()``). The maps do not
     depend on the chunking beyond float32 rounding.
     """
-    if method not in METHODS:
+    if method not in METHODS:  # the method's name before the input's shape, as always
         raise unknown("method", method, METHODS)
-    if score not in ("logit", "probability"):
-        raise JaxvizError(f"score must be 'logit' or 'probability', got {score!r}")
     x = jnp.asarray(x, jnp.float32)
     model.check_input(x.shape)
-    n_classes = check_classifier(model, x.shape[1:], method)
-    layer = cam_layer(model, layer, x.shape[1:]) if method in LAYER_METHODS else None
     top1 = classes is None
+    run = compiled_explain(model, x.shape[1:], method, layer, score, settings, top1)  # checks every argument
+    n_classes = output_shape(model, x.shape[1:])[0]
     cls = np.zeros((x.shape[0], 1), np.int32) if top1 else resolve_classes(model, x.shape[0], n_classes, classes)
     key = jax.random.key(0) if key is None else key
-    run = _compiled(model, layer, method, score, settings, top1)
     mesh = batch_mesh(devices)
     params = replicate(mesh, params)
     x, cls = np.asarray(x), np.asarray(cls, np.int32)

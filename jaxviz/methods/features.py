@@ -52,6 +52,11 @@ DIVERSITY = "<diversity>"  # where the runner puts the diversity layer's activat
 # ----------------------------------------------------------------------------------- objectives
 
 
+def _operator(op, sym: str, swap: bool = False):
+    """An Objective's arithmetic dunder (``swap``: the reflected one, ``2 * obj``)."""
+    return lambda self, other: self._combine(other, op, sym, swap)
+
+
 class Objective:
     """Something to maximise: ``objective(taps, index)`` -> one value per image of the batch (N,).
 
@@ -84,26 +89,10 @@ class Objective:
         return Objective(lambda t, i: op(a(t, i), b(t, i)), tuple(dict.fromkeys(a.layers + b.layers)),
                          a.own_channel and b.own_channel, max(a.border, b.border), f"({a}) {sym} ({b})")
 
-    def __add__(self, o):
-        return self._combine(o, operator.add, "+")
-
-    def __radd__(self, o):
-        return self._combine(o, operator.add, "+", True)
-
-    def __sub__(self, o):
-        return self._combine(o, operator.sub, "-")
-
-    def __rsub__(self, o):
-        return self._combine(o, operator.sub, "-", True)
-
-    def __mul__(self, o):
-        return self._combine(o, operator.mul, "*")
-
-    def __rmul__(self, o):
-        return self._combine(o, operator.mul, "*", True)
-
-    def __truediv__(self, o):
-        return self._combine(o, operator.truediv, "/")
+    __add__, __radd__ = _operator(operator.add, "+"), _operator(operator.add, "+", True)
+    __sub__, __rsub__ = _operator(operator.sub, "-"), _operator(operator.sub, "-", True)
+    __mul__, __rmul__ = _operator(operator.mul, "*"), _operator(operator.mul, "*", True)
+    __truediv__ = _operator(operator.truediv, "/")
 
     def __neg__(self):
         return self._combine(-1.0, operator.mul, "*", True)
