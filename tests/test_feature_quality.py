@@ -253,7 +253,7 @@ def test_selectivity_by_hand():
     recipe = F.get_recipe("lucid", size=28, steps=12, per_filter=2)
     # units out of order, and 18 patterns: more than one forward pass of the measure
     res = F.filter_patterns(model, params, "conv2d_1", [9, 1, 4, 6, 0, 3, 8, 2, 5], recipe, jax.random.key(0))
-    assert len(res.filters) > F.SELECTIVITY_CHUNK
+    assert len(res.filters) > F.RESPONSES_CHUNK
     x = F.model_input(model, jnp.asarray(res.patterns), "unit")
     act = model.run(params, x, taps=("conv2d_1",), output=False, logits=True).taps["conv2d_1"]  # as lucid reads it
     act = np.asarray(act).mean(axis=(1, 2))

@@ -755,8 +755,8 @@ ROBUSTNESS_DRAWS = 8
 
 @functools.lru_cache(maxsize=32)
 def _quality_fns(model: Model, layer: str, recipe: Recipe, single_channel: bool, logits: bool):
-    """Jitted ``(best over photos per unit, (objective, mean perturbed objective) per pattern,
-    objective of each unit on each image)``."""
+    """Jitted ``(best over photos per unit, mean perturbed objective per pattern, objective of each unit
+    on each image)``."""
     obj = as_objective(recipe.objective)
     full = _runner(model, layer, obj, None, False, logits)
     run = _runner(model, layer, obj, None, single_channel and obj.own_channel, logits)
@@ -771,8 +771,7 @@ def _quality_fns(model: Model, layer: str, recipe: Recipe, single_channel: bool,
     def perturbed(params, img, index, key):
         shift = max(1, round(img.shape[0] / 16))
         moved = jax.vmap(lambda kk: jitter_scale(kk, img, shift))(jax.random.split(key, ROBUSTNESS_DRAWS))
-        v = obj(run(params, to_x(jnp.concatenate([img[None], moved])), index), index)
-        return v[0], jnp.mean(v[1:])
+        return jnp.mean(obj(run(params, to_x(moved), index), index))  # the pattern itself: responses
 
     def responses(params, imgs, indices):  # images x units: every unit's objective on every image
         taps = full(params, to_x(imgs), indices[0])
@@ -890,44 +889,46 @@ def measure(model: Model, params: Mapping, layer: str, patterns: Patterns, recip
     units = np.unique(patterns.filters)
     best = dict(zip(units.tolist(), np.asarray(best_fn(params, jnp.asarray(photos), jnp.asarray(units)))))
     photo_best = np.array([best[int(f)] for f in patterns.filters], np.float32)
+    resp = _responses(responses_fn, params, raw, units)  # N x U: every pattern, every unit of the call
+    base = resp[np.arange(len(raw)), np.searchsorted(units, patterns.filters)]  # its own unit, measured once
     b = chunk_size(len(raw), batch_size, mesh)
     keys = jax.random.split(jax.random.key(12345), len(raw))
-    base, moved = [], []
+    moved = []
     for start in range(0, len(raw), b):
         sl = slice(start, start + b)
-        n = len(raw[sl])
         args = (pad_to(jnp.asarray(raw[sl]), b), pad_to(jnp.asarray(patterns.filters[sl]), b), pad_to(keys[sl], b))
-        v0, v1 = perturbed_fn(params, *shard_batch(mesh, *args))
-        base.append(gather(v0)[:n])
-        moved.append(gather(v1)[:n])
-    base, moved = np.concatenate(base), np.concatenate(moved)
+        moved.append(gather(perturbed_fn(params, *shard_batch(mesh, *args)))[: len(raw[sl])])
+    moved = np.concatenate(moved)
     with np.errstate(divide="ignore", invalid="ignore"):
         relative = np.where(photo_best > 0, patterns.objective / photo_best, np.nan).astype(np.float32)
         # a ratio only means "kept x of its response" for a response above 0 (pre-activation ones can be below)
         robustness = np.where(base > 0, moved / base, np.nan).astype(np.float32)
     return patterns._replace(photo_best=photo_best, relative=relative, robustness=robustness,
-                             hf_energy=hf_energy(raw),
-                             selectivity=selectivity(responses_fn, params, raw, patterns.filters, units))
+                             hf_energy=hf_energy(raw), selectivity=selectivity(resp, patterns.filters, units))
 
 
-SELECTIVITY_CHUNK = 16  # patterns per forward pass of the selectivity measure (bounds its memory)
+RESPONSES_CHUNK = 16  # patterns per forward pass of the all-units responses (bounds their memory)
 
 
-def selectivity(responses_fn, params, raw: np.ndarray, filters: np.ndarray, units: np.ndarray) -> np.ndarray:
+def _responses(responses_fn, params, raw: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """patterns x units: every unit's objective on every pattern, in chunks of :data:`RESPONSES_CHUNK`."""
+    out = []
+    for start in range(0, len(raw), RESPONSES_CHUNK):
+        chunk = raw[start:start + RESPONSES_CHUNK]
+        r = responses_fn(params, pad_to(jnp.asarray(chunk), RESPONSES_CHUNK), jnp.asarray(units))
+        out.append(np.asarray(r)[: len(chunk)])
+    return np.concatenate(out)
+
+
+def selectivity(responses: np.ndarray, filters: np.ndarray, units: np.ndarray) -> np.ndarray:
     """Per pattern: the contrast ``(own - rival) / (|own| + |rival|)`` between its own unit's objective and
-    the largest objective of that unit among the patterns of the other units (``responses_fn(params,
-    images, units) -> images x units``); 0 when both are 0, NaN with one unit."""
+    the largest objective of that unit among the patterns of the other units. ``responses``: patterns x
+    ``units`` (sorted) objectives; ``filters``: each pattern's unit. 0 when both are 0, NaN with one unit."""
     if len(units) < 2:
-        return np.full(len(raw), np.nan, np.float32)
-    resp = []
-    for start in range(0, len(raw), SELECTIVITY_CHUNK):
-        chunk = raw[start:start + SELECTIVITY_CHUNK]
-        out = responses_fn(params, pad_to(jnp.asarray(chunk), SELECTIVITY_CHUNK), jnp.asarray(units))
-        resp.append(np.asarray(out)[: len(chunk)])
-    resp = np.concatenate(resp)  # N x U
-    col = np.searchsorted(units, filters)  # each pattern's own unit's column
-    own = resp[np.arange(len(raw)), col]
-    others = np.where(filters[:, None] == filters[None, :], -np.inf, resp[:, col].T)  # [n, m]: pattern m, unit of n
+        return np.full(len(filters), np.nan, np.float32)
+    col = np.searchsorted(units, filters)
+    own = responses[np.arange(len(filters)), col]
+    others = np.where(filters[:, None] == filters[None, :], -np.inf, responses[:, col].T)  # [n, m]: pattern m, unit of n
     rival = others.max(axis=1)
     scale = np.abs(own) + np.abs(rival)
     return np.where(scale > 0, (own - rival) / np.where(scale > 0, scale, 1.0), 0.0).astype(np.float32)
