@@ -1,0 +1,382 @@
+"""Image collections streamed in fixed-size batches: decoded ahead in a bounded background pool, so
+memory stays bounded whatever the collection's size and the device does not wait on the disk.
+
+A collection is named by a *spec*: a folder (searched recursively), a glob (``photos/**/*.jpg``), a
+list of paths, a text file of paths (one per line), an ``.npy``/``.npz`` array (N x H x W [x C]),
+``digits`` / ``fruits`` (:mod:`jaxviz.io.datasets`), ``sample:NAME`` (or ``samples`` for all the
+photos shipped with installed packages), an array, or any Python iterable of pixel batches.
+Every item has a global index (its position in :attr:`Collection.paths`); a process of several reads
+its own contiguous share (``shard``) and may start part-way through it (``start``, for resuming).
+
+A file that cannot be decoded (corrupt, wrong format, too large) is skipped: its row of the batch is
+marked invalid, and it is listed in :attr:`Collection.failures`. More failures than ``max_failures``
+(a share of the items) stop the run with one :class:`~jaxviz.errors.JaxvizError` line.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import os
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+
+from jaxviz.errors import JaxvizError
+from jaxviz.io.images import IMAGE_EXTENSIONS, SAMPLES, load_image
+
+LIST_EXTENSIONS = (".txt", ".lst", ".list")
+MAX_BATCH = 65536
+GLOB_CHARS = "*?["
+
+
+class Batch(NamedTuple):
+    """One batch of a collection.
+
+    Attributes:
+      indices: int64 N, each row's index into :attr:`Collection.paths` (-1 for padding).
+      pixels: float32 N x H x W x C, RGB (or grey) 0..255; zeros in invalid rows.
+      valid: bool N, False for padding past the end of the share and for files that failed to decode.
+    """
+
+    indices: np.ndarray
+    pixels: np.ndarray
+    valid: np.ndarray
+
+
+class Failure(NamedTuple):
+    """An item that could not be decoded: its index, its name and why (one line)."""
+
+    index: int
+    path: str
+    reason: str
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or e.__class__.__name__
+    return text if isinstance(e, JaxvizError) else f"{e.__class__.__name__}: {text}"
+
+
+class _Source:
+    """Random access to items by global index: ``names`` (list) and ``read(i) -> uint8/float H x W x C``."""
+
+    names: list[str]
+
+    def read(self, i: int, shape: tuple[int, int, int], interpolation: str) -> np.ndarray:
+        raise NotImplementedError
+
+
+class _Files(_Source):
+    def __init__(self, names: list[str]):
+        self.names = names
+
+    def read(self, i, shape, interpolation):
+        h, w, c = shape
+        return load_image(self.names[i], (h, w), channels=c, interpolation=interpolation)
+
+
+class _Array(_Source):
+    def __init__(self, array: np.ndarray, label: str):
+        a = array
+        if a.ndim == 3:
+            a = a[..., None]
+        if a.ndim != 4 or a.shape[-1] not in (1, 3, 4) or min(a.shape[1:3], default=0) < 1:
+            raise JaxvizError(f"{label}: an image array must be N x H x W or N x H x W x C (C 1, 3 or 4), "
+                              f"got shape {array.shape}")
+        if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+            raise JaxvizError(f"{label}: an image array must hold numbers, got dtype {a.dtype}")
+        self.array, self.names = a, [f"{label}[{i}]" for i in range(len(a))]
+
+    def read(self, i, shape, interpolation):
+        item = np.asarray(self.array[i])
+        if item.shape[:2] == tuple(shape[:2]) and item.shape[-1] == shape[-1]:
+            out = item.astype(np.float32)
+            if not np.all(np.isfinite(out)):
+                raise JaxvizError("image array contains NaN or Inf")
+            return out  # pixels as given (0..255), no round trip through uint8
+        if item.dtype != np.uint8:  # load_image would read floats <= 1 as 0..1; these are 0..255
+            item = np.clip(np.nan_to_num(item.astype(np.float64)), 0, 255).round().astype(np.uint8)
+        h, w, c = shape
+        return load_image(item, (h, w), channels=c, interpolation=interpolation)
+
+
+def _walk(folder: str) -> list[str]:
+    out = []
+    for root, dirs, files in os.walk(folder):  # does not follow links to folders: no cycles
+        dirs.sort()
+        out += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    return out
+
+
+def _text_list(path: str) -> list[str]:
+    base = os.path.dirname(os.path.abspath(path))
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except (OSError, UnicodeDecodeError) as e:
+        raise JaxvizError(f"cannot read the list of images {path}: {_one_line(e)}") from None
+    items = [l for l in lines if l and not l.startswith("#")]
+    return [l if l.startswith("sample:") or os.path.isabs(l) else os.path.join(base, l) for l in items]
+
+
+def _load_array(path: str) -> np.ndarray:
+    try:
+        if path.lower().endswith(".npz"):
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.keys())
+                key = "images" if "images" in keys else ("x" if "x" in keys else (keys[0] if len(keys) == 1 else None))
+                if key is None:
+                    raise JaxvizError(f"{path} holds several arrays ({', '.join(keys)}); name the images 'images'")
+                return z[key]
+        return np.load(path, mmap_mode="r", allow_pickle=False)  # memory-mapped: read item by item
+    except JaxvizError:
+        raise
+    except (OSError, ValueError, EOFError) as e:
+        raise JaxvizError(f"cannot read image array {path}: {_one_line(e)}") from None
+
+
+def _source(spec: Any) -> "_Source | None":
+    """The random-access source of ``spec``, or None for an iterable of batches."""
+    if isinstance(spec, np.ndarray):
+        return _Array(spec, "array")
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if isinstance(spec, str):
+        if spec in ("digits", "fruits"):
+            from jaxviz.io import datasets
+
+            return _Array(datasets.load(spec)[0], spec)
+        if spec == "samples":
+            return _Files([f"sample:{s}" for s in SAMPLES])
+        if spec.startswith("sample:"):
+            return _Files([spec])
+        if os.path.isdir(spec):
+            files = _walk(spec)
+            if not files:
+                raise JaxvizError(f"folder {spec} holds no images ({', '.join(IMAGE_EXTENSIONS)}), even in subfolders")
+            return _Files(files)
+        low = spec.lower()
+        if os.path.isfile(spec) and low.endswith((".npy", ".npz")):
+            return _Array(_load_array(spec), os.path.basename(spec))
+        if os.path.isfile(spec) and low.endswith(LIST_EXTENSIONS):
+            files = _text_list(spec)
+            if not files:
+                raise JaxvizError(f"the list of images {spec} names no file")
+            return _Files(files)
+        if os.path.isfile(spec):
+            return _Files([spec])
+        if any(ch in spec for ch in GLOB_CHARS):
+            files = sorted(f for f in globlib.glob(spec, recursive=True) if os.path.isfile(f))
+            if not files:
+                raise JaxvizError(f"no file matches {spec}")
+            return _Files(files)
+        raise JaxvizError(f"no image collection at {spec}: not a folder, glob, list file (.txt), .npy/.npz array, "
+                          "digits, fruits, samples or sample:NAME")
+    if isinstance(spec, (list, tuple)) and all(isinstance(s, (str, os.PathLike)) for s in spec):
+        if not spec:
+            raise JaxvizError("the list of images is empty")
+        return _Files([os.fspath(s) for s in spec])
+    if isinstance(spec, Iterable):
+        return None
+    raise JaxvizError(f"images must be a folder, glob, list of paths, array or iterable of batches, "
+                      f"got {type(spec).__name__}")
+
+
+class Collection:
+    """An opened collection: iterate for :class:`Batch` es of this process's share (see
+    :func:`open_collection`). ``paths`` names every item of the whole collection (for an iterable of
+    batches: the items read so far); ``failures`` lists those of this share that could not be decoded."""
+
+    def __init__(self, spec, shape, batch_size, start, shard, workers, prefetch, max_failures, interpolation):
+        self.shape = tuple(int(v) for v in shape)
+        if len(self.shape) != 3 or min(self.shape) < 1 or self.shape[-1] not in (1, 3):
+            raise JaxvizError(f"shape must be (H, W, C) with C 1 or 3, got {tuple(shape)}")
+        if not 1 <= int(batch_size) <= MAX_BATCH:
+            raise JaxvizError(f"batch_size must be 1..{MAX_BATCH}, got {batch_size}")
+        index, count = (int(v) for v in shard)
+        if not (count >= 1 and 0 <= index < count):
+            raise JaxvizError(f"shard must be (index, count) with 0 <= index < count, got {tuple(shard)}")
+        if not 0 <= float(max_failures) <= 1:
+            raise JaxvizError(f"max_failures must be a share 0..1, got {max_failures}")
+        self.batch_size, self.shard, self.max_failures = int(batch_size), (index, count), float(max_failures)
+        self.interpolation = interpolation
+        self.workers = max(1, int(workers or min(8, os.cpu_count() or 1)))
+        self.prefetch = max(1, int(prefetch))
+        self.failures: list[Failure] = []
+        self._src = _source(spec)
+        self._iterable = spec if self._src is None else None
+        self._names: list[str] = [] if self._src is None else self._src.names
+        n = len(self._names)
+        lo, hi = (index * n) // count, ((index + 1) * n) // count  # this process's contiguous share
+        self.share = (lo, hi)
+        if start < 0 or (self._src is not None and start > hi - lo):
+            raise JaxvizError(f"start {start} is outside this share of {hi - lo} items")
+        self.start = int(start)
+
+    @property
+    def paths(self) -> list[str]:
+        return list(self._names)
+
+    def __len__(self) -> int:
+        """Items in the whole collection (an iterable of batches: read so far)."""
+        return len(self._names)
+
+    @property
+    def share_size(self) -> int:
+        """Items in this process's share (an iterable of batches: not known beforehand, -1)."""
+        return self.share[1] - self.share[0] if self._src is not None else -1
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self._src is None:
+            yield from self._iter_batches()
+            return
+        lo, hi = self.share
+        starts = range(lo + self.start, hi, self.batch_size)
+        yield from _ahead(lambda s, pool: self._read_batch(s, min(s + self.batch_size, hi), pool), starts, self.prefetch,
+                          self.workers)
+
+    def _read_batch(self, a: int, b: int, pool: ThreadPoolExecutor) -> Batch:
+        h, w, c = self.shape
+        n = self.batch_size
+        pixels = np.zeros((n, h, w, c), np.float32)
+        valid = np.zeros(n, bool)
+        indices = np.full(n, -1, np.int64)
+        indices[: b - a] = np.arange(a, b)
+
+        def one(i: int):
+            try:
+                return self._src.read(i, self.shape, self.interpolation), None
+            except Exception as e:  # any undecodable file is skipped and listed, never fatal by itself
+                return None, _one_line(e)
+
+        for row, (img, err) in enumerate(pool.map(one, range(a, b))):
+            if err is None:
+                pixels[row], valid[row] = img, True
+            else:
+                self._fail(a + row, err)
+        return Batch(indices, pixels, valid)
+
+    def _fail(self, i: int, reason: str) -> None:
+        self.failures.append(Failure(i, self._names[i], reason))
+        total = self.share_size if self.share_size >= 0 else len(self._names)
+        if len(self.failures) > self.max_failures * max(total, 1):
+            f = self.failures[0]
+            raise JaxvizError(
+                f"{len(self.failures)} of {total} images could not be read, more than max_failures="
+                f"{self.max_failures:g} of them; the first: {f.path}: {f.reason}")
+
+    def _iter_batches(self) -> Iterator[Batch]:
+        """An iterable of pixel batches (N x H x W [x C], 0..255), re-cut into batches of
+        ``batch_size``; with ``shard=(p, P)``, this process takes the source's batches p, p+P, ..."""
+        h, w, c = self.shape
+        p, count = self.shard
+        buf: list[tuple[int, np.ndarray]] = []
+        seen = 0
+        for b, raw in enumerate(self._iterable):
+            arr = np.asarray(raw)
+            if arr.ndim == 3:
+                arr = arr[..., None]
+            if arr.ndim != 4 or arr.shape[1:] != (h, w, c):
+                raise JaxvizError(f"batch {b} of the images has shape {arr.shape}; expected N x {h} x {w} x {c}")
+            first = len(self._names)
+            self._names += [f"item{first + i}" for i in range(len(arr))]
+            if b % count != p:
+                continue
+            for i in range(len(arr)):
+                if seen >= self.start:
+                    buf.append((first + i, arr[i]))
+                seen += 1
+            while len(buf) >= self.batch_size:
+                yield self._stack(buf[: self.batch_size])
+                buf = buf[self.batch_size:]
+        if buf:
+            yield self._stack(buf)
+
+    def _stack(self, items: list[tuple[int, np.ndarray]]) -> Batch:
+        n = self.batch_size
+        pixels = np.zeros((n,) + self.shape, np.float32)
+        pixels[: len(items)] = np.stack([a for _, a in items]).astype(np.float32)
+        indices = np.full(n, -1, np.int64)
+        indices[: len(items)] = [i for i, _ in items]
+        valid = np.arange(n) < len(items)
+        return Batch(indices, pixels, valid)
+
+
+def _ahead(read, starts: Sequence[int], prefetch: int, workers: int) -> Iterator[Batch]:
+    """``read(start, pool)`` for each start, run ahead by a background thread at most ``prefetch``
+    batches (a bounded queue: memory stays bounded); an exception in the reader is raised here."""
+    q: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="jaxviz-decode") as pool:
+                for s in starts:
+                    if stop.is_set():
+                        return
+                    item = read(s, pool)
+                    while not stop.is_set():
+                        try:
+                            q.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+        except BaseException as e:  # handed to the consumer, raised there
+            _put(q, e, stop)
+            return
+        _put(q, done, stop)
+
+    t = threading.Thread(target=produce, name="jaxviz-collection", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        t.join(timeout=5)
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def open_collection(
+    spec: Any,
+    shape: Sequence[int],
+    *,
+    batch_size: int = 32,
+    start: int = 0,
+    shard: tuple[int, int] = (0, 1),
+    workers: int | None = None,
+    prefetch: int = 2,
+    max_failures: float = 0.05,
+    interpolation: str = "nearest",
+) -> Collection:
+    """Open an image collection for streaming (see the module docstring for what ``spec`` may be).
+
+    Args:
+      shape: (H, W, C) every image is resized to (Keras's ``load_img``, ``interpolation``), C 1 or 3.
+      batch_size: rows per :class:`Batch`; the last batch of a share is padded (``valid`` False).
+      start: items of this share already done (resuming): iteration begins after them.
+      shard: ``(index, count)``: this process's share of ``count`` contiguous shares (an iterable of
+        batches: every ``count``-th batch of the source).
+      workers: decoding threads (default: the CPU count, at most 8).
+      prefetch: batches decoded ahead (memory: ``prefetch + 1`` batches).
+      max_failures: the share of undecodable items above which reading stops with a JaxvizError.
+
+    Returns a :class:`Collection`: iterate it for batches; ``paths`` and ``failures`` describe it.
+    """
+    return Collection(spec, shape, batch_size, start, shard, workers, prefetch, max_failures, interpolation)
