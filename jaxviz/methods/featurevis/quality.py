@@ -1,0 +1,153 @@
+"""Quality measures of finished patterns (:func:`measure`): each pattern's objective against the
+strongest of the bundled photos (:data:`PHOTOS`), its robustness to jitter and zoom
+(:func:`~.transforms.jitter_scale`), its high-frequency energy (:func:`hf_energy`) and how selective
+it is for its own unit (:func:`selectivity`)."""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxviz.methods.featurevis.forward import _runner, model_input
+from jaxviz.methods.featurevis.objectives import as_objective
+from jaxviz.methods.featurevis.recipes import Recipe, get_recipe
+from jaxviz.methods.featurevis.transforms import jitter_scale
+from jaxviz.methods.sharding import batch_mesh, chunk_size, gather, pad_to, shard_batch
+from jaxviz.nn.preprocess import preprocess
+from jaxviz.nn.protocol import Model
+
+if TYPE_CHECKING:
+    from jaxviz.methods.featurevis.render import Patterns
+
+
+# The bundled photographs the patterns are measured against (jaxviz.io.images.SAMPLES less the cat,
+# which is chelsea again, the horse silhouette and the two scans of printed text).
+PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "coins", "hubble_deep_field", "immunohistochemistry", "moon",
+          "rocket", "china", "flower")
+
+
+@functools.lru_cache(maxsize=8)
+def photo_crops(size: int, channels: int) -> np.ndarray:
+    """Each of :data:`PHOTOS` as its centre square and that square's four quadrants, resized to
+    ``size`` x ``size`` (bilinear): 55 x size x size x channels, float32 pixels in [0, 255]."""
+    from jaxviz.io.images import load_image
+
+    out = []
+    for name in PHOTOS:
+        img = load_image(f"sample:{name}", channels=channels)
+        h, w = img.shape[:2]
+        s = min(h, w)
+        sq = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+        half = s // 2
+        for crop in (sq, sq[:half, :half], sq[:half, half:], sq[half:, :half], sq[half:, half:]):
+            out.append(load_image(crop, (size, size), interpolation="bilinear", channels=channels))
+    return np.stack(out).astype(np.float32)
+
+
+def hf_energy(images: np.ndarray) -> np.ndarray:
+    """Per image (N x H x W x C): the share of spectral energy, each channel's mean removed, at
+    frequencies above half the Nyquist frequency in either direction (max(|fy|, |fx|) > 1/4 cycle per
+    pixel). White noise: 0.75; a smooth picture: near 0."""
+    x = np.asarray(images, np.float64)
+    x = x - x.mean(axis=(1, 2), keepdims=True)
+    power = (np.abs(np.fft.fft2(x, axes=(1, 2))) ** 2).sum(axis=-1)
+    fy = np.abs(np.fft.fftfreq(x.shape[1]))[:, None]
+    fx = np.abs(np.fft.fftfreq(x.shape[2]))[None, :]
+    high = np.maximum(fy, fx) > 0.25
+    total = power.sum(axis=(1, 2))
+    return np.where(total > 0, (power * high).sum(axis=(1, 2)) / np.where(total > 0, total, 1), 0).astype(np.float32)
+
+
+ROBUSTNESS_DRAWS = 8
+
+
+@functools.lru_cache(maxsize=32)
+def _quality_fns(model: Model, layer: str, recipe: Recipe, single_channel: bool, logits: bool):
+    """Jitted ``(best over photos per unit, mean perturbed objective per pattern, objective of each unit
+    on each image)``."""
+    obj = as_objective(recipe.objective)
+    full = _runner(model, layer, obj, None, False, logits)
+    run = _runner(model, layer, obj, None, single_channel and obj.own_channel, logits)
+
+    def to_x(imgs):
+        return model_input(model, imgs, recipe.input_scale).astype(recipe.dtype)
+
+    def photos_best(params, photos, indices):
+        taps = full(params, to_x(photos), indices[0])
+        return jax.vmap(lambda i: jnp.max(obj(taps, i)))(indices)
+
+    def perturbed(params, img, index, key):
+        shift = max(1, round(img.shape[0] / 16))
+        moved = jax.vmap(lambda kk: jitter_scale(kk, img, shift))(jax.random.split(key, ROBUSTNESS_DRAWS))
+        return jnp.mean(obj(run(params, to_x(moved), index), index))  # the pattern itself: responses
+
+    def responses(params, imgs, indices):  # images x units: every unit's objective on every image
+        taps = full(params, to_x(imgs), indices[0])
+        return jax.vmap(lambda i: obj(taps, i), out_axes=1)(indices)
+
+    return jax.jit(photos_best), jax.jit(jax.vmap(perturbed, in_axes=(None, 0, 0, 0))), jax.jit(responses)
+
+
+def measure(model: Model, params: Mapping, layer: str, patterns: Patterns, recipe: Recipe | str, *,
+            batch_size: int | None = None, single_channel: bool = True, mesh=None) -> Patterns:
+    """``patterns`` with its quality figures filled in (see :class:`Patterns`); ``recipe`` gives the
+    objective and the input space the patterns were made in."""
+    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    layer = model.resolve(layer)
+    mesh = mesh or batch_mesh()
+    logits = model.kind(layer) == "dense" or recipe.pre_activation
+    best_fn, perturbed_fn, responses_fn = _quality_fns(model, layer, recipe, single_channel, logits)
+    raw = patterns.patterns
+    size, c = raw.shape[1], raw.shape[-1]
+    photos = photo_crops(size, c)
+    photos = photos / 255.0 if recipe.input_scale == "unit" else preprocess(photos, model.preprocessing)
+    units = np.unique(patterns.filters)
+    best = dict(zip(units.tolist(), np.asarray(best_fn(params, jnp.asarray(photos), jnp.asarray(units)))))
+    photo_best = np.array([best[int(f)] for f in patterns.filters], np.float32)
+    resp = _responses(responses_fn, params, raw, units)  # N x U: every pattern, every unit of the call
+    base = resp[np.arange(len(raw)), np.searchsorted(units, patterns.filters)]  # its own unit, measured once
+    b = chunk_size(len(raw), batch_size, mesh)
+    keys = jax.random.split(jax.random.key(12345), len(raw))
+    moved = []
+    for start in range(0, len(raw), b):
+        sl = slice(start, start + b)
+        args = (pad_to(jnp.asarray(raw[sl]), b), pad_to(jnp.asarray(patterns.filters[sl]), b), pad_to(keys[sl], b))
+        moved.append(gather(perturbed_fn(params, *shard_batch(mesh, *args)))[: len(raw[sl])])
+    moved = np.concatenate(moved)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        relative = np.where(photo_best > 0, patterns.objective / photo_best, np.nan).astype(np.float32)
+        # a ratio only means "kept x of its response" for a response above 0 (pre-activation ones can be below)
+        robustness = np.where(base > 0, moved / base, np.nan).astype(np.float32)
+    return patterns._replace(photo_best=photo_best, relative=relative, robustness=robustness,
+                             hf_energy=hf_energy(raw), selectivity=selectivity(resp, patterns.filters, units))
+
+
+RESPONSES_CHUNK = 16  # patterns per forward pass of the all-units responses (bounds their memory)
+
+
+def _responses(responses_fn, params, raw: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """patterns x units: every unit's objective on every pattern, in chunks of :data:`RESPONSES_CHUNK`."""
+    out = []
+    for start in range(0, len(raw), RESPONSES_CHUNK):
+        chunk = raw[start:start + RESPONSES_CHUNK]
+        r = responses_fn(params, pad_to(jnp.asarray(chunk), RESPONSES_CHUNK), jnp.asarray(units))
+        out.append(np.asarray(r)[: len(chunk)])
+    return np.concatenate(out)
+
+
+def selectivity(responses: np.ndarray, filters: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """Per pattern: the contrast ``(own - rival) / (|own| + |rival|)`` between its own unit's objective and
+    the largest objective of that unit among the patterns of the other units. ``responses``: patterns x
+    ``units`` (sorted) objectives; ``filters``: each pattern's unit. 0 when both are 0, NaN with one unit."""
+    if len(units) < 2:
+        return np.full(len(filters), np.nan, np.float32)
+    col = np.searchsorted(units, filters)
+    own = responses[np.arange(len(filters)), col]
+    others = np.where(filters[:, None] == filters[None, :], -np.inf, responses[:, col].T)  # [n, m]: pattern m, unit of n
+    rival = others.max(axis=1)
+    scale = np.abs(own) + np.abs(rival)
+    return np.where(scale > 0, (own - rival) / np.where(scale > 0, scale, 1.0), 0.0).astype(np.float32)
