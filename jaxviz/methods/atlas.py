@@ -1,0 +1,451 @@
+"""What drives each unit across a whole image collection: streamed top-k exemplars per unit.
+
+:func:`top_examples` streams a collection (:mod:`jaxviz.io.collection`) through the model once. One
+jitted step per batch taps every requested layer in one :meth:`Model.run`, reduces each unit's map
+over space (``max`` as OpenAI Microscope, or ``mean``), and merges the batch into a running top-k per
+unit on the devices: the state is ``units x k`` whatever the collection's size. Ties break by the
+lower image index (the merge sorts on (value descending, index ascending)), so the result does not
+depend on the batch size, the number of devices or processes, or on an interruption.
+
+Every device: the batch is split over all local devices (:func:`jax.shard_map`); each device runs
+the model on fixed-size chunks of its slice (``chunk`` images per call, so every image is computed
+with the same shapes, and bit for bit the same, whatever the device count), takes its slice's top-k,
+and the devices' candidates are gathered and merged inside the jit.
+
+Every host: after ``jax.distributed.initialize()``, each process reads its own contiguous share of
+the collection and keeps its own state; the final merge gathers the states of all processes
+(:func:`jax.experimental.multihost_utils.process_allgather`). Launch one process per host (or per
+group of devices) with the same command, e.g. on one machine::
+
+    JAX_COORDINATOR=localhost:1234 jaxviz atlas ... --process 0/2 &
+    JAX_COORDINATOR=localhost:1234 jaxviz atlas ... --process 1/2
+
+Resumable: with ``checkpoint=DIR``, the running state, the position in the share and a hash of the
+settings (model, weights, layers, units, k, reduce, input size, the collection's names) are written
+atomically every ``checkpoint_every`` batches or ``checkpoint_seconds`` seconds and on an interrupt;
+``resume=True`` continues from there and ends with exactly the uninterrupted result.
+
+Per-unit statistics (``mean``, ``fire_rate``) are accumulated on the host in float64 from each batch's
+reduced responses (``units`` numbers per image); ``max`` is the top value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from jaxviz.errors import JaxvizError
+from jaxviz.io.collection import Failure, open_collection
+from jaxviz.methods.sharding import AXIS, batch_mesh, replicate, shard_batch
+from jaxviz.nn.preprocess import preprocess
+from jaxviz.nn.protocol import Model, is_spatial, layer_shape
+from jaxviz.nn.receptive import RF, field_boxes, receptive_field
+
+REDUCTIONS = ("max", "mean")
+MAX_K = 1000
+NO_INDEX = np.iinfo(np.int32).max  # the index of an empty slot: sorts after every image
+CPU_CHUNK = 8  # images per model call per device on CPUs (their working set stays in the caches)
+ACCEL_CHUNK = 64
+STATE_VERSION = 1
+
+
+class LayerAtlas(NamedTuple):
+    """One layer's result (``U`` units, ``k`` exemplars).
+
+    Attributes:
+      units: int U, the units (channels) described.
+      indices: int64 U x k, the strongest images as indices into :attr:`Atlas.paths`, strongest first
+        (ties: the lower index first); -1 where the collection has fewer than k images.
+      values: float32 U x k, the unit's reduced response to each (-inf where empty).
+      peaks: int32 U x k x 2, (row, column) of the unit's maximum in the layer's grid.
+      boxes: int32 U x k x 4, the peak's receptive field in input pixels (top, left, bottom, right;
+        bottom/right exclusive, clipped to the image).
+      mean: float32 U, the mean reduced response over the collection.
+      max: float32 U, the largest reduced response.
+      fire_rate: float32 U, the share of images whose reduced response is above 0.
+      dead: bool U, units that never fire.
+      grid: (rows, columns) of the layer's map ((1, 1) for a non-spatial layer).
+      field: the layer's receptive field (:class:`jaxviz.nn.receptive.RF`).
+    """
+
+    units: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+    peaks: np.ndarray
+    boxes: np.ndarray
+    mean: np.ndarray
+    max: np.ndarray
+    fire_rate: np.ndarray
+    dead: np.ndarray
+    grid: tuple[int, int]
+    field: RF
+
+
+class Atlas(NamedTuple):
+    """What :func:`top_examples` returns.
+
+    Attributes:
+      layers: ``{layer: LayerAtlas}`` in the order asked.
+      paths: the collection's items in order (``indices`` point into it).
+      failures: items that could not be decoded (they enter no statistic).
+      count: images that entered the statistics (all processes).
+      input_shape: (H, W, C) the images were resized to.
+      reduce: ``max`` or ``mean``.
+    """
+
+    layers: dict[str, LayerAtlas]
+    paths: list[str]
+    failures: list[Failure]
+    count: int
+    input_shape: tuple[int, int, int]
+    reduce: str
+
+
+# -- the merge ---------------------------------------------------------------------------------------
+def _best(values: jax.Array, index: jax.Array, peak: jax.Array, k: int):
+    """The first ``k`` along the last axis in the order (value descending, index ascending)."""
+    _, _, v, i, p = jax.lax.sort((-values, index, values, index, peak), dimension=values.ndim - 1, num_keys=2)
+    return v[..., :k], i[..., :k], p[..., :k]
+
+
+def merge_states(states: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], k: int):
+    """Several ``(values, indices, peaks)`` states (U x k each) merged into one on the host, in the
+    same order as on the devices (value descending, index ascending)."""
+    v = np.concatenate([s[0] for s in states], -1)
+    i = np.concatenate([s[1] for s in states], -1)
+    p = np.concatenate([s[2] for s in states], -1)
+    order = np.lexsort((i, -v.astype(np.float64)), axis=-1)[..., :k]
+    take = lambda a: np.take_along_axis(a, order, -1)  # noqa: E731
+    return take(v), take(i), take(p)
+
+
+class _Plan(NamedTuple):
+    layers: tuple[str, ...]
+    units: tuple[tuple[int, ...], ...]
+    grids: tuple[tuple[int, int], ...]
+    spatial: tuple[bool, ...]
+
+
+def _step_fn(model: Model, plan: _Plan, k: int, reduce: str, chunk: int, mesh) -> Callable:
+    """The jitted step: ``(params, state, pixels, indices, valid) -> (state, reduced)``."""
+    mode = model.preprocessing
+
+    def responses(params, x):
+        taps = model.run(params, x, taps=plan.layers, output=False).taps
+        out = []
+        for name, units, spatial in zip(plan.layers, plan.units, plan.spatial):
+            a = taps[name]
+            a = a.reshape(a.shape[0], -1, a.shape[-1]) if spatial else a[:, None, :]
+            if units != tuple(range(a.shape[-1])):
+                a = jnp.take(a, jnp.asarray(units), axis=-1)
+            a = a.astype(jnp.float32)  # N x positions x U
+            red = a.max(1) if reduce == "max" else a.mean(1)
+            out.append((red, jnp.argmax(a, axis=1).astype(jnp.int32)))
+        return out
+
+    def local(params, state, x, idx, valid):
+        b = x.shape[0]
+        xs = preprocess(x, mode).reshape((b // chunk, chunk) + x.shape[1:])
+        per = jax.lax.map(lambda xc: responses(params, xc), xs)  # fixed-size calls: same bits on any split
+        new_state, reduced = [], []
+        for (red, pos), (sv, si, sp) in zip(per, state):
+            red, pos = red.reshape(b, -1), pos.reshape(b, -1)
+            v = jnp.where(valid[:, None], red, -jnp.inf).T  # U x b
+            i = jnp.broadcast_to(jnp.where(valid, idx, NO_INDEX)[None], v.shape)
+            cv, ci, cp = _best(v, i, pos.T, min(k, b))
+            # every device's candidates, then the merge with the running state (same on every device)
+            gv, gi, gp = (jax.lax.all_gather(a, AXIS, axis=1, tiled=True) for a in (cv, ci, cp))
+            new_state.append(_best(jnp.concatenate([sv, gv], 1), jnp.concatenate([si, gi], 1),
+                                   jnp.concatenate([sp, gp], 1), k))
+            reduced.append(jnp.where(valid[:, None], red, 0.0))
+        return new_state, reduced
+
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(AXIS), P(AXIS), P(AXIS)),
+                            out_specs=(P(), P(AXIS)), check_vma=False)
+    return jax.jit(sharded)
+
+
+# -- settings, checkpoints ---------------------------------------------------------------------------
+def _digest(tree: Any) -> str:
+    h = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(tree):
+        a = np.asarray(leaf)
+        h.update(str((a.shape, a.dtype)).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _settings_hash(model, params, plan, k, reduce, shape, paths, chunk, shard) -> str:
+    names = hashlib.sha256("\n".join(paths).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    doc = dict(model=model.name, preprocessing=model.preprocessing, params=_digest(params), layers=plan.layers,
+               units=plan.units, k=k, reduce=reduce, shape=shape, items=len(paths), names=names, chunk=chunk,
+               shard=shard, version=STATE_VERSION)
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=list).encode()).hexdigest()[:24]
+
+
+def _ckpt_path(directory: str, shard: tuple[int, int]) -> str:
+    return os.path.join(directory, f"atlas-state-{shard[0]}of{shard[1]}.npz")
+
+
+def _save(path: str, settings: str, position: int, state, sums, fires, count, failures) -> None:
+    arrays = {"settings": np.array(settings), "position": np.array(position), "count": np.array(count),
+              "failed": np.array([f.index for f in failures], np.int64),
+              "failed_reason": np.array([f.reason for f in failures], dtype=str)}
+    for n, (v, i, p) in enumerate(state):
+        arrays[f"{n}/values"], arrays[f"{n}/indices"], arrays[f"{n}/peaks"] = (np.asarray(a) for a in (v, i, p))
+        arrays[f"{n}/sums"], arrays[f"{n}/fires"] = sums[n], fires[n]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint whole
+
+
+def _load(path: str, settings: str, layers: int, paths: list[str]):
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["settings"]) != settings:
+                raise JaxvizError(f"the checkpoint {path} was written with other settings (model, weights, layers, "
+                                  "units, k, reduce, input size, images or processes); run without resume, or "
+                                  "remove it")
+            state = [tuple(z[f"{n}/{a}"] for a in ("values", "indices", "peaks")) for n in range(layers)]
+            sums = [z[f"{n}/sums"] for n in range(layers)]
+            fires = [z[f"{n}/fires"] for n in range(layers)]
+            failures = [Failure(int(i), paths[int(i)] if i < len(paths) else f"item{int(i)}", str(r))
+                        for i, r in zip(z["failed"], z["failed_reason"])]
+            return int(z["position"]), state, sums, fires, int(z["count"]), failures
+    except JaxvizError:
+        raise
+    except (OSError, KeyError, ValueError, EOFError) as e:
+        raise JaxvizError(f"the checkpoint {path} cannot be read ({e.__class__.__name__}); remove it") from None
+
+
+# -- the public function -----------------------------------------------------------------------------
+def _plan(model: Model, layers: Sequence[str], units, shape) -> _Plan:
+    if isinstance(layers, str):
+        layers = [layers]
+    if not layers:
+        raise JaxvizError("layers is empty: name at least one layer")
+    names = tuple(model.resolve(l) for l in layers)
+    if len(set(names)) != len(names):
+        raise JaxvizError(f"layers names a layer twice: {list(layers)}")
+    us, grids, spatial = [], [], []
+    for asked, name in zip(layers, names):
+        s = layer_shape(model, name, shape)
+        if not (is_spatial(s) or len(s) == 1):
+            raise JaxvizError(f"layer {asked!r} has output shape {s}; top_examples reads H x W x C or C layers")
+        c = s[-1]
+        u = units.get(asked, units.get(name)) if isinstance(units, Mapping) else units
+        u = tuple(range(c)) if u is None else tuple(int(v) for v in u)
+        if not u:
+            raise JaxvizError(f"units for {asked!r} is empty")
+        bad = [v for v in u if not 0 <= v < c]
+        if bad:
+            raise JaxvizError(f"unit {bad[0]} out of range for {asked!r}: it has {c} units (0..{c - 1})")
+        us.append(u)
+        grids.append((s[0], s[1]) if is_spatial(s) else (1, 1))
+        spatial.append(is_spatial(s))
+    return _Plan(names, tuple(us), tuple(grids), tuple(spatial))
+
+
+def _default_chunk(devices) -> int:
+    return CPU_CHUNK if all(d.platform == "cpu" for d in devices) else ACCEL_CHUNK
+
+
+def top_examples(
+    model: Model,
+    params: Any,
+    images: Any,
+    layers: "str | Sequence[str]",
+    k: int = 9,
+    *,
+    reduce: str = "max",
+    batch_size: int | None = None,
+    units: "Sequence[int] | Mapping[str, Sequence[int]] | None" = None,
+    input_shape: Sequence[int] | None = None,
+    chunk: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    checkpoint: "str | os.PathLike | None" = None,
+    resume: bool = False,
+    checkpoint_every: int = 100,
+    checkpoint_seconds: float = 60.0,
+    workers: int | None = None,
+    max_failures: float = 0.05,
+    interpolation: str = "nearest",
+    on_batch: Callable[[int, int], None] | None = None,
+) -> Atlas:
+    """The ``k`` images of a collection that drive each unit of ``layers`` most, and per-unit statistics.
+
+    Args:
+      model, params: any model of the protocol and its parameters.
+      images: a collection spec (a folder, glob, list of paths, text file of paths, ``.npy``/``.npz``,
+        ``digits``, ``fruits``, ``samples``, an N x H x W x C array of pixels 0..255, or an iterable of
+        such batches; see :func:`jaxviz.io.collection.open_collection`).
+      layers: a layer name or several; each is tapped in the same forward pass.
+      k: exemplars per unit, 1..1000.
+      reduce: how a unit's map becomes one number per image: ``max`` (the strongest position) or ``mean``.
+      batch_size: images per step over all local devices (default: ``chunk`` per device, times
+        enough calls to make about 64); rounded up to fill every device's chunks.
+      units: the units (channels) to describe: a list for every layer, ``{layer: list}``, or None (all).
+      input_shape: (H, W, C) the images are resized to (default: the model's).
+      chunk: images per model call per device (default 8 on CPUs, 64 on accelerators); results are
+        bit-identical for the same ``chunk`` whatever the device count and batch size.
+      devices: this process's devices to use (default all local devices).
+      checkpoint: a directory for the resumable state (see the module docstring); ``resume`` continues
+        from it (a checkpoint of other settings is refused).
+      workers, max_failures, interpolation: for the collection reader.
+      on_batch: called as ``on_batch(items_done, items_in_share)`` after each batch (progress;
+        ``items_in_share`` is -1 for an iterable of batches). An exception it raises interrupts the
+        run as Ctrl-C does (the checkpoint is written first).
+
+    Returns an :class:`Atlas`. Several processes (``jax.distributed``) each read their share and
+    return the same merged result.
+    """
+    if reduce not in REDUCTIONS:
+        raise JaxvizError(f"reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}")
+    if not 1 <= int(k) <= MAX_K:
+        raise JaxvizError(f"k must be 1..{MAX_K}, got {k}")
+    k = int(k)
+    shape = tuple(int(v) for v in (input_shape or model.input_shape))
+    model.check_input((1,) + shape)
+    plan = _plan(model, layers, units, shape)
+    devices = list(devices) if devices is not None else jax.local_devices()
+    mesh = batch_mesh(devices)
+    d = mesh.size
+    chunk = int(chunk or _default_chunk(devices))
+    if not 1 <= chunk <= 65536:
+        raise JaxvizError(f"chunk must be 1..65536, got {chunk}")
+    per_device = -(-int(batch_size) // d) if batch_size else max(1, 64 // (chunk * d)) * chunk
+    if batch_size is not None and not 1 <= int(batch_size) <= 65536:
+        raise JaxvizError(f"batch_size must be 1..65536, got {batch_size}")
+    per_device = -(-per_device // chunk) * chunk
+    shard = (jax.process_index(), jax.process_count())
+    coll = open_collection(images, shape, batch_size=per_device * d, shard=shard, workers=workers,
+                           max_failures=max_failures, interpolation=interpolation)
+    paths = coll.paths
+    settings = _settings_hash(model, params, plan, k, reduce, shape, paths, chunk, shard)
+    ckpt = _ckpt_path(os.fspath(checkpoint), shard) if checkpoint is not None else None
+
+    n_layers = len(plan.layers)
+    state = [(np.full((len(u), k), -np.inf, np.float32), np.full((len(u), k), NO_INDEX, np.int32),
+              np.zeros((len(u), k), np.int32)) for u in plan.units]
+    sums = [np.zeros(len(u), np.float64) for u in plan.units]
+    fires = [np.zeros(len(u), np.int64) for u in plan.units]
+    count, position, failures = 0, 0, []
+    if ckpt is not None and resume and os.path.exists(ckpt):
+        position, state, sums, fires, count, failures = _load(ckpt, settings, n_layers, paths)
+    if position:
+        coll = open_collection(images, shape, batch_size=per_device * d, shard=shard, start=position,
+                               workers=workers, max_failures=max_failures, interpolation=interpolation)
+        coll.failures[:] = failures
+
+    step = _step_fn(model, plan, k, reduce, chunk, mesh)
+    rep_params = replicate(mesh, params)
+    dev_state = replicate(mesh, [tuple(jnp.asarray(a) for a in s) for s in state])
+    total = coll.share_size
+
+    def save():
+        if ckpt is not None:
+            _save(ckpt, settings, position, [tuple(np.asarray(a) for a in s) for s in dev_state], sums, fires,
+                  count, coll.failures)
+
+    pending = None  # the previous batch's reduced responses: read after the next step is queued
+
+    def account(p):
+        nonlocal count
+        reduced, valid = p
+        for n, r in enumerate(reduced):
+            r = np.asarray(r)[valid]
+            sums[n] += r.astype(np.float64).sum(0)
+            fires[n] += (r > 0).sum(0)
+        count += int(valid.sum())
+
+    last_save, batches, consistent = time.monotonic(), 0, True
+    try:
+        for batch in coll:
+            idx = np.where(batch.valid, batch.indices, NO_INDEX).astype(np.int32)
+            x, i, v = shard_batch(mesh, batch.pixels, idx, batch.valid)
+            consistent = False  # until the state, the position and the statistics agree again
+            dev_state, reduced = step(rep_params, dev_state, x, i, v)
+            if pending is not None:
+                account(pending)
+            pending = (reduced, batch.valid)
+            position += int((batch.indices >= 0).sum())
+            consistent = True
+            batches += 1
+            if on_batch is not None:
+                on_batch(position, total)
+            if ckpt is not None and (batches % max(1, checkpoint_every) == 0
+                                     or time.monotonic() - last_save >= checkpoint_seconds):
+                account(pending)
+                pending = None
+                save()
+                last_save = time.monotonic()
+        if pending is not None:
+            account(pending)
+            pending = None
+    except BaseException:  # Ctrl-C, SIGTERM (the CLI raises it as KeyboardInterrupt) or a crash
+        if ckpt is not None and consistent:  # else the last periodic checkpoint stands
+            if pending is not None:
+                account(pending)
+            save()
+        raise
+    save()
+    paths = coll.paths  # an iterable of batches names its items as they are read
+
+    state = [tuple(np.asarray(a) for a in s) for s in dev_state]
+    failures = list(coll.failures)
+    if shard[1] > 1:
+        state, sums, fires, count, failures = _gather_processes(state, sums, fires, count, failures, paths, k)
+    out = {}
+    for (name, units, grid), (v, i, p), s, f, asked in zip(zip(plan.layers, plan.units, plan.grids), state, sums,
+                                                           fires, [layers] if isinstance(layers, str) else layers):
+        rf = receptive_field(model, name, shape, params=params)
+        peaks = np.stack([p // grid[1], p % grid[1]], -1).astype(np.int32)
+        empty = i == NO_INDEX
+        peaks[empty] = 0
+        boxes = field_boxes(rf, peaks, shape[:2])
+        boxes[empty] = 0
+        n = max(count, 1)
+        out[asked] = LayerAtlas(
+            units=np.asarray(units, np.int64), indices=np.where(empty, -1, i).astype(np.int64), values=v,
+            peaks=peaks, boxes=boxes, mean=(s / n).astype(np.float32),
+            max=(v[:, 0] if count else np.zeros(len(units), np.float32)).astype(np.float32),
+            fire_rate=(f / n).astype(np.float32), dead=f == 0, grid=grid, field=rf)
+    return Atlas(out, paths, sorted(failures), count, shape, reduce)
+
+
+def _gather_processes(state, sums, fires, count, failures, paths, k):
+    """Every process's state, statistics and failures merged (the same on every process)."""
+    from jax.experimental.multihost_utils import process_allgather
+
+    def gather(a):
+        return np.asarray(process_allgather(a))
+
+    merged = []
+    for v, i, p in state:
+        gv, gi, gp = gather(v), gather(i), gather(p)
+        merged.append(merge_states([(gv[r], gi[r], gp[r]) for r in range(len(gv))], k))
+    # float64 and int64 travel as uint32 words (jax without x64 would narrow them); summed in process order
+    sums = [gather(s.view(np.uint32)).view(np.float64).sum(0) for s in sums]
+    fires = [gather(f.view(np.uint32)).view(np.int64).sum(0) for f in fires]
+    count = int(gather(np.array([count], np.int64).view(np.uint32)).view(np.int64).sum())
+    mine = np.array([f.index for f in failures], np.int64)
+    most = int(gather(np.array([len(mine)], np.int32)).max())
+    padded = np.full(most + 1, -1, np.int64)
+    padded[: len(mine)] = mine
+    every = gather(padded.view(np.uint32)).view(np.int64).reshape(-1)
+    reasons = {f.index: f.reason for f in failures}
+    failures = [Failure(int(j), paths[int(j)], reasons.get(int(j), "could not be decoded (another process)"))
+                for j in sorted(set(every.tolist()) - {-1})]
+    return merged, sums, fires, count, failures

@@ -1,0 +1,276 @@
+"""Issue 26: streamed top-k exemplars per unit (``top_examples``), receptive fields, image collections.
+
+The reference holds every activation of the collection in memory (numpy) and sorts it: the streamed,
+batched, on-device merge must give the same indices and peak positions, and the same values (to the
+last float32 rounding: XLA compiles the streaming step and the reference's calls separately).
+Bit-identity is asserted where the same program runs: 1 vs 4 devices, 2 processes, interrupted and
+resumed.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import keras
+import numpy as np
+import pytest
+
+import flax_nets as F
+import jaxviz
+from jaxviz import JaxvizError
+from jaxviz.io.collection import open_collection
+from jaxviz.methods.atlas import merge_states, top_examples
+from jaxviz.nn.preprocess import preprocess
+from jaxviz.nn.receptive import RF, field_box, field_boxes, receptive_field
+
+HERE = os.path.dirname(__file__)
+CHUNK = 2
+
+
+def reference(model, params, x, layers, k, reduce="max", units=None):
+    """Every activation of ``x`` held in memory, the per-unit order sorted in numpy:
+    ``{layer: (indices, values, peaks, mean, fire_rate)}``."""
+    f = jax.jit(lambda xc: model.run(params, preprocess(xc, model.preprocessing), taps=layers, output=False).taps)
+    n = -(-len(x) // CHUNK) * CHUNK
+    xp = np.concatenate([x, np.zeros((n - len(x),) + x.shape[1:], x.dtype)])
+    acts = [f(xp[i:i + CHUNK]) for i in range(0, n, CHUNK)]
+    out = {}
+    for name in layers:
+        a = np.concatenate([np.asarray(o[name]) for o in acts])[:len(x)]
+        a = a.reshape(len(x), -1, a.shape[-1]) if a.ndim == 4 else a[:, None]
+        if units is not None:
+            a = a[..., units]
+        red = a.max(1) if reduce == "max" else a.mean(1)
+        pos = a.argmax(1)
+        order = np.lexsort((np.broadcast_to(np.arange(len(x))[:, None], red.shape), -red), axis=0)[:k].T
+        grid_w = 1 if a.shape[1] == 1 else int(np.sqrt(a.shape[1]))
+        p = np.take_along_axis(pos.T, order, 1)
+        out[name] = (order, np.take_along_axis(red.T, order, 1), np.stack([p // grid_w, p % grid_w], -1),
+                     red.mean(0), (red > 0).mean(0))
+    return out
+
+
+def check_against_reference(model, params, x, layers, k, **kw):
+    a = top_examples(model, params, x, layers, k, batch_size=6, chunk=CHUNK, **kw)
+    ref = reference(model, params, x, layers, k, kw.get("reduce", "max"), kw.get("units"))
+    assert a.count == len(x) and a.paths == [f"array[{i}]" for i in range(len(x))]
+    for name in layers:
+        got, (idx, val, peaks, mean, fire) = a.layers[name], ref[name]
+        np.testing.assert_array_equal(got.indices, idx)
+        np.testing.assert_array_equal(got.peaks, peaks)
+        np.testing.assert_allclose(got.values, val, rtol=2e-6, atol=1e-6)
+        np.testing.assert_allclose(got.mean, mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(got.fire_rate, fire.astype(np.float32))
+        np.testing.assert_array_equal(got.max, got.values[:, 0])
+        np.testing.assert_array_equal(got.dead, fire == 0)
+        np.testing.assert_array_equal(got.boxes, field_boxes(got.field, got.peaks, x.shape[1:3]))
+    return a
+
+
+def bright(n, shape, seed=0):
+    """Images far from the all-zero padding rows, two of them identical (a tie)."""
+    x = np.random.default_rng(seed).integers(120, 256, (n,) + shape).astype(np.float32)
+    x[n - 2] = x[3]
+    return x
+
+
+def test_zoo_model_equals_brute_force():
+    m = jaxviz.get_model("digits_cnn")
+    p = m.init(jax.random.key(0))
+    x = bright(23, (28, 28, 1))  # 23 = 3 full batches of 6 and a padded one
+    a = check_against_reference(m, p, x, ["conv2d", "max_pooling2d_1", "dense"], k=5)
+    assert a.layers["dense"].grid == (1, 1) and a.layers["conv2d"].grid == (28, 28)
+    # the duplicated pair enters together with the lower index first wherever it is in the top 5
+    idx = a.layers["max_pooling2d_1"].indices
+    rows = [list(r) for r in idx if 21 in r]
+    assert rows and all(3 in r and r.index(3) < r.index(21) for r in rows)
+    check_against_reference(m, p, x, ["conv2d_1"], k=3, reduce="mean", units=[0, 5, 63])
+
+
+def keras_file(tmp_path_factory):
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(3)
+    L = keras.layers
+    inp = keras.Input((21, 21, 3))
+    x1 = L.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="c1")(inp)
+    a = L.Conv2D(4, 3, padding="same", name="c2")(x1)
+    b = L.Add(name="add")([x1, a])
+    d = L.Conv2D(6, 3, dilation_rate=2, activation="relu", name="dil")(b)
+    pool = L.MaxPooling2D(3, strides=2, padding="same", name="pool")(d)
+    out = L.Dense(3, activation="softmax", name="out")(L.GlobalAveragePooling2D(name="gap")(pool))
+    km = keras.Model(inp, out, name="rf_net")
+    path = str(tmp_path_factory.mktemp("keras") / "rf_net.keras")
+    km.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def keras_model(tmp_path_factory):
+    return jaxviz.load_model(None, keras_file(tmp_path_factory))
+
+
+def test_keras_model_equals_brute_force(keras_model):
+    m, p = keras_model.model, keras_model.params
+    check_against_reference(m, p, bright(17, (21, 21, 3), 1), ["c1", "add", "pool", "out"], k=4)
+
+
+@pytest.fixture(scope="module")
+def nnx_model():
+    return jaxviz.adapt(F.resnet(), input_shape=(16, 16, 3))
+
+
+def test_adapted_nnx_module_equals_brute_force(nnx_model):
+    m, p = nnx_model.model, nnx_model.params
+    check_against_reference(m, p, bright(15, (16, 16, 3), 2), ["stem", "blocks.1", "head"], k=3)
+
+
+def test_receptive_fields_hand_worked(keras_model):
+    m = keras_model.model
+    # c1: 3x3 stride 2 'same' on 21 pixels: 11 outputs, TF pads 2 in all, 1 before -> offset -1
+    assert receptive_field(m, "c1") == RF((3, 3), (2, 2), (-1, -1))
+    # c2 adds 2 input steps of 2 on each side; the residual add sees the union of both branches
+    assert receptive_field(m, "c2") == RF((7, 7), (2, 2), (-3, -3))
+    assert receptive_field(m, "add") == RF((7, 7), (2, 2), (-3, -3))
+    # dilation 2, valid: an effective 5x5 kernel -> 7 + 4 * 2
+    assert receptive_field(m, "dil") == RF((15, 15), (2, 2), (-3, -3))
+    # 3x3 stride 2 'same' pool on 7 positions: TF pads 2, 1 before -> 15 + 2 * 2, offset -3 - 1 * 2
+    assert receptive_field(m, "pool") == RF((19, 19), (4, 4), (-5, -5))
+    assert receptive_field(m, "out") == RF((21, 21), (21, 21), (0, 0))
+    # the zoo's digits_cnn: 3x3 same, pool 2, 3x3 same, pool 2
+    d = jaxviz.get_model("digits_cnn")
+    assert receptive_field(d, "max_pooling2d_1") == RF((10, 10), (4, 4), (-3, -3))
+    assert field_box(receptive_field(d, "max_pooling2d_1"), 0, 6, (28, 28)) == (0, 21, 7, 28)
+    # an adapted module is measured: stem 3x3, then two residual blocks of two 3x3 convs
+    nnx = jaxviz.adapt(F.resnet(), input_shape=(16, 16, 3))
+    assert receptive_field(nnx.model, "blocks.1", params=nnx.params) == RF((11, 11), (1, 1), (-5, -5))
+
+
+def gradient_support(model, params, layer, shape, pos, seed):
+    def f(x):
+        return model.run(params, x[None], taps=[layer], output=False).taps[layer][0, pos[0], pos[1]].sum()
+
+    x = jax.random.normal(jax.random.key(seed), shape)
+    return np.abs(np.asarray(jax.grad(f)(x))).sum(-1) > 0
+
+
+@pytest.mark.parametrize("layer", ["c1", "add", "dil", "pool"])
+def test_receptive_field_contains_the_gradient_support(keras_model, layer):
+    m, p = keras_model.model, keras_model.params
+    rf = receptive_field(m, layer)
+    grid = m.shapes((21, 21, 3), until=layer)[-1][1]
+    touched = np.zeros((21, 21), bool)
+    for seed, pos in enumerate([(0, 0), (grid[0] // 2, grid[1] // 2), (grid[0] - 1, grid[1] - 1), (0, grid[1] - 1)]):
+        support = gradient_support(m, p, layer, (21, 21, 3), pos, seed)
+        t, l, b, r = field_box(rf, *pos, (21, 21))
+        inside = np.zeros_like(support)
+        inside[t:b, l:r] = True
+        assert support.any() and not (support & ~inside).any()
+        touched |= support
+    # and the analytic field is not loose: at the centre the support spans it
+    c = (grid[0] // 2, grid[1] // 2)
+    union = np.any([gradient_support(m, p, layer, (21, 21, 3), c, s) for s in range(6)], 0)
+    rows, cols = np.flatnonzero(union.any(1)), np.flatnonzero(union.any(0))
+    t, l, b, r = field_box(rf, *c, (21, 21))
+    assert (rows[0], cols[0], rows[-1] + 1, cols[-1] + 1) == (t, l, b, r)
+
+
+def test_merge_orders_by_value_then_lower_index():
+    v = np.array([[3.0, 1.0, 2.0]], np.float32)
+    i = np.array([[9, 4, 7]], np.int32)
+    p = np.zeros((1, 3), np.int32)
+    w = np.array([[2.0, 3.0, -np.inf]], np.float32)
+    j = np.array([[5, 11, 2**31 - 1]], np.int32)
+    mv, mi, _ = merge_states([(v, i, p), (w, j, p)], 4)
+    np.testing.assert_array_equal(mi, [[9, 11, 5, 7]])
+    np.testing.assert_array_equal(mv, [[3, 3, 2, 2]])
+
+
+def write_pngs(folder, n, seed=0, corrupt=()):
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(n):
+        sub = folder / ("a" if i % 3 else "b")
+        sub.mkdir(exist_ok=True)
+        path = sub / f"img{i:03d}.png"
+        if i in corrupt:
+            path.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+        else:
+            cv2.imwrite(str(path), rng.integers(0, 256, (30, 26), dtype=np.uint8))
+        names.append(str(path))
+    return names
+
+
+def test_one_corrupt_file_among_many_is_named_and_skipped(tmp_path):
+    m = jaxviz.get_model("digits_cnn")
+    p = m.init(jax.random.key(1))
+    write_pngs(tmp_path / "imgs", 60, corrupt={17})
+    a = top_examples(m, p, str(tmp_path / "imgs"), ["conv2d_1"], k=4, batch_size=16)
+    bad = [i for i, s in enumerate(a.paths) if s.endswith("img017.png")]
+    assert len(a.paths) == 60 and a.count == 59
+    assert [f.index for f in a.failures] == bad and "img017.png" in a.failures[0].path
+    assert "not a readable image" in a.failures[0].reason
+    assert bad[0] not in a.layers["conv2d_1"].indices
+    # the same result as the 59 readable files alone (their indices mapped back)
+    good = [s for s in a.paths if not s.endswith("img017.png")]
+    b = top_examples(m, p, good, ["conv2d_1"], k=4, batch_size=16)
+    mapping = np.array([a.paths.index(s) for s in good])
+    np.testing.assert_array_equal(a.layers["conv2d_1"].indices, mapping[b.layers["conv2d_1"].indices])
+    np.testing.assert_array_equal(a.layers["conv2d_1"].values, b.layers["conv2d_1"].values)
+    with pytest.raises(JaxvizError, match=r"1 of 60 images could not be read.*img017"):
+        top_examples(m, p, str(tmp_path / "imgs"), ["conv2d_1"], k=4, max_failures=0)
+
+
+def test_interrupted_at_a_random_batch_and_resumed_equals_uninterrupted(tmp_path):
+    m = jaxviz.get_model("digits_cnn")
+    p = m.init(jax.random.key(2))
+    x = np.random.default_rng(5).integers(0, 256, (70, 28, 28, 1)).astype(np.uint8)
+    kw = dict(layers=["conv2d", "dense"], k=6, batch_size=8, chunk=CHUNK)
+    whole = top_examples(m, p, x, **kw)
+    stop = int(np.random.default_rng().integers(1, 9))  # any batch of the 9
+
+    def interrupt(done, total):
+        if done >= stop * 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        top_examples(m, p, x, checkpoint=tmp_path / "ck", checkpoint_every=3, on_batch=interrupt, **kw)
+    seen = []
+    resumed = top_examples(m, p, x, checkpoint=tmp_path / "ck", resume=True,
+                           on_batch=lambda d, t: seen.append(d), **kw)
+    assert seen[0] == min(stop * 8 + 8, 70), f"resumed from the batch after {stop}"
+    for name in kw["layers"]:
+        for field in ("indices", "values", "peaks", "boxes", "mean", "max", "fire_rate"):
+            np.testing.assert_array_equal(getattr(resumed.layers[name], field), getattr(whole.layers[name], field))
+    assert resumed.count == whole.count == 70
+    with pytest.raises(JaxvizError, match="other settings"):
+        top_examples(m, p, x, checkpoint=tmp_path / "ck", resume=True, **{**kw, "k": 5})
+
+
+def test_collection_sources_and_shares(tmp_path):
+    names = write_pngs(tmp_path / "imgs", 7)
+    folder = open_collection(str(tmp_path / "imgs"), (8, 8, 1), batch_size=3)
+    assert folder.paths == sorted(names, key=lambda s: (os.path.dirname(s), s))
+    (tmp_path / "list.txt").write_text("# images\n" + "\n".join(os.path.relpath(s, tmp_path) for s in names[:4]) + "\n")
+    assert open_collection(str(tmp_path / "list.txt"), (8, 8, 1)).paths == names[:4]
+    assert open_collection(str(tmp_path / "imgs" / "**" / "*.png"), (8, 8, 1)).paths == sorted(names)
+    arr = np.random.default_rng(0).integers(0, 256, (11, 8, 8, 1)).astype(np.uint8)
+    np.savez(tmp_path / "a.npz", images=arr)
+    # two shares cover the collection once, in order; padding rows are marked invalid
+    rows = []
+    for s in range(2):
+        for b in open_collection(str(tmp_path / "a.npz"), (8, 8, 1), batch_size=4, shard=(s, 2)):
+            rows += [(int(i), px) for i, px, v in zip(b.indices, b.pixels, b.valid) if v]
+            assert (b.indices[~b.valid] == -1).all()
+    assert [i for i, _ in rows] == list(range(11))
+    np.testing.assert_array_equal(np.stack([px for _, px in rows]), arr.astype(np.float32))
+    # an iterable of batches, re-cut to the batch size
+    it = open_collection((arr[i:i + 5] for i in range(0, 11, 5)), (8, 8, 1), batch_size=4)
+    got = [b for b in it]
+    assert [int(b.valid.sum()) for b in got] == [4, 4, 3] and it.paths == [f"item{i}" for i in range(11)]
+    with pytest.raises(JaxvizError, match="no image collection"):
+        open_collection(str(tmp_path / "missing"), (8, 8, 1))
