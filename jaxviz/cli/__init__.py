@@ -12,6 +12,7 @@ import time
 import warnings
 
 from jaxviz.cli import layers, predict, activations, filters, gradcam, weights, demo  # noqa: F401,I001  (registers, in help order)
+from jaxviz.errors import EscapingStream, JaxvizError, one_line, show
 from jaxviz.cli.common import COMMANDS, EPILOG_COMMON, Parser, add_common, run_guarded
 
 
@@ -47,19 +48,37 @@ def main(argv: list[str] | None = None) -> int:
     shown = warnings.showwarning
 
     # library warnings (an all-zero heatmap, ...) as one line each, like the errors
-    def one_line(msg, *a, **k):
-        print(f"jaxviz {args.command}: warning: {' '.join(str(msg).splitlines())}", file=sys.stderr)
+    def warn_line(msg, *a, **k):
+        print(f"jaxviz {args.command}: warning: {one_line(msg)}", file=sys.stderr)
 
     def run():
+        _check_platform()
         args.func(args)
         if getattr(args, "out", None):
-            print(f"done in {time.perf_counter() - t0:.1f} s; files in {os.path.abspath(args.out)}")
+            print(f"done in {time.perf_counter() - t0:.1f} s; files in {show(os.path.abspath(args.out), 400)}")
 
-    warnings.showwarning = one_line
+    warnings.showwarning = warn_line
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = EscapingStream(sys.stdout), EscapingStream(sys.stderr)  # names from files are shown
     try:
         return run_guarded(run, args.debug, f"jaxviz {args.command}")
     finally:
         warnings.showwarning = shown  # main() called in-process (tests) leaves the caller's hook as it was
+        sys.stdout, sys.stderr = streams
+
+
+def _check_platform() -> None:
+    """A JAX platform that is not there (``JAX_PLATFORMS=cuda`` on a machine without a GPU) is a one-line
+    error before any work, not a traceback from deep inside JAX."""
+    import jax
+
+    try:
+        jax.devices()
+    except Exception as e:  # JAX raises RuntimeError, or a bare AssertionError for a missing CUDA plugin
+        wanted = os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or "the default"
+        why = show(e, 200) or "no message"
+        raise JaxvizError(f"JAX cannot start platform {show(wanted)} here ({type(e).__name__}: {why}); unset "
+                          "JAX_PLATFORMS or set it to cpu") from None
 
 
 def entry() -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from jaxviz.cli.common import add_model_args, at_least, batch, input_shape, load, register, say_preprocessing
+from jaxviz.cli.common import MAX_PER_ROW, add_model_args, at_least, batch, input_shape, load, register, say_preprocessing
+from jaxviz.errors import show
 
 
 def cmd_activations(args) -> None:
@@ -10,7 +11,7 @@ def cmd_activations(args) -> None:
     from jaxviz.io import output_dir
     from jaxviz.viz.writers import write_activations
 
-    at_least("--per-row", args.per_row)
+    at_least("--per-row", args.per_row, 1, MAX_PER_ROW)
     with output_dir(args.out) as stage:  # an unusable --out fails before any work
         loaded = load(args, default_model="cats_dogs_small")
         model = loaded.model
@@ -21,7 +22,7 @@ def cmd_activations(args) -> None:
         _, summary = write_activations(stage, model, loaded.params, x, layers, args.per_row)
     print(f"{'layer':20s} {'shape':18s} {'dead channels':>14s}")
     for row in summary:
-        print(f"{row['layer']:20s} {str(row['shape']):18s} {row['dead']:>6d} / {row['channels']:<6d}")
+        print(f"{show(row['layer'], 60):20s} {str(row['shape']):18s} {row['dead']:>6d} / {row['channels']:<6d}")
 
 
 @register("activations", "every channel of every conv/pool layer for one image, tiled per layer",
@@ -34,5 +35,5 @@ def _setup_activations(p):
     p.add_argument("--image", "-i", required=True, help="image path or sample:NAME")
     p.add_argument("--out", "-o", required=True, help="output directory (one PNG per layer + activations.npz)")
     p.add_argument("--layers", nargs="+", metavar="L", help="layer names (default: every conv and pool layer)")
-    p.add_argument("--per-row", type=int, default=16, help="channels per grid row (default 16)")
+    p.add_argument("--per-row", type=int, default=16, help=f"channels per grid row, 1..{MAX_PER_ROW} (default 16)")
     p.set_defaults(func=cmd_activations)

@@ -15,11 +15,14 @@ from typing import Callable
 
 import numpy as np
 
-from jaxviz.errors import JaxvizError
+from jaxviz.errors import JaxvizError, one_line, show
 
 EPILOG_COMMON = ("Errors print one line and exit with status 2 (130 on Ctrl-C, 143 on SIGTERM; nothing is written "
                  "then); --debug shows the traceback.")
 MAX_SIDE = 4096  # the largest --input / --size side: beyond it one image's activations alone need gigabytes
+MAX_SEED = 2**63 - 1  # JAX's keys take signed 64-bit seeds
+MAX_TOP = 100_000  # classes printed per image
+MAX_PER_ROW = 4096  # channels per activation-grid row
 
 
 class Parser(argparse.ArgumentParser):
@@ -46,7 +49,7 @@ def add_model_args(p: argparse.ArgumentParser, *, images: bool = True, input_siz
     p.add_argument("--model", "-m", help="architecture name (see `jaxviz layers --list`), or FILE.py:FACTORY / "
                                          "package.module:FACTORY for your own Flax model (its code is run)")
     p.add_argument("--weights", "-w", help=weights_help())
-    p.add_argument("--seed", type=int, default=0, help="PRNG seed for random init and random starts (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed for random init and random starts, a signed 64-bit integer (default 0)")
     if input_size:
         p.add_argument("--input", metavar="HxW", help="input size, e.g. 150x150, for models that take any size "
                                                       "(default: the model's own)")
@@ -82,18 +85,23 @@ def at_least(flag: str, value: "int | float | None", low: "int | float" = 1, hig
     """A one-line error unless ``value`` (when given) is a finite number in ``[low, high]``."""
     if value is None:
         return
-    if not math.isfinite(value) or value < low or (high is not None and value > high):
-        bound = f"at least {low}" if high is None else f"{low}..{high}"
-        raise JaxvizError(f"{flag} must be {bound}, got {value}")
+
+    def fmt(v):
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    if not math.isfinite(value) or value < low:
+        raise JaxvizError(f"{flag} must be at least {fmt(low)}, got {value}")
+    if high is not None and value > high:
+        raise JaxvizError(f"{flag} must be at most {fmt(high)}, got {value}")
 
 
 # -- loading ------------------------------------------------------------------------------------------
 def say_weights(loaded) -> None:
     if not loaded.trained:
-        print(f"WARNING: {loaded.model.name} has UNTRAINED weights ({loaded.source}); "
+        print(f"WARNING: {show(loaded.model.name)} has UNTRAINED weights ({show(loaded.source, 300)}); "
               "pictures show the architecture, not learned features.", file=sys.stderr)
     else:
-        print(f"{loaded.model.name}: weights from {loaded.source}", file=sys.stderr)
+        print(f"{show(loaded.model.name)}: weights from {show(loaded.source, 300)}", file=sys.stderr)
 
 
 def load(args, default_model: str | None = None, input_hw: tuple[int, int] | None = None):
@@ -103,6 +111,8 @@ def load(args, default_model: str | None = None, input_hw: tuple[int, int] | Non
     from jaxviz.io import load_model
     from jaxviz.io.factory import is_factory_spec, load_factory
 
+    if getattr(args, "seed", None) is not None:
+        at_least("--seed", args.seed, -MAX_SEED - 1, MAX_SEED)
     model = args.model
     if is_factory_spec(model):  # your own Flax model: FILE.py:FACTORY returns the module with its parameters
         if args.weights is not None:
@@ -134,10 +144,13 @@ def conv_layers(model) -> list[str]:
 def input_shape(args, model) -> tuple[int, ...]:
     """The input (H, W, C) of ``--input`` (default: the model's), checked against the whole model:
     a fixed dense top or a too-small size is a one-line error."""
+    from jaxviz.nn.memory import check_memory
+
     if getattr(args, "input", None) is None:
-        return tuple(model.input_shape)
-    shape = parse_size(args.input) + tuple(model.input_shape[2:])
-    model.shapes(shape)
+        shape = tuple(model.input_shape)
+    else:
+        shape = parse_size(args.input) + tuple(model.input_shape[2:])
+    check_memory(model, shape)  # also checks that the size fits the whole model
     return shape
 
 
@@ -193,7 +206,7 @@ def run_guarded(func: Callable[[], object], debug: bool, prog: str) -> int:
     except JaxvizError as e:
         if debug:
             raise
-        print(f"{prog}: error: {' '.join(str(e).splitlines())}", file=sys.stderr)  # one line, whatever it holds
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)  # one line, whatever it holds
         return 2
     except Terminated:
         print(f"{prog}: terminated (SIGTERM); no partial output was left", file=sys.stderr)

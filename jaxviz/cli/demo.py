@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jaxviz.cli.common import register
+from jaxviz.cli.common import MAX_SEED, at_least, register
 
 
 def cmd_demo(args) -> None:
@@ -10,6 +10,7 @@ def cmd_demo(args) -> None:
 
     from jaxviz.viz.demo import write_demo
 
+    at_least("--seed", args.seed, -MAX_SEED - 1, MAX_SEED)
     with tqdm(total=3, unit="part", disable=None) as bar:
         def step(name):
             if bar.n or name != "digits_cnn":

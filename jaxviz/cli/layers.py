@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxviz.errors import JaxvizError
+from jaxviz.errors import JaxvizError, show
 from jaxviz.cli.common import parse_size, register, weights_help
 
 
@@ -27,17 +27,18 @@ def cmd_layers(args) -> None:
         model = get_model(args.name)
     shape = parse_size(args.input) + tuple(model.input_shape[2:]) if args.input else None
     pshapes = model.param_shapes(shape)
-    print(f"{model.name}  input {'x'.join(map(str, shape or model.input_shape))}  preprocessing {model.preprocessing}")
-    w = max([22] + [len(n) + 1 for n in model.layer_names])
+    print(f"{show(model.name)}  input {'x'.join(map(str, shape or model.input_shape))}  preprocessing "
+          f"{model.preprocessing}")
+    w = max([22] + [len(show(n, 60)) + 1 for n in model.layer_names])
     print(f"{'layer':{w}s} {'output shape':18s} {'params':>12s}")
     total = 0
     wired, blocks = dict(model.wiring), {layer: alias for alias, layer in model.aliases}
     for name, out in model.shapes(shape):
         n = sum(int(np.prod(s)) for s in pshapes.get(name, {}).values())
         total += n
-        extra = (f"  <- {', '.join(wired[name])}" if name in wired else "") + \
-                (f"  = {blocks[name]}" if name in blocks else "")  # residual inputs; a block's output
-        print(f"{name:{w}s} {str(out):18s} {n:>12,d}{extra}")
+        extra = (f"  <- {', '.join(show(s, 60) for s in wired[name])}" if name in wired else "") + \
+                (f"  = {show(blocks[name], 60)}" if name in blocks else "")  # residual inputs; a block's output
+        print(f"{show(name, 60):{w}s} {str(out):18s} {n:>12,d}{extra}")
     print(f"{'total':{w}s} {'':18s} {total:>12,d}")
 
 

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 
-from jaxviz.errors import JaxvizError
-from jaxviz.cli.common import add_model_args, at_least, batch, input_shape, load, register, say_preprocessing
+from jaxviz.errors import JaxvizError, show
+from jaxviz.cli.common import MAX_TOP, add_model_args, at_least, batch, input_shape, load, register, say_preprocessing
 
 
 def cmd_predict(args) -> None:
@@ -15,7 +15,7 @@ def cmd_predict(args) -> None:
 
     from jaxviz.io.labels import class_probabilities, decode_predictions
 
-    at_least("--top", args.top)
+    at_least("--top", args.top, 1, MAX_TOP)
     loaded = load(args, default_model="vgg16")
     model = loaded.model
     shape = input_shape(args, model)
@@ -27,6 +27,10 @@ def cmd_predict(args) -> None:
     say_preprocessing(args, model)
     x = batch(model, args.images, shape)
     probs = np.asarray(jax.jit(lambda params, x: model.run(params, x).output)(loaded.params, x))
+    bad = ~np.isfinite(probs).all(axis=tuple(range(1, probs.ndim)))
+    if bad.any():
+        raise JaxvizError(f"{show(model.name)} computes NaN or Inf for {show(args.images[int(np.argmax(bad))], 200)}: "
+                          "its weights or its config are unusable")
     top = decode_predictions(probs, top=args.top, labels=model.labels)
     if args.json:
         out = [
@@ -37,7 +41,7 @@ def cmd_predict(args) -> None:
         print(json.dumps(out, indent=1))
         return
     for src, t in zip(args.images, top):
-        print(f"{src}: Predicted: {[(a, b, round(p, 8)) for a, b, p in t]}")
+        print(f"{show(src, 300)}: Predicted: {[(a, show(b, 60), round(p, 8)) for a, b, p in t]}")
 
 
 @register("predict", "decoded top-k predictions per image",
@@ -46,7 +50,7 @@ def cmd_predict(args) -> None:
 def _setup_predict(p):
     add_model_args(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image path or sample:NAME (e.g. sample:chelsea)")
-    p.add_argument("--top", type=int, default=5, help="how many classes per image (default 5)")
+    p.add_argument("--top", type=int, default=5, help=f"how many classes per image, 1..{MAX_TOP} (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON with probs and top")
     p.set_defaults(func=cmd_predict)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jaxviz.errors import JaxvizError
+from jaxviz.errors import JaxvizError, show
 from jaxviz.cli.common import add_model_args, at_least, conv_layers, input_shape, load, register
 
 MAX_BINS = 10_000  # a histogram wider than a screen says nothing more, and 10**9 bins would exhaust memory
@@ -28,7 +28,7 @@ def cmd_weights(args) -> None:
                                 args.bins)
     print(f"{'layer':16s} {'weights':24s} " + " ".join(f"{n:>10s}" for n in STAT_NAMES))
     for layer, k, st in rows:
-        print(f"{layer:16s} {k:24s} " + " ".join(f"{v:10.4f}" for v in st))
+        print(f"{show(layer, 60):16s} {k:24s} " + " ".join(f"{v:10.4f}" for v in st))
 
 
 @register("weights", "weight histograms, kernel mosaics and statistics of layers, trained vs untrained",

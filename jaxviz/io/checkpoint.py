@@ -18,16 +18,21 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from jaxviz.errors import JaxvizError
+from jaxviz.errors import JaxvizError, show
+from jaxviz.io.files import check_tree, read_bytes
 from jaxviz.nn import Params, Sequential, get_model
 from jaxviz.nn.keras_graph import graph_from_spec, stored_graph
 
 FORMAT = "jaxviz-checkpoint"
 META = "jaxviz.json"
+MAX_META_BYTES = 16 << 20  # jaxviz.json, graph included (NASNetLarge's: ~0.3 MB)
+MAX_PARAMS_BYTES = 5 << 30  # the orbax files (weights are capped at 4 GiB where they are read)
 
 
 def is_checkpoint(path: "str | os.PathLike") -> bool:
-    return os.path.isfile(os.path.join(path, META))
+    """Whether ``path`` is a directory holding a ``jaxviz.json`` (of any kind: a FIFO or device there is
+    refused when it is read, rather than taken for something else)."""
+    return os.path.isdir(path) and os.path.lexists(os.path.join(path, META))
 
 
 def check_replaceable(path: "str | os.PathLike") -> None:
@@ -147,14 +152,17 @@ def save_checkpoint(
 
 
 def read_meta(path: "str | os.PathLike") -> dict[str, Any]:
+    path = show(os.fspath(path))
+    raw = read_bytes(os.path.join(os.fspath(path), META), "checkpoint metadata", MAX_META_BYTES)
+    if raw.count(b"{") + raw.count(b"[") > MAX_META_BYTES // 16:
+        raise JaxvizError(f"{path}: its {META} holds too many JSON objects; the checkpoint is damaged")
     try:
-        with open(os.path.join(path, META)) as f:
-            meta = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise JaxvizError(f"{path} is not a jaxviz checkpoint ({e.__class__.__name__}: {str(e)[:200]})") from None
+        meta = json.loads(raw.decode("utf8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise JaxvizError(f"{path} is not a jaxviz checkpoint ({e.__class__.__name__}: {show(e, 200)})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         fmt = meta.get("format") if isinstance(meta, dict) else None
-        raise JaxvizError(f"{path} is not a jaxviz checkpoint (format {str(fmt)[:80]!r})")
+        raise JaxvizError(f"{path} is not a jaxviz checkpoint (format {show(repr(fmt), 80)})")
     if not isinstance(meta.get("architecture"), str):
         raise JaxvizError(f"{path}: its {META} names no architecture; the checkpoint is damaged")
     return meta
@@ -166,6 +174,7 @@ def load_checkpoint(path: "str | os.PathLike") -> tuple[Sequential, Params, dict
 
     path = os.path.abspath(os.fspath(path))
     meta = read_meta(path)
+    check_tree(os.path.join(path, "params"), "checkpoint", max_bytes=MAX_PARAMS_BYTES)  # before orbax opens a file
     model = graph_from_spec(meta["graph"], path) if meta.get("graph") else get_model(meta["architecture"])
     shapes = model.param_shapes()
     target = {
@@ -175,7 +184,7 @@ def load_checkpoint(path: "str | os.PathLike") -> tuple[Sequential, Params, dict
         with ocp.StandardCheckpointer() as ckptr:
             params = ckptr.restore(os.path.join(path, "params"), target)
     except Exception as e:  # orbax raises many types for a damaged or mismatched tree
-        raise JaxvizError(f"cannot restore {path} as {model.name}: {(str(e).splitlines() or [''])[0][:300]}") from None
+        raise JaxvizError(f"cannot restore {show(path)} as {show(model.name)}: {show(e, 300)}") from None
     check_params(model, params)
     check_finite(params, path)
     return model, params, meta

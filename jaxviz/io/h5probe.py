@@ -11,12 +11,23 @@ file's structure (the same reads, deterministic).
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
-from jaxviz.errors import JaxvizError
+from jaxviz.errors import JaxvizError, show
 
-TIMEOUT_S = 15.0  # a whole VGG16 file's structure reads in well under a second; margin for a loaded machine
+# A whole VGG16 file's structure reads in well under a second of CPU. The bound is on the probe's CPU time
+# (RLIMIT_CPU), not on the clock, so a busy machine never makes a valid file look like a hang; the wall-clock
+# limit only catches a probe that sleeps (it reads no FIFOs: callers check for a regular file first).
+TIMEOUT_S = 5.0  # CPU seconds
+WALL_TIMEOUT_S = 600.0
+
+
+def _limit_cpu() -> None:  # runs in the child before the probe starts
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CPU, (int(TIMEOUT_S), int(TIMEOUT_S) + 1))
 
 _PROBE = r"""
 import io, sys
@@ -45,10 +56,60 @@ def probe_h5(source: "str | bytes", label: str) -> None:
     path, data = (source, b"") if isinstance(source, str) else ("", source)
     try:
         r = subprocess.run([sys.executable, "-I", "-c", _PROBE, path], input=data, capture_output=True,
-                           timeout=TIMEOUT_S)
+                           timeout=WALL_TIMEOUT_S, preexec_fn=_limit_cpu if sys.platform != "win32" else None)
     except subprocess.TimeoutExpired:
         raise JaxvizError(f"cannot read {label}: its HDF5 structure sends the HDF5 library into an endless "
-                          f"loop (no answer in {TIMEOUT_S:.0f} s); the file is damaged") from None
+                          f"loop (no answer in {WALL_TIMEOUT_S:.0f} s); the file is damaged") from None
+    if r.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        raise JaxvizError(f"cannot read {label}: its HDF5 structure sends the HDF5 library into an endless "
+                          f"loop (no answer after {TIMEOUT_S:.0f} s of CPU time); the file is damaged")
     if r.returncode != 0 or r.stdout.strip() != b"ok":
         raise JaxvizError(f"cannot read {label}: reading its HDF5 structure crashed a separate process "
                           f"(exit status {r.returncode}); the file is damaged")
+
+
+# HDF5 filters a weight file may use: deflate (gzip), shuffle, fletcher32 and LZF (built into h5py). Any
+# other filter is a plugin library libhdf5 would load from disk, or one Keras never writes.
+ALLOWED_FILTERS = {1: "deflate", 2: "shuffle", 3: "fletcher32", 32000: "lzf"}
+MAX_OBJECTS = 1_000_000  # links in one file; keras.applications' largest has ~10,000
+
+
+def check_dataset(ds, where: str) -> None:
+    """Refuse a dataset whose data lies outside the file (virtual, external raw storage) or needs a
+    filter outside :data:`ALLOWED_FILTERS`; ``where`` names it in the message."""
+    if ds.is_virtual:
+        raise JaxvizError(f"{where} is a virtual dataset mapping other files; jaxviz reads only what is inside the file")
+    if ds.external:
+        raise JaxvizError(f"{where} keeps its data in an external file ({show(ds.external[0][0], 80)}); jaxviz reads "
+                          "only what is inside the file")
+    plist = ds.id.get_create_plist()
+    for i in range(plist.get_nfilters()):
+        code = plist.get_filter(i)[0]
+        if code not in ALLOWED_FILTERS:
+            raise JaxvizError(f"{where} needs HDF5 filter {code}, which jaxviz does not run (allowed: "
+                              f"{', '.join(ALLOWED_FILTERS.values())})")
+
+
+def check_structure(f, label: str) -> None:
+    """Walk every link and dataset of an open HDF5 file before any data is read: external links,
+    virtual datasets, external raw storage and unknown filters are refused in one line, so nothing
+    outside the file's own bytes is ever read (``label`` names the file in messages)."""
+    import h5py
+
+    count = 0
+
+    def link(name: str, ln) -> None:
+        nonlocal count
+        count += 1
+        if count > MAX_OBJECTS:
+            raise JaxvizError(f"{label}: holds more than {MAX_OBJECTS:,} HDF5 links; refusing it")
+        if isinstance(ln, h5py.ExternalLink):
+            raise JaxvizError(f"{label}: {show(name, 80)} is an external link to {show(ln.filename, 80)}; jaxviz "
+                              "reads only what is inside the file")
+
+    def obj(name: str, o) -> None:
+        if isinstance(o, h5py.Dataset):
+            check_dataset(o, f"{label}: {show(name, 80)}")
+
+    f.visititems_links(link)
+    f.visititems(obj)

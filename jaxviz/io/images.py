@@ -13,7 +13,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from jaxviz.errors import JaxvizError, unknown
+from jaxviz.errors import JaxvizError, show, unknown
+from jaxviz.io.files import buffer
 
 # Photos that ship inside installed packages (no download): scikit-image and scikit-learn.
 SKIMAGE_SAMPLES = (
@@ -74,19 +75,13 @@ def _unreadable(path: str, e: BaseException) -> JaxvizError:
 
 
 def _open(path: str) -> Image.Image:
-    if not os.path.exists(path):
-        raise JaxvizError(f"image not found: {path}")
-    if os.path.isdir(path):
-        raise JaxvizError(f"{path} is a directory, not an image file")
-    size = os.path.getsize(path)
-    if size > MAX_IMAGE_BYTES:
-        raise JaxvizError(f"image {path} is {size / 2**20:.0f} MiB, more than the {MAX_IMAGE_BYTES // 2**20} MiB "
-                          "jaxviz reads; use a smaller file")
+    data = buffer(path, "image", MAX_IMAGE_BYTES)  # a regular file only: a FIFO or device never blocks
+    path = show(path)
     too_big = f"more than the {MAX_IMAGE_PIXELS // 10**6} Mpx jaxviz decodes; resize it first"
     try:
         with warnings.catch_warnings():  # Pillow's own, higher bomb limit: an error here too, never a warning
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path, formats=IMAGE_FORMATS)  # reads the header only
+            img = Image.open(data, formats=IMAGE_FORMATS)  # reads the header only
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise JaxvizError(f"image {path} declares {too_big}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:

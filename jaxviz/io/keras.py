@@ -32,8 +32,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from jaxviz.io.h5probe import probe_h5
-from jaxviz.errors import JaxvizError, unknown
+from jaxviz.errors import JaxvizError, show, unknown
+from jaxviz.io.files import check_regular, open_regular
+from jaxviz.io.h5probe import check_dataset, check_structure, probe_h5
 from jaxviz.nn import MODELS, Params, Sequential, get_model
 from jaxviz.nn import layers as L
 from jaxviz.nn.keras_graph import UNSAFE_CLASSES, KerasGraph, build_graph, refuse_custom  # noqa: F401 (re-exported)
@@ -45,6 +46,15 @@ MAX_CONFIG_BYTES = 64 << 20
 MAX_METADATA_BYTES = 1 << 20
 MAX_WEIGHT_BYTES = 4 << 30
 MAX_NAMES = 100_000  # layer and weight names listed in one HDF5 attribute
+MAX_FILE_BYTES = MAX_WEIGHT_BYTES + MAX_CONFIG_BYTES  # the file itself, checked before it is opened
+# JSON containers ({ and [) in a config: each costs ~100 bytes once parsed, so 20 million empty dicts in a
+# 60 MB config would cost gigabytes. The largest keras.applications config (NASNetLarge) has ~60,000.
+MAX_CONFIG_CONTAINERS = 2_000_000
+# A stored value may inflate at most this much over its compressed bytes (a deflate bomb, or an HDF5
+# dataset with no storage allocated that reads as its fill value) once past MAX_PLAIN_BYTES; real weights
+# barely compress (random-init and trained float32: ~1.1x).
+MAX_INFLATION = 64
+MAX_PLAIN_BYTES = 64 << 20
 
 
 def weights_kind(ndims: tuple[int, ...]) -> str:
@@ -130,8 +140,11 @@ def _nested_orders(cfg: dict | None) -> dict[str, list[str]]:
 
 
 class _Budget:
-    """Bytes of weights still allowed (:data:`MAX_WEIGHT_BYTES`), checked on each dataset's declared
-    size and type before it is read (a compressed dataset cannot inflate past its declared shape)."""
+    """Bytes of weights still allowed (:data:`MAX_WEIGHT_BYTES`), counted as the float32 arrays they
+    become (an int8 kernel costs its own bytes and its float32 copy), checked on each dataset's
+    declared shape and type before it is read. A dataset whose declared size is more than
+    :data:`MAX_INFLATION` times its stored bytes (a compression bomb, or unallocated storage) is refused
+    before it is inflated."""
 
     def __init__(self, path: str):
         self.path, self.left = path, MAX_WEIGHT_BYTES
@@ -139,16 +152,24 @@ class _Budget:
     def read(self, ds, where: str) -> np.ndarray:
         import h5py
 
+        where = show(where)
         if not isinstance(ds, h5py.Dataset):
             raise JaxvizError(f"{self.path}: {where} is not a dataset; the file is damaged")
         if ds.dtype.kind not in "fiu" or ds.ndim > 8:
             raise JaxvizError(f"{self.path}: {where} holds {ds.dtype} data of rank {ds.ndim}, not numbers; "
                               "the file is damaged")
-        size = int(np.prod(ds.shape, dtype=np.int64)) * ds.dtype.itemsize
-        if size > self.left:
-            raise JaxvizError(f"{self.path}: its weights exceed {MAX_WEIGHT_BYTES >> 20} MB (at {where}); "
+        check_dataset(ds, f"{self.path}: {where}")
+        n = int(np.prod(ds.shape, dtype=np.int64))
+        raw = n * ds.dtype.itemsize
+        cost = n * 4 + (raw if ds.dtype != np.float32 else 0)
+        if cost > self.left:
+            raise JaxvizError(f"{self.path}: its weights exceed {MAX_WEIGHT_BYTES >> 20} MB as float32 (at {where}); "
                               "refusing to read them")
-        self.left -= size
+        stored = ds.id.get_storage_size()
+        if raw > MAX_PLAIN_BYTES and raw > MAX_INFLATION * stored:
+            raise JaxvizError(f"{self.path}: {where} declares {raw >> 20} MB stored in {stored:,} bytes (a compression "
+                              "bomb or missing data); refusing it")
+        self.left -= cost
         return np.asarray(ds[()])
 
 
@@ -168,6 +189,10 @@ def _parse_config(raw: Any, path: str, what: str) -> Any:
     if len(raw) > MAX_CONFIG_BYTES:
         raise JaxvizError(f"{path}: its {what} is {len(raw) >> 20} MB, over the {MAX_CONFIG_BYTES >> 20} MB jaxviz "
                           "reads; refusing it")
+    brace, bracket = ("{", "[") if isinstance(raw, str) else (b"{", b"[")
+    if raw.count(brace) + raw.count(bracket) > MAX_CONFIG_CONTAINERS:
+        raise JaxvizError(f"{path}: its {what} holds more than {MAX_CONFIG_CONTAINERS:,} JSON objects and lists; "
+                          "no model needs that many, refusing it")
     try:
         return json.loads(raw.decode("utf8") if isinstance(raw, bytes) else raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -304,9 +329,13 @@ def _read_keras3(h5, path: str, config: dict | None, version: str | None) -> Ker
 def _member(z: zipfile.ZipFile, name: str, limit: int, path: str) -> bytes:
     """One archive member, refused before decompressing when its declared size is over ``limit``
     (and read with a bound, in case the declared size lies)."""
-    size = z.getinfo(name).file_size
+    info = z.getinfo(name)
+    size = info.file_size
     if size > limit:
         raise JaxvizError(f"{path}: its {name} is {size >> 20} MB, over the {limit >> 20} MB jaxviz reads; refusing it")
+    if size > MAX_PLAIN_BYTES and size > MAX_INFLATION * info.compress_size:
+        raise JaxvizError(f"{path}: its {name} inflates {info.compress_size:,} bytes to {size >> 20} MB (a compression "
+                          "bomb); refusing it")
     with z.open(name) as fh:
         data = fh.read(limit + 1)
     if len(data) > limit:
@@ -320,38 +349,43 @@ def read_keras_file(path: "str | os.PathLike") -> KerasFile:
     import h5py
 
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise JaxvizError(f"weights file not found: {path}")
-    if os.path.isdir(path):
-        raise JaxvizError(f"{path} is a directory, not a Keras file (a jaxviz checkpoint has a jaxviz.json)")
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as z:
-                names = set(z.namelist())
-                if "model.weights.h5" not in names:
-                    raise JaxvizError(f"{path}: zip archive without model.weights.h5; not a Keras 3 .keras file")
-                config = (_parse_config(_member(z, "config.json", MAX_CONFIG_BYTES, path), path, "config.json")
-                          if "config.json" in names else None)
-                meta = (_parse_config(_member(z, "metadata.json", MAX_METADATA_BYTES, path), path, "metadata.json")
-                        if "metadata.json" in names else {})
-                if config is not None:  # refused before the weights are even read
-                    refuse_unsafe(config, path)
-                data = _member(z, "model.weights.h5", MAX_WEIGHT_BYTES + (64 << 20), path)  # in memory only
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError) as e:
-            raise JaxvizError(f"cannot read {path}: damaged zip archive ({str(e)[:200]})") from None
-        except (OSError, RuntimeError) as e:  # zlib errors, encrypted members
-            raise JaxvizError(f"cannot read {path}: damaged zip archive ({str(e)[:200]})") from None
+    check_regular(path, "weights file", MAX_FILE_BYTES)
+    label = path
+    path = show(path)
+    with open_regular(label, "weights file", MAX_FILE_BYTES) as fh:
+        is_zip = zipfile.is_zipfile(fh)
+        if is_zip:
+            fh.seek(0)
+            try:
+                with zipfile.ZipFile(fh) as z:
+                    names = set(z.namelist())
+                    if "model.weights.h5" not in names:
+                        raise JaxvizError(f"{path}: zip archive without model.weights.h5; not a Keras 3 .keras file")
+                    config = (_parse_config(_member(z, "config.json", MAX_CONFIG_BYTES, path), path, "config.json")
+                              if "config.json" in names else None)
+                    meta = (_parse_config(_member(z, "metadata.json", MAX_METADATA_BYTES, path), path,
+                                          "metadata.json") if "metadata.json" in names else {})
+                    if config is not None:  # refused before the weights are even read
+                        refuse_unsafe(config, path)
+                    data = _member(z, "model.weights.h5", MAX_WEIGHT_BYTES + (64 << 20), path)  # in memory only
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError) as e:
+                raise JaxvizError(f"cannot read {path}: damaged zip archive ({show(e, 200)})") from None
+            except (OSError, RuntimeError) as e:  # zlib errors, encrypted members
+                raise JaxvizError(f"cannot read {path}: damaged zip archive ({show(e, 200)})") from None
+        else:
+            fh.seek(0)
+            magic = fh.read(8)
+    if is_zip:
         version = meta.get("keras_version") if isinstance(meta, dict) else None
         probe_h5(data, f"{path} (its model.weights.h5)")  # a hang in libhdf5 could not be interrupted here
         try:
             with h5py.File(io.BytesIO(data), "r") as h5:
+                check_structure(h5, f"{path} (its model.weights.h5)")
                 return _read_keras3(h5, path, config if isinstance(config, dict) else None,
                                     version if isinstance(version, str) else None)
         except (OSError, KeyError, TypeError, ValueError) as e:
             raise JaxvizError(f"cannot read {path}: its model.weights.h5 is damaged "
                               f"({(str(e).splitlines() or [''])[0][:200]})") from None
-    with open(path, "rb") as fh:
-        magic = fh.read(8)
     if magic != b"\x89HDF\r\n\x1a\n":
         if magic[:2] == b"PK":
             raise JaxvizError(f"cannot read {path}: damaged or truncated zip archive")
@@ -359,9 +393,10 @@ def read_keras_file(path: "str | os.PathLike") -> KerasFile:
             raise JaxvizError(f"refusing {path}: pickled data is never loaded as a Keras file; a PyTorch state dict "
                               "(.pth) goes through the restricted reader jaxviz.io.torch")
         raise JaxvizError(f"cannot read {path}: not an HDF5 or .keras file")
-    probe_h5(path, path)  # a hang in libhdf5 could not be interrupted here
+    probe_h5(label, path)  # a hang in libhdf5 could not be interrupted here
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(label, "r") as f:
+            check_structure(f, path)
             if "layer_names" in f.attrs or "model_weights" in f:
                 if "model_weights" in f and "layer_names" not in f["model_weights"].attrs:
                     raise JaxvizError(f"{path}: model_weights has no layer_names; the file is damaged")

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import os
+import re
 import shutil
 import tempfile
 from typing import Iterator
 
 import numpy as np
 
-from jaxviz.errors import JaxvizError
+from jaxviz.errors import JaxvizError, show
 
 
 @contextlib.contextmanager
@@ -24,34 +27,63 @@ def output_dir(path: "str | os.PathLike") -> Iterator[str]:
     raw = os.fspath(path)
     if not raw.strip():
         raise JaxvizError("the output path is empty; name a directory with --out")
+    if "\x00" in raw:
+        raise JaxvizError(f"output path {show(raw)} contains a NUL byte; choose another --out")
     path = os.path.abspath(raw)
+    shown = show(path)
+    name = os.path.basename(path)
+    if len(name.encode("utf8", "surrogatepass")) > NAME_MAX:
+        raise JaxvizError(f"output path {shown}: its last part is {len(name)} characters, more than a file name may "
+                          f"hold ({NAME_MAX} bytes); choose another --out")
+    if os.path.islink(path) and not os.path.exists(path):
+        raise JaxvizError(f"output path {shown} is a symbolic link to {show(os.readlink(path))}, which does not exist; "
+                          "choose another --out")
     probe = path
     while probe != os.path.dirname(probe):
         if os.path.exists(probe) and not os.path.isdir(probe):
-            raise JaxvizError(f"output path {path} cannot be a directory: {probe} is a file; choose another --out")
+            raise JaxvizError(f"output path {shown} cannot be a directory: {show(probe)} is a file; choose another --out")
+        if os.path.islink(probe) and not os.path.exists(probe):
+            raise JaxvizError(f"output path {shown} cannot be made: {show(probe)} is a dangling symbolic link; choose "
+                              "another --out")
         probe = os.path.dirname(probe)
     if os.path.isdir(path) and not os.access(path, os.W_OK | os.X_OK):
-        raise JaxvizError(f"output path {path} is not writable; choose another --out")
+        raise JaxvizError(f"output path {shown} is not writable; choose another --out")
     parent = os.path.dirname(path)
     created = _missing_dirs(parent)
     try:
         os.makedirs(parent, exist_ok=True)
-        stage = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.partial-", dir=parent)
+        stage = tempfile.mkdtemp(prefix=f".{name[:40]}.partial-", dir=parent)
     except OSError as e:
         _remove_empty(created)
-        raise JaxvizError(f"output path {path} is not writable: {e.strerror}; choose another --out") from None
+        raise JaxvizError(f"output path {shown} is not writable: {e.strerror}; choose another --out") from None
     try:
-        yield stage
-        moves = _moves(stage, path)
-        os.makedirs(path, exist_ok=True)
-        for src, dst in moves:
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            os.replace(src, dst)
+        try:
+            yield stage
+            moves = _moves(stage, path)
+            os.makedirs(path, exist_ok=True)
+            for src, dst in moves:
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                os.replace(src, dst)
+        except OSError as e:
+            if e.errno in _DISK_ERRORS or _within(e.filename, (stage, path)):
+                raise JaxvizError(f"cannot write into {shown}: {e.strerror or e}; nothing was written") from None
+            raise
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         _remove_empty(created)
         raise
     shutil.rmtree(stage, ignore_errors=True)
+
+
+NAME_MAX = 255
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.ENAMETOOLONG, errno.EACCES, errno.EPERM}
+
+
+def _within(filename: object, roots: tuple[str, ...]) -> bool:
+    if not isinstance(filename, str):
+        return False
+    f = os.path.abspath(filename)
+    return any(f == r or f.startswith(r + os.sep) for r in roots)
 
 
 def _missing_dirs(path: str) -> list[str]:
@@ -79,10 +111,45 @@ def _moves(stage: str, path: str) -> list[tuple[str, str]]:
         rel = os.path.relpath(root, stage)
         for f in files:
             dst = os.path.normpath(os.path.join(path, rel, f))
+            if not _within(os.path.realpath(os.path.dirname(dst)), (os.path.realpath(path),)) and \
+                    os.path.dirname(dst) != path:
+                raise JaxvizError(f"refusing to write {show(dst)}: not a plain file inside {show(path)}")
             if os.path.isdir(dst):
                 raise JaxvizError(f"cannot write {dst}: a directory of that name is in the way; choose another --out")
             moves.append((os.path.join(root, f), dst))
     return moves
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._+=-]+")
+MAX_STEM = 80
+
+
+def file_stem(name: str) -> str:
+    """A file-name stem for a name that came from a model or a file (a layer, an image's file name).
+
+    A name of letters, digits and ``. _ + = -`` only, not starting with a dot or dash and at most
+    :data:`MAX_STEM` characters, is its own stem (``block1_conv1``). Any other name (``../../x``,
+    ``/tmp/x``, ``a/b``, control characters, 300 characters) has every other run of characters
+    replaced by ``_``, is cut to :data:`MAX_STEM` characters and gets ``~`` plus 8 hex digits of its
+    SHA-256: safe (never a path, never a hidden file) and collision-free (an unchanged name never
+    holds ``~``; changed names differ by their hash)."""
+    name = str(name)
+    slug = _SAFE.sub("_", name)
+    if slug == name and name and name[0] not in ".-" and len(name) <= MAX_STEM:
+        return name
+    digest = hashlib.sha256(name.encode("utf8", "surrogatepass")).hexdigest()[:8]
+    return f"{slug.lstrip('._-')[:MAX_STEM]}~{digest}"
+
+
+def inside(stage: str, rel: str) -> str:
+    """``stage/rel``, refused unless it lies inside ``stage`` (after resolving links): the one check every
+    path a writer makes passes."""
+    path = os.path.join(stage, rel)
+    root = os.path.realpath(stage)
+    real = os.path.realpath(path)
+    if os.path.isabs(rel) or os.path.commonpath([root, real]) != root or real == root:
+        raise JaxvizError(f"refusing to write {show(rel)}: it is not inside the output directory")
+    return path
 
 
 def save_png(path: str, image: np.ndarray) -> None:

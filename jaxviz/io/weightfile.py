@@ -3,7 +3,10 @@ from the files."""
 
 from __future__ import annotations
 
-from jaxviz.errors import JaxvizError
+import os
+
+from jaxviz.errors import JaxvizError, show
+from jaxviz.io.files import check_regular
 from jaxviz.io.keras import load_keras_model
 from jaxviz.io.torch import is_torch_file, load_torch_weights
 from jaxviz.nn import Params, Sequential, get_model
@@ -14,6 +17,7 @@ def load_model_file(path, arch: str | None = None) -> tuple[Sequential, Params, 
     onto a registered architecture) or a Keras file (its own architecture from its config, or the
     registered one its weights fit; read once, even a 500 MB VGG16); ``arch`` forces a registered
     architecture."""
+    check_regular(path, "weights file")  # a FIFO or /dev/zero is refused before anything reads it
     if is_torch_file(path):
         name, params = load_torch_weights(path, arch)
         return get_model(name), params, "pytorch-state-dict", None
@@ -22,8 +26,8 @@ def load_model_file(path, arch: str | None = None) -> tuple[Sequential, Params, 
     except JaxvizError:
         raise
     except Exception as e:  # h5py raises RuntimeError, KeyError, ... on damaged files; --debug shows the cause
-        raise JaxvizError(f"cannot read {path}: damaged Keras file ({type(e).__name__}: "
-                          f"{(str(e).splitlines() or [''])[0][:200]})") from e
+        raise JaxvizError(f"cannot read {show(os.fspath(path))}: damaged Keras file ({type(e).__name__}: "
+                          f"{show(e, 200)})") from e
     return model, params, kf.format, kf.keras_version
 
 

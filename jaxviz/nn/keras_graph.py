@@ -30,7 +30,7 @@ import math
 import re
 from typing import Any, Callable, Mapping
 
-from jaxviz.errors import JaxvizError
+from jaxviz.errors import JaxvizError, show
 from jaxviz.nn import layers as L
 from jaxviz.nn.graph import Sequential
 
@@ -140,12 +140,15 @@ class _Options:
         self.used.add(key)
         return self.cfg.get(key, default)
 
-    def number(self, key: str, default: float | None = None, *, optional: bool = False) -> float | None:
+    def number(self, key: str, default: float | None = None, *, optional: bool = False,
+               positive: bool = False) -> float | None:
         v = self.get(key, default)
         if v is None and optional:
             return None
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise self.fail(f"option {key} = {v!r} is not a number")
+            raise self.fail(f"option {key} = {show(repr(v), 60)} is not a number")
+        if positive and v <= 0:
+            raise self.fail(f"option {key} = {v!r} must be above 0 (the model would compute NaN)")
         return float(v)
 
     def integer(self, key: str, default: int | None = None, *, minimum: int = 1) -> int:
@@ -276,7 +279,7 @@ def _batchnorm(o: _Options) -> L.Layer:
         raise o.fail(f"axis {o.cfg.get('axis')!r} is not supported (jaxviz normalises the channels, axis -1)")
     if o.get("renorm", False):
         raise o.fail("renorm=True is not supported")
-    return L.BatchNormalization(epsilon=o.number("epsilon", 1e-3), center=o.flag("center", True),
+    return L.BatchNormalization(epsilon=o.number("epsilon", 1e-3, positive=True), center=o.flag("center", True),
                                 scale=o.flag("scale", True))
 
 
@@ -286,7 +289,7 @@ def _layernorm(o: _Options) -> L.Layer:
     axis = o.axes("axis")
     if not axis or 0 in axis:
         raise o.fail(f"axis {o.cfg.get('axis')!r} is not supported")
-    return L.LayerNormalization(epsilon=o.number("epsilon", 1e-3), center=o.flag("center", True),
+    return L.LayerNormalization(epsilon=o.number("epsilon", 1e-3, positive=True), center=o.flag("center", True),
                                 scale=o.flag("scale", True), axis=axis)
 
 
@@ -448,7 +451,10 @@ def _name_of(entry: Mapping) -> str | None:
     cfg = entry.get("config")
     name = cfg.get("name") if isinstance(cfg, dict) else None
     name = name if isinstance(name, str) else entry.get("name")
-    return name if isinstance(name, str) and 0 < len(name) <= 512 else None
+    return name if isinstance(name, str) and 0 < len(name) <= 512 and "\x00" not in name else None
+
+
+MAX_LAYERS = 20_000  # layers in one model; keras.applications' largest (NASNetLarge) has 1,041
 
 
 class _Builder:
@@ -466,10 +472,12 @@ class _Builder:
         if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str):
             raise self.fail("a layer in the model config has no class_name; the file is damaged")
         if not entry["class_name"].isprintable() or len(entry["class_name"]) > 120:
-            raise self.fail(f"a layer class name {entry['class_name'][:60]!r} is not a class name; the file is damaged")
+            raise self.fail(f"a layer class name {show(repr(entry['class_name']), 80)} is not a class name; the file is "
+                            "damaged")
         name = _name_of(entry)
         if name is None:
-            raise self.fail(f"a {entry['class_name']!r} layer in the model config has no name; the file is damaged")
+            raise self.fail(f"a {show(repr(entry['class_name']), 80)} layer in the model config has no usable name "
+                            "(missing, empty, over 512 characters or holding a NUL byte); the file is damaged")
         return entry["class_name"], name
 
     def note_input(self, cfg: Any, top: bool) -> None:
@@ -555,6 +563,8 @@ class _Builder:
              depth: int) -> tuple[str, ...]:
         if cls in CONTAINERS:
             return self.container(layer, path, inputs, depth + 1)
+        if len(self.steps) >= MAX_LAYERS:
+            raise self.fail(f"the model has more than {MAX_LAYERS:,} layers; no image model needs that many, refusing it")
         module = layer.get("module")
         if isinstance(module, str) and module.startswith("keras.src.ops"):
             raise self.fail(f"layer {name!r} ({cls[:80]!r}) is a raw Keras operation ({module[:80]!r}); jaxviz imports Keras layers "

@@ -7,14 +7,17 @@ exactly the code that makes it on the command line. Each writer returns the file
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import numpy as np
 
 from jaxviz.errors import JaxvizError
+from jaxviz.errors import show
 from jaxviz.io import save_npz, save_png
+from jaxviz.io.outputs import file_stem, inside
 from jaxviz.nn.protocol import Model
 
 
@@ -24,9 +27,25 @@ class Written(NamedTuple):
 
 
 def _join(stage: str, rel: str) -> str:
-    path = os.path.join(stage, rel)
+    path = inside(stage, rel)  # every path a writer makes is checked to lie inside the stage
     os.makedirs(os.path.dirname(path), exist_ok=True)
     return path
+
+
+def _stems(names: Sequence[str]) -> dict[str, str]:
+    """``{name: file stem}`` for names from a model or a file (:func:`jaxviz.io.outputs.file_stem`)."""
+    return {n: file_stem(n) for n in names}
+
+
+def _write_names(stage: str, prefix: str, stems: Mapping[str, str]) -> list[Written]:
+    """``<prefix>names.json``, ``{file stem: real name}``, when some name was not its own stem."""
+    changed = {v: k for k, v in stems.items() if v != k}
+    if not changed:
+        return []
+    rel = f"{prefix}names.json"
+    with open(_join(stage, rel), "w", encoding="utf-8") as f:
+        json.dump(changed, f, indent=1, ensure_ascii=True)
+    return []
 
 
 def write_activations(stage: str, model: Model, params: Any, x: np.ndarray, layers: Sequence[str],
@@ -42,12 +61,15 @@ def write_activations(stage: str, model: Model, params: Any, x: np.ndarray, laye
     acts = {k: np.asarray(v) for k, v in activations(model, params, x, layers).items()}
     summary = layer_summary(acts, per_row)
     files = []
+    stems = _stems(acts)
     for row in summary:
         if row["grid"] is not None:
-            rel = f"{prefix}{row['layer']}.png"
-            save_figure(activation_figure(row["grid"], row["layer"], acts[row["layer"]].shape[1]), _join(stage, rel))
-            files.append(Written(rel, f"{row['layer']} {'x'.join(map(str, row['shape']))}: "
+            rel = f"{prefix}{stems[row['layer']]}.png"
+            save_figure(activation_figure(row["grid"], show(row["layer"], 60), acts[row["layer"]].shape[1]),
+                        _join(stage, rel))
+            files.append(Written(rel, f"{show(row['layer'])} {'x'.join(map(str, row['shape']))}: "
                                       f"{row['dead']} of {row['channels']} channels dead"))
+    _write_names(stage, prefix, stems)
     save_npz(_join(stage, f"{prefix}activations.npz"), **{k: v[0] for k, v in acts.items()})
     return files, summary
 
@@ -77,16 +99,18 @@ def write_filters(stage: str, model: Model, params: Any, layer: str, filters: Se
 
     res = filter_patterns(model, params, layer, filters, recipe, key, batch_size=batch_size, on_chunk=on_chunk,
                           quality=quality)
-    rel = f"{prefix}{layer}.png"
+    stem = file_stem(layer)
+    _write_names(stage, prefix, {layer: stem})
+    rel = f"{prefix}{stem}.png"
     images = res.images[..., 0] if res.images.shape[-1] == 1 else res.images
     per_unit = len(res.filters) // len(np.unique(res.filters))
     cols = per_unit if per_unit > 1 else fit_columns(len(images))
     save_png(_join(stage, rel), stitch(images, n_cols=cols, margin=5))
-    save_npz(_join(stage, f"{prefix}{layer}.npz"), patterns=res.patterns, images=res.images, filters=res.filters,
+    save_npz(_join(stage, f"{prefix}{stem}.npz"), patterns=res.patterns, images=res.images, filters=res.filters,
              objective=res.objective, photo_best=res.photo_best, relative=res.relative, robustness=res.robustness,
              hf_energy=res.hf_energy, selectivity=res.selectivity, photos=np.array(PHOTOS))
     dead = int(res.dead.sum())
-    caption = (f"{layer}: filters {index_ranges(np.unique(res.filters))}, mean objective "
+    caption = (f"{show(layer)}: filters {index_ranges(np.unique(res.filters))}, mean objective "
                f"{res.history[:, 0].mean():.3g} -> {res.objective.mean():.3g}" + (f", {dead} dead" if dead else ""))
     if quality:
         caption += "; " + res.summary()
@@ -104,13 +128,14 @@ def write_cams(stage: str, sources: Sequence, cams, method: str, where: str, pre
     from jaxviz.viz.plotting import heatmap_figure, save_figure
 
     if stems is None:
-        stems = [image_stem(src, i) for i, src in enumerate(sources)]
+        stems = [file_stem(image_stem(src, i)) for i, src in enumerate(sources)]
         if len(set(stems)) != len(stems):
             stems = [f"{i}_{s}" for i, s in enumerate(stems)]
+    stems = [file_stem(s) for s in stems]
     files = []
     for i, (src, stem) in enumerate(zip(sources, stems)):
         heat = cams.heatmaps[i, 0]
-        label = f"{method} class {cams.classes[i, 0]} ({where})"
+        label = f"{method} class {cams.classes[i, 0]} ({show(where)})"
         save_figure(heatmap_figure(heat, f"{stem}: {label}"), _join(stage, f"{prefix}{stem}_heatmap.png"))
         shown = heat if method in LAYER_METHODS else display_map(heat)  # pixel-level maps: 99th percentile
         save_png(_join(stage, f"{prefix}{stem}_overlay.png"), superimpose(load_image(src, channels=3), shown))
@@ -135,7 +160,10 @@ def write_weights(stage: str, model: Model, params: Any, layers: Sequence[str], 
         model.resolve(layer)
     arrays: dict[str, np.ndarray] = {"stat_names": np.array(STAT_NAMES)}
     files, rows = [], []
+    stems = _stems(layers)
+    _write_names(stage, prefix, stems)
     for layer in layers:
+        stem, name = stems[layer], show(layer, 60)
         lw = layer_weights(model, params, layer, bins=bins)
         sets = {"trained" if trained else "untrained": lw}
         if untrained is not None:
@@ -145,9 +173,9 @@ def write_weights(stage: str, model: Model, params: Any, layers: Sequence[str], 
                 arrays.update({f"{layer}_{key}kernel": w.kernel, f"{layer}_{key}bias": w.bias,
                                f"{layer}_{key}counts": w.counts, f"{layer}_{key}edges": w.edges,
                                f"{layer}_{key}stats": w.stats})
-        rel = f"{prefix}{layer}_hist.png"
-        save_figure(histograms({f"{layer}: {k}": (w.counts, w.edges) for k, w in sets.items()}), _join(stage, rel))
-        files.append(Written(rel, f"{layer}: histogram of kernel values, " + " vs ".join(sets)))
+        rel = f"{prefix}{stem}_hist.png"
+        save_figure(histograms({f"{name}: {k}": (w.counts, w.edges) for k, w in sets.items()}), _join(stage, rel))
+        files.append(Written(rel, f"{name}: histogram of kernel values, " + " vs ".join(sets)))
         if lw.kernel.ndim == 4:
             channel = in_channel
             if channel is None:
@@ -159,10 +187,10 @@ def write_weights(stage: str, model: Model, params: Any, layers: Sequence[str], 
                     raise JaxvizError(f"--in-channel takes an index or 'rgb', got {channel!r}") from None
             for k, w in sets.items():
                 what = "kernel[..., :32] as colour tiles" if channel == "rgb" else f"kernel[:, :, {channel}, :32]"
-                rel = f"{prefix}{layer}_kernels{'_untrained' if k.startswith('untrained (') else ''}.png"
-                save_figure(kernel_mosaic(kernel_tiles(w.kernel, channel, limit=32), title=f"{layer} {k}: {what}"),
+                rel = f"{prefix}{stem}_kernels{'_untrained' if k.startswith('untrained (') else ''}.png"
+                save_figure(kernel_mosaic(kernel_tiles(w.kernel, channel, limit=32), title=f"{name} {k}: {what}"),
                             _join(stage, rel))
-                files.append(Written(rel, f"{layer} {k}: {what}, vmin -0.5, vmax 0.5"))
+                files.append(Written(rel, f"{name} {k}: {what}, vmin -0.5, vmax 0.5"))
         rows += [(layer, k, w.stats) for k, w in sets.items()]
     save_npz(_join(stage, f"{prefix}weights.npz"), **arrays)
     return files, rows
