@@ -23,14 +23,13 @@ from jaxviz.errors import JaxvizError, show
 TIMEOUT_S = 5.0  # CPU seconds
 WALL_TIMEOUT_S = 600.0
 
-
-def _limit_cpu() -> None:  # runs in the child before the probe starts
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_CPU, (int(TIMEOUT_S), int(TIMEOUT_S) + 1))
-
 _PROBE = r"""
 import io, sys
+try:
+    import resource
+    resource.setrlimit(resource.RLIMIT_CPU, (int(sys.argv[2]), int(sys.argv[2]) + 1))
+except (ImportError, ValueError, OSError):
+    pass
 import h5py
 data = sys.stdin.buffer.read()
 src = io.BytesIO(data) if data else sys.argv[1]
@@ -55,12 +54,12 @@ def probe_h5(source: "str | bytes", label: str) -> None:
     an archive member) hangs or crashes a separate process; ``label`` names it in the message."""
     path, data = (source, b"") if isinstance(source, str) else ("", source)
     try:
-        r = subprocess.run([sys.executable, "-I", "-c", _PROBE, path], input=data, capture_output=True,
-                           timeout=WALL_TIMEOUT_S, preexec_fn=_limit_cpu if sys.platform != "win32" else None)
+        r = subprocess.run([sys.executable, "-I", "-c", _PROBE, path, str(int(TIMEOUT_S))], input=data,
+                           capture_output=True, timeout=WALL_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise JaxvizError(f"cannot read {label}: its HDF5 structure sends the HDF5 library into an endless "
                           f"loop (no answer in {WALL_TIMEOUT_S:.0f} s); the file is damaged") from None
-    if r.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+    if r.returncode in (-getattr(signal, "SIGXCPU", 24), -signal.SIGKILL):
         raise JaxvizError(f"cannot read {label}: its HDF5 structure sends the HDF5 library into an endless "
                           f"loop (no answer after {TIMEOUT_S:.0f} s of CPU time); the file is damaged")
     if r.returncode != 0 or r.stdout.strip() != b"ok":

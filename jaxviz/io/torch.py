@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from jaxviz.errors import JaxvizError
+from jaxviz.io.files import check_regular
 from jaxviz.nn import Sequential
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -398,8 +399,7 @@ def read_state_dict(path: "str | os.PathLike", *, max_bytes: int = MAX_BYTES) ->
     offset, sizes and strides are checked against its storage before anything is copied, and at most
     ``max_bytes`` are read into storages and at most ``max_bytes`` built into tensors."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise JaxvizError(f"weights file not found: {path}")
+    check_regular(path, "weights file", max_bytes + MAX_PICKLE_BYTES + (64 << 20))  # a FIFO or device never blocks
     try:
         return _read_zip(path, max_bytes) if zipfile.is_zipfile(path) else _read_legacy(path, max_bytes)
     except OSError as e:

@@ -788,8 +788,11 @@ def graph_from_spec(spec: Any, where: str = "checkpoint") -> Sequential:
     bad = JaxvizError(f"{where}: its stored graph is damaged")
     try:
         steps = []
+        if len(spec["layers"]) > MAX_LAYERS:
+            raise bad
         for name, cls, fields in spec["layers"]:
-            if cls not in L.LAYERS or not isinstance(name, str) or not isinstance(fields, dict) or not all(
+            if cls not in L.LAYERS or not isinstance(name, str) or not 0 < len(name) <= 512 or "\x00" in name \
+                    or not isinstance(fields, dict) or not all(
                     isinstance(k, str) and _plain_value(v) for k, v in fields.items()):
                 raise bad
             allowed = {f.name for f in dataclasses.fields(L.LAYERS[cls])} - {"name", "parent"}
