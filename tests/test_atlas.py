@@ -274,3 +274,59 @@ def test_collection_sources_and_shares(tmp_path):
     assert [int(b.valid.sum()) for b in got] == [4, 4, 3] and it.paths == [f"item{i}" for i in range(11)]
     with pytest.raises(JaxvizError, match="no image collection"):
         open_collection(str(tmp_path / "missing"), (8, 8, 1))
+
+
+def run_cli(*argv):
+    import jaxviz.cli.atlas  # noqa: F401  (registers the command even before jaxviz.cli imports it)
+    from jaxviz.cli import main
+
+    return main(["atlas", *argv])
+
+
+def test_cli_writes_the_npz_and_a_self_contained_html(tmp_path, capsys):
+    write_pngs(tmp_path / "imgs", 12, corrupt={4})
+    evil = tmp_path / "imgs" / "<b>x&'y.png"  # a name that must be escaped, never markup
+    import cv2
+
+    cv2.imwrite(str(evil), np.full((28, 28), 200, np.uint8))
+    out = tmp_path / "out"
+    status = run_cli("--weights", "builtin:digits_cnn", "--images", str(tmp_path / "imgs"), "--layer", "conv2d_1",
+                     "--layer", "dense", "--units", "0-3,9", "--k", "3", "--batch-size", "5", "--patterns", "dlwp1",
+                     "--max-failures", "0.2", "--out", str(out))
+    err = capsys.readouterr().err
+    assert status == 0, err
+    assert "img004.png" in err and "skipped" in err
+    z = np.load(out / "atlas.npz")
+    assert len(z["paths"]) == 13 and z["failures"].tolist() == [i for i, p in enumerate(z["paths"]) if "img004" in p]
+    for layer in ("conv2d_1", "dense"):
+        assert z[f"{layer}/indices"].shape == (5, 3) and z[f"{layer}/values"].shape == (5, 3)
+        assert z[f"{layer}/peaks"].shape == (5, 3, 2) and z[f"{layer}/boxes"].shape == (5, 3, 4)
+        for f in ("mean", "max", "fire_rate"):
+            assert z[f"{layer}/{f}"].shape == (5,)
+        assert z[f"{layer}/units"].tolist() == [0, 1, 2, 3, 9]
+    # the library's result, through the public function, for the same settings
+    m = jaxviz.load_model(None, "builtin:digits_cnn")
+    a = top_examples(m.model, m.params, str(tmp_path / "imgs"), ["conv2d_1"], 3, units=[0, 1, 2, 3, 9],
+                     max_failures=0.2)
+    np.testing.assert_array_equal(z["conv2d_1/indices"], a.layers["conv2d_1"].indices)
+    page = (out / "index.html").read_text()
+    assert page.count("data-unit=") == 10 and page.count("class='pattern'") == 10
+    assert "<b>x&" not in page and "&lt;b&gt;x&amp;&#x27;y.png" in page
+    assert "src='data:image/png;base64," in page and "http" not in page.replace("http-equiv", "")
+    assert sorted(p.name for p in out.iterdir()) == ["atlas.npz", "index.html"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--k", "0"], "--k must be"),
+    (["--k", "1001"], "--k must be"),
+    (["--batch-size", "70000"], "--batch-size must be"),
+    (["--units", "5-2"], "runs backwards"),
+    (["--units", "0,x"], "--units takes"),
+    (["--layer", "nope"], "unknown layer 'nope'"),
+])
+def test_cli_refuses_bad_numbers_in_one_line(tmp_path, capsys, argv, message):
+    args = ["--weights", "builtin:digits_cnn", "--images", "digits", "--out", str(tmp_path / "o"), "--layer", "conv2d"]
+    assert run_cli(*args, *argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("jaxviz atlas: error: ") and message in lines[-1]
+    assert not any("Traceback" in l for l in lines) and not (tmp_path / "o").exists()

@@ -228,6 +228,15 @@ class Collection:
         """Items in this process's share (an iterable of batches: not known beforehand, -1)."""
         return self.share[1] - self.share[0] if self._src is not None else -1
 
+    def read(self, index: int) -> np.ndarray:
+        """Item ``index`` of the whole collection as float32 H x W x C pixels 0..255 (random access; a
+        JaxvizError for an iterable of batches, whose items are not kept)."""
+        if self._src is None:
+            raise JaxvizError("an iterable of batches cannot be read by index; pass a folder, list or array")
+        if not 0 <= int(index) < len(self._names):
+            raise JaxvizError(f"index {index} is outside the collection of {len(self._names)} items")
+        return np.asarray(self._src.read(int(index), self.shape, self.interpolation), np.float32)
+
     def __iter__(self) -> Iterator[Batch]:
         if self._src is None:
             yield from self._iter_batches()
