@@ -96,19 +96,29 @@ def check_structure(f, label: str) -> None:
     import h5py
 
     count = 0
+    found: list[str] = []
 
-    def link(name: str, ln) -> None:
+    # Raising inside h5py's visit callbacks corrupts its lock state (SystemError): note and stop instead.
+    def link(name: str, ln):
         nonlocal count
         count += 1
         if count > MAX_OBJECTS:
-            raise JaxvizError(f"{label}: holds more than {MAX_OBJECTS:,} HDF5 links; refusing it")
-        if isinstance(ln, h5py.ExternalLink):
-            raise JaxvizError(f"{label}: {show(name, 80)} is an external link to {show(ln.filename, 80)}; jaxviz "
-                              "reads only what is inside the file")
+            found.append(f"{label}: holds more than {MAX_OBJECTS:,} HDF5 links; refusing it")
+        elif isinstance(ln, h5py.ExternalLink):
+            found.append(f"{label}: {show(name, 80)} is an external link to {show(ln.filename, 80)}; jaxviz reads only "
+                         "what is inside the file")
+        return True if found else None
 
-    def obj(name: str, o) -> None:
+    datasets: list[str] = []
+
+    def obj(name: str, o):
         if isinstance(o, h5py.Dataset):
-            check_dataset(o, f"{label}: {show(name, 80)}")
+            datasets.append(name)
+        return True if len(datasets) > MAX_OBJECTS else None
 
     f.visititems_links(link)
+    if found:
+        raise JaxvizError(found[0])
     f.visititems(obj)
+    for name in datasets:
+        check_dataset(f[name], f"{label}: {show(name, 80)}")
