@@ -330,3 +330,60 @@ def test_cli_refuses_bad_numbers_in_one_line(tmp_path, capsys, argv, message):
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith("jaxviz atlas: error: ") and message in lines[-1]
     assert not any("Traceback" in l for l in lines) and not (tmp_path / "o").exists()
+
+
+def _helper(out, devices, *extra):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    return subprocess.Popen([sys.executable, os.path.join(HERE, "atlas_run.py"), str(out), *map(str, extra)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait(procs):
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+
+
+@pytest.mark.slow
+def test_bit_identical_on_one_device_four_devices_and_two_processes(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    _wait([_helper(tmp_path / "one.npz", 1)])
+    _wait([_helper(tmp_path / "four.npz", 4)])
+    _wait([_helper(tmp_path / "two.npz", 1, i, 2, port) for i in range(2)])
+    one, four, two = (np.load(tmp_path / f"{n}.npz") for n in ("one", "four", "two"))
+    assert one["devices"].tolist() == [1, 1] and four["devices"].tolist() == [4, 1]
+    assert two["devices"].tolist() == [1, 2]
+    assert int(one["count"]) == 45
+    for key in one.files:
+        if key != "devices":
+            np.testing.assert_array_equal(four[key], one[key], err_msg=key)
+            np.testing.assert_array_equal(two[key], one[key], err_msg=key)
+
+
+def test_cli_resume_continues_a_checkpoint_and_refuses_other_settings(tmp_path, capsys):
+    write_pngs(tmp_path / "imgs", 30, seed=3)
+    m = jaxviz.load_model(None, "builtin:digits_cnn")
+    kw = dict(layers=["conv2d_1"], k=4, batch_size=8)
+    whole = top_examples(m.model, m.params, str(tmp_path / "imgs"), **kw)
+
+    def interrupt(done, total):
+        if done >= 16:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        top_examples(m.model, m.params, str(tmp_path / "imgs"), checkpoint=out / ".atlas-checkpoint",
+                     on_batch=interrupt, **kw)
+    base = ["--weights", "builtin:digits_cnn", "--images", str(tmp_path / "imgs"), "--layer", "conv2d_1",
+            "--batch-size", "8", "--patterns", "none", "--resume", "--out", str(out)]
+    assert run_cli(*base, "--k", "5") == 2
+    assert "other settings" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert run_cli(*base, "--k", "4") == 0, capsys.readouterr().err
+    z = np.load(out / "atlas.npz")
+    np.testing.assert_array_equal(z["conv2d_1/indices"], whole.layers["conv2d_1"].indices)
+    np.testing.assert_array_equal(z["conv2d_1/mean"], whole.layers["conv2d_1"].mean)
+    assert not (out / ".atlas-checkpoint").exists()
