@@ -286,3 +286,205 @@ def test_an_h5_with_a_zeroed_global_heap_object_does_not_hang(seeds, workdir):
         assert w.load(path, False)[0][0] == "ok"
     finally:
         w.stop()
+
+
+# --------------------------------------------------------------------------------------------- structure and config
+# (issue 24) Mutations a byte flip cannot reach: HDF5 features that point outside the file, unusual
+# filters and element types, and config values a hostile author picks (names with control characters
+# and path separators, huge sizes). What reads another file must be refused, whatever else happens;
+# everything else loads or fails with one line that holds no raw control character.
+
+STRUCT_EXAMPLES = 40  # per target: these add ~20 s to the file
+STRUCT = settings(FUZZ, max_examples=STRUCT_EXAMPLES)
+
+H5_TRICK = st.one_of(
+    st.tuples(st.just("external_link"), st.sampled_from(["source", "missing", "self", "fifo"])),
+    st.tuples(st.just("virtual"), st.sampled_from(["source", "missing", "self"])),
+    st.tuples(st.just("external_storage"), st.sampled_from(["source", "missing", "passwd"]),
+              st.sampled_from([0, 8, 2**31, 2**40])),
+    st.tuples(st.just("filter"), st.sampled_from(["gzip", "lzf", "shuffle", "fletcher32", "scaleoffset", "unknown"])),
+    st.tuples(st.just("soft_link"), st.sampled_from(["other", "dangling", "self"])),
+    st.tuples(st.just("dtype"), st.sampled_from(["<f2", "<f8", "i1", "u1", "<i8", "S4", ">f4"])),
+)
+OUTSIDE = ("external_link", "virtual", "external_storage")
+
+NAME_PART = st.one_of(st.sampled_from(["/", "..", "\x00", "\n", "\r", "\x1b[2J", "\x1b]0;t\x07", "\\", "~", " ",
+                                       "\u202e", "x" * 300, "/tmp/x", "%s", "{}"]),
+                      st.text(max_size=3))
+NAME = st.lists(NAME_PART, min_size=1, max_size=4).map("".join)
+HUGE = st.sampled_from([0, -1, 2**31, 2**63, 10**6, 65536, 1.5, None, "x", [2**31, 2**31], []])
+CONFIG_MUTATION = st.one_of(
+    st.tuples(st.just("layer_name"), st.integers(0, 10), NAME),
+    st.tuples(st.just("model_name"), NAME),
+    st.tuples(st.just("size"), st.integers(0, 10),
+              st.sampled_from(["filters", "units", "kernel_size", "strides", "batch_shape", "dilation_rate", "groups"]),
+              HUGE),
+)
+
+WORKER_STRUCT = r"""
+import json, re, sys, traceback, warnings
+warnings.simplefilter("ignore")
+from jaxviz import JaxvizError
+from weights_convert import load_weights_file
+from jaxviz.io.weightfile import load_model_file
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f\x9b]")
+for line in sys.stdin:
+    path, refuse = json.loads(line)
+    try:
+        load_model_file(path)
+        verdict = ["must be refused", "loaded"] if refuse else ["ok", "loaded"]
+    except JaxvizError as e:
+        bad = "\n" in str(e) or CONTROL.search(str(e))
+        verdict = ["raw control character or newline in the message" if bad else "ok", str(e)[:300]]
+    except BaseException as e:
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        verdict = ["other exception", f"{type(e).__name__}: {str(e)[:200]} at {where.filename}:{where.lineno}"]
+    print(json.dumps([verdict]), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def struct_worker(workdir, seeds):
+    w = Worker(workdir, WORKER_STRUCT)
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="module")
+def outside_files(workdir):
+    """What the tricks point at: another HDF5 file, a raw file, a FIFO; ``missing`` names nothing."""
+    import h5py
+
+    files = {"source": os.path.join(workdir, "source.h5"), "raw": os.path.join(workdir, "raw.bin"),
+             "fifo": os.path.join(workdir, "fifo.h5"), "missing": os.path.join(workdir, "missing.h5")}
+    with h5py.File(files["source"], "w") as f:
+        f["x"] = np.ones(4096, np.float32)
+    np.ones(4096, np.float32).tofile(files["raw"])
+    os.mkfifo(files["fifo"])
+    return files
+
+
+def apply_h5_trick(f, index: int, trick: tuple, files: dict, self_path: str) -> bool:
+    """Replace one dataset of open HDF5 file ``f`` as ``trick`` says; True when the result reads outside
+    the file (it must be refused)."""
+    import h5py
+
+    names = []
+    f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) and o.ndim > 0 and o.size > 0 else None)
+    where = sorted(names)[index % len(names)]
+    old = f[where][()]
+    parent, _, leaf = where.rpartition("/")
+    g = f[parent] if parent else f
+    del f[where]
+    kind = trick[0]
+    if kind == "external_link":
+        target = {"source": files["source"], "missing": files["missing"], "self": self_path, "fifo": files["fifo"]}[trick[1]]
+        g[leaf] = h5py.ExternalLink(target, "x" if trick[1] != "self" else "/" + where)
+    elif kind == "virtual":
+        src = {"source": files["source"], "missing": files["missing"], "self": self_path}[trick[1]]
+        layout = h5py.VirtualLayout(shape=old.shape, dtype=old.dtype)
+        layout[...] = h5py.VirtualSource(src, "x", shape=old.shape, dtype=old.dtype)
+        g.create_virtual_dataset(leaf, layout, fillvalue=0)
+    elif kind == "external_storage":
+        raw = {"source": files["raw"], "missing": files["missing"], "passwd": "/etc/passwd"}[trick[1]]
+        g.create_dataset(leaf, shape=old.shape, dtype=old.dtype, external=[(raw, trick[2], max(old.nbytes, 1))])
+    elif kind == "filter":
+        name = trick[1]
+        if name == "unknown":
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_chunk(old.shape or (1,))
+            dcpl.set_filter(32123, h5py.h5z.FLAG_OPTIONAL, (1,))
+            dsid = h5py.h5d.create(g.id, leaf.encode(), h5py.h5t.IEEE_F32LE, h5py.h5s.create_simple(old.shape), dcpl=dcpl)
+            dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, np.ascontiguousarray(old, np.float32))
+        else:
+            kw = {"gzip": dict(compression="gzip"), "lzf": dict(compression="lzf"), "shuffle": dict(shuffle=True),
+                  "fletcher32": dict(fletcher32=True), "scaleoffset": dict(scaleoffset=4)}[name]
+            g.create_dataset(leaf, data=old, chunks=old.shape or None, **kw)
+    elif kind == "soft_link":
+        target = {"other": "/" + sorted(names)[(index + 1) % len(names)], "dangling": "/nowhere",
+                  "self": "/" + where}[trick[1]]
+        g[leaf] = h5py.SoftLink(target)
+    elif kind == "dtype":
+        g.create_dataset(leaf, data=old.astype(np.dtype(trick[1])) if trick[1] != "S4" else old.astype("S4"))
+    return kind in OUTSIDE
+
+
+def h5_tricked(seeds, target: str, index: int, trick: tuple, files: dict, workdir: str) -> tuple[str, bool]:
+    import h5py
+
+    suffix, seed = seeds[target]
+    path = os.path.join(workdir, "struct" + suffix)
+    if suffix == ".h5":
+        with open(path, "wb") as out:
+            out.write(seed)
+        with h5py.File(path, "r+") as f:
+            refuse = apply_h5_trick(f, index, trick, files, path)
+    else:
+        member = zipfile.ZipFile(io.BytesIO(seed)).read("model.weights.h5")
+        buf = io.BytesIO(member)
+        with h5py.File(buf, "r+") as f:
+            refuse = apply_h5_trick(f, index, trick, files, os.path.join(workdir, "member-self.h5"))
+        with open(path, "wb") as out:
+            out.write(repack(seed, "model.weights.h5", buf.getvalue()))
+    return path, refuse
+
+
+@pytest.mark.parametrize("target", ["keras.h5", "keras.keras"])
+def test_hdf5_structure_that_reads_outside_the_file_is_refused(seeds, workdir, struct_worker, outside_files, target):
+    @STRUCT
+    @given(st.integers(0, 100), H5_TRICK)
+    def run(index, trick):
+        path, refuse = h5_tricked(seeds, target, index, trick, outside_files, workdir)
+        verdict = struct_worker.load(path, refuse)
+        assert all(v == "ok" for v, _ in verdict), (trick, verdict)
+
+    run()
+
+
+def mutate_config(cfg: dict, m: tuple) -> dict:
+    cfg = json.loads(json.dumps(cfg))
+    layers = [l for l in cfg.get("config", {}).get("layers", []) if isinstance(l, dict)]
+    if m[0] == "model_name":
+        cfg["config"]["name"] = m[1]
+    elif m[0] == "layer_name" and layers:
+        layers[m[1] % len(layers)].setdefault("config", {})["name"] = m[2]
+    elif m[0] == "size" and layers:
+        c = layers[m[1] % len(layers)].setdefault("config", {})
+        c[m[2]] = [None, m[3], m[3], 1] if m[2] == "batch_shape" and isinstance(m[3], int) else m[3]
+        layers[m[1] % len(layers)].pop("build_config", None)
+    return cfg
+
+
+@pytest.mark.parametrize("target", ["keras.h5", "keras.keras"])
+def test_config_mutations_load_or_fail_with_one_clean_line(seeds, workdir, struct_worker, target):
+    import h5py
+
+    suffix, seed = seeds[target]
+    if suffix == ".keras":
+        base = json.loads(zipfile.ZipFile(io.BytesIO(seed)).read("config.json"))
+    else:
+        with h5py.File(io.BytesIO(seed), "r") as f:
+            base = json.loads(f.attrs["model_config"])
+
+    @STRUCT
+    @given(st.lists(CONFIG_MUTATION, min_size=1, max_size=3))
+    def run(mutations):
+        cfg = base
+        for m in mutations:
+            cfg = mutate_config(cfg, m)
+        text = json.dumps(cfg)
+        path = os.path.join(workdir, "config" + suffix)
+        if suffix == ".keras":
+            data = repack(seed, "config.json", text.encode())
+            with open(path, "wb") as out:
+                out.write(data)
+        else:
+            with open(path, "wb") as out:
+                out.write(seed)
+            with h5py.File(path, "r+") as f:
+                f.attrs["model_config"] = text
+        verdict = struct_worker.load(path, False)
+        assert all(v == "ok" for v, _ in verdict), (mutations, verdict)
+
+    run()
