@@ -7,17 +7,16 @@ Bit-identity is asserted where the same program runs: 1 vs 4 devices, 2 processe
 resumed.
 """
 
-import json
 import os
 import subprocess
 import sys
 
+import flax_nets as F
 import jax
 import keras
 import numpy as np
 import pytest
 
-import flax_nets as F
 import jaxviz
 from jaxviz import JaxvizError
 from jaxviz.io.collection import open_collection
@@ -229,7 +228,7 @@ def test_interrupted_at_a_random_batch_and_resumed_equals_uninterrupted(tmp_path
     m = jaxviz.get_model("digits_cnn")
     p = m.init(jax.random.key(2))
     x = np.random.default_rng(5).integers(0, 256, (70, 28, 28, 1)).astype(np.uint8)
-    kw = dict(layers=["conv2d", "dense"], k=6, batch_size=8, chunk=CHUNK)
+    kw = {"layers": ["conv2d", "dense"], "k": 6, "batch_size": 8, "chunk": CHUNK}
     whole = top_examples(m, p, x, **kw)
     stop = int(np.random.default_rng().integers(1, 9))  # any batch of the 9
 
@@ -367,7 +366,7 @@ def test_bit_identical_on_one_device_four_devices_and_two_processes(tmp_path):
 def test_cli_resume_continues_a_checkpoint_and_refuses_other_settings(tmp_path, capsys):
     write_pngs(tmp_path / "imgs", 30, seed=3)
     m = jaxviz.load_model(None, "builtin:digits_cnn")
-    kw = dict(layers=["conv2d_1"], k=4, batch_size=8)
+    kw = {"layers": ["conv2d_1"], "k": 4, "batch_size": 8}
     whole = top_examples(m.model, m.params, str(tmp_path / "imgs"), **kw)
 
     def interrupt(done, total):

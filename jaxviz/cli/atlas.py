@@ -12,7 +12,14 @@ import time
 
 import numpy as np
 
-from jaxviz.cli.common import add_model_args, at_least, input_shape, load, register, say_preprocessing
+from jaxviz.cli.common import (
+    add_model_args,
+    at_least,
+    input_shape,
+    load,
+    register,
+    say_preprocessing,
+)
 from jaxviz.errors import JaxvizError
 
 CHECKPOINT = ".atlas-checkpoint"  # inside --out: what --resume continues from
@@ -21,7 +28,7 @@ CROP_PX = 72  # exemplar crops are drawn this tall in the html
 LOG_EVERY_S = 10.0
 
 
-def parse_units(text: str) -> "list[int] | None":
+def parse_units(text: str) -> list[int] | None:
     """``all`` -> None; ``0-63`` / ``0,5,9-12`` -> the sorted indices (each at most once)."""
     if text.strip() == "all":
         return None
@@ -189,11 +196,11 @@ def _png(img: np.ndarray) -> str:
     img = np.asarray(img, np.uint8)
     if img.ndim == 3 and img.shape[-1] == 3:
         img = img[..., ::-1]  # cv2 writes BGR
-    ok, buf = cv2.imencode(".png", img)
+    _, buf = cv2.imencode(".png", img)
     return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
 
 
-def _crop(pixels: np.ndarray, heat: "np.ndarray | None", box) -> np.ndarray:
+def _crop(pixels: np.ndarray, heat: np.ndarray | None, box) -> np.ndarray:
     """The exemplar around its receptive-field box (half the box's size of context on each side), the
     box drawn in yellow and the unit's map (0..1, input size) overlaid where it is strong, scaled to
     :data:`CROP_PX` pixels tall; RGB uint8."""
@@ -271,11 +278,11 @@ def render_html(model, params, images, atlas, patterns: dict, max_cards: int = 5
 
     esc = html.escape
     coll = open_collection(images, atlas.input_shape, batch_size=1) if not _is_iterable(images) else None
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>jaxviz atlas: {esc(model.name)}</title>"
-             f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>",
+    parts = [(f"<!doctype html><html><head><meta charset='utf-8'><title>jaxviz atlas: {esc(model.name)}</title>"
+             f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>"),
              f"<h1>What drives each unit of {esc(model.name)}</h1>",
-             f"<p>{atlas.count} images (reduce: {esc(atlas.reduce)} over space; input {atlas.input_shape[0]}x"
-             f"{atlas.input_shape[1]}){'' if trained else ' — <b>UNTRAINED weights</b>'}.</p>"]
+             (f"<p>{atlas.count} images (reduce: {esc(atlas.reduce)} over space; input {atlas.input_shape[0]}x"
+             f"{atlas.input_shape[1]}){'' if trained else ' — <b>UNTRAINED weights</b>'}.</p>")]
     if atlas.failures:
         items = "".join(f"<li>{esc(f.path)}: {esc(f.reason)}</li>" for f in atlas.failures[:100])
         parts.append(f"<details><summary>{len(atlas.failures)} unreadable images skipped</summary><ul>{items}</ul>"
@@ -296,13 +303,13 @@ def _layer_html(n, layer, la, model, params, coll, atlas, pats, max_cards) -> st
     shown = list(range(min(len(la.units), max_cards)))
     dead = [int(u) for u, d in zip(la.units, la.dead) if d]
     rare = [int(u) for u, f in zip(la.units, la.fire_rate) if 0 < f < RARE]
-    link = lambda u: f"<a href='#{_id(n, u)}'>{u}</a>"  # noqa: E731
+    link = lambda u: f"<a href='#{_id(n, u)}'>{u}</a>"
     out = [f"<section id='{_id(n)}'><h2>{esc(layer)}</h2>",
-           f"<p class='overview'>grid {la.grid[0]}x{la.grid[1]}, receptive field {rf.size[0]}x{rf.size[1]} px, "
+           (f"<p class='overview'>grid {la.grid[0]}x{la.grid[1]}, receptive field {rf.size[0]}x{rf.size[1]} px, "
            f"stride {rf.stride[0]}; {len(la.units)} units, <b>{len(dead)} dead</b> (never fire)"
            f"{': ' + ' '.join(map(link, dead[:200])) if dead else ''}; <b>{len(rare)} rarely firing</b> "
            f"(under {RARE:.0%} of the images){': ' + ' '.join(map(link, rare[:200])) if rare else ''}; "
-           f"median fire rate {float(np.median(la.fire_rate)):.1%}.</p>",
+           f"median fire rate {float(np.median(la.fire_rate)):.1%}.</p>"),
            "<p>sort by <select onchange='sortCards(this)'><option value='unit'>unit</option>"
            "<option value='max'>max</option><option value='mean'>mean</option>"
            "<option value='fire'>fire rate</option></select>"

@@ -19,8 +19,9 @@ import glob as globlib
 import os
 import queue
 import threading
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -137,7 +138,7 @@ def _load_array(path: str) -> np.ndarray:
         raise JaxvizError(f"cannot read image array {path}: {_one_line(e)}") from None
 
 
-def _source(spec: Any) -> "_Source | None":
+def _source(spec: Any) -> _Source | None:
     """The random-access source of ``spec``, or None for an iterable of batches."""
     if isinstance(spec, np.ndarray):
         return _Array(spec, "array")
@@ -257,7 +258,7 @@ class Collection:
         def one(i: int):
             try:
                 return self._src.read(i, self.shape, self.interpolation), None
-            except Exception as e:  # any undecodable file is skipped and listed, never fatal by itself
+            except Exception as e:  # noqa: BLE001  (any undecodable file is skipped and listed, never fatal by itself)
                 return None, _one_line(e)
 
         for row, (img, err) in enumerate(pool.map(one, range(a, b))):
@@ -333,7 +334,7 @@ def _ahead(read, starts: Sequence[int], prefetch: int, workers: int) -> Iterator
                             break
                         except queue.Full:
                             continue
-        except BaseException as e:  # handed to the consumer, raised there
+        except BaseException as e:  # noqa: BLE001  (handed to the consumer, raised there)
             _put(q, e, stop)
             return
         _put(q, done, stop)

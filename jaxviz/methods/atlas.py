@@ -35,7 +35,8 @@ import hashlib
 import json
 import os
 import time
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -123,7 +124,7 @@ def merge_states(states: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], k:
     i = np.concatenate([s[1] for s in states], -1)
     p = np.concatenate([s[2] for s in states], -1)
     order = np.lexsort((i, -v.astype(np.float64)), axis=-1)[..., :k]
-    take = lambda a: np.take_along_axis(a, order, -1)  # noqa: E731
+    take = lambda a: np.take_along_axis(a, order, -1)
     return take(v), take(i), take(p)
 
 
@@ -134,8 +135,24 @@ class _Plan(NamedTuple):
     spatial: tuple[bool, ...]
 
 
+_STEPS: dict = {}  # compiled steps by (model, plan, k, reduce, chunk, devices): a second run does not recompile
+
+
 def _step_fn(model: Model, plan: _Plan, k: int, reduce: str, chunk: int, mesh) -> Callable:
-    """The jitted step: ``(params, state, pixels, indices, valid) -> (state, reduced)``."""
+    """The jitted step: ``(params, state, pixels, indices, valid) -> (state, reduced)`` (cached)."""
+    key = (model, plan, k, reduce, chunk, tuple(mesh.devices.flat))
+    try:
+        return _STEPS[key]
+    except TypeError:  # a model that is not hashable: a fresh step
+        return _make_step(model, plan, k, reduce, chunk, mesh)
+    except KeyError:
+        if len(_STEPS) > 16:
+            _STEPS.clear()
+        _STEPS[key] = step = _make_step(model, plan, k, reduce, chunk, mesh)
+        return step
+
+
+def _make_step(model: Model, plan: _Plan, k: int, reduce: str, chunk: int, mesh) -> Callable:
     mode = model.preprocessing
 
     def responses(params, x):
@@ -185,9 +202,9 @@ def _digest(tree: Any) -> str:
 
 def _settings_hash(model, params, plan, k, reduce, shape, paths, chunk, shard) -> str:
     names = hashlib.sha256("\n".join(paths).encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    doc = dict(model=model.name, preprocessing=model.preprocessing, params=_digest(params), layers=plan.layers,
-               units=plan.units, k=k, reduce=reduce, shape=shape, items=len(paths), names=names, chunk=chunk,
-               shard=shard, version=STATE_VERSION)
+    doc = {"model": model.name, "preprocessing": model.preprocessing, "params": _digest(params),
+           "layers": plan.layers, "units": plan.units, "k": k, "reduce": reduce, "shape": shape, "items": len(paths),
+           "names": names, "chunk": chunk, "shard": shard, "version": STATE_VERSION}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=list).encode()).hexdigest()[:24]
 
 
@@ -266,16 +283,16 @@ def top_examples(
     model: Model,
     params: Any,
     images: Any,
-    layers: "str | Sequence[str]",
+    layers: str | Sequence[str],
     k: int = 9,
     *,
     reduce: str = "max",
     batch_size: int | None = None,
-    units: "Sequence[int] | Mapping[str, Sequence[int]] | None" = None,
+    units: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
     input_shape: Sequence[int] | None = None,
     chunk: int | None = None,
     devices: Sequence[jax.Device] | None = None,
-    checkpoint: "str | os.PathLike | None" = None,
+    checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     checkpoint_every: int = 100,
     checkpoint_seconds: float = 60.0,
@@ -408,8 +425,9 @@ def top_examples(
     if shard[1] > 1:
         state, sums, fires, count, failures = _gather_processes(state, sums, fires, count, failures, paths, k)
     out = {}
-    for (name, units, grid), (v, i, p), s, f, asked in zip(zip(plan.layers, plan.units, plan.grids), state, sums,
-                                                           fires, [layers] if isinstance(layers, str) else layers):
+    asked_names = [layers] if isinstance(layers, str) else layers
+    for (name, shown, grid), (v, i, p), s, f, asked in zip(zip(plan.layers, plan.units, plan.grids), state, sums,
+                                                           fires, asked_names):
         rf = receptive_field(model, name, shape, params=params)
         peaks = np.stack([p // grid[1], p % grid[1]], -1).astype(np.int32)
         empty = i == NO_INDEX
@@ -418,9 +436,9 @@ def top_examples(
         boxes[empty] = 0
         n = max(count, 1)
         out[asked] = LayerAtlas(
-            units=np.asarray(units, np.int64), indices=np.where(empty, -1, i).astype(np.int64), values=v,
+            units=np.asarray(shown, np.int64), indices=np.where(empty, -1, i).astype(np.int64), values=v,
             peaks=peaks, boxes=boxes, mean=(s / n).astype(np.float32),
-            max=(v[:, 0] if count else np.zeros(len(units), np.float32)).astype(np.float32),
+            max=(v[:, 0] if count else np.zeros(len(shown), np.float32)).astype(np.float32),
             fire_rate=(f / n).astype(np.float32), dead=f == 0, grid=grid, field=rf)
     return Atlas(out, paths, sorted(failures), count, shape, reduce)
 

@@ -15,7 +15,8 @@ negative when the layer pads. :func:`field_box` clips that to the image.
 from __future__ import annotations
 
 import weakref
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +51,7 @@ def _pair(v) -> Pair:
     return (int(v), int(v)) if np.isscalar(v) else (int(v[0]), int(v[1]))
 
 
-def _window(layer, in_hw: Pair) -> "tuple[Pair, Pair, Pair] | None":
+def _window(layer, in_hw: Pair) -> tuple[Pair, Pair, Pair] | None:
     """``(effective kernel, stride, top/left padding)`` of a windowed layer, read from its public
     attributes; None when the layer is not a plain window (transposed convolution, resize)."""
     if hasattr(layer, "output_padding"):  # a transposed convolution: fractional stride
@@ -82,7 +83,7 @@ def _through(rf: RF, ke: Pair, s: Pair, pad: Pair) -> RF:
               tuple(o - p * j for o, p, j in zip(rf.offset, pad, rf.stride)))
 
 
-def _union(fields: list[RF]) -> "RF | None":
+def _union(fields: list[RF]) -> RF | None:
     if len({f.stride for f in fields}) != 1:
         return None
     lo = tuple(min(f.offset[a] for f in fields) for a in (0, 1))
@@ -90,7 +91,7 @@ def _union(fields: list[RF]) -> "RF | None":
     return RF(tuple(h - l for h, l in zip(hi, lo)), fields[0].stride, lo)
 
 
-def _analytic(model: Model, layer: str, shape: tuple[int, ...]) -> "RF | None":
+def _analytic(model: Model, layer: str, shape: tuple[int, ...]) -> RF | None:
     """The field from the graph's layers (a model that exposes ``sources`` and ``layer(name)``), or None."""
     sources = getattr(model, "sources", None)
     get = getattr(model, "layer", None)
@@ -132,7 +133,7 @@ def _analytic(model: Model, layer: str, shape: tuple[int, ...]) -> "RF | None":
     return env.get(layer)
 
 
-_MEASURED: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+_MEASURED: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()
 
 
 def _support(model: Model, params: Any, layer: str, shape: tuple[int, ...], pos: Pair, key: jax.Array,
