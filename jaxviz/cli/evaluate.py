@@ -1,0 +1,203 @@
+"""`jaxviz evaluate`: attribution methods ranked by faithfulness metrics over an image collection —
+``leaderboard.json``, ``leaderboard.csv``, ``scores.npz`` and ``curves.png`` (mean deletion and
+insertion curves)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from jaxviz.cli.common import add_model_args, at_least, input_shape, load, register, say_preprocessing
+from jaxviz.errors import JaxvizError
+
+CHECKPOINT = ".evaluate-checkpoint"  # inside --out: what --resume continues from
+BOUNDS = {
+    "--steps": (1, 10_000),
+    "--batch-size": (1, 65_536),
+    "--max-failures": (0, 1),
+    "--workers": (1, 256),
+    "--tolerance": (0, 1_000_000),
+}
+
+
+def _names(text: str, valid: tuple[str, ...], flag: str) -> "list[str] | str":
+    if text.strip() == "all":
+        return "all"
+    items = [v.strip() for v in text.split(",")]
+    if not all(items):
+        raise JaxvizError(f"{flag} takes 'all' or comma-separated names like {','.join(valid[:2])}; got {text!r}")
+    bad = [v for v in items if v not in valid]
+    if bad:
+        raise JaxvizError(f"{flag}: unknown name {bad[0]!r}; valid: {', '.join(valid)}")
+    if len(set(items)) != len(items):
+        raise JaxvizError(f"{flag} names {sorted({v for v in items if items.count(v) > 1})[0]!r} more than once")
+    return items
+
+
+def _regions(path: str, paths: list[str], shape) -> np.ndarray:
+    """``--boxes FILE.json``: ``{"file name": [top, left, bottom, right], ...}`` in input pixels -> masks."""
+    from jaxviz.methods.metrics import boxes_to_masks
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        raise JaxvizError(f"--boxes {path}: cannot read it as JSON ({e.__class__.__name__})") from None
+    if not isinstance(doc, dict):
+        raise JaxvizError(f"--boxes {path} must hold an object {{\"file name\": [top, left, bottom, right]}}")
+    boxes = np.full((len(paths), 4), -1.0)
+    for i, p in enumerate(paths):
+        box = doc.get(p, doc.get(os.path.basename(p)))
+        if box is None:
+            continue
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+            raise JaxvizError(f"--boxes {path}: the box of {os.path.basename(p)!r} must be [top, left, bottom, right]")
+        boxes[i] = box
+    return boxes_to_masks(boxes, shape)
+
+
+def cmd_evaluate(args) -> None:
+    from jaxviz.io import output_dir
+    from jaxviz.methods.attribution import METHODS
+    from jaxviz.methods.metrics import METRIC_NAMES
+
+    for flag, (low, high) in BOUNDS.items():
+        at_least(flag, getattr(args, flag[2:].replace("-", "_")), low, high)
+    methods = _names(args.methods, METHODS, "--methods")
+    metrics = _names(args.metrics, METRIC_NAMES, "--metrics")
+    if os.path.isdir(args.images) and os.path.realpath(args.images) == os.path.realpath(args.out):
+        raise JaxvizError(f"--out {args.out} is the --images folder; choose another --out")
+    with output_dir(args.out) as stage:  # an unusable --out fails before any work
+        _run(args, methods, metrics, stage)
+
+
+def _run(args, methods, metrics, stage) -> None:
+    import jax
+
+    from jaxviz.cli.atlas import Progress
+    from jaxviz.io.collection import open_collection
+    from jaxviz.methods.evaluate import evaluate
+    from jaxviz.methods.metrics import Definitions
+
+    loaded = load(args)
+    model = loaded.model
+    shape = input_shape(args, model)
+    say_preprocessing(args, model)
+    d = Definitions()
+    d = d._replace(steps=args.steps or d.steps, tolerance=d.tolerance if args.tolerance is None else args.tolerance)
+    regions = None
+    if args.boxes:
+        regions = _regions(args.boxes, open_collection(args.images, shape).paths, shape)
+    bar = None
+
+    def progress(done, total):
+        nonlocal bar
+        if bar is None:
+            bar = Progress(total)
+        bar(done, total)
+
+    t0 = time.perf_counter()
+    try:
+        ev = evaluate(model, loaded.params, args.images, methods, metrics, key=jax.random.key(args.seed),
+                      definitions=d, regions=regions, batch_size=args.batch_size, input_shape=shape,
+                      checkpoint=os.path.join(args.out, CHECKPOINT), resume=args.resume, workers=args.workers,
+                      max_failures=args.max_failures, on_batch=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    dt = time.perf_counter() - t0
+    for f in ev.failures:
+        print(f"jaxviz evaluate: warning: skipped {f.path!r}: {f.reason}", file=sys.stderr)
+    n = int((ev.classes >= 0).sum())
+    write(stage, ev)
+    print(_table(ev.leaderboard))
+    print(f"{n} images ({len(ev.failures)} unreadable) in {dt:.1f} s ({dt / max(n, 1):.2f} s/image), "
+          f"{len(jax.devices())} {jax.devices()[0].platform} device(s)")
+
+
+def write(stage: str, ev) -> None:
+    """``leaderboard.json``, ``leaderboard.csv``, ``scores.npz`` and ``curves.png`` into ``stage``."""
+    with open(os.path.join(stage, "leaderboard.json"), "w", encoding="utf-8") as f:
+        json.dump(ev.leaderboard, f, indent=1)
+    fields = ["method", "metric", "higher_is_better", "mean", "low", "high", "n", "beats_random"]
+    with open(os.path.join(stage, "leaderboard.csv"), "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        w.writerows(ev.leaderboard)
+    arrays = {"paths": np.array(ev.paths, dtype=str), "classes": ev.classes}
+    for m, per in ev.scores.items():
+        for name, v in per.items():
+            arrays[f"{m}/{name}"] = v
+    for m, per in ev.curves.items():
+        for name, v in per.items():
+            arrays[f"curves/{m}/{name}"] = v
+    np.savez(os.path.join(stage, "scores.npz"), **arrays)
+    plot_curves(ev.curves, os.path.join(stage, "curves.png"))
+
+
+def plot_curves(curves: dict, path: str) -> None:
+    """The mean deletion and insertion curves of every method (the random map dashed), side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, kind in zip(axes, ("deletion", "insertion")):
+        for m, per in curves.items():
+            if kind in per:
+                c = per[kind]
+                ax.plot(np.linspace(0, 1, len(c)), c, "--" if m == "random" else "-", label=m)
+        ax.set_title(f"{kind} (mean over images)")
+        ax.set_xlabel("share of pixels changed")
+        ax.set_ylabel("class probability")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _table(board: list[dict]) -> str:
+    lines = [f"{'method':12s} {'metric':24s} {'mean':>10s} {'95% interval':>23s} {'n':>6s} {'beats random':>12s}"]
+    for r in board:
+        fmt = lambda v: "nan" if v is None else f"{v:.4g}"  # noqa: E731
+        beats = "" if r["beats_random"] is None else f"{100 * r['beats_random']:.0f}%"
+        lines.append(f"{r['method']:12s} {r['metric']:24s} {fmt(r['mean']):>10s} "
+                     f"{'[' + fmt(r['low']) + ', ' + fmt(r['high']) + ']':>23s} {r['n']:6d} {beats:>12s}")
+    return "\n".join(lines)
+
+
+@register("evaluate", "rank attribution methods by faithfulness metrics (deletion, insertion, ROAD, ...) over a "
+                      "collection",
+          "jaxviz evaluate --model efficientnet_lite0 --images photos/ --methods gradcam,saliency,ig "
+          "--metrics all --out eval\n"
+          "  jaxviz evaluate --weights builtin:digits_cnn --images digits --methods all --metrics deletion,insertion "
+          "--steps 20 --out ev   # then --resume after an interruption")
+def _setup_evaluate(p):
+    from jaxviz.methods.attribution import METHODS
+    from jaxviz.methods.metrics import METRIC_NAMES
+
+    add_model_args(p)
+    p.add_argument("--images", required=True, help="the collection: a folder (recursive), a glob, a text file of "
+                                                   "paths, an .npy/.npz array, digits, fruits, samples or sample:NAME")
+    p.add_argument("--methods", default="all", help=f"'all' or comma-separated: {', '.join(METHODS)} (default all)")
+    p.add_argument("--metrics", default="all", help=f"'all' or comma-separated: {', '.join(METRIC_NAMES)} (default "
+                                                    "all; the pointing game needs --boxes)")
+    p.add_argument("--steps", type=int, help="deletion/insertion steps S, {}..{} (default 100)".format(*BOUNDS["--steps"]))
+    p.add_argument("--boxes", help="JSON {\"file name\": [top, left, bottom, right]} in input pixels, for the "
+                                   "pointing game")
+    p.add_argument("--tolerance", type=float, help="the pointing game's tolerance in pixels (default 15)")
+    p.add_argument("--batch-size", type=int, help="images per step over all devices, {}..{} (default 2 per device on "
+                                                  "CPUs)".format(*BOUNDS["--batch-size"]))
+    p.add_argument("--workers", type=int, help="decoding threads (default: CPU count, at most 8)")
+    p.add_argument("--max-failures", type=float, default=0.05,
+                   help="share of unreadable images above which the run stops, 0..1 (default 0.05)")
+    p.add_argument("--resume", action="store_true", help=f"continue an interrupted run from {CHECKPOINT} in --out")
+    p.add_argument("--out", "-o", required=True,
+                   help="output directory: leaderboard.json, leaderboard.csv, scores.npz, curves.png")
+    p.set_defaults(func=cmd_evaluate)
