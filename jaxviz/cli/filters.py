@@ -9,6 +9,20 @@ from jaxviz.errors import JaxvizError
 from jaxviz.cli.common import MAX_SIDE, add_model_args, at_least, conv_layers, load, register
 
 
+# The numeric options' bounds, inclusive (--size and --per-filter are checked on their own).
+BOUNDS = {
+    "--steps": (1, 100_000),
+    "--octaves": (1, 16),
+    "--octave-scale": (1, 8),  # octaves grow: 1 repeats a size, below 1 would shrink
+    "--batch-size": (1, 65_536),
+    "--diversity": (0, 10_000),
+}
+
+
+def _bounds(flag: str) -> str:
+    return "{}..{}".format(*BOUNDS[flag])
+
+
 def cmd_filters(args) -> None:
     import jax
     from tqdm import tqdm
@@ -18,12 +32,9 @@ def cmd_filters(args) -> None:
     from jaxviz.viz.writers import write_filters
 
     at_least("--size", args.size, 1, MAX_SIDE)
-    at_least("--steps", args.steps)
-    at_least("--octaves", args.octaves)
-    at_least("--octave-scale", args.octave_scale)  # octaves grow: 1 repeats a size, below 1 would shrink
-    at_least("--batch-size", args.batch_size)
     at_least("--per-filter", args.per_filter, 1, 64)
-    at_least("--diversity", args.diversity, 0)
+    for flag, (low, high) in BOUNDS.items():
+        at_least(flag, getattr(args, flag[2:].replace("-", "_")), low, high)
     if args.diversity and (args.per_filter or 1) < 2:
         raise JaxvizError("--diversity pushes apart the patterns of one filter; add --per-filter 2 or more")
     picked = parse_filters(args.filters) if args.filters is not None else None
@@ -127,22 +138,28 @@ def _setup_filters(p):
     g = p.add_mutually_exclusive_group()
     g.add_argument("--count", help="first N filters, or 'all' (default: 64, or all of a smaller layer)")
     g.add_argument("--filters", help="comma-separated filter indices, e.g. 0,5,9")
-    p.add_argument("--recipe", default="dlwp1", help="dlwp1 (seed 001), dlwp2 (seed 002), lucid (pixels through the "
-                                                     "model's preprocessing: real networks) or lucid_class (classes of "
-                                                     "the output layer) (default dlwp1)")
-    p.add_argument("--size", type=int, help=f"image size, 1..{MAX_SIDE} (default: the recipe's: dlwp1 64, dlwp2 200, "
-                                            "lucid and lucid_class 128)")
-    p.add_argument("--steps", type=int, help="ascent steps, at least 1 (default: the recipe's: 40, 30, 256, 256)")
-    p.add_argument("--octaves", type=int, help="multi-scale ascent: N sizes growing by --octave-scale (default 1)")
-    p.add_argument("--octave-scale", type=float, help="size ratio between octaves, at least 1 (default 1.4)")
+    from jaxviz.methods.featurevis.recipes import PRESETS
+
+    recipes = PRESETS.items()
+    p.add_argument("--recipe", default="dlwp1", help="; ".join(f"{n}: {r.description}" for n, r in recipes)
+                   + " (default dlwp1)")
+    p.add_argument("--size", type=int, help=f"image size, 1..{MAX_SIDE} (default: the recipe's: "
+                   + ", ".join(f"{n} {r.recipe.size}" for n, r in recipes) + ")")
+    p.add_argument("--steps", type=int, help=f"ascent steps, {_bounds('--steps')} (default: the recipe's: "
+                   + ", ".join(f"{n} {r.recipe.steps}" for n, r in recipes) + ")")
+    p.add_argument("--octaves", type=int, help=f"multi-scale ascent: N sizes growing by --octave-scale, "
+                                              f"{_bounds('--octaves')} (default 1)")
+    p.add_argument("--octave-scale", type=float, help=f"size ratio between octaves, {_bounds('--octave-scale')} "
+                                                       "(default 1.4)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="the network's compute type (default float32)")
     p.add_argument("--per-filter", type=int, help="patterns per filter, optimised together, 1..64 (default 1); "
                                                   "one row per filter in the grid")
     p.add_argument("--diversity", type=float, help="weight of the term that makes a filter's patterns differ "
                                                    "(lucid's diversity, relative to the objective; 4 is a good start; "
-                                                   "needs --per-filter 2 or more; default 0)")
-    p.add_argument("--batch-size", type=int, help="filters per compiled call, split over all devices "
-                                                  "(bounds memory; default: all on accelerators, 1 per call on CPUs)")
+                                                   f"needs --per-filter 2 or more; {_bounds('--diversity')}, default 0)")
+    p.add_argument("--batch-size", type=int, help="filters per compiled call, split over all devices, "
+                                                  f"{_bounds('--batch-size')} (bounds memory; default: all on "
+                                                  "accelerators, 1 per call on CPUs)")
     p.add_argument("--no-quality", action="store_true",
                    help="skip the quality measures printed per layer and stored in the npz (patterns vs the best of "
                         "55 photo crops, robustness to jitter and zoom, high-frequency energy, own-unit selectivity)")

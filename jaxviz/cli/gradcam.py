@@ -6,19 +6,25 @@ from jaxviz.cli.common import (add_model_args, at_least, batch, input_shape, loa
                                say_preprocessing)
 
 
+MAX_BATCH = 65_536  # --batch-size: images per compiled call
+
+
+def _flag(setting: str) -> str:
+    return "--" + setting.replace("_", "-")
+
+
 def cmd_gradcam(args) -> None:
     import jax
 
-    from jaxviz.methods.attribution import LAYER_METHODS, Settings, explain
+    from jaxviz.methods.attribution import SETTINGS, Settings, explain, method_record
     from jaxviz.io.images import expand_sources
     from jaxviz.io import output_dir
     from jaxviz.io.labels import decode_predictions
     from jaxviz.viz.writers import write_cams
 
-    for flag, v in (("--samples", args.samples), ("--steps", args.steps), ("--chunk", args.chunk),
-                    ("--batch-size", args.batch_size)):
-        at_least(flag, v)
-    at_least("--noise", args.noise, 0)
+    bounds = [(_flag(s.name), getattr(args, s.name), s.low, s.high) for s in SETTINGS.values()]
+    for flag, v, low, high in bounds + [("--batch-size", args.batch_size, 1, MAX_BATCH)]:
+        at_least(flag, v, low, high)
     refuse_out_in_inputs(args.out, args.image)
     with output_dir(args.out) as stage:  # an unusable --out fails before any work
         loaded = load(args, default_model="vgg16")
@@ -29,16 +35,16 @@ def cmd_gradcam(args) -> None:
         x = batch(model, images, shape)
         cams = explain(model, loaded.params, x, args.cls, method=args.method, layer=args.layer, score=args.score,
                        key=jax.random.key(args.seed), batch_size=args.batch_size,
-                       settings=Settings(samples=args.samples, noise=args.noise, steps=args.steps, chunk=args.chunk))
+                       settings=Settings(**{name: getattr(args, name) for name in SETTINGS}))
         if model.labels is not None:
             for src, top in zip(images, decode_predictions(cams.probs, top=3, labels=model.labels)):
                 print(f"{src}: Predicted: {[(a, b, round(p, 8)) for a, b, p in top]}")
-        where = f"layer {args.layer or model.cam_layer()}" if args.method in LAYER_METHODS else "input"
+        where = f"layer {args.layer or model.cam_layer()}" if method_record(args.method).family == "layer" else "input"
         write_cams(stage, images, cams, args.method, where)
 
 
-@register("gradcam", "Grad-CAM (and Grad-CAM++, Score-CAM, saliency, SmoothGrad, IG, guided backprop) heatmaps "
-                      "superimposed on the photos",
+@register("gradcam", "Grad-CAM and every other attribution method (--method) as heatmaps superimposed on the "
+                      "photos",
            "jaxviz gradcam --weights ckpt/vgg16 --image elephant.jpg --class 386 --out out/cam\n"
            "  jaxviz gradcam --weights fashion.h5 --image a.png --image b.png --layer conv2d_1 --out out/cam\n"
            "  jaxviz gradcam --weights builtin:digits_cnn --image 7.png --method smoothgrad --seed 1 --out out/sg\n"
@@ -47,19 +53,19 @@ def _setup_gradcam(p):
     add_model_args(p)
     p.add_argument("--image", "-i", action="append", required=True,
                    help="image path, a folder of images, or sample:NAME (repeatable)")
-    p.add_argument("--batch-size", type=int, help="images per compiled call, split over all devices (default: all on accelerators, calls of 16/4/1 images on CPUs)")
+    p.add_argument("--batch-size", type=int, help=f"images per compiled call, split over all devices, 1..{MAX_BATCH} "
+                                                  "(default: all on accelerators, calls of 16/4/1 images on CPUs)")
     p.add_argument("--class", dest="cls", type=int, help="class index (default: each image's top-1)")
     p.add_argument("--layer", "-l", help="conv layer (default: the last conv layer)")
-    from jaxviz.methods.attribution import METHODS
+    from jaxviz.methods.attribution import METHODS, REGISTRY, SETTINGS, users
 
-    p.add_argument("--method", default="gradcam", choices=METHODS,
-                   help="gradcam, gradcam++, scorecam: maps at the layer's resolution; saliency, smoothgrad, ig "
-                        "(integrated gradients), guided (guided backprop): maps at the input's (default gradcam)")
-    p.add_argument("--samples", type=int, default=25, help="smoothgrad: noisy copies (default 25)")
-    p.add_argument("--noise", type=float, default=0.15,
-                   help="smoothgrad: noise sigma / value range, at least 0 (default 0.15)")
-    p.add_argument("--steps", type=int, default=32, help="ig: integration steps (default 32)")
-    p.add_argument("--chunk", type=int, default=64, help="scorecam: masked images per forward pass (default 64)")
+    families = {"layer": "maps at the layer's resolution", "input": "maps at the input's"}
+    p.add_argument("--method", default=METHODS[0], choices=METHODS,
+                   help="; ".join(f"{', '.join(m.name for m in REGISTRY if m.family == f)}: {what}"
+                                  for f, what in families.items()) + f" (default {METHODS[0]})")
+    for s in SETTINGS.values():  # every knob of every method, with its default and bounds from the registry
+        p.add_argument(_flag(s.name), dest=s.name, type=type(s.default), default=s.default,
+                       help=f"{', '.join(users(s))}: {s.help}, {s.low}..{s.high} (default {s.default})")
     p.add_argument("--score", default="logit", choices=["logit", "probability"],
                    help="logit = pre-softmax (the paper, default); probability = post-softmax (the seeds)")
     p.add_argument("--out", "-o", required=True, help="output directory")

@@ -13,10 +13,17 @@ Two families share one driver (:func:`explain`):
 
 Every map is non-negative and divided by its maximum, so it lies in [0, 1]; an all-zero map stays
 zero (with a warning from :func:`explain`), never NaN.
+
+:data:`REGISTRY` is the one source of the methods: one :class:`Method` record each (name, family,
+function, settings with defaults and bounds, description). :data:`METHODS`, :data:`LAYER_METHODS`,
+:data:`INPUT_METHODS`, :class:`Settings`, the CLI's ``--method`` choices and options, and the demo's
+comparison grid all derive from it. The functions live in :mod:`jaxviz.methods.layer_maps` and
+:mod:`jaxviz.methods.input_maps`.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import warnings
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
@@ -26,13 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.errors import JaxvizError, unknown
+from jaxviz.nn.finite import is_finite_number
 from jaxviz.nn.protocol import Model, is_spatial, layer_shape, output_shape
+from jaxviz.methods.input_maps import guided_backprop, ig, integrated_gradients, saliency, smoothgrad  # noqa: F401 (public here too)
+from jaxviz.methods.layer_maps import gradcam_weights, gradcampp_weights, layer_gradient_method, scorecam
 from jaxviz.methods.sharding import batch_mesh, chunks, gather, pad_to, replicate, shard_batch
-
-LAYER_METHODS = ("gradcam", "gradcam++", "scorecam")
-INPUT_METHODS = ("saliency", "smoothgrad", "ig", "guided")
-METHODS = LAYER_METHODS + INPUT_METHODS
-
 
 class Cams(NamedTuple):
     heatmaps: np.ndarray  # N x K x h x w float32 in [0, 1]: layer resolution (CAMs) or input resolution
@@ -40,152 +45,104 @@ class Cams(NamedTuple):
     probs: np.ndarray  # N x classes (the model's output)
 
 
-class Settings(NamedTuple):
-    """Knobs of the methods that have them (hashable: part of the compilation key)."""
+class Setting(NamedTuple):
+    """One knob of a method: a field of :class:`Settings` (and the CLI's ``--name``) with its default, its
+    inclusive bounds ``low..high`` and a short description. Methods that share a knob share its record."""
 
-    samples: int = 25  # smoothgrad: noisy copies
-    noise: float = 0.15  # smoothgrad: sigma as a fraction of the image's value range (the paper's 10-20%)
-    steps: int = 32  # ig: Riemann steps (midpoint rule) from the baseline to the image
-    chunk: int = 64  # scorecam: masked images per forward pass (bounds memory)
-
-
-def _normalise(m: jax.Array) -> jax.Array:
-    peak = m.max()
-    return jnp.where(peak > 0, m / jnp.where(peak > 0, peak, 1.0), 0.0)
+    name: str
+    default: int | float
+    low: int | float
+    high: int | float
+    help: str
 
 
-# ----------------------------------------------------------------------------------------------
-# Layer maps: channel weights from (feature map h x w x C, gradient of the score w.r.t. it)
+class Method(NamedTuple):
+    """One attribution method: the one record :data:`REGISTRY` holds for it.
+
+    ``family``: ``layer`` (channel weights at a conv layer; the map has the layer's resolution) or ``input``
+    (gradients at the input pixels; the map has the input's). ``fn(model, params, x, feats, grads, classes,
+    keys, cfg, logits)`` -> N x K maps in [0, 1]; ``feats``/``grads`` are the layer's activations and, with
+    ``needs_grad``, each class score's gradient there (layer family only). ``settings``: the knobs it reads.
+    ``zero_cause``: why one of its maps can be all zero (the warning). ``per_channel``: one forward pass
+    per channel of the layer (minutes for a real network on a CPU).
+    """
+
+    name: str
+    family: str
+    fn: Callable
+    description: str
+    settings: tuple[Setting, ...] = ()
+    needs_grad: bool = False
+    zero_cause: str = "the gradient is zero"
+    per_channel: bool = False
 
 
-def gradcam_weights(feat: jax.Array, grad: jax.Array) -> jax.Array:
-    """Listing 5.42 / Selvaraju et al.: the spatial mean of the gradient per channel."""
-    return grad.mean(axis=(0, 1))
+# -- the registry: one record per method ---------------------------------------------------------
+
+SAMPLES = Setting("samples", 25, 1, 10_000, "noisy copies")
+NOISE = Setting("noise", 0.15, 0.0, 10.0, "noise sigma / the image's value range (the paper's 0.1-0.2)")
+STEPS = Setting("steps", 32, 1, 100_000, "integration steps (midpoint rule) from the baseline to the image")
+CHUNK = Setting("chunk", 64, 1, 65_536, "masked images per forward pass (bounds memory)")
+
+REGISTRY: tuple[Method, ...] = (
+    Method("gradcam", "layer", layer_gradient_method(gradcam_weights),
+           "Grad-CAM: channels weighted by the spatial mean of the gradient", needs_grad=True,
+           zero_cause="every weighted channel is negative"),
+    Method("gradcam++", "layer", layer_gradient_method(gradcampp_weights),
+           "Grad-CAM++: channels weighted by the positive gradients' closed-form coefficients", needs_grad=True,
+           zero_cause="every weighted channel is negative"),
+    Method("scorecam", "layer", scorecam, "Score-CAM: channels weighted by the score of the image they mask",
+           (CHUNK,), zero_cause="every weighted channel is negative", per_channel=True),
+    Method("saliency", "input", saliency, "saliency: |gradient| at the input, max over colour channels"),
+    Method("smoothgrad", "input", smoothgrad, "SmoothGrad: the input gradient averaged over noisy copies",
+           (SAMPLES, NOISE)),
+    Method("ig", "input", ig, "integrated gradients from a zero baseline", (STEPS,),
+           zero_cause="the image equals the zero baseline, e.g. a black image"),
+    Method("guided", "input", guided_backprop, "guided backprop: the input gradient through guided ReLUs"),
+)
+"""Every attribution method, in display order. Adding a method is adding its record here."""
+
+BY_NAME: dict[str, Method] = {m.name: m for m in REGISTRY}
+METHODS = tuple(BY_NAME)
+LAYER_METHODS = tuple(m.name for m in REGISTRY if m.family == "layer")
+INPUT_METHODS = tuple(m.name for m in REGISTRY if m.family == "input")
 
 
-def gradcampp_weights(feat: jax.Array, grad: jax.Array, eps: float = 1e-7) -> jax.Array:
-    """Chattopadhyay et al. (2018), eq. 19 with the exponential-score closed form: per-position
-    coefficients ``g^2 / (2 g^2 + sum(A) g^3)`` on the positive gradients."""
-    g2 = grad**2
-    a = g2 / (2 * g2 + feat.sum(axis=(0, 1)) * g2 * grad + eps)
-    a = jnp.where(grad != 0, a, 0.0)
-    return (a * jax.nn.relu(grad)).sum(axis=(0, 1))
+def _settings_fields() -> dict[str, Setting]:
+    fields: dict[str, Setting] = {}
+    for m in REGISTRY:
+        for s in m.settings:
+            if fields.setdefault(s.name, s) != s:
+                raise TypeError(f"setting {s.name!r} is declared twice with different records")
+    return fields
 
 
-def _weighted_map(feat: jax.Array, weights: jax.Array) -> jax.Array:
-    # The seed takes the channel mean; after division by the max it equals the paper's sum.
-    return _normalise(jax.nn.relu((feat * weights).mean(axis=-1)))
+SETTINGS: dict[str, Setting] = _settings_fields()
+"""Every method's knobs by name: the fields of :class:`Settings`, the CLI's options."""
+
+Settings = collections.namedtuple("Settings", list(SETTINGS), defaults=[s.default for s in SETTINGS.values()],
+                                  module=__name__)
+Settings.__doc__ = "The methods' knobs (hashable: part of the compilation key), one field per :data:`SETTINGS` record."
 
 
-def _layer_gradient_method(weight_fn: Callable):
-    def method(model, params, x, feats, grads, classes, key, cfg, logits):
-        # feats: N h w C; grads: N K h w C (the gradient of each class score at the layer)
-        def one(feat, g):
-            return _weighted_map(feat, weight_fn(feat, g))
-
-        return jax.vmap(jax.vmap(one, in_axes=(None, 0)))(feats, grads)
-
-    method.needs_grad = True
-    return method
+def users(setting: Setting) -> list[str]:
+    """The names of the methods that read ``setting``."""
+    return [m.name for m in REGISTRY if setting in m.settings]
 
 
-def _scorecam(model, params, x, feats, grads, classes, key, cfg, logits):
-    """Wang et al. (2020): each channel, upsampled to the input and min-max scaled, masks the image;
-    the channel's weight is the class probability of the masked image. All N x C masked images go
-    through the model in chunks of ``cfg.chunk`` inside the same compiled call."""
-    n, h, w, c = feats.shape
-    masks = jax.image.resize(feats, (n, x.shape[1], x.shape[2], c), "bilinear")
-    lo = masks.min(axis=(1, 2), keepdims=True)
-    span = masks.max(axis=(1, 2), keepdims=True) - lo
-    masks = jnp.where(span > 0, (masks - lo) / jnp.where(span > 0, span, 1.0), 0.0)
-    masked = x[:, None] * jnp.moveaxis(masks, -1, 1)[..., None]  # N C H W ch
-    flat = masked.reshape((n * c,) + x.shape[1:])
-    scores = jax.lax.map(lambda im: model.run(params, im[None]).output[0], flat, batch_size=cfg.chunk)
-    scores = scores.reshape(n, c, -1)  # N C classes
-
-    def one(feat, score, cls):
-        return jax.vmap(lambda k: _weighted_map(feat, score[:, k]))(cls)
-
-    return jax.vmap(one)(feats, scores, classes)
+def method_record(name: str) -> Method:
+    """The record of method ``name``; an unknown name raises an error that lists the valid ones."""
+    if name not in BY_NAME:
+        raise unknown("method", name, METHODS)
+    return BY_NAME[name]
 
 
-# ----------------------------------------------------------------------------------------------
-# Input maps: gradients of the class score with respect to the (preprocessed) input
-
-
-def _score(model: Model, params, x: jax.Array, logits: bool) -> jax.Array:
-    out = model.run(params, x)
-    return out.logits if logits else out.output
-
-
-def _input_grad(model: Model, params, logits: bool):
-    def grad(im, c):  # im: H W ch, one image
-        return jax.grad(lambda z: _score(model, params, z[None], logits)[0, c])(im)
-
-    return grad
-
-
-def _abs_max_channels(g: jax.Array) -> jax.Array:
-    return _normalise(jnp.abs(g).max(axis=-1))
-
-
-def _saliency(model, params, x, feats, grads, classes, key, cfg, logits):
-    """Simonyan et al. (2014): max over colour channels of |d score / d pixel|."""
-    grad = _input_grad(model, params, logits)
-    return jax.vmap(jax.vmap(lambda im, c: _abs_max_channels(grad(im, c)), in_axes=(None, 0)))(x, classes)
-
-
-def _smoothgrad(model, params, x, feats, grads, classes, keys, cfg, logits):
-    """Smilkov et al. (2017): the gradient averaged over ``samples`` copies with Gaussian noise of
-    sigma = ``noise`` x (max - min of the image), then |.| max over channels. ``keys``: one per image
-    (split from the caller's key by image index, so chunking and sharding do not change the noise)."""
-    grad = _input_grad(model, params, logits)
-
-    def one(im, c, k):
-        sigma = cfg.noise * (im.max() - im.min())
-        eps = jax.random.normal(k, (cfg.samples,) + im.shape, im.dtype) * sigma
-        return _abs_max_channels(jax.vmap(lambda e: grad(im + e, c))(eps).mean(axis=0))
-
-    return jax.vmap(lambda im, cs, k: jax.vmap(lambda c: one(im, c, k))(cs))(x, classes, keys)
-
-
-def integrated_gradients(model: Model, params: Any, x: jax.Array, classes: jax.Array,
-                         baseline: jax.Array | None = None, steps: int = 32, logits: bool = True) -> jax.Array:
-    """Sundararajan et al. (2017): ``(x - baseline) * mean of the gradients along the straight path``
-    (midpoint rule, ``steps`` points). Returns N x K x H x W x ch attributions whose sum approaches
-    ``score(x) - score(baseline)`` (completeness). ``baseline`` defaults to zeros (the preprocessed
-    black or mean image)."""
-    base = jnp.zeros_like(x[0]) if baseline is None else jnp.asarray(baseline, x.dtype)
-    grad = _input_grad(model, params, logits)
-    alphas = (jnp.arange(steps, dtype=x.dtype) + 0.5) / steps
-
-    def one(im, c):
-        path = base + alphas[:, None, None, None] * (im - base)
-        return (im - base) * jax.vmap(lambda z: grad(z, c))(path).mean(axis=0)
-
-    return jax.vmap(jax.vmap(one, in_axes=(None, 0)))(x, classes)
-
-
-def _ig(model, params, x, feats, grads, classes, key, cfg, logits):
-    attr = integrated_gradients(model, params, x, classes, steps=cfg.steps, logits=logits)
-    return jax.vmap(jax.vmap(lambda a: _normalise(jnp.abs(a.sum(axis=-1)))))(attr)
-
-
-def _guided(model, params, x, feats, grads, classes, key, cfg, logits):
-    """Springenberg et al. (2015): the input gradient with every ReLU's backward pass guided
-    (:func:`jaxviz.nn.layers.guided_relu`, and ``guided_relu6`` for ReLU6 networks), |.| max over channels."""
-    return _saliency(model.guided(), params, x, feats, grads, classes, key, cfg, logits)
-
-
-_IMPLS: dict[str, Callable] = {
-    "gradcam": _layer_gradient_method(gradcam_weights),
-    "gradcam++": _layer_gradient_method(gradcampp_weights),
-    "scorecam": _scorecam,
-    "saliency": _saliency,
-    "smoothgrad": _smoothgrad,
-    "ig": _ig,
-    "guided": _guided,
-}
+def check_settings(settings: Settings) -> None:
+    """Raise unless every knob of ``settings`` is a finite number within its :data:`SETTINGS` bounds."""
+    for s in SETTINGS.values():
+        v = getattr(settings, s.name)
+        if not is_finite_number(v) or not s.low <= v <= s.high:
+            raise JaxvizError(f"settings.{s.name} must be {s.low}..{s.high}, got {v}")
 
 
 def compiled_explain(model: Model, input_shape: Sequence[int], method: str = "gradcam", layer: str | None = None,
@@ -195,19 +152,19 @@ def compiled_explain(model: Model, input_shape: Sequence[int], method: str = "gr
     images, ``classes`` N x K int32, ``keys`` one per image; with ``top1`` the classes are each image's
     argmax, taken inside the same call, so nothing runs twice. For timing the method without
     :func:`explain`'s chunking and transfers (``benchmarks/``); equal arguments return the same function."""
-    if method not in METHODS:
-        raise unknown("method", method, METHODS)
+    record = method_record(method)
     if score not in ("logit", "probability"):
         raise JaxvizError(f"score must be 'logit' or 'probability', got {score!r}")
+    check_settings(settings)
     model.check_input((1,) + tuple(input_shape))
     check_classifier(model, input_shape, method)
-    layer = cam_layer(model, layer, input_shape) if method in LAYER_METHODS else None
+    layer = cam_layer(model, layer, input_shape) if record.family == "layer" else None
     return _compile(model, layer, method, score, settings, top1)
 
 
 @functools.lru_cache(maxsize=32)
 def _compile(model, layer, method, score, cfg, top1):
-    impl = _IMPLS[method]
+    record = BY_NAME[method]
     logits = score == "logit"
 
     def run(params, x, classes, keys):  # keys: one per image (only smoothgrad draws noise)
@@ -226,10 +183,10 @@ def _compile(model, layer, method, score, cfg, top1):
             if top1:
                 classes = jnp.argmax(probs, axis=-1).astype(jnp.int32)[:, None]
             grads = None
-            if getattr(impl, "needs_grad", False):
+            if record.needs_grad:
                 onehot = jax.nn.one_hot(classes, scores.shape[-1], dtype=scores.dtype)  # N K classes
                 grads = jnp.moveaxis(jax.vmap(lambda e: back(e)[0], in_axes=1)(onehot), 0, 1)  # N K h w C
-        return impl(model, params, x, feats, grads, classes, keys, cfg, logits), probs, classes
+        return record.fn(model, params, x, feats, grads, classes, keys, cfg, logits), probs, classes
 
     return jax.jit(run)
 
@@ -271,8 +228,7 @@ def explain(
     call's images are split evenly over ``devices`` (default all of ``jax.devices()``). The maps do not
     depend on the chunking beyond float32 rounding.
     """
-    if method not in METHODS:  # the method's name before the input's shape, as always
-        raise unknown("method", method, METHODS)
+    record = method_record(method)  # the method's name before the input's shape, as always
     x = jnp.asarray(x, jnp.float32)
     model.check_input(x.shape)
     top1 = classes is None
@@ -293,9 +249,7 @@ def explain(
     heat, probs, cls = (np.concatenate(p) for p in zip(*parts))
     heat = np.asarray(heat, np.float32)
     if np.any(heat.reshape(heat.shape[0] * heat.shape[1], -1).max(axis=1) == 0):
-        why = ("every weighted channel is negative" if method in LAYER_METHODS else
-               "the image equals the zero baseline, e.g. a black image" if method == "ig" else "the gradient is zero")
-        warnings.warn(f"some {method} maps are all zero ({why}); returned as zeros")
+        warnings.warn(f"some {method} maps are all zero ({record.zero_cause}); returned as zeros")
     return Cams(heat, np.asarray(cls), np.asarray(probs, np.float32))
 
 

@@ -8,6 +8,9 @@ photos' classes as class visualisations, activations. Then the small CNNs traine
 present, and VGG16: trained with ``--weights``, else untrained and shown only as a contrast. Nothing is
 downloaded. Like the other subcommands this is a thin layer over :mod:`jaxviz.viz.writers` and the
 library; the page is self-contained (inline CSS, relative image paths, no scripts).
+
+Why one module of ~410 lines: the gallery's sections in page order, one function each, and the page
+that shows them; they share the section record and the helpers at the top and nothing else uses them.
 """
 
 from __future__ import annotations
@@ -21,14 +24,15 @@ from typing import Callable, NamedTuple
 import jax
 import numpy as np
 
+from jaxviz.methods.attribution import METHODS, REGISTRY, method_record
 from jaxviz.viz.writers import Written
 
 PHOTOS = ("sample:chelsea", "sample:coffee", "sample:rocket")  # scikit-image's; all three are ImageNet classes
-ALL_METHODS = ("gradcam", "gradcam++", "scorecam", "saliency", "smoothgrad", "ig", "guided")
+ALL_METHODS = METHODS  # the registry's, in its order
 QUICK_METHODS = ("gradcam", "gradcam++")
-# Score-CAM on EfficientNet-Lite0's last layer is 1,280 masked 224x224 passes per photo (minutes on a
-# CPU): the gallery shows it on the small CNNs, and `jaxviz gradcam --method scorecam` runs it anywhere
-LITE0_METHODS = tuple(m for m in ALL_METHODS if m != "scorecam")
+# A per-channel method (Score-CAM) on EfficientNet-Lite0's last layer is 1,280 masked 224x224 passes per
+# photo (minutes on a CPU): the gallery shows it on the small CNNs, and `jaxviz gradcam --method M` runs it anywhere
+LITE0_METHODS = tuple(m.name for m in REGISTRY if not m.per_channel)
 
 
 class Section(NamedTuple):
@@ -62,12 +66,18 @@ def _save(stage: str, rel: str, image: np.ndarray) -> str:
     return rel
 
 
+def _knobs(method: str, cfg) -> str:
+    """``"; smoothgrad samples 16, noise 0.15"``: the settings the method read, from its registry record."""
+    knobs = method_record(method).settings
+    return f"; {method} " + ", ".join(f"{k.name} {getattr(cfg, k.name)}" for k in knobs) if knobs else ""
+
+
 def compare_methods(stage: str, loaded, photos: np.ndarray, x: np.ndarray, names: list[str], methods, prefix: str,
                     quick: bool) -> tuple[Section, list[tuple[int, str, float]]]:
     """One grid: a row per photo (its top-1 class and probability), a column per attribution method
     (JET overlays at alpha 0.4, as ``jaxviz gradcam`` draws them), and ``<prefix>compare.npz`` with every
     method's heatmaps. Returns the section and each photo's top-1."""
-    from jaxviz.methods.attribution import LAYER_METHODS, Settings, explain
+    from jaxviz.methods.attribution import Settings, explain
     from jaxviz.viz.render import display_map, labelled_grid, superimpose
 
     model, params = loaded.model, loaded.params
@@ -75,7 +85,8 @@ def compare_methods(stage: str, loaded, photos: np.ndarray, x: np.ndarray, names
     top = _top1(model, _predict(model, params, x))
     maps = {m: explain(model, params, x, method=m, key=jax.random.key(0), settings=cfg).heatmaps[:, 0]
             for m in methods}
-    shown = {m: v if m in LAYER_METHODS else np.stack([display_map(h) for h in v]) for m, v in maps.items()}
+    at_layer = [m for m in methods if method_record(m).family == "layer"]
+    shown = {m: v if m in at_layer else np.stack([display_map(h) for h in v]) for m, v in maps.items()}
     cells = [[photos[i]] + [superimpose(photos[i], shown[m][i]) for m in methods] for i in range(len(photos))]
     rows = [f"{n}\ntop-1: {name[:14]}\np = {p:.2f}" for n, (_, name, p) in zip(names, top)]
     rel = _save(stage, f"{prefix}compare.png", labelled_grid(cells, ["photo"] + list(methods), rows))
@@ -84,10 +95,10 @@ def compare_methods(stage: str, loaded, photos: np.ndarray, x: np.ndarray, names
     layer = model.cam_layer()
     section = Section(f"{model.name}: Grad-CAM and every attribution method side by side",
                       f"{loaded.source}. Rows: photos with the model's top-1 class and probability; columns: the "
-                      f"methods for that class (logit score; {', '.join(m for m in methods if m in LAYER_METHODS)} "
+                      f"methods for that class (logit score; {', '.join(at_layer)} "
                       f"at layer {layer}, the others at the input and scaled to their 99th percentile), JET "
                       f"overlay at alpha 0.4"
-                      + ("" if quick else f"; smoothgrad {cfg.samples} samples, ig {cfg.steps} steps") +
+                      + ("" if quick else "".join(_knobs(m, cfg) for m in methods)) +
                       f". `jaxviz gradcam --model {model.name} --method M IMAGE`",
                       [Written(rel, "rows: photos (top-1 class, probability); columns: " + ", ".join(methods))])
     return section, top
@@ -264,7 +275,8 @@ def _digits_sections(stage, key, quick, seed, progress) -> list[Section]:
     out.append(Section("digits_cnn: filter patterns (recipe dlwp2, seed 002)", f"L2-normalised gradient, step 10, "
                        f"28x28, {recipe.steps} steps in the model's input space, all filters of a layer in one "
                        "compiled call. `jaxviz filters --weights builtin:digits_cnn --recipe dlwp2 --size 28`", files))
-    files, _ = write_weights(stage, m, params, ["conv2d", "conv2d_1"], True, m.init(key), prefix="digits/weights/")
+    files, _ = write_weights(stage, m, params, ["conv2d", "conv2d_1"], True, m.init(key),
+                             prefix="digits/weights/")
     out.append(Section("digits_cnn: weights, trained vs UNTRAINED (fresh init)", "seed 004: histogram (10 bins) and "
                        "kernel[:, :, 0, i] mosaics of the trained network beside a fresh initialisation. "
                        "`jaxviz weights --compare-untrained`", files))
