@@ -29,6 +29,7 @@ def cmd_filters(args) -> None:
 
     from jaxviz.methods.features import get_recipe
     from jaxviz.io import output_dir
+    from jaxviz.nn.policy import cam_layer
     from jaxviz.viz.writers import write_filters
 
     at_least("--size", args.size, 1, MAX_SIDE)
@@ -46,7 +47,7 @@ def cmd_filters(args) -> None:
         model = loaded.model
         _say_preprocessing(args, model, recipe)
         if not args.layer:  # default: the last conv layer's output (as Grad-CAM's default layer)
-            args.layer = [model.cam_layer()]
+            args.layer = [cam_layer(model)]
         if "all" in args.layer:  # every conv layer, in order (the full atlas)
             args.layer = [n for l in args.layer for n in (conv_layers(model) if l == "all" else [l])]
         for layer in args.layer:

@@ -20,6 +20,7 @@ def cmd_gradcam(args) -> None:
     from jaxviz.io.images import expand_sources
     from jaxviz.io import output_dir
     from jaxviz.io.labels import decode_predictions
+    from jaxviz.nn.policy import cam_layer
     from jaxviz.viz.writers import write_cams
 
     bounds = [(_flag(s.name), getattr(args, s.name), s.low, s.high) for s in SETTINGS.values()]
@@ -39,7 +40,7 @@ def cmd_gradcam(args) -> None:
         if model.labels is not None:
             for src, top in zip(images, decode_predictions(cams.probs, top=3, labels=model.labels)):
                 print(f"{src}: Predicted: {[(a, b, round(p, 8)) for a, b, p in top]}")
-        where = f"layer {args.layer or model.cam_layer()}" if method_record(args.method).family == "layer" else "input"
+        where = f"layer {args.layer or cam_layer(model)}" if method_record(args.method).family == "layer" else "input"
         write_cams(stage, images, cams, args.method, where)
 
 

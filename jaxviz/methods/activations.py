@@ -8,13 +8,14 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from jaxviz.nn import policy
 from jaxviz.nn.protocol import Model
 
 
 def default_layers(model: Model) -> list[str]:
-    """The model's :meth:`~jaxviz.nn.protocol.Model.feature_layers` (every conv and pool layer of a
-    zoo graph: the seeds' ``model.layers[:8]`` for the small CNNs)."""
-    return model.feature_layers()
+    """:func:`jaxviz.nn.policy.feature_layers` of the model (every conv and pool layer of a zoo graph:
+    the seeds' ``model.layers[:8]`` for the small CNNs)."""
+    return policy.feature_layers(model)
 
 
 @functools.lru_cache(maxsize=32)

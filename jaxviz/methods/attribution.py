@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.errors import JaxvizError, unknown
+from jaxviz.nn import policy
 from jaxviz.nn.finite import is_finite_number
 from jaxviz.nn.protocol import Model, is_spatial, layer_shape, output_shape
 from jaxviz.methods.input_maps import guided_backprop, ig, integrated_gradients, saliency, smoothgrad  # noqa: F401 (public here too)
@@ -263,9 +264,9 @@ def check_classifier(model: Model, input_shape: Sequence[int], method: str = "gr
 
 
 def cam_layer(model: Model, layer: str | None, input_shape: Sequence[int]) -> str:
-    """The layer of the layer maps (default the model's :meth:`~jaxviz.nn.protocol.Model.cam_layer`),
+    """The layer of the layer maps (default :func:`jaxviz.nn.policy.cam_layer`),
     checked: it must have a spatial map (H x W x C)."""
-    layer = model.resolve(layer) if layer else model.cam_layer()
+    layer = model.resolve(layer) if layer else policy.cam_layer(model)
     shapes = model.shapes(input_shape)
     if not is_spatial(dict(shapes)[layer]):
         spatial = [n for n, s in shapes if is_spatial(s)]
@@ -297,11 +298,11 @@ def randomization_check(key: jax.Array, model: Model, params: Any, x: jax.Array,
     correlation between the maps before and after. A method that explains the model gives a low
     value; one that mostly reflects the image (guided backprop is the known case) stays high.
     ``key`` draws the fresh weights (and the noise of ``smoothgrad``)."""
-    layer = model.resolve(layer) if layer else model.cam_layer()
+    layer = model.resolve(layer) if layer else policy.cam_layer(model)
     names = model.layer_names
     above = names[names.index(layer) + 1:]
     k_init, kw["key"] = jax.random.split(key)
-    randomized = model.reinit(params, k_init, above, np.shape(x)[1:])
+    randomized = policy.reinit(model, params, k_init, above, np.shape(x)[1:])
     before = explain(model, params, x, classes, method=method, layer=layer, **kw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxviz.methods.layer_maps import normalise
+from jaxviz.nn import policy
 from jaxviz.nn.protocol import Model
 
 
@@ -77,4 +78,4 @@ def ig(model, params, x, feats, grads, classes, key, cfg, logits):
 def guided_backprop(model, params, x, feats, grads, classes, key, cfg, logits):
     """Springenberg et al. (2015): the input gradient with every ReLU's backward pass guided
     (:func:`jaxviz.nn.layers.guided_relu`, and ``guided_relu6`` for ReLU6 networks), |.| max over channels."""
-    return saliency(model.guided(), params, x, feats, grads, classes, key, cfg, logits)
+    return saliency(policy.guided(model), params, x, feats, grads, classes, key, cfg, logits)

@@ -1,10 +1,14 @@
-"""Models as ordered sequences of named Flax layers (Keras layer names), and the model registry.
+"""Models as ordered sequences of named Flax layers (Keras layer names).
 
 A :class:`Sequential` can be run on a batch, run *up to* a layer (nothing after it is computed),
 *split at* a layer into a head and a tail, sliced like a list, and *tapped* for several layers in
-one pass. Parameters are a plain dict ``{layer_name: {"kernel": ..., "bias": ...}}``.
+one pass. Parameters are a plain dict ``{layer_name: {"kernel": ..., "bias": ...}}``. There is one way
+to run it, the model protocol's :meth:`Sequential.run`; ``__call__``, :meth:`~Sequential.tap` and their
+``jit_`` versions are thin wrappers over it for users. The zoo's registry is :data:`jaxviz.nn.zoo.MODELS`.
 
-The registry :data:`MODELS` is the one place an architecture is added.
+Why one module of ~450 lines: :class:`Sequential` is one frozen dataclass whose parts (names, wiring,
+slicing, shapes, parameters, the run, the policy hints) all read the same fields (``layers``,
+``wiring``, ``context_shapes``); split over files they would be mixins that mean nothing apart.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxviz.nn import kinds as K
 from jaxviz.nn import layers as L
 from jaxviz.errors import JaxvizError, unknown
 from jaxviz.nn.protocol import Forward
@@ -100,7 +105,7 @@ class Sequential:
             raise JaxvizError(f"{self.name} has no convolution layer")
         i = self.index(convs[-1])
         readers = self.readers
-        while i + 1 < len(self.layers) and L.kind(self.layers[i + 1][1]) in ("norm", "act", "merge") \
+        while i + 1 < len(self.layers) and L.kind(self.layers[i + 1][1]) in K.FOLLOWS_CONV \
                 and readers.get(self.layers[i][0]) == [self.layers[i + 1][0]]:
             i += 1  # a residual block's add and activation too: ResNet50's conv5_block3_out
         return self.layers[i][0]
@@ -180,7 +185,7 @@ class Sequential:
         ``stop_at_flat``, only the spatial steps before the first flatten/dense/global pool/dropout."""
         env: dict[str, Shape] = {self.input_name: tuple(shape), **dict(self.context_shapes)}
         for name, layer in self.layers:
-            if stop_at_flat and (L.kind(layer) in ("dense", "dropout") or not _keeps_spatial(layer)):
+            if stop_at_flat and (L.kind(layer) in K.FLAT_TOP or not _keeps_spatial(layer)):
                 return
             ins = [env[s] for s in self.sources[name]]
             env[name] = layer.out_shape(*ins)
@@ -286,7 +291,7 @@ class Sequential:
     def param_count(self, input_shape: Sequence[int] | None = None) -> int:
         return sum(int(np.prod(s)) for p in self.param_shapes(input_shape).values() for s in p.values())
 
-    # -- running -------------------------------------------------------------------------
+    # -- running: thin wrappers over run, for users (README) ----------------------------------
     def __call__(
         self,
         params: Mapping[str, Mapping[str, jax.Array]],
@@ -303,10 +308,11 @@ class Sequential:
         ``logits=True`` returns the last computed layer before its activation (pre-softmax).
         ``train=True`` turns dropout on and needs ``rng``. ``context``: see :meth:`split`.
         """
-        last = self.layers[-1][0] if until is None else self.resolve(until)
-        acts = self._run(params, x, {last}, logits_at={last} if logits else (), train=train, rng=rng,
-                         context=context)
-        return acts[last]
+        kw = dict(train=train, rng=rng, context=context)
+        if until is None:
+            out = self.run(params, x, **kw)
+            return out.logits if logits else out.output
+        return self.run(params, x, taps=(until,), output=False, logits=logits, **kw).taps[until]
 
     def tap(
         self,
@@ -317,14 +323,9 @@ class Sequential:
         logits: bool = False,
     ) -> dict[str, jax.Array]:
         """``{name: activation}`` for several layers in one forward pass that stops at the deepest
-        (``logits``: the deepest one before its activation)."""
+        (``logits``: each before its layer's activation)."""
         names = list(names)
-        if not names:
-            return {}
-        keep = {n: self.resolve(n) for n in names}
-        deepest = max(keep.values(), key=self.index)
-        acts = self._run(params, x, set(keep.values()), logits_at={deepest} if logits else ())
-        return {n: acts[k] for n, k in keep.items()}
+        return self.run(params, x, taps=names, output=False, logits=logits).taps if names else {}
 
     @functools.cached_property
     def jit_tap(self) -> Callable:
@@ -380,10 +381,12 @@ class Sequential:
     # -- the model protocol (jaxviz.nn.protocol.Model) -------------------------------------------
     def run(self, params: Mapping, x: jax.Array, *, taps: Sequence[str] = (),
             perturb: Mapping[str, jax.Array] | None = None, output: bool = True, logits: bool = False,
-            channel: tuple[str, jax.Array] | None = None) -> Forward:
+            channel: tuple[str, jax.Array] | None = None, train: bool = False, rng: jax.Array | None = None,
+            context: Mapping[str, jax.Array] | None = None) -> Forward:
         """One forward pass: the output (and its pre-activation logits), the activations at ``taps``,
         ``perturb`` added at named layers; only what is asked for is computed (see
-        :meth:`jaxviz.nn.protocol.Model.run`)."""
+        :meth:`jaxviz.nn.protocol.Model.run`). Beyond the protocol: ``train=True`` turns dropout on
+        (with ``rng``), and ``context`` feeds a slice the earlier layers it reads (:meth:`split`)."""
         keep = {n: self.resolve(n) for n in taps}
         if channel is not None:
             channel = (self.resolve(channel[0]), channel[1])
@@ -392,7 +395,7 @@ class Sequential:
             raise JaxvizError(f"tap {last!r} (the output) without logits=True; its logits are Forward.logits")
         acts = self._run(params, x, set(keep.values()) | ({last} if output else set()),
                          logits_at=set(keep.values()) if logits else (), perturb=perturb, channel=channel,
-                         final=last if output else None)
+                         final=last if output else None, train=train, rng=rng, context=context)
         out, lgt = (acts[last], acts[LOGITS]) if output else (None, None)
         return Forward(out, lgt, {n: acts[k] for n, k in keep.items()})
 
@@ -404,9 +407,16 @@ class Sequential:
         """The same model fed with preprocessing ``mode``."""
         return dataclasses.replace(self, preprocessing=mode)
 
-    def guided(self) -> "Sequential":
-        """The same model with ReLU and ReLU6 replaced by their guided versions (guided backprop)."""
+    # -- policy hints (jaxviz.nn.policy) and the delegating methods kept for users ---------------
+    def guided_hint(self) -> "Sequential":
+        """The same model with ReLU and ReLU6 layers replaced by their guided versions (guided backprop)."""
         return self.with_activation("relu", "guided_relu").with_activation("relu6", "guided_relu6")
+
+    def guided(self) -> "Sequential":
+        """:func:`jaxviz.nn.policy.guided` of this model."""
+        from jaxviz.nn import policy
+
+        return policy.guided(self)
 
     def layer_params(self, params: Mapping, name: str) -> dict[str, jax.Array]:
         """The weights of layer ``name`` in Keras's names (``kernel``, ``bias``, ``gamma``, ...); {} if none."""
@@ -418,16 +428,28 @@ class Sequential:
         fresh, redo = self.init(key, input_shape), {self.resolve(n) for n in layers}
         return {n: (fresh[n] if n in redo else p) for n, p in params.items()}
 
-    def feature_layers(self) -> list[str]:
-        """Every conv, pool and activation layer with a spatial map, in order (the seeds'
-        ``model.layers[:8]`` for the small CNNs, whose activations are inside their conv layers)."""
-        return [n for n, layer in self.layers if L.kind(layer) in ("conv", "pool", "act") and _keeps_spatial(layer)
+    def feature_layers_hint(self) -> list[str]:
+        """Every conv, pool and activation layer with a spatial map before the first flattening, in order
+        (the seeds' ``model.layers[:8]`` for the small CNNs, whose activations are inside their conv layers)."""
+        return [n for n, layer in self.layers if L.kind(layer) in K.FEATURE_KINDS and _keeps_spatial(layer)
                 and n in self._spatial_names]
+
+    def feature_layers(self) -> list[str]:
+        """:func:`jaxviz.nn.policy.feature_layers` of this model."""
+        from jaxviz.nn import policy
+
+        return policy.feature_layers(self)
 
     @functools.cached_property
     def _spatial_names(self) -> set[str]:
         return {n for n, *_ in self._walk(self.input_shape, stop_at_flat=True)}
 
-    def cam_layer(self) -> str:
+    def cam_layer_hint(self) -> str:
         """:attr:`last_conv`: the last conv layer's output after its batch norm and activation."""
         return self.last_conv
+
+    def cam_layer(self) -> str:
+        """:func:`jaxviz.nn.policy.cam_layer` of this model (:attr:`last_conv`)."""
+        from jaxviz.nn import policy
+
+        return policy.cam_layer(self)

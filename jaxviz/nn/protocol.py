@@ -7,6 +7,13 @@ Linen modules (:func:`jaxviz.adapt`). Everything a capability needs reduces to o
 :meth:`Model.run`: one forward pass that returns the output, the activations at named layers, and
 adds a perturbation at named layers — the gradient with respect to a layer's output is the gradient
 with respect to that perturbation at zero, so no capability needs to split a model.
+
+The protocol is the core every model must provide: its names (``name``, ``input_shape``,
+``preprocessing``, ``labels``), its layers (``layer_names``, ``resolve``, ``kind``, ``shapes``,
+``check_input``, ``layer_params``), ``with_preprocessing`` and ``run``. The defaults a capability picks
+(the CAM layer, the feature layers) and the variants it derives (guided backprop, fresh parameters) are
+policies over this core, in :mod:`jaxviz.nn.policy`; a model may override one with a hint
+(``cam_layer_hint``, ``feature_layers_hint``, ``guided_hint``) and may offer ``init``/``reinit``.
 """
 
 from __future__ import annotations
@@ -88,24 +95,8 @@ class Model(Protocol):
     def with_preprocessing(self, mode: str) -> "Model":
         """The same network (same parameters) fed with another preprocessing."""
 
-    def guided(self) -> "Model":
-        """The same network (same parameters) with every ReLU's backward pass guided (guided backprop)."""
-
     def layer_params(self, params: Any, name: str) -> dict[str, jax.Array]:
         """The weights of one layer, ``{name: array}`` (kernels H x W x in x out); ``{}`` if it has none."""
-
-    def init(self, key: jax.Array, input_shape: Sequence[int] | None = None) -> Any:
-        """Fresh, untrained parameters."""
-
-    def reinit(self, params: Any, key: jax.Array, layers: Sequence[str],
-               input_shape: Sequence[int] | None = None) -> Any:
-        """``params`` with the weights of ``layers`` freshly initialised (the randomisation check)."""
-
-    def feature_layers(self) -> list[str]:
-        """The layers whose activations are shown by default (conv and pool outputs with a spatial map)."""
-
-    def cam_layer(self) -> str:
-        """The default layer of the CAM methods: the last spatial feature layer before pooling or flattening."""
 
 
 @dataclasses.dataclass

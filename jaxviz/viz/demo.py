@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from jaxviz.methods.attribution import METHODS, REGISTRY, method_record
+from jaxviz.nn import policy
 from jaxviz.viz.writers import Written
 
 PHOTOS = ("sample:chelsea", "sample:coffee", "sample:rocket")  # scikit-image's; all three are ImageNet classes
@@ -92,7 +93,7 @@ def compare_methods(stage: str, loaded, photos: np.ndarray, x: np.ndarray, names
     rel = _save(stage, f"{prefix}compare.png", labelled_grid(cells, ["photo"] + list(methods), rows))
     np.savez_compressed(os.path.join(stage, f"{prefix}compare.npz"), classes=np.array([t[0] for t in top]),
                         **{m.replace("+", "p"): v for m, v in maps.items()})
-    layer = model.cam_layer()
+    layer = policy.cam_layer(model)
     section = Section(f"{model.name}: Grad-CAM and every attribution method side by side",
                       f"{loaded.source}. Rows: photos with the model's top-1 class and probability; columns: the "
                       f"methods for that class (logit score; {', '.join(at_layer)} "
@@ -275,7 +276,7 @@ def _digits_sections(stage, key, quick, seed, progress) -> list[Section]:
     out.append(Section("digits_cnn: filter patterns (recipe dlwp2, seed 002)", f"L2-normalised gradient, step 10, "
                        f"28x28, {recipe.steps} steps in the model's input space, all filters of a layer in one "
                        "compiled call. `jaxviz filters --weights builtin:digits_cnn --recipe dlwp2 --size 28`", files))
-    files, _ = write_weights(stage, m, params, ["conv2d", "conv2d_1"], True, m.init(key),
+    files, _ = write_weights(stage, m, params, ["conv2d", "conv2d_1"], True, policy.init(m, key),
                              prefix="digits/weights/")
     out.append(Section("digits_cnn: weights, trained vs UNTRAINED (fresh init)", "seed 004: histogram (10 bins) and "
                        "kernel[:, :, 0, i] mosaics of the trained network beside a fresh initialisation. "
@@ -295,7 +296,7 @@ def _fixture_sections(stage, key, quick, seed, progress) -> list[Section]:
     progress("fashion_cnn")
     fashion = load_model(None, "builtin:fashion_cnn", seed=seed)
     files, _ = write_weights(stage, fashion.model, fashion.params, ["conv2d", "conv2d_1", "dense"], True,
-                             fashion.model.init(key), prefix="fashion/weights/")
+                             policy.init(fashion.model, key), prefix="fashion/weights/")
     out = [Section("fashion_cnn (seed 004's trained Keras model): weights", f"{fashion.source}", files)]
     if fixture_path("data/fruits_300.npy"):
         fx, _ = fruits()

@@ -6,6 +6,8 @@ from typing import Mapping, NamedTuple
 
 import numpy as np
 
+from jaxviz.nn.finite import all_finite, finite_entries
+
 
 class Grid(NamedTuple):
     image: np.ndarray  # uint8 (rows*H, per_row*W)
@@ -23,12 +25,12 @@ def normalize_channels(act: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     act = np.asarray(act, np.float32)
     if act.ndim != 3:
         raise ValueError(f"expected an H x W x C activation, got shape {act.shape}")
-    if not np.isfinite(act).all():
+    if not all_finite(act):
         big = np.finfo(np.float32).max
         act = np.nan_to_num(act, nan=0.0, posinf=big, neginf=-big)
     mean = act.mean(axis=(0, 1), dtype=np.float64)
     std = np.sqrt(np.square(act - mean.astype(np.float32), dtype=np.float64).mean(axis=(0, 1)))
-    dead = ~(std > 0) | ~np.isfinite(std)
+    dead = ~(std > 0) | ~finite_entries(std)
     gain = np.where(dead, 0.0, 64.0 / np.where(dead, 1.0, std))
     # float64 for the affine step: float32 (x - mean) could overflow for |x| near float32's max
     scaled = (act - mean) * gain + 128.0

@@ -15,8 +15,8 @@ as lucid's and lucent's do):
   :func:`normalize_rms`, :func:`normalize_l2`) and a deprocessing; :data:`PRESETS` / :data:`RECIPES`
   and :func:`get_recipe`;
 * :mod:`.forward` — the one forward pass the ascent and the measures share (:func:`model_input`);
-* :mod:`.render` — the ascent, :func:`filter_patterns` -> :class:`Patterns`;
-* :mod:`.quality` — :func:`measure`: against :data:`PHOTOS`, robustness, :func:`hf_energy`,
+* :mod:`.render` — the ascent, :func:`filter_patterns`;
+* :mod:`.quality` — its result :class:`Patterns` and :func:`measure`: against :data:`PHOTOS`, robustness, :func:`hf_energy`,
   :func:`selectivity`.
 """
 
@@ -25,11 +25,11 @@ from jaxviz.methods.featurevis.objectives import (DIVERSITY, LOGITS, Objective, 
                                                   channel_interior, class_logit, class_logprob, direction,
                                                   gram_similarity, l2, logit, neuron, total_variation)
 from jaxviz.methods.featurevis.param import Param, Spectrum, fft_decorrelated, pixels, uniform_start
-from jaxviz.methods.featurevis.quality import (PHOTOS, RESPONSES_CHUNK, ROBUSTNESS_DRAWS, hf_energy, measure,
+from jaxviz.methods.featurevis.quality import (PHOTOS, RESPONSES_CHUNK, ROBUSTNESS_DRAWS, Patterns, hf_energy, measure,
                                                photo_crops, selectivity)
 from jaxviz.methods.featurevis.recipes import (PRESETS, RECIPES, Preset, Recipe, deprocess_dlwp1, deprocess_dlwp2,
                                                deprocess_unit, get_recipe, normalize_l2, normalize_rms)
-from jaxviz.methods.featurevis.render import Patterns, filter_patterns
+from jaxviz.methods.featurevis.render import filter_patterns
 from jaxviz.methods.featurevis.transforms import (CLASS_ZOOM, LUCID_ZOOM, Transform, compose, jitter, jitter_scale,
                                                   lucid_transforms, pad, random_crop, random_rotate, random_scale)
 
@@ -37,8 +37,8 @@ __all__ = [
     "CLASS_ZOOM", "DIVERSITY", "LOGITS", "LUCID_ZOOM", "Objective", "PHOTOS", "PRESETS", "Param", "Patterns", "Preset",
     "RECIPES", "RESPONSES_CHUNK", "ROBUSTNESS_DRAWS", "Recipe", "Spectrum", "Taps", "Transform", "as_objective",
     "channel", "channel_interior", "class_logit", "class_logprob", "compose", "deprocess_dlwp1", "deprocess_dlwp2",
-    "deprocess_unit", "direction", "fft_decorrelated", "filter_patterns", "get_recipe", "gram_similarity", "hf_energy", "jitter",
-    "jitter_scale", "l2", "logit", "lucid_transforms", "measure", "model_input", "neuron", "normalize_l2",
+    "deprocess_unit", "direction", "fft_decorrelated", "filter_patterns", "get_recipe", "gram_similarity", "hf_energy",
+    "jitter", "jitter_scale", "l2", "logit", "lucid_transforms", "measure", "model_input", "neuron", "normalize_l2",
     "normalize_rms", "pad", "photo_crops", "pixels", "random_crop", "random_rotate", "random_scale", "selectivity",
     "total_variation", "uniform_start",
 ]

@@ -19,7 +19,7 @@ def model_input(model: Model, img: jax.Array, input_scale: str | None) -> jax.Ar
     return preprocess(img * 255.0, model.preprocessing) if input_scale == "unit" else img
 
 
-def _runner(model: Model, layer: str, objective: Objective, extra: str | None, single: bool, logits: bool):
+def taps_runner(model: Model, layer: str, objective: Objective, extra: str | None, single: bool, logits: bool):
     """``run(params, x, index, passthrough) -> taps`` for ``objective`` (and the ``extra`` layer): one
     forward pass that stops at the deepest layer needed. ``single``: the target's tap holds only
     channel ``index``. ``passthrough``: where an image's target tap is blocked (flat and saturated, so

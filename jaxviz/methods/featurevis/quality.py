@@ -1,27 +1,74 @@
-"""Quality measures of finished patterns (:func:`measure`): each pattern's objective against the
-strongest of the bundled photos (:data:`PHOTOS`), its robustness to jitter and zoom
-(:func:`~.transforms.jitter_scale`), its high-frequency energy (:func:`hf_energy`) and how selective
-it is for its own unit (:func:`selectivity`)."""
+"""What the ascent returns (:class:`Patterns`) and the quality measures of finished patterns
+(:func:`measure`): each pattern's objective against the strongest of the bundled photos
+(:data:`PHOTOS`), its robustness to jitter and zoom (:func:`~.transforms.jitter_scale`), its
+high-frequency energy (:func:`hf_energy`) and how selective it is for its own unit (:func:`selectivity`)."""
 
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.methods.featurevis.forward import _runner, model_input
+from jaxviz.methods.featurevis.forward import model_input, taps_runner
 from jaxviz.methods.featurevis.objectives import as_objective
 from jaxviz.methods.featurevis.recipes import Recipe, get_recipe
 from jaxviz.methods.featurevis.transforms import jitter_scale
 from jaxviz.methods.sharding import batch_mesh, chunk_size, gather, pad_to, shard_batch
+from jaxviz.nn.finite import finite_entries
 from jaxviz.nn.preprocess import preprocess
 from jaxviz.nn.protocol import Model
 
-if TYPE_CHECKING:
-    from jaxviz.methods.featurevis.render import Patterns
+
+class Patterns(NamedTuple):
+    """What :func:`filter_patterns` returns: N = len(filters) x ``per_filter`` patterns, unit-major.
+
+    The quality figures (NaN when not measured): ``photo_best``, the unit's strongest objective over
+    the crops of :data:`PHOTOS` at the pattern's size; ``relative`` = objective / photo_best (NaN when no
+    photo excites the unit, photo_best <= 0); ``robustness`` = the mean objective over random jitters
+    (up to size/16 pixels) and zooms (0.9..1.1) of the pattern divided by its objective (NaN when that is
+    at or below 0); ``hf_energy``,
+    the share of the pattern's spectral energy (mean removed) above half the Nyquist frequency in
+    either direction (white noise: 0.75); ``selectivity``, the contrast ``(own - rival) / (|own| +
+    |rival|)`` in [-1, 1] between the pattern's objective for its own unit and the largest objective for
+    that unit among the patterns of the other units of the call (above 0: its own pattern excites the
+    unit most; finite whatever the signs, which pre-activation objectives have; NaN with a single unit).
+    """
+
+    patterns: np.ndarray  # N x H x W x C float32, the raw images before deprocessing
+    images: np.ndarray  # N x h x w x C uint8 after deprocessing
+    filters: np.ndarray  # N int32
+    objective: np.ndarray  # N float32: objective at the final image
+    history: np.ndarray  # N x (octaves * steps + 1) float32: objective at the start image, before each
+    # later step (on that step's transformed image, when the recipe transforms) and at the final image
+    dead: np.ndarray  # N bool: the gradient was zero everywhere at every (non-pass-through) step
+    photo_best: np.ndarray | None = None  # N float32
+    relative: np.ndarray | None = None  # N float32
+    robustness: np.ndarray | None = None  # N float32
+    hf_energy: np.ndarray | None = None  # N float32
+    selectivity: np.ndarray | None = None  # N float32
+
+    def summary(self) -> str:
+        """One line: how many patterns beat the best photo, the medians of the quality figures, and how
+        many excite their own unit most."""
+        n = len(self.objective)
+        with np.errstate(invalid="ignore"):
+            beat = int(np.sum(self.objective > self.photo_best))
+        line = (f"above the best photo: {beat}/{n}, median objective / best photo {_median(self.relative)}, "
+                f"median robustness {_median(self.robustness)}, median high-frequency energy "
+                f"{_median(self.hf_energy)}")
+        sel = self.selectivity if self.selectivity is not None else np.full(n, np.nan)
+        if finite_entries(sel).any():
+            line += f", own unit strongest: {int(np.sum(sel > 0))}/{n}"
+        return line
+
+
+def _median(v: np.ndarray | None) -> str:
+    v = np.asarray([] if v is None else v, np.float64)
+    v = v[finite_entries(v)]
+    return f"{np.median(v):.2f}" if v.size else "n/a"
 
 
 # The bundled photographs the patterns are measured against (jaxviz.io.images.SAMPLES less the cat,
@@ -70,8 +117,8 @@ def _quality_fns(model: Model, layer: str, recipe: Recipe, single_channel: bool,
     """Jitted ``(best over photos per unit, mean perturbed objective per pattern, objective of each unit
     on each image)``."""
     obj = as_objective(recipe.objective)
-    full = _runner(model, layer, obj, None, False, logits)
-    run = _runner(model, layer, obj, None, single_channel and obj.own_channel, logits)
+    full = taps_runner(model, layer, obj, None, False, logits)
+    run = taps_runner(model, layer, obj, None, single_channel and obj.own_channel, logits)
 
     def to_x(imgs):
         return model_input(model, imgs, recipe.input_scale).astype(recipe.dtype)

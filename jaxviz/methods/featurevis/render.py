@@ -1,5 +1,5 @@
 """The ascent: :func:`filter_patterns` runs one recipe for N units of a layer and returns
-:class:`Patterns`.
+:class:`~.quality.Patterns`.
 
 The ascent of a chunk of units is one ``jax.jit`` of a ``jax.vmap`` over unit indices, with the
 network run only as far as it must (for a conv target and a one-channel objective, only that
@@ -11,7 +11,7 @@ only (:meth:`jaxviz.nn.protocol.Model.run`).
 from __future__ import annotations
 
 import functools
-from typing import Callable, Mapping, NamedTuple, Sequence
+from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,61 +19,13 @@ import numpy as np
 import optax
 
 from jaxviz.errors import JaxvizError
-from jaxviz.methods.featurevis.forward import _runner, model_input
+from jaxviz.methods.featurevis.forward import model_input, taps_runner
 from jaxviz.methods.featurevis.objectives import DIVERSITY, LOGITS, as_objective, gram_similarity
-from jaxviz.methods.featurevis.quality import measure
+from jaxviz.methods.featurevis.quality import Patterns, measure
 from jaxviz.methods.featurevis.recipes import Recipe, get_recipe
 from jaxviz.methods.sharding import batch_mesh, chunk_size, gather, pad_to, replicate, shard_batch
+from jaxviz.nn.kinds import NO_CHANNELS
 from jaxviz.nn.protocol import Model, layer_shape
-
-
-class Patterns(NamedTuple):
-    """What :func:`filter_patterns` returns: N = len(filters) x ``per_filter`` patterns, unit-major.
-
-    The quality figures (NaN when not measured): ``photo_best``, the unit's strongest objective over
-    the crops of :data:`PHOTOS` at the pattern's size; ``relative`` = objective / photo_best (NaN when no
-    photo excites the unit, photo_best <= 0); ``robustness`` = the mean objective over random jitters
-    (up to size/16 pixels) and zooms (0.9..1.1) of the pattern divided by its objective (NaN when that is
-    at or below 0); ``hf_energy``,
-    the share of the pattern's spectral energy (mean removed) above half the Nyquist frequency in
-    either direction (white noise: 0.75); ``selectivity``, the contrast ``(own - rival) / (|own| +
-    |rival|)`` in [-1, 1] between the pattern's objective for its own unit and the largest objective for
-    that unit among the patterns of the other units of the call (above 0: its own pattern excites the
-    unit most; finite whatever the signs, which pre-activation objectives have; NaN with a single unit).
-    """
-
-    patterns: np.ndarray  # N x H x W x C float32, the raw images before deprocessing
-    images: np.ndarray  # N x h x w x C uint8 after deprocessing
-    filters: np.ndarray  # N int32
-    objective: np.ndarray  # N float32: objective at the final image
-    history: np.ndarray  # N x (octaves * steps + 1) float32: objective at the start image, before each
-    # later step (on that step's transformed image, when the recipe transforms) and at the final image
-    dead: np.ndarray  # N bool: the gradient was zero everywhere at every (non-pass-through) step
-    photo_best: np.ndarray | None = None  # N float32
-    relative: np.ndarray | None = None  # N float32
-    robustness: np.ndarray | None = None  # N float32
-    hf_energy: np.ndarray | None = None  # N float32
-    selectivity: np.ndarray | None = None  # N float32
-
-    def summary(self) -> str:
-        """One line: how many patterns beat the best photo, the medians of the quality figures, and how
-        many excite their own unit most."""
-        n = len(self.objective)
-        with np.errstate(invalid="ignore"):
-            beat = int(np.sum(self.objective > self.photo_best))
-        line = (f"above the best photo: {beat}/{n}, median objective / best photo {_median(self.relative)}, "
-                f"median robustness {_median(self.robustness)}, median high-frequency energy "
-                f"{_median(self.hf_energy)}")
-        sel = self.selectivity if self.selectivity is not None else np.full(n, np.nan)
-        if np.isfinite(sel).any():
-            line += f", own unit strongest: {int(np.sum(sel > 0))}/{n}"
-        return line
-
-
-def _median(v: np.ndarray | None) -> str:
-    v = np.asarray([] if v is None else v, np.float64)
-    v = v[np.isfinite(v)]
-    return f"{np.median(v):.2f}" if v.size else "n/a"
 
 
 def _nonzero(tree, k: int) -> jax.Array:
@@ -90,7 +42,7 @@ def _compiled(model: Model, layer: str, recipe: Recipe, channels: int, single_ch
     obj = as_objective(recipe.objective)
     k = recipe.per_filter
     div_layer = (recipe.diversity_layer or layer) if recipe.diversity and k > 1 else None
-    run = _runner(model, layer, obj, div_layer, single_channel and obj.own_channel and div_layer is None, logits)
+    run = taps_runner(model, layer, obj, div_layer, single_channel and obj.own_channel and div_layer is None, logits)
 
     def evaluate(params, p, key, index, transformed, passthrough=False):
         imgs = jax.vmap(recipe.param.to_image)(p)
@@ -194,7 +146,7 @@ def filter_patterns(
     out = layer_shape(model, layer, (first, first) + shape[2:])
     layer_shape(model, layer, shape)
     kind = model.kind(layer)
-    if kind in ("flatten", "dropout", "reshape"):
+    if kind in NO_CHANNELS:
         raise JaxvizError(f"{layer} has no channels of its own; choose a conv, pool or dense layer")
     n_out = out[-1]
     filters = np.asarray(list(filters), np.int32)
