@@ -5,8 +5,11 @@ Layers are the model's submodules, named by their dot-joined paths (``stem``, ``
 ``blocks.0.conv1``, ``head``), each meaning that submodule's ``__call__`` output, listed in the order
 they are first called. Taps and gradients work without editing the module: while jaxviz traces the
 model it intercepts submodule calls, records the outputs asked for and adds the perturbations asked
-for (Linen: ``nn.intercept_methods``; NNX: the ``__call__`` of the submodules' classes, for the
-instances of a fresh copy only). Everything happens at trace time, so it works inside ``jit`` and ``vmap``. Guided backprop is
+for — Linen: ``nn.intercept_methods`` (scoped to the ``with`` block of the tracing thread); NNX: each
+trace runs a fresh copy (``nnx.merge``) whose instances, and only those, are given a tapping subclass
+of their class (:func:`_tapping`), which reports to the trace named in a context variable. The user's
+classes and instances are never changed, and a thread that is not tracing sees nothing. Everything
+happens at trace time, so it works inside ``jit`` and ``vmap``. Guided backprop is
 :func:`jaxviz.nn.policy.guided` (see :mod:`jaxviz.nn.guided`).
 
 A layer whose output is tokens (N, T, C) gets a spatial map through ``reshape`` (as pytorch-grad-cam's
@@ -16,6 +19,9 @@ token and unflattening the grid. The gradient at the reshaped map is taken throu
 
 from __future__ import annotations
 
+import contextvars
+import functools
+import types
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -23,6 +29,36 @@ import jax.numpy as jnp
 
 from jaxviz.errors import JaxvizError
 from jaxviz.nn.adapted import Reshape, _Adapted
+
+
+# The NNX trace in progress in this thread (or task): (instance id -> layer name, ids being called, on_call).
+_NNX_TRACE: contextvars.ContextVar = contextvars.ContextVar("jaxviz_nnx_trace", default=None)
+
+
+@functools.lru_cache(maxsize=None)
+def _tapping(cls: type) -> type:
+    """A subclass of ``cls`` (made once per class) whose ``__call__`` reports each call of an instance of
+    jaxviz's own copy to the trace in :data:`_NNX_TRACE`, and is ``cls``'s own call otherwise."""
+    original = cls.__call__
+
+    def __call__(self, *args, **kwargs):
+        trace = _NNX_TRACE.get()
+        name = trace[0].get(id(self)) if trace is not None else None
+        if name is None or id(self) in trace[1]:
+            return original(self, *args, **kwargs)
+        names, active, on_call = trace
+        active.add(id(self))
+        try:
+            on_call(name, self, None, entering=True)
+            y = original(self, *args, **kwargs)
+        finally:
+            active.discard(id(self))
+        return on_call(name, self, y)
+
+    def body(ns):
+        ns.update(__call__=__call__, __module__=cls.__module__, __qualname__=cls.__qualname__)
+
+    return types.new_class(cls.__name__, (cls,), {}, body)
 
 
 class NNXModel(_Adapted):
@@ -54,39 +90,16 @@ class NNXModel(_Adapted):
     def _trace(self, params, x, on_call):
         from flax import nnx
 
-        module = nnx.merge(self._graphdef, params)
+        module = nnx.merge(self._graphdef, params)  # a fresh copy: its instances are jaxviz's own
         names = self._instances(module)
-        classes = {type(module)} | {type(n) for _, n in nnx.iter_graph(module) if isinstance(n, nnx.Module)}
-        active: set[int] = set()
-        patched = []
-
-        def wrap(original):
-            def call(self_, *args, **kwargs):
-                name = names.get(id(self_))
-                if name is None or id(self_) in active:
-                    return original(self_, *args, **kwargs)
-                active.add(id(self_))
-                try:
-                    on_call(name, self_, None, entering=True)
-                    y = original(self_, *args, **kwargs)
-                finally:
-                    active.discard(id(self_))
-                return on_call(name, self_, y)
-
-            return call
-
-        for cls in classes:
-            if callable(getattr(cls, "__call__", None)) and cls.__call__ is not object.__call__:
-                patched.append((cls, cls.__dict__.get("__call__")))
-                cls.__call__ = wrap(cls.__call__)
+        for _, node in nnx.iter_graph(module):
+            if isinstance(node, nnx.Module) and id(node) in names and type(node).__call__ is not object.__call__:
+                node.__class__ = _tapping(type(node))
+        token = _NNX_TRACE.set((names, set(), on_call))
         try:
             return module(x)
         finally:
-            for cls, old in reversed(patched):
-                if old is None:
-                    del cls.__call__
-                else:
-                    cls.__call__ = old
+            _NNX_TRACE.reset(token)
 
     def layer_params(self, params: Any, name: str) -> dict[str, jax.Array]:
         from flax import nnx
