@@ -16,6 +16,7 @@ from jaxviz.io.images import load_image, sample_image
 from jaxviz.io.labels import decode_predictions, imagenet_classes
 from jaxviz.io.models import Loaded, load_model
 from jaxviz.methods.activations import activations
+from jaxviz.methods.atlas import Atlas, LayerAtlas, top_examples
 from jaxviz.methods.attribution import Cams, explain
 from jaxviz.methods.compiles import count_compilations
 from jaxviz.methods.features import Patterns, Recipe, filter_patterns, get_recipe
@@ -24,11 +25,13 @@ from jaxviz.nn import MODELS, Sequential, get_model
 from jaxviz.nn.adapters import adapt
 from jaxviz.nn.preprocess import deprocess, preprocess
 from jaxviz.nn.protocol import Forward, Model
+from jaxviz.nn.receptive import RF, field_box, field_boxes, receptive_field
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Cams", "Forward", "JaxvizError", "Loaded", "MODELS", "Model", "Patterns", "Recipe", "Sequential", "activations",
-    "adapt", "count_compilations", "decode_predictions", "deprocess", "explain", "filter_patterns", "get_model",
-    "get_recipe", "imagenet_classes", "layer_weights", "load_image", "load_model", "preprocess", "sample_image",
+    "Atlas", "Cams", "Forward", "JaxvizError", "LayerAtlas", "Loaded", "MODELS", "Model", "Patterns", "RF", "Recipe",
+    "Sequential", "activations", "adapt", "count_compilations", "decode_predictions", "deprocess", "explain",
+    "field_box", "field_boxes", "filter_patterns", "get_model", "get_recipe", "imagenet_classes", "layer_weights",
+    "load_image", "load_model", "preprocess", "receptive_field", "sample_image", "top_examples",
 ]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import re
 import signal
@@ -16,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from jaxviz.errors import JaxvizError, one_line, show
+from jaxviz.nn.finite import is_finite_number
 
 EPILOG_COMMON = ("Errors print one line and exit with status 2 (130 on Ctrl-C, 143 on SIGTERM; nothing is written "
                  "then); --debug shows the traceback.")
@@ -81,18 +81,25 @@ def parse_size(text: str, flag: str = "--input") -> tuple[int, int]:
     return h, w
 
 
+def within(flag: str, value: "int | float | None", low: "int | float", high: "int | float") -> None:
+    """A one-line error ``FLAG must be LOW..HIGH, got V`` unless ``value`` (when given) is a finite number
+    in ``[low, high]`` (the wording of options that were always bounded on both sides)."""
+    if value is not None and (not is_finite_number(value) or not low <= value <= high):
+        raise JaxvizError(f"{flag} must be {_fmt(low)}..{_fmt(high)}, got {value}")
+
+
+def _fmt(v: "int | float") -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def at_least(flag: str, value: "int | float | None", low: "int | float" = 1, high: "int | float | None" = None) -> None:
     """A one-line error unless ``value`` (when given) is a finite number in ``[low, high]``."""
     if value is None:
         return
-
-    def fmt(v):
-        return f"{v:g}" if isinstance(v, float) else str(v)
-
-    if not math.isfinite(value) or value < low:
-        raise JaxvizError(f"{flag} must be at least {fmt(low)}, got {value}")
+    if not is_finite_number(value) or value < low:
+        raise JaxvizError(f"{flag} must be at least {_fmt(low)}, got {value}")
     if high is not None and value > high:
-        raise JaxvizError(f"{flag} must be at most {fmt(high)}, got {value}")
+        raise JaxvizError(f"{flag} must be at most {_fmt(high)}, got {value}")
 
 
 # -- loading ------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import sys
 import time
 
 from jaxviz.errors import JaxvizError
-from jaxviz.cli.common import MAX_SIDE, add_model_args, at_least, conv_layers, load, register
+from jaxviz.cli.common import MAX_SIDE, add_model_args, at_least, conv_layers, load, register, within
 
 
 # The numeric options' bounds, inclusive (--size and --per-filter are checked on their own).
@@ -32,8 +32,8 @@ def cmd_filters(args) -> None:
     from jaxviz.nn.policy import cam_layer
     from jaxviz.viz.writers import write_filters
 
-    at_least("--size", args.size, 1, MAX_SIDE)
-    at_least("--per-filter", args.per_filter, 1, 64)
+    within("--size", args.size, 1, MAX_SIDE)
+    within("--per-filter", args.per_filter, 1, 64)
     for flag, (low, high) in BOUNDS.items():
         at_least(flag, getattr(args, flag[2:].replace("-", "_")), low, high)
     if args.diversity and (args.per_filter or 1) < 2:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from jaxviz.errors import show
 from jaxviz.cli.common import (add_model_args, at_least, batch, input_shape, load, refuse_out_in_inputs, register,
                                say_preprocessing)
 
@@ -39,7 +40,7 @@ def cmd_gradcam(args) -> None:
                        settings=Settings(**{name: getattr(args, name) for name in SETTINGS}))
         if model.labels is not None:
             for src, top in zip(images, decode_predictions(cams.probs, top=3, labels=model.labels)):
-                print(f"{src}: Predicted: {[(a, b, round(p, 8)) for a, b, p in top]}")
+                print(f"{show(src, 300)}: Predicted: {[(a, show(b, 60), round(p, 8)) for a, b, p in top]}")
         where = f"layer {args.layer or cam_layer(model)}" if method_record(args.method).family == "layer" else "input"
         write_cams(stage, images, cams, args.method, where)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from jaxviz.errors import JaxvizError, show
-from jaxviz.cli.common import add_model_args, at_least, conv_layers, input_shape, load, register
+from jaxviz.cli.common import add_model_args, conv_layers, input_shape, load, register, within
 
 MAX_BINS = 10_000  # a histogram wider than a screen says nothing more, and 10**9 bins would exhaust memory
 
@@ -15,7 +15,7 @@ def cmd_weights(args) -> None:
     from jaxviz.methods.weights import STAT_NAMES
     from jaxviz.viz.writers import write_weights
 
-    at_least("--bins", args.bins, 1, MAX_BINS)
+    within("--bins", args.bins, 1, MAX_BINS)
     with output_dir(args.out) as stage:  # an unusable --out fails before any work
         loaded = load(args, default_model="fashion_cnn")
         model = loaded.model

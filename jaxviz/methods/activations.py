@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from jaxviz.nn import policy
+from jaxviz.nn.arguments import check_batch, check_layers, check_params
 from jaxviz.nn.protocol import Model
 
 
@@ -36,8 +37,11 @@ def activations(model: Model, params: Any, x: jax.Array, layers: Sequence[str] |
       ``{layer: activation}`` in the order asked, N x h x w x C for spatial layers. The pass stops at
       the deepest requested layer; a second call with the same shapes does not recompile.
     """
+    x = check_batch(x)  # integers become float32; NaN/Inf, an empty batch or another rank are refused
+    layers = check_layers(model, layers) and list(layers)
     names = tuple(model.resolve(n) for n in layers) if layers is not None else tuple(default_layers(model))
     model.check_input(np.shape(x))
+    check_params(model, params, x.shape[1:])
     out = _tap(model, names)(params, x)
     keys = list(layers) if layers is not None else list(names)
     return {k: out[n] for k, n in zip(keys, names)}  # jit returns dicts with sorted keys; keep the layer order

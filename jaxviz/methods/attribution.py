@@ -34,6 +34,7 @@ import numpy as np
 
 from jaxviz.errors import JaxvizError, unknown
 from jaxviz.nn import policy
+from jaxviz.nn.arguments import check_batch, check_indices, check_layer, check_params
 from jaxviz.nn.finite import is_finite_number
 from jaxviz.nn.protocol import Model, is_spatial, layer_shape, output_shape
 from jaxviz.methods.input_maps import guided_backprop, ig, integrated_gradients, saliency, smoothgrad  # noqa: F401 (public here too)
@@ -194,7 +195,7 @@ def _compile(model, layer, method, score, cfg, top1):
 
 def resolve_classes(model: Model, n: int, n_classes: int, classes) -> np.ndarray:
     """N x K class indices from per-image lists or one list for all images, checked against the range."""
-    cls = np.asarray(classes, np.int64)
+    cls = check_indices(classes, n_classes, "classes")
     if cls.ndim == 0:
         cls = cls[None]
     cls = np.broadcast_to(cls if cls.ndim == 2 else cls[None, :], (n, cls.shape[-1]))
@@ -230,8 +231,11 @@ def explain(
     depend on the chunking beyond float32 rounding.
     """
     record = method_record(method)  # the method's name before the input's shape, as always
-    x = jnp.asarray(x, jnp.float32)
+    x = check_batch(x)
+    if layer is not None:
+        check_layer(model, layer)
     model.check_input(x.shape)
+    check_params(model, params, x.shape[1:])
     top1 = classes is None
     run = compiled_explain(model, x.shape[1:], method, layer, score, settings, top1)  # checks every argument
     n_classes = output_shape(model, x.shape[1:])[0]

@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxviz.errors import JaxvizError
+from jaxviz.nn.arguments import check_layer, check_params
 from jaxviz.nn.protocol import Model
 
 STAT_NAMES = ("mean", "std", "min", "max", "near_zero")
@@ -37,6 +38,8 @@ def layer_weights(model: Model, params: Any, layer: str, bins: int = 10, near_ze
     depthwise convs (as k x k x 1 x C), batch-norm gammas; a layer without weights is an error that
     names the layers that have them.
     """
+    check_layer(model, layer)
+    check_params(model, params)
     p = model.layer_params(params, layer)
     if not p:
         with_weights = [n for n in model.layer_names if model.layer_params(params, n)]

@@ -77,14 +77,49 @@ def check_index(value: Any, n: int, name: str) -> int:
     return int(value)
 
 
+def check_indices(values: Any, n: int, name: str) -> np.ndarray:
+    """An int64 array of ``values`` (an integer, or nested lists/arrays of integers), each in
+    ``0 .. n - 1``; floats (``1.5``, even ``2.0``), bools and strings are refused, naming ``name``."""
+    arr = np.asarray(values, dtype=object if not isinstance(values, np.ndarray) else None)
+    flat = arr.reshape(-1)
+    for v in flat:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Integral, np.integer)):
+            raise JaxvizError(f"{name} must hold integer indices, got {type(v).__name__} {show(repr(v), 40)}")
+    out = np.asarray(arr.astype(np.int64) if arr.dtype == object else arr, np.int64)
+    bad = out[(out < 0) | (out >= n)]
+    if bad.size:
+        raise JaxvizError(f"{name}: index {int(bad[0])} is out of range 0..{n - 1}")
+    return out
+
+
 def _leaves(tree: Any) -> dict[str, Any]:
     return {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+_CHECKED: dict[Any, None] = {}  # (model, input shape, leaf paths and shapes) already accepted
 
 
 def check_params(model: Model, params: Any, input_shape: Sequence[int] | None = None, name: str = "params") -> None:
     """Raise a :class:`JaxvizError` naming ``params`` unless the model can run with them: the first
     missing, extra or misshapen parameter is named where the model tells its parameter shapes;
-    otherwise an abstract forward pass (no computation) must accept them."""
+    otherwise an abstract forward pass (no computation) must accept them. A structure accepted once
+    for a model is not traced again."""
+    try:
+        key = (model, tuple(input_shape or ()), tuple((p, tuple(np.shape(v)), str(getattr(v, "dtype", type(v))))
+                                                      for p, v in _leaves(params).items()))
+        hash(key)
+    except TypeError:  # an unhashable model: check every time
+        key = None
+    if key is not None and key in _CHECKED:
+        return
+    _check_params(model, params, input_shape, name)
+    if key is not None:
+        if len(_CHECKED) > 256:
+            _CHECKED.clear()
+        _CHECKED[key] = None
+
+
+def _check_params(model: Model, params: Any, input_shape: Sequence[int] | None, name: str) -> None:
     if params is None or (isinstance(params, dict) and not params):
         raise JaxvizError(f"{name} is {'empty' if params is not None else 'None'}; pass the parameters of "
                           f"{show(model.name)} (e.g. model.init(key) or jaxviz.load_model(...).params)")

@@ -18,12 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxviz.errors import JaxvizError
+from jaxviz.errors import JaxvizError, show
 from jaxviz.methods.featurevis.forward import model_input, taps_runner
 from jaxviz.methods.featurevis.objectives import DIVERSITY, LOGITS, as_objective, gram_similarity
 from jaxviz.methods.featurevis.quality import Patterns, measure
-from jaxviz.methods.featurevis.recipes import Recipe, get_recipe
+from jaxviz.methods.featurevis.recipes import RECIPES, Recipe, get_recipe
 from jaxviz.methods.sharding import batch_mesh, chunk_size, gather, pad_to, replicate, shard_batch
+from jaxviz.nn.arguments import check_indices, check_layer, check_params
 from jaxviz.nn.kinds import NO_CHANNELS
 from jaxviz.nn.protocol import Model, layer_shape
 
@@ -131,7 +132,11 @@ def filter_patterns(
     patterns equal the single-device ones. ``quality`` measures each pattern (see :class:`Patterns`):
     a forward pass of the 55 photo crops and of 8 perturbed copies of each pattern.
     """
+    if not isinstance(recipe, (str, Recipe)):
+        raise JaxvizError(f"recipe must be a recipe name or a Recipe, got {type(recipe).__name__} "
+                          f"{show(repr(recipe), 40)}; recipes: {', '.join(RECIPES)}")
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    check_layer(model, layer)
     key = jax.random.key(0) if key is None else key
     layer = model.resolve(layer)
     if recipe.octaves < 1 or recipe.dtype not in ("float32", "bfloat16") or recipe.per_filter < 1:
@@ -149,9 +154,14 @@ def filter_patterns(
     if kind in NO_CHANNELS:
         raise JaxvizError(f"{layer} has no channels of its own; choose a conv, pool or dense layer")
     n_out = out[-1]
-    filters = np.asarray(list(filters), np.int32)
-    if filters.size == 0:
-        raise JaxvizError("no filters requested")
+    if isinstance(filters, (str, bytes)) or not hasattr(filters, "__iter__"):
+        raise JaxvizError(f"filters must be a list of unit indices, got {type(filters).__name__}")
+    filters = list(filters)
+    if not filters:
+        raise JaxvizError("filters is empty: no filters requested")
+    check_indices(filters, 2**31 - 1, "filters")  # integers; the range is checked below against the layer
+    check_params(model, params)
+    filters = np.asarray(filters, np.int32)
     bad = filters[(filters < 0) | (filters >= n_out)]
     if bad.size:
         raise JaxvizError(f"filter index {int(bad[0])} out of range for {layer} of {model.name}: valid 0..{n_out - 1}")

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Transform = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -62,10 +63,10 @@ def random_crop(d: int) -> Transform:
 
 def random_scale(scales: Sequence[float]) -> Transform:
     """Zoom about the centre by a factor drawn from ``scales`` (same output size)."""
-    scales_arr = jnp.asarray(scales, jnp.float32)
+    scales_arr = np.asarray(scales, np.float32)  # numpy: building a recipe must not start a JAX backend
 
     def apply(key, img):
-        s = jax.random.choice(key, scales_arr)
+        s = jax.random.choice(key, jnp.asarray(scales_arr))
         h, w = img.shape[:2]
         t = jnp.array([(1 - s) * h / 2, (1 - s) * w / 2])
         return jax.image.scale_and_translate(img, img.shape, (0, 1), jnp.array([s, s]), t, "linear")
