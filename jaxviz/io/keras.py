@@ -368,6 +368,8 @@ def read_keras_file(path: "str | os.PathLike") -> KerasFile:
                     if config is not None:  # refused before the weights are even read
                         refuse_unsafe(config, path)
                     data = _member(z, "model.weights.h5", MAX_WEIGHT_BYTES + (64 << 20), path)  # in memory only
+            except JaxvizError:  # a ValueError too: a refusal (a custom class...) keeps its own words
+                raise
             except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError) as e:
                 raise JaxvizError(f"cannot read {path}: damaged zip archive ({show(e, 200)})") from None
             except (OSError, RuntimeError) as e:  # zlib errors, encrypted members
@@ -383,6 +385,8 @@ def read_keras_file(path: "str | os.PathLike") -> KerasFile:
                 check_structure(h5, f"{path} (its model.weights.h5)")
                 return _read_keras3(h5, path, config if isinstance(config, dict) else None,
                                     version if isinstance(version, str) else None)
+        except JaxvizError:
+            raise
         except (OSError, KeyError, TypeError, ValueError) as e:
             raise JaxvizError(f"cannot read {path}: its model.weights.h5 is damaged "
                               f"({(str(e).splitlines() or [''])[0][:200]})") from None
@@ -404,6 +408,8 @@ def read_keras_file(path: "str | os.PathLike") -> KerasFile:
             if "layers" in f:
                 return _read_keras3(f, path, None, None)
             raise JaxvizError(f"{path}: no layer_names, model_weights or layers; not a Keras weights file")
+    except JaxvizError:  # a ValueError too: a refusal (a custom class...) keeps its own words
+        raise
     except (OSError, KeyError, TypeError, ValueError) as e:
         raise JaxvizError(f"cannot read {path}: damaged or truncated HDF5 file ({(str(e).splitlines() or [''])[0][:200]})"
                           ) from None

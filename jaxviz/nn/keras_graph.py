@@ -10,9 +10,14 @@
 * every layer option Keras writes is honoured or refused by name: the options that only matter for
   training (initialisers, regularisers, constraints, momentum, seeds, ``trainable``) are ignored, a
   ``mixed_float16``/``mixed_bfloat16`` policy is run in float32 (its variables are float32);
+* the raw Keras operations Keras 3 writes into a functional graph (``x + 3.0``, ``1.0 - x``, ``inputs + x``,
+  ``ops.sqrt``, ``ops.hard_sigmoid``, ``ops.mean(x, [1, 2])``, ``ops.reshape``...: :data:`OPERATIONS`), read
+  from the config as data, and the layer classes Keras ships inside ``keras.applications``
+  (``LayerScale``, ``CustomScaleLayer``, ``StochasticDepth``: :data:`APPLICATION_LAYERS`), from their own
+  module only;
 * refused, with a one-line :class:`~jaxviz.errors.JaxvizError` naming the layer and its class:
-  ``Lambda``/``TFOpLambda``, custom or unregistered classes, unknown classes, raw Keras operations,
-  several inputs or outputs, shared layers (called more than once).
+  ``Lambda``/``TFOpLambda``, custom or unregistered classes (named with their package), unknown classes
+  and operations, several inputs or outputs, shared layers (called more than once).
 
 The model's preprocessing is the one Keras's ``preprocess_input`` applies for the
 ``keras.applications`` family the config names (``vgg16``, ``resnet50``, ``mobilenetv2_1.00_224``...),
@@ -80,10 +85,21 @@ def preprocessing_for(names: list[str]) -> str:
 # Refusing what would run code
 
 
+def _package(module: Any, registered: Any) -> str:
+    """The package a custom class comes from: its module's top package (``keras_hub`` of
+    ``keras_hub.src.models...``), else the package it was registered under (``pkg`` of ``pkg>Class``)."""
+    if isinstance(module, str) and module:
+        return module.split(".")[0]
+    if isinstance(registered, str) and ">" in registered:
+        return registered.split(">")[0]
+    return "unknown"
+
+
 def refuse_custom(config: Any, where: str) -> None:
     """Raise a one-line error if ``config`` anywhere names a Lambda-like layer or a custom object:
     a ``class_name`` or ``registered_name`` with ``>`` (Keras 3's ``package>Class``), a ``module``
-    outside ``keras``, or a ``registered_name`` other than the class's own."""
+    outside ``keras``, or a ``registered_name`` other than the class's own. The error names the class and
+    its package (``custom class 'ResNetBackbone' from package 'keras_hub'``)."""
 
     def walk(node: Any, owner: str | None, depth: int) -> None:
         if depth > 200:
@@ -108,9 +124,12 @@ def refuse_custom(config: Any, where: str) -> None:
                       or (module is not None and not (isinstance(module, str)
                                                       and (module == "keras" or module.startswith("keras.")))))
             if custom:
+                subject = f"the model {owner!r} is" if depth == 0 else f"layer {owner!r} uses"
+                label = registered if isinstance(registered, str) and ">" in registered else cls
                 raise JaxvizError(
-                    f"refusing {where}: layer {owner!r} uses custom object {registered or cls!r} (class {cls!r}, "
-                    f"module {module!r}); jaxviz never executes code from weight files")
+                    f"refusing {where}: {show(subject, 160)} custom class {show(repr(cls.split('>')[-1]), 80)} from "
+                    f"package {show(repr(_package(module, label)), 80)} (custom object {show(repr(registered or cls), 120)}, "
+                    f"module {show(repr(module), 120)}): jaxviz runs no code from files")
         for v in node.values():
             walk(v, owner, depth + 1)
 
@@ -398,8 +417,9 @@ def _rate(cls: type, key: str = "rate") -> Callable[[_Options], L.Layer]:
         if "data_format" in o.cfg:
             o.channels_last()
         v = o.number(key, 0.0)
-        if v < 0 or (key == "rate" and v >= 1):
-            raise o.fail(f"{key} {v} is outside {'[0, 1)' if key == 'rate' else '[0, inf)'}")
+        bounded = key in ("rate", "drop_path_rate")
+        if v < 0 or (bounded and v >= 1):
+            raise o.fail(f"{key} {v} is outside {'[0, 1)' if bounded else '[0, inf)'}")
         return cls(v)
     return make
 
@@ -439,8 +459,182 @@ CONVERTERS: dict[str, Callable[[_Options], L.Layer]] = {
     "Normalization": _normalization,
     "Resizing": _resizing,
     "Identity": _plain(L.Identity),
+    # keras.applications' own layers (allowed from their module only, APPLICATION_LAYERS)
+    "LayerScale": lambda o: (o.number("init_values", 1e-6), L.LayerScale(o.integer("projection_dim")))[1],
+    "CustomScaleLayer": lambda o: L.CustomScaleLayer(scale=o.number("scale")),
+    "StochasticDepth": _rate(L.StochasticDepth, "drop_path_rate"),
 }
 """Keras class name -> converter of its config; every other class is refused."""
+
+APPLICATION_LAYERS = {
+    "LayerScale": "keras.src.applications.convnext",
+    "StochasticDepth": "keras.src.applications.convnext",
+    "CustomScaleLayer": "keras.src.applications.inception_resnet_v2",
+}
+"""The layer classes Keras ships inside ``keras.applications`` (ConvNeXt, InceptionResNetV2), by the one
+module each is read from; the same class name from any other module is refused (a ``.h5`` config names
+no module: its class name and options are checked as in a ``.keras`` file)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw Keras operations: the ``keras.src.ops`` nodes of a functional graph (``x + 3.0``, ``inputs + x``,
+# ``ops.mean(x, [1, 2])``), read as data
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tensor:
+    """A tensor argument of a call: the output of layer ``source``."""
+
+    source: str
+
+
+_Arg = Any  # a _Tensor, a float, or a list of _Tensor
+
+
+def _tensors_and_numbers(o: _Options, args: list[_Arg], numbers: int) -> tuple[list[str], list[float], bool]:
+    """Split an operation's positional arguments into tensor sources and numbers; ``numbers``: how many
+    numbers it may take. Returns (sources, numbers, whether a number came first)."""
+    sources = [a.source for a in args if isinstance(a, _Tensor)]
+    values = [a for a in args if isinstance(a, float)]
+    if len(sources) + len(values) != len(args) or not sources or len(values) > numbers:
+        raise o.fail(f"is called on {_describe(args)}; jaxviz reads this operation on "
+                     f"{'one tensor' if numbers == 0 else 'tensors and numbers'} only")
+    return sources, values, isinstance(args[0], float)
+
+
+def _describe(args: list[_Arg]) -> str:
+    def one(a: _Arg) -> str:
+        return "a tensor" if isinstance(a, _Tensor) else repr(a) if isinstance(a, float) else \
+            f"[{', '.join(map(one, a))}]" if isinstance(a, list) else "something else"
+    return "(" + ", ".join(map(one, args)) + ")"
+
+
+_TWO_TENSORS: dict[str, Callable[[], L.Layer]] = {
+    "add": L.Add, "subtract": L.Subtract, "multiply": L.Multiply, "divide": L.Divide, "power": L.Power,
+    "maximum": L.Maximum, "minimum": L.Minimum,
+}
+
+
+def _arithmetic(fn: str) -> Callable[[_Options, list[_Arg]], tuple[L.Layer, list[str]]]:
+    """``x + y`` between two tensors (a merge) or between a tensor and a number (:class:`~jaxviz.nn.layers.Elementwise`)."""
+    def make(o: _Options, args: list[_Arg]) -> tuple[L.Layer, list[str]]:
+        if len(args) != 2:
+            raise o.fail(f"is called on {_describe(args)}; jaxviz reads it on two arguments")
+        sources, values, first = _tensors_and_numbers(o, args, 1)
+        if len(sources) == 2:
+            return _TWO_TENSORS[fn](), sources
+        return L.Elementwise(fn, tuple(values), constant_first=first), sources
+    return make
+
+
+def _on_one_tensor(build: Callable[[_Options], L.Layer]) -> Callable[[_Options, list[_Arg]], tuple[L.Layer, list[str]]]:
+    """An operation of one tensor whose settings are in its config (``ops.sqrt``, ``ops.mean(x, axis)``)."""
+    def make(o: _Options, args: list[_Arg]) -> tuple[L.Layer, list[str]]:
+        if len(args) != 1 or not isinstance(args[0], _Tensor):
+            raise o.fail(f"is called on {_describe(args)}; jaxviz reads it on one tensor")
+        return build(o), [args[0].source]
+    return make
+
+
+def _reduction(fn: str) -> Callable[[_Options], L.Layer]:
+    def make(o: _Options) -> L.Layer:
+        if o.get("axis") is None:
+            raise o.fail("reduces every axis, the batch too; jaxviz keeps the batch axis")
+        if o.get("initial") is not None:
+            raise o.fail(f"option initial = {o.cfg.get('initial')!r} is not supported")
+        axis = o.axes("axis")
+        if 0 in axis:
+            raise o.fail(f"axis {o.cfg.get('axis')!r} reduces the batch axis; not supported")
+        return L.Reduce(fn, axis, o.flag("keepdims", False))
+    return make
+
+
+def _op_reshape(o: _Options) -> L.Layer:
+    shape = o.ints("newshape", minimum=-1)
+    if len(shape) < 2 or shape[0] != -1 or -1 in shape[1:]:
+        raise o.fail(f"newshape {o.cfg.get('newshape')!r} is not supported (jaxviz reads a reshape that keeps "
+                     "the batch axis first, -1, and gives every other size)")
+    return L.Reshape(shape[1:])
+
+
+def _op_transpose(o: _Options) -> L.Layer:
+    axes = o.ints("axes", minimum=0)
+    if axes[0] != 0 or sorted(axes) != list(range(len(axes))):
+        raise o.fail(f"axes {o.cfg.get('axes')!r} are not supported (jaxviz keeps the batch axis first)")
+    return L.Permute(axes[1:])
+
+
+def _op_concatenate(o: _Options, args: list[_Arg]) -> tuple[L.Layer, list[str]]:
+    if len(args) != 1 or not isinstance(args[0], list) or len(args[0]) < 2 or \
+            not all(isinstance(t, _Tensor) for t in args[0]):
+        raise o.fail(f"is called on {_describe(args)}; jaxviz reads it on one list of tensors")
+    axis = o.axes("axis", 0)
+    if len(axis) != 1 or axis[0] == 0:
+        raise o.fail(f"axis {o.cfg.get('axis', 0)!r} is not supported (the batch axis, or several)")
+    return L.Concatenate(axis=axis[0]), [t.source for t in args[0]]
+
+
+def _act(name: str) -> Callable[[_Options], L.Layer]:
+    return lambda o: L.Activation(name)
+
+
+def _elementwise(fn: str) -> Callable[[_Options], L.Layer]:
+    return lambda o: L.Elementwise(fn)
+
+
+_NUMPY, _NN, _MATH = "keras.src.ops.numpy", "keras.src.ops.nn", "keras.src.ops.math"
+
+OPERATIONS: dict[str, tuple[str, Callable[[_Options, list[_Arg]], tuple[L.Layer, list[str]]]]] = {
+    # arithmetic (between tensors, or a tensor and a number: x + 3.0, 1.0 - x, x * (1 / 6))
+    "Add": (_NUMPY, _arithmetic("add")), "Subtract": (_NUMPY, _arithmetic("subtract")),
+    "Multiply": (_NUMPY, _arithmetic("multiply")), "Divide": (_NUMPY, _arithmetic("divide")),
+    "TrueDivide": (_NUMPY, _arithmetic("divide")), "Power": (_NUMPY, _arithmetic("power")),
+    "Maximum": (_NUMPY, _arithmetic("maximum")), "Minimum": (_NUMPY, _arithmetic("minimum")),
+    # unary math
+    **{cls: (_NUMPY, _on_one_tensor(_elementwise(fn))) for cls, fn in (
+        ("Negative", "negative"), ("Absolute", "absolute"), ("Square", "square"), ("Sqrt", "sqrt"),
+        ("Reciprocal", "reciprocal"), ("Exp", "exp"), ("Expm1", "expm1"), ("Log", "log"), ("Log1p", "log1p"),
+        ("Sign", "sign"), ("Floor", "floor"), ("Ceil", "ceil"))},
+    "Rsqrt": (_MATH, _on_one_tensor(_elementwise("rsqrt"))), "Erf": (_MATH, _on_one_tensor(_elementwise("erf"))),
+    "Tanh": (_NUMPY, _on_one_tensor(_act("tanh"))),
+    "Clip": (_NUMPY, _on_one_tensor(lambda o: L.Elementwise("clip", (o.number("x_min"), o.number("x_max"))))),
+    # activations (the ones Keras's Activation layer has become that layer: guided backpropagation sees them)
+    **{cls: (_NN, _on_one_tensor(_act(name))) for cls, name in (
+        ("Relu", "relu"), ("Relu6", "relu6"), ("Sigmoid", "sigmoid"), ("HardSigmoid", "hard_sigmoid"),
+        ("HardSilu", "hard_silu"), ("Silu", "silu"), ("Softplus", "softplus"), ("Softsign", "softsign"),
+        ("LogSigmoid", "log_sigmoid"), ("Selu", "selu"), ("HardTanh", "hard_tanh"))},
+    "Gelu": (_NN, _on_one_tensor(lambda o: L.Elementwise("gelu_tanh") if o.flag("approximate", True)
+                                 else L.Activation("gelu"))),
+    "LeakyRelu": (_NN, _on_one_tensor(lambda o: L.LeakyReLU(negative_slope=o.number("negative_slope", 0.2)))),
+    "Elu": (_NN, _on_one_tensor(lambda o: L.ELU(alpha=o.number("alpha", 1.0)))),
+    "Celu": (_NN, _on_one_tensor(lambda o: L.Elementwise("celu", (o.number("alpha", 1.0),)))),
+    "Softmax": (_NN, _on_one_tensor(lambda o: L.Softmax(axis=o.axes("axis", -1) or (-1,)))),
+    # reductions and reshapes
+    **{cls: (_NUMPY, _on_one_tensor(_reduction(fn))) for cls, fn in (
+        ("Mean", "mean"), ("Sum", "sum"), ("Max", "max"), ("Min", "min"))},
+    "Reshape": (_NUMPY, _on_one_tensor(_op_reshape)),
+    "Transpose": (_NUMPY, _on_one_tensor(_op_transpose)),
+    "Concatenate": (_NUMPY, _op_concatenate),
+}
+"""Raw Keras operation class -> (its module, converter of its config and call). Keras 3 writes these into
+a functional graph for arithmetic on tensors (``x + 3.0``) and ``keras.ops`` calls; every other operation
+is refused, and nothing is executed."""
+
+
+def is_operation(entry: Mapping) -> bool:
+    """Whether a functional-graph entry is a raw Keras operation rather than a layer: its module is
+    under ``keras.src.ops`` (``.keras``), or (``.h5``, which names no module) it is an operation's
+    class, its config lacks what every Keras layer writes (``trainable``) and, for a class a layer
+    shares (``Add``, ``Maximum``...), it is not called the way that layer is (on one list of tensors)."""
+    module = entry.get("module")
+    if isinstance(module, str):
+        return module.startswith("keras.src.ops.")
+    cls, cfg, nodes = entry.get("class_name"), entry.get("config"), entry.get("inbound_nodes")
+    if module is not None or cls not in OPERATIONS or not isinstance(cfg, dict) or "trainable" in cfg:
+        return False
+    node = nodes[0] if isinstance(nodes, list) and nodes else None
+    args = node.get("args") if isinstance(node, dict) else None
+    return cls not in CONVERTERS or not (isinstance(args, list) and len(args) == 1 and isinstance(args[0], list))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -546,12 +740,17 @@ class _Builder:
                     continue
                 if name in tensors:
                     raise self.fail(f"{label} has two layers named {name!r}; the file is damaged")
-                sources = self.inbound(layer, lcls, name)
+                op = self.operation(layer, lcls, name) if is_operation(layer) else None
+                sources = op[1] if op else self.inbound(layer, lcls, name)
                 missing = [s for s in sources if s not in tensors]
                 if missing:
                     raise self.fail(f"layer {name!r} ({lcls}) reads {missing[0]!r}, which comes later or not at all; "
                                     "the file is damaged")
-                tensors[name] = self.node(layer, lcls, name, path + (name,), [tensors[s] for s in sources], depth)
+                inputs = [tensors[s] for s in sources]
+                if op:
+                    tensors[name] = self.add_step(path + (name,), f"{lcls} operation", op[0], inputs)
+                else:
+                    tensors[name] = self.node(layer, lcls, name, path + (name,), inputs, depth)
             if outs[0][0] not in tensors:
                 raise self.fail(f"{label} outputs {outs[0][0]!r}, which is not one of its layers")
             out = tensors[outs[0][0]]
@@ -563,12 +762,14 @@ class _Builder:
              depth: int) -> tuple[str, ...]:
         if cls in CONTAINERS:
             return self.container(layer, path, inputs, depth + 1)
-        if len(self.steps) >= MAX_LAYERS:
-            raise self.fail(f"the model has more than {MAX_LAYERS:,} layers; no image model needs that many, refusing it")
         module = layer.get("module")
         if isinstance(module, str) and module.startswith("keras.src.ops"):
-            raise self.fail(f"layer {name!r} ({cls[:80]!r}) is a raw Keras operation ({module[:80]!r}); jaxviz imports Keras layers "
-                            "only (use keras.layers.{Add,Multiply,...} in the model)")
+            raise self.fail(f"{show(repr(name), 80)} is a raw Keras operation ({show(cls, 80)}) inside a Sequential "
+                            "model, where Keras itself puts none; the file is damaged")
+        if cls in APPLICATION_LAYERS and module is not None and module != APPLICATION_LAYERS[cls]:
+            raise self.fail(f"layer {name!r} is custom class {show(repr(cls), 80)} from package "
+                            f"{show(repr(_package(module, None)), 80)}, not keras.applications' own "
+                            f"({APPLICATION_LAYERS[cls]}): jaxviz runs no code from files")
         if cls in UNSAFE_CLASSES:  # refuse_custom has normally caught it already
             raise self.fail(f"layer {name!r} ({cls}) would run code from the file; refused")
         if cls not in CONVERTERS:
@@ -584,8 +785,35 @@ class _Builder:
             axis = opts.axes("axis")[0]
             if axis > 0:
                 self.axis_checks[path] = axis
-        self.steps.append((path, cls, converted, list(inputs)))
+        return self.add_step(path, cls, converted, inputs)
+
+    def add_step(self, path: tuple[str, ...], cls: str, layer: L.Layer, inputs: list[tuple[str, ...]]
+                 ) -> tuple[str, ...]:
+        if len(self.steps) >= MAX_LAYERS:
+            raise self.fail(f"the model has more than {MAX_LAYERS:,} layers; no image model needs that many, refusing it")
+        self.steps.append((path, cls, layer, list(inputs)))
         return path
+
+    def operation(self, entry: Mapping, cls: str, name: str) -> tuple[L.Layer, list[str]]:
+        """A raw Keras operation as a jaxviz layer and the layers it reads (:data:`OPERATIONS`)."""
+        module = entry.get("module")
+        known = OPERATIONS.get(cls)
+        if known is None or module not in (None, known[0]):
+            where = f"{module}.{cls}" if isinstance(module, str) else cls
+            raise self.fail(f"{show(repr(name), 80)} is the raw Keras operation {show(where, 120)}, which jaxviz does not "
+                            f"read; it reads {', '.join(sorted(OPERATIONS))}")
+        cfg = entry.get("config")
+        if not isinstance(cfg, dict):
+            raise self.fail(f"operation {name!r} ({cls}) has no config; the file is damaged")
+        args, kwargs = self.call(entry, cls, name)
+        if kwargs:
+            key = next(iter(kwargs))
+            raise self.fail(f"operation {name!r} ({cls}) is called with {str(key)[:40]!r}={str(kwargs[key])[:40]!r}; "
+                            "not supported")
+        opts = _Options(cfg, name, f"{cls} operation", self.where)
+        layer, sources = known[1](opts, args)
+        opts.done()
+        return layer, sources
 
     def tensor_list(self, value: Any, label: str) -> list[tuple[str, int, int]]:
         """``input_layers``/``output_layers``: one ``[name, node, tensor]`` or a list of them."""
@@ -598,8 +826,10 @@ class _Builder:
             raise self.fail(f"{label} has malformed input_layers/output_layers; the file is damaged")
         return [(v[0], v[1], v[2]) for v in value]
 
-    def inbound(self, layer: Mapping, cls: str, name: str) -> list[str]:
-        """The layer names one layer reads (Keras 3 ``{"args", "kwargs"}`` nodes or Keras 2 lists)."""
+    def call(self, layer: Mapping, cls: str, name: str) -> tuple[list[_Arg], dict]:
+        """The one call of a layer or operation: its positional arguments (a tensor as :class:`_Tensor`, a
+        number as float, a list of tensors as a list) and keyword arguments, from a Keras 3
+        ``{"args", "kwargs"}`` node or a Keras 2 list of ``[layer, node, tensor, kwargs]``."""
         nodes = layer.get("inbound_nodes")
         if not isinstance(nodes, list) or not nodes:
             raise self.fail(f"layer {name!r} ({cls}) is not connected to anything; the file is damaged")
@@ -607,46 +837,64 @@ class _Builder:
             raise self.fail(f"layer {name!r} ({cls}) is called {len(nodes)} times (a shared layer); jaxviz needs "
                             "each layer called once")
         node = nodes[0]
-        refs: list[Any] = []
-        kwargs: dict = {}
+        kwargs: Any = {}
         if isinstance(node, dict):  # Keras 3
             args = node.get("args")
             kwargs = node.get("kwargs") or {}
-            if not isinstance(args, list) or len(args) != 1:
+            if not isinstance(args, list) or not 0 < len(args) <= 8:
                 raise self.fail(f"layer {name!r} ({cls}) is called with {str(args)[:40]!r} as positional arguments; "
-                                "jaxviz supports one tensor or one list of tensors")
-            first = args[0]
-            tensors = first if isinstance(first, list) else [first]
-            for t in tensors:
-                hist = t.get("config", {}).get("keras_history") if isinstance(t, dict) and \
-                    t.get("class_name") == "__keras_tensor__" and isinstance(t.get("config"), dict) else None
-                if not isinstance(hist, list) or len(hist) != 3:
-                    raise self.fail(f"layer {name!r} ({cls}) is called on something other than a tensor "
-                                    f"({str(t)[:60]!r}); not supported")
-                refs.append(hist)
+                                "the file is damaged")
+            out = [self.argument(a, cls, name, True) for a in args]
         elif isinstance(node, list):  # Keras 2: [[name, node, tensor, kwargs], ...]
+            refs = []
             for t in node:
                 if not isinstance(t, list) or len(t) < 3:
                     raise self.fail(f"layer {name!r} ({cls}) has a malformed inbound node; the file is damaged")
-                refs.append(t[:3])
+                refs.append(_Tensor(self.reference(t[:3], cls, name)))
                 if len(t) > 3 and isinstance(t[3], dict):
                     kwargs.update(t[3])
+            if not refs:
+                raise self.fail(f"layer {name!r} ({cls}) has a malformed inbound node; the file is damaged")
+            out = [refs[0] if len(refs) == 1 else refs]
         else:
             raise self.fail(f"layer {name!r} ({cls}) has a malformed inbound node; the file is damaged")
         if not isinstance(kwargs, dict):
             raise self.fail(f"layer {name!r} ({cls}) has malformed call arguments; the file is damaged")
+        return out, {k: v for k, v in kwargs.items() if not (k == "training" or (k == "mask" and v is None))}
+
+    def argument(self, a: Any, cls: str, name: str, top: bool) -> _Arg:
+        """One positional argument of a call (``top``: not inside a list)."""
+        if isinstance(a, dict) and a.get("class_name") == "__keras_tensor__" and isinstance(a.get("config"), dict):
+            return _Tensor(self.reference(a["config"].get("keras_history"), cls, name))
+        if top and isinstance(a, list) and 0 < len(a) <= 4096:
+            return [self.argument(t, cls, name, False) for t in a]
+        if isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) and top:
+            return float(a)
+        raise self.fail(f"layer {name!r} ({cls}) is called on something other than a tensor, a list of tensors or "
+                        f"a number ({show(str(a), 60)}); not supported")
+
+    def reference(self, hist: Any, cls: str, name: str) -> str:
+        """The layer a ``[layer, node, tensor]`` reference reads (its only call, its only output)."""
+        if not isinstance(hist, list) or len(hist) != 3:
+            raise self.fail(f"layer {name!r} ({cls}) is called on a malformed tensor reference "
+                            f"({show(str(hist), 60)}); the file is damaged")
+        src, node_index, tensor_index = hist
+        if not isinstance(src, str) or node_index != 0 or tensor_index != 0:
+            raise self.fail(f"layer {name!r} ({cls}) reads {str(src)[:80]!r} node {str(node_index)[:20]!r} tensor {str(tensor_index)[:20]!r}: a "
+                            "shared layer or a layer with several outputs; not supported")
+        return src
+
+    def inbound(self, layer: Mapping, cls: str, name: str) -> list[str]:
+        """The layer names a layer reads: one tensor or one list of tensors, no other arguments."""
+        args, kwargs = self.call(layer, cls, name)
+        first = args[0]
+        if len(args) != 1 or isinstance(first, float) or (isinstance(first, list) and not all(
+                isinstance(t, _Tensor) for t in first)):
+            raise self.fail(f"layer {name!r} ({cls}) is called on {_describe(args)}; jaxviz supports one tensor or "
+                            "one list of tensors")
         for key, value in kwargs.items():
-            if key == "training" or (key == "mask" and value is None):
-                continue  # jaxviz always runs in inference mode
             raise self.fail(f"layer {name!r} ({cls}) is called with {str(key)[:40]!r}={str(value)[:40]!r}; not supported")
-        out = []
-        for ref in refs:
-            src, node_index, tensor_index = ref
-            if not isinstance(src, str) or node_index != 0 or tensor_index != 0:
-                raise self.fail(f"layer {name!r} ({cls}) reads {str(src)[:80]!r} node {str(node_index)[:20]!r} tensor {str(tensor_index)[:20]!r}: a "
-                                "shared layer or a layer with several outputs; not supported")
-            out.append(src)
-        return out
+        return [t.source for t in (first if isinstance(first, list) else [first])]
 
 
 def _top(config: Any, where: str) -> dict:

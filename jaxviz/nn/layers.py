@@ -984,6 +984,184 @@ class UpSampling2D(Layer):
         return (shape[0] * self.size[0], shape[1] * self.size[1]) + tuple(shape[2:])
 
 
+# -- raw Keras operations and the layers keras.applications ships -----------------------------
+
+# Functions of one tensor that a raw Keras operation in a functional graph computes (``x + 3.0``,
+# ``1.0 - x``, ``ops.sqrt(x)``, ``ops.clip(x, 0, 6)``), as Keras's JAX backend computes them: name ->
+# (how many numbers it takes besides the tensor, the function). The operations that equal a Keras
+# activation (``ops.relu``, ``ops.hard_sigmoid``, ...) are imported as :class:`Activation` instead.
+ELEMENTWISE: dict[str, tuple[int, Callable[..., jax.Array]]] = {
+    "add": (1, jnp.add),
+    "subtract": (1, jnp.subtract),
+    "multiply": (1, jnp.multiply),
+    "divide": (1, jnp.true_divide),
+    "power": (1, jnp.power),
+    "maximum": (1, jnp.maximum),
+    "minimum": (1, jnp.minimum),
+    "clip": (2, jnp.clip),
+    "negative": (0, jnp.negative),
+    "absolute": (0, jnp.abs),
+    "square": (0, jnp.square),
+    "sqrt": (0, jnp.sqrt),
+    "rsqrt": (0, jax.lax.rsqrt),
+    "reciprocal": (0, jnp.reciprocal),
+    "exp": (0, jnp.exp),
+    "expm1": (0, jnp.expm1),
+    "log": (0, jnp.log),
+    "log1p": (0, jnp.log1p),
+    "sign": (0, jnp.sign),
+    "floor": (0, jnp.floor),
+    "ceil": (0, jnp.ceil),
+    "erf": (0, jax.lax.erf),
+    "gelu_tanh": (0, lambda x: jax.nn.gelu(x, approximate=True)),
+    "celu": (1, lambda x, alpha: jax.nn.celu(x, alpha)),
+}
+_ACTIVATION_LIKE = ("gelu_tanh", "celu")  # skipped with ``logits=True``, as :class:`Activation` is
+
+
+class Elementwise(Layer):
+    """A raw Keras operation on one tensor: ``fn`` of :data:`ELEMENTWISE` applied to ``x`` and the
+    numbers ``constants`` (``x + 3.0`` is ``Elementwise("add", (3.0,))``); ``constant_first`` puts the
+    number before the tensor (``1.0 - x``: ``Elementwise("subtract", (1.0,), constant_first=True)``).
+    Only the activation-like ``gelu_tanh`` and ``celu`` are skipped with ``logits=True``."""
+
+    fn: str
+    constants: tuple[float, ...] = ()
+    constant_first: bool = False
+
+    kind = "act"
+
+    def __call__(self, x: jax.Array, *, logits: bool = False, train: bool = False) -> jax.Array:
+        if logits and self.fn in _ACTIVATION_LIKE:
+            return x
+        f = ELEMENTWISE[self.fn][1]
+        c = [jnp.asarray(v, x.dtype) for v in self.constants]
+        return f(c[0], x) if self.constant_first else f(x, *c)
+
+    def out_shape(self, shape: Shape) -> Shape:
+        if self.fn not in ELEMENTWISE or len(self.constants) != ELEMENTWISE[self.fn][0] or \
+                (self.constant_first and len(self.constants) != 1):
+            raise ValueError(f"{self.fn}({', '.join(map(str, self.constants))}) is not an elementwise operation "
+                             f"jaxviz knows")
+        return shape
+
+
+class Divide(_Merge):
+    """A raw Keras ``x / y`` between two tensors (``ops.divide``/``true_divide``), broadcast as Keras does."""
+
+    def __call__(self, *xs: jax.Array, logits: bool = False, train: bool = False) -> jax.Array:
+        return jnp.true_divide(xs[0], xs[1])
+
+    def out_shape(self, *shapes: Shape) -> Shape:
+        if len(shapes) != 2:
+            raise ValueError(f"Divide needs exactly two inputs, got {len(shapes)}")
+        return super().out_shape(*shapes)
+
+
+class Power(_Merge):
+    """A raw Keras ``x ** y`` between two tensors (``ops.power``), broadcast as Keras does."""
+
+    def __call__(self, *xs: jax.Array, logits: bool = False, train: bool = False) -> jax.Array:
+        return jnp.power(xs[0], xs[1])
+
+    def out_shape(self, *shapes: Shape) -> Shape:
+        if len(shapes) != 2:
+            raise ValueError(f"Power needs exactly two inputs, got {len(shapes)}")
+        return super().out_shape(*shapes)
+
+
+_REDUCTIONS: dict[str, Callable[..., jax.Array]] = {"mean": jnp.mean, "sum": jnp.sum, "max": jnp.max,
+                                                   "min": jnp.min}
+
+
+class Reduce(Layer):
+    """A raw Keras reduction (``ops.mean``/``sum``/``max``/``min``) over ``axis`` (Keras's numbering,
+    batch = 0, never reduced), ``keepdims`` as Keras. Over the image's rows or columns (axes 1, 2 of
+    an N x H x W x C batch) it is a ``global_pool`` (``ops.mean(x, [1, 2], keepdims=True)``, a 1 x 1 map
+    with ``keepdims``); over the channels only it is pointwise in space (kind ``act``, a map with one
+    channel with ``keepdims``)."""
+
+    fn: str
+    axis: tuple[int, ...]
+    keepdims: bool = False
+
+    @property
+    def kind(self) -> str:
+        return "global_pool" if any(a % 4 in (1, 2) for a in self.axis) else "act"
+
+    @property
+    def keeps_spatial(self) -> bool:
+        return self.keepdims
+
+    def _axes(self, rank: int) -> tuple[int, ...]:
+        """The reduced axes of a batch of rank ``rank``; ValueError for the batch axis or one out of range."""
+        axes = tuple(sorted({a % rank if -rank <= a < rank else -1 for a in self.axis}))
+        if not axes or axes[0] < 1 or len(axes) != len(self.axis):
+            raise ValueError(f"axis {self.axis} is out of range, repeated or the batch axis for a batch of rank {rank}")
+        return axes
+
+    def __call__(self, x: jax.Array, *, logits: bool = False, train: bool = False) -> jax.Array:
+        return _REDUCTIONS[self.fn](x, axis=self._axes(x.ndim), keepdims=self.keepdims)
+
+    def out_shape(self, shape: Shape) -> Shape:
+        if self.fn not in _REDUCTIONS:
+            raise ValueError(f"{self.fn!r} is not a reduction jaxviz knows ({', '.join(_REDUCTIONS)})")
+        axes = {a - 1 for a in self._axes(len(shape) + 1)}
+        return tuple(1 if i in axes else d for i, d in enumerate(shape) if self.keepdims or i not in axes)
+
+
+class LayerScale(Layer):
+    """``keras.applications.convnext.LayerScale``: ``x * gamma``, one learned factor per channel; param
+    ``gamma`` (``projection_dim``,)."""
+
+    projection_dim: int
+
+    kind = "norm"
+    weighted = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, logits: bool = False, train: bool = False) -> jax.Array:
+        gamma = self.param("gamma", nn.initializers.constant(1e-6), self.param_shapes(x.shape[1:])["gamma"])
+        return x * gamma.astype(x.dtype)
+
+    def out_shape(self, shape: Shape) -> Shape:
+        if shape[-1] != self.projection_dim:
+            raise ValueError(f"LayerScale of {self.projection_dim} channels cannot take {shape[-1]} channels")
+        return shape
+
+    def param_shapes(self, shape: Shape) -> dict[str, Shape]:
+        return {"gamma": (self.projection_dim,)}
+
+
+class CustomScaleLayer(_Merge):
+    """``keras.applications.inception_resnet_v2.CustomScaleLayer``: ``x + r * scale`` (the residual
+    ``r``, the second input, scaled and added to the first)."""
+
+    scale: float = 1.0
+
+    def __call__(self, *xs: jax.Array, logits: bool = False, train: bool = False) -> jax.Array:
+        return xs[0] + xs[1] * jnp.asarray(self.scale, xs[1].dtype)
+
+    def out_shape(self, *shapes: Shape) -> Shape:
+        if len(shapes) != 2:
+            raise ValueError(f"CustomScaleLayer needs exactly two inputs, got {len(shapes)}")
+        return super().out_shape(*shapes)
+
+
+class StochasticDepth(Layer):
+    """``keras.applications.convnext.StochasticDepth``: the identity at inference; with ``train=True``
+    (and a ``'dropout'`` rng) each example's whole residual branch is dropped with probability ``rate``
+    and the kept ones scaled by ``1 / (1 - rate)``, as Keras does."""
+
+    rate: float
+
+    kind = "dropout"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, logits: bool = False, train: bool = False) -> jax.Array:
+        return nn.Dropout(self.rate, broadcast_dims=tuple(range(1, x.ndim)), deterministic=not train)(x)
+
+
 # -- input transforms ---------------------------------------------------------------------------
 
 
@@ -1096,7 +1274,8 @@ LAYERS: dict[str, type[Layer]] = {
         Activation, ReLU, LeakyReLU, ELU, PReLU, Softmax, Dense, Dropout, SpatialDropout2D, GaussianNoise,
         GaussianDropout, Identity, Add, Subtract, Multiply, Average, Maximum, Minimum, Concatenate, MaxPool2D,
         AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, Flatten, Reshape, Permute, ZeroPadding2D,
-        Cropping2D, UpSampling2D, Rescaling, Normalization, Resizing,
+        Cropping2D, UpSampling2D, Rescaling, Normalization, Resizing, Elementwise, Divide, Power, Reduce,
+        LayerScale, CustomScaleLayer, StochasticDepth,
     )
 }
 """Every layer class by name (what a saved graph may name; nothing else is ever constructed from a file)."""
