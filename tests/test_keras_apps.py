@@ -9,6 +9,7 @@ operations) is compared with Keras's own output of that operation, the predictio
 the seeds' formula computed through Keras's layers. Refusals name the custom class and its package.
 """
 
+import collections
 import io
 import json
 import types
@@ -21,9 +22,11 @@ import keras
 import numpy as np
 import pytest
 
+import hostile as H
 import keras_ref
 import jaxviz
 from jaxviz import JaxvizError
+from jaxviz.io.torch import load_torch_weights
 from jaxviz.nn import layers as L
 from jaxviz.nn.keras_graph import OPERATIONS, graph_from_spec, graph_spec
 
@@ -420,3 +423,17 @@ def test_unknown_or_unreadable_operations_refused(tmp_path):
         {"args": [tensor("in"), "3"], "kwargs": {}}]}))
     one_line_refusal(tmp_path / "str.keras", "layer 'plus' (Add) is called on something other than a tensor")
 
+
+def test_state_dict_that_fits_nothing_lists_the_architectures(tmp_path):
+    sd = collections.OrderedDict([("conv1.weight", np.zeros((64, 3, 7, 7), np.float32)),
+                                  ("bn1.weight", np.ones(64, np.float32)), ("fc.weight", np.zeros((1000, 512), np.float32)),
+                                  ("fc.bias", np.zeros(1000, np.float32))])
+    H.write_zip(tmp_path / "resnet18.pth", collections.OrderedDict((k, H.tensor_of(k, v)) for k, v in sd.items()))
+    with pytest.raises(JaxvizError) as e:
+        load_torch_weights(tmp_path / "resnet18.pth")
+    msg = str(e.value)
+    assert "3 weighted modules, first 'conv1'" in msg and "pass arch=NAME" in msg and "--" not in msg, msg
+    assert all(name in msg for name in jaxviz.MODELS), msg
+    # the library's load_model names its own argument, model=
+    msg = one_line_refusal(tmp_path / "resnet18.pth", "pass model=NAME")
+    assert "arch" not in msg.replace("architecture", ""), msg

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 import jax
 
+from jaxviz.nn import policy
 from jaxviz.errors import JaxvizError, unknown
 from jaxviz.io import checkpoint
 from jaxviz.io.weightfile import load_model_file
@@ -101,7 +103,7 @@ def load_model(model: str | None = None, weights: "str | os.PathLike | None" = N
         if model is None:
             raise JaxvizError("give a model name (--model) or a weights file (--weights)")
         m = get_model(model)
-        return Loaded(m, m.init(jax.random.key(seed)), False, f"random init, seed {seed}")
+        return Loaded(m, policy.init(m, jax.random.key(seed)), False, f"random init, seed {seed}")
     weights = os.fspath(weights)
     if os.path.isdir(weights):
         m, params, meta = checkpoint.load_checkpoint(weights)
@@ -111,8 +113,8 @@ def load_model(model: str | None = None, weights: "str | os.PathLike | None" = N
     try:
         m, params, fmt, _ = load_model_file(weights, arch=model)
     except JaxvizError as e:
-        # the file readers' advice names weights_convert's --arch; here the architecture is --model
-        raise JaxvizError(str(e).replace("--arch", "--model")) from e
+        # the file readers' advice names their argument arch= (weights_convert's --arch); here it is model=
+        raise JaxvizError(re.sub(r"\barch=", "model=", str(e)).replace("--arch", "--model")) from e
     kind = "PyTorch state dict" if fmt == "pytorch-state-dict" else "Keras file"
     return Loaded(m, params, True, f"{kind} {weights}")
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxviz.errors import JaxvizError
+from jaxviz.errors import JaxvizError, show
 from jaxviz.io.files import check_regular
 from jaxviz.nn import Sequential
 
@@ -494,5 +494,8 @@ def load_torch_weights(path: "str | os.PathLike", arch: str | None = None) -> tu
         except JaxvizError:
             continue
         return name, _finite(mapped, path)  # NaN in the one that fits is reported, not "nothing fits"
-    raise JaxvizError(f"{path}: no registered architecture fits this state dict "
-                      f"({len(_modules(sd))} weighted modules); name one (jaxviz --model, weights_convert --arch)")
+    modules = _modules(sd)
+    first = f", first {show(repr(modules[0][0]), 80)}" if modules else ""
+    raise JaxvizError(f"{path}: no registered architecture fits this state dict ({len(modules)} weighted modules"
+                      f"{first}); jaxviz maps a .pth onto a registered architecture: {', '.join(MODELS)} (pass arch=NAME "
+                      "to map it onto one of them and see the first layer that differs)")
