@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 
+from jaxviz.nn.finite import finite_entries
 from jaxviz.errors import JaxvizError, show
 from jaxviz.cli.common import MAX_TOP, add_model_args, at_least, batch, input_shape, load, register, say_preprocessing
 
@@ -27,7 +28,7 @@ def cmd_predict(args) -> None:
     say_preprocessing(args, model)
     x = batch(model, args.images, shape)
     probs = np.asarray(jax.jit(lambda params, x: model.run(params, x).output)(loaded.params, x))
-    bad = ~np.isfinite(probs).all(axis=tuple(range(1, probs.ndim)))
+    bad = ~finite_entries(probs).all(axis=tuple(range(1, probs.ndim)))
     if bad.any():
         raise JaxvizError(f"{show(model.name)} computes NaN or Inf for {show(args.images[int(np.argmax(bad))], 200)}: "
                           "its weights or its config are unusable")

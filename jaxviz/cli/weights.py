@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from jaxviz.nn import policy
 from jaxviz.errors import JaxvizError, show
 from jaxviz.cli.common import add_model_args, conv_layers, input_shape, load, register, within
 
@@ -23,7 +24,7 @@ def cmd_weights(args) -> None:
         layers = args.layer or conv_layers(model)[:1]
         if not layers:
             raise JaxvizError(f"{model.name} has no conv layer; name a layer with weights with --layer")
-        untrained = model.init(jax.random.key(args.seed), shape) if args.compare_untrained else None
+        untrained = policy.init(model, jax.random.key(args.seed), shape) if args.compare_untrained else None
         _, rows = write_weights(stage, model, loaded.params, layers, loaded.trained, untrained, args.in_channel,
                                 args.bins)
     print(f"{'layer':16s} {'weights':24s} " + " ".join(f"{n:>10s}" for n in STAT_NAMES))

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from jaxviz.nn.finite import require_finite
 from jaxviz.errors import JaxvizError, show
 from jaxviz.io.files import check_tree, read_bytes
 from jaxviz.nn import Params, Sequential, get_model
@@ -62,8 +63,8 @@ def check_finite(params: Mapping[str, Mapping[str, Any]], where: str) -> None:
     of the message, e.g. the checkpoint's path)."""
     for name, ps in params.items():
         for pname, a in ps.items():
-            if not np.all(np.isfinite(np.asarray(a))):
-                raise JaxvizError(f"{where}: layer {name!r} {pname} contains NaN or Inf; the weights are unusable")
+            require_finite(a, f"{where}: layer {show(repr(name), 80)} {pname} contains NaN or Inf; the weights are "
+                              "unusable")
 
 
 def check_params(model: Sequential, params: Mapping[str, Mapping[str, Any]], input_shape=None) -> None:

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from jaxviz.nn.finite import require_finite
 from jaxviz.errors import JaxvizError
 from jaxviz.io.images import IMAGE_EXTENSIONS, SAMPLES, load_image
 
@@ -94,8 +95,7 @@ class _Array(_Source):
         item = np.asarray(self.array[i])
         if item.shape[:2] == tuple(shape[:2]) and item.shape[-1] == shape[-1]:
             out = item.astype(np.float32)
-            if not np.all(np.isfinite(out)):
-                raise JaxvizError("image array contains NaN or Inf")
+            require_finite(out, "image array contains NaN or Inf")
             return out  # pixels as given (0..255), no round trip through uint8
         if item.dtype != np.uint8:  # load_image would read floats <= 1 as 0..1; these are 0..255
             item = np.clip(np.nan_to_num(item.astype(np.float64)), 0, 255).round().astype(np.uint8)

@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from jaxviz.nn.finite import require_finite
 from jaxviz.errors import JaxvizError, show, unknown
 from jaxviz.io.files import buffer
 
@@ -53,8 +54,7 @@ def _to_pil(arr: np.ndarray) -> Image.Image:
         arr = (arr >> 8).astype(np.uint8)
     elif arr.dtype != np.uint8:
         arr = np.asarray(arr, np.float64)
-        if not np.all(np.isfinite(arr)):
-            raise JaxvizError("image array contains NaN or Inf")
+        require_finite(arr, "image array contains NaN or Inf")
         if arr.max(initial=0) <= 1.0:
             arr = arr * 255.0  # floats in [0, 1], as skimage returns them
         arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)

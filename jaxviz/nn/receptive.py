@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxviz.nn import policy
 from jaxviz.errors import JaxvizError
 from jaxviz.nn.protocol import Model, is_spatial
 
@@ -164,7 +165,7 @@ def _measure(model: Model, params: Any, layer: str, shape: tuple[int, ...], samp
     if not is_spatial(grid):
         return RF((h, w), (h, w), (0, 0))
     if params is None:
-        params = model.init(jax.random.key(0), shape)
+        params = policy.init(model, jax.random.key(0), shape)
     gh, gw = grid[0], grid[1]
     c = (gh // 2, gw // 2)
     nxt = (c[0] + 1 if c[0] + 1 < gh else c[0] - 1, c[1] + 1 if c[1] + 1 < gw else c[1] - 1)
