@@ -301,12 +301,14 @@ def _road(model, params, pixels, rank, classes, keys, d: Definitions):
 
     def one(img, rk, key, cls):
         removed = jnp.concatenate([rk[None] < counts[:, None, None], rk[None] >= hw - counts[:, None, None]])  # 2F H W
-        filled = jax.vmap(lambda r: impute(img, r, d.road_tol))(removed)
+        # one solve after another (lax.map): each stops at its own convergence, where a vmap would run
+        # every system for as many iterations as the slowest needs
+        filled = jax.lax.map(lambda r: impute(img, r, d.road_tol), removed)
         noise = jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(key, j), (h, w, c)))(jnp.arange(2 * f))
         x = preprocess(filled, mode) + d.road_noise * noise * removed[..., None]
         return x, jnp.repeat(cls, 2 * f)
 
-    x, cl = jax.vmap(one)(pixels, rank, keys, classes)  # N 2F H W C (model input), N 2F
+    x, cl = jax.lax.map(lambda a: one(*a), (pixels, rank, keys, classes))  # N 2F H W C (model input), N 2F
     calls, size = _chunks(2 * f, d.chunk)
     pad = calls * size - 2 * f
     x = jnp.concatenate([x, jnp.repeat(x[:, -1:], pad, axis=1)], 1) if pad else x
