@@ -6,11 +6,12 @@ method, one jitted step (the same shapes for every batch, so one compilation per
 collection's size) preprocesses the pixels, explains each image's top-1 class with the method
 (:func:`jaxviz.methods.attribution.compiled_explain`), resizes the map to the input and computes every
 asked metric (:func:`jaxviz.methods.metrics.scores`); the batch is split over all local devices
-(:func:`jax.shard_map`). A *random map* (uniform noise per pixel, image i's from
-``fold_in(key, i)``) is scored by the same metrics as the baseline every method must beat. The
-``randomization`` metric re-runs the method on one re-initialised model (the same fresh weights for
-every image; :func:`jaxviz.methods.attribution.randomization_check`, outside the jitted step); a random
-map does not depend on the weights, so its baseline score is 1 by construction.
+(:func:`jax.shard_map`). A *random map* (uniform noise on a coarse grid,
+:attr:`~jaxviz.methods.metrics.Definitions.random_grid`, resized like a layer map: see there why not
+per pixel; image i's from ``fold_in(key, i)``) is scored by the same metrics as the baseline every
+method must beat. The ``randomization`` metric re-runs the method on one re-initialised model (the
+same fresh weights for every image; :func:`jaxviz.methods.attribution.randomization_check`, outside
+the jitted step); a random map does not depend on the weights, so its baseline score is 1 by construction.
 
 Keys: from ``key`` three are split (the methods' noise, the metrics' noise, the random maps); image i
 always gets ``fold_in(that key, i)``, so scores do not depend on the batch size, the devices or an
@@ -102,7 +103,7 @@ def _random_step(model, names, d, mesh, regions) -> Callable:
     def local(params, pixels, rkeys, skeys, reg):
         out = model.run(params, preprocess(pixels, model.preprocessing))
         cls = jnp.argmax(out.output, axis=-1).astype(jnp.int32)
-        maps = jax.vmap(lambda k: jax.random.uniform(k, pixels.shape[1:3]))(rkeys)
+        maps = jax.vmap(lambda k: jax.random.uniform(k, (d.random_grid, d.random_grid)))(rkeys)
         return M.scores(model, params, pixels, maps, cls, skeys, reg if regions else None, names, d), cls
 
     return _sharded(local, mesh)
