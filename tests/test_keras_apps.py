@@ -244,6 +244,19 @@ def _family(build, tmp_path_factory, **kw):
 
 
 @pytest.fixture(scope="module")
+def convnext_small_config(tmp_path_factory):
+    """Keras's own ConvNeXt builder at a tiny width and depth, with stochastic depth (``drop_path_rate``
+    above 0 puts a ``StochasticDepth`` layer in every block) and no preprocessing layer."""
+    from keras.src.applications.convnext import ConvNeXt
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    km = randomize(ConvNeXt(depths=[1, 2, 1, 1], projection_dims=[8, 16, 24, 32], drop_path_rate=0.3, name="tiny",
+                            include_preprocessing=False, input_shape=(64, 64, 3), classes=7))
+    return save_case(km, tmp_path_factory.mktemp("tiny_convnext"), low=-1.0, high=1.0)
+
+
+@pytest.fixture(scope="module")
 def mobilenetv3small(tmp_path_factory):
     return _family(keras.applications.MobileNetV3Small, tmp_path_factory, input_shape=(64, 64, 3))
 
@@ -271,6 +284,16 @@ def test_mobilenetv3small(mobilenetv3small, fmt):
     hard_sigmoid = ["re_lu_1", "multiply"]  # ReLU(6)(x + 3) * (1 / 6) in the first squeeze-excite block
     assert model.sources["re_lu_1"] == ("add",) and model.sources["multiply"] == ("re_lu_1",)
     assert [model.layer(n) for n in hard_sigmoid] == [L.Activation("relu6"), L.Elementwise("multiply", (1 / 6,))]
+    assert_round_trip(model)
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5"])
+def test_convnext_with_stochastic_depth(convnext_small_config, fmt):
+    _, loaded = worst_step_error(convnext_small_config, fmt)
+    model = loaded.model
+    depth = "tiny_stage_1_block_1_stochastic_depth"
+    assert model.layer(depth) == L.StochasticDepth(0.3 * 2 / 4) and model.kind(depth) == "dropout"
+    assert model.sources["add_2"] == ("add_1", depth)
     assert_round_trip(model)
 
 
