@@ -192,6 +192,17 @@ def register(name: str, help_: str, example: str):
     return deco
 
 
+# The library names its Python arguments; on the command line they are flags. One mapping, here.
+_ARGUMENT_FLAGS = ((re.compile(r"\bpass (model|arch)=NAME\b"), r"pass --\1 NAME"),)
+
+
+def as_flags(message: str) -> str:
+    """A library message with its advice about Python arguments (``pass arch=NAME``) said as flags."""
+    for pattern, flag in _ARGUMENT_FLAGS:
+        message = pattern.sub(flag, message)
+    return message
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that every ``finally`` (the staged outputs) cleans up."""
 
@@ -213,7 +224,7 @@ def run_guarded(func: Callable[[], object], debug: bool, prog: str) -> int:
     except JaxvizError as e:
         if debug:
             raise
-        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)  # one line, whatever it holds
+        print(f"{prog}: error: {as_flags(one_line(e))}", file=sys.stderr)  # one line, whatever it holds
         return 2
     except Terminated:
         print(f"{prog}: terminated (SIGTERM); no partial output was left", file=sys.stderr)
