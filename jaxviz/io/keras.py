@@ -17,6 +17,9 @@ without a config, and :func:`load_keras_weights` / :func:`keras_file_params`, ma
 architecture: by name when the names agree exactly, otherwise by order within each kind (conv to conv,
 dense to dense), as Keras's own ``by_name=False`` loading does; every shape is checked and the first
 misfit is named.
+
+Why one module of ~640 lines: every Keras file layout and its bounded reads form one security
+boundary (what a file may make jaxviz read); the config-to-graph translation lives in nn.keras_graph.
 """
 
 from __future__ import annotations

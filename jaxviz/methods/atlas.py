@@ -27,6 +27,9 @@ atomically every ``checkpoint_every`` batches or ``checkpoint_seconds`` seconds 
 
 Per-unit statistics (``mean``, ``fire_rate``) are accumulated on the host in float64 from each batch's
 reduced responses (``units`` numbers per image); ``max`` is the top value.
+
+Why one module of ~470 lines: the compiled merge step, the running state, its checkpoint and the
+process merge are one data structure's life; the collection reader and receptive fields live apart.
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ settings (model, weights, methods, metrics, definitions, settings, key, input si
 names) are written atomically every ``checkpoint_every`` batches or ``checkpoint_seconds`` seconds and on
 an interrupt; ``resume=True`` continues from there and ends with exactly the uninterrupted result.
 One process (all its local devices); several processes are not supported yet.
+
+Why one module of ~420 lines: the streamed loop, its resumable state and the leaderboard statistics
+share one settings hash and one state layout; split, a resume could pair a state with another reader.
 """
 
 from __future__ import annotations

@@ -49,6 +49,9 @@ it does not depend on the batch or the devices.
 :data:`METRICS` lists every metric (name, which way is better, what it needs); the model-randomisation
 check (Adebayo et al. 2018) is :func:`jaxviz.methods.attribution.randomization_check`, which
 :func:`jaxviz.methods.evaluate.evaluate` reports as the ``randomization`` metric.
+
+Why one module of ~500 lines: every metric shares the ranking, the resize and the perturbation
+schedule defined here (the Definitions); one file keeps the definitions and their uses side by side.
 """
 
 from __future__ import annotations

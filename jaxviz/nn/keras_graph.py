@@ -26,6 +26,9 @@ else ``none``; its labels are ``imagenet`` when the last layer has 1000 units.
 :func:`graph_spec`/:func:`graph_from_spec` write any :class:`Sequential` as plain JSON (layer class
 names from :data:`jaxviz.nn.layers.LAYERS` and their settings) and read it back, so a checkpoint
 carries its own architecture.
+
+Why one module of ~1,100 lines: one converter per Keras class and raw operation, each a few lines,
+beside the table that admits them; the allow-list is only reviewable whole.
 """
 
 from __future__ import annotations
