@@ -218,3 +218,20 @@ def test_every_package_has_an_init():
         if any(f.endswith(".py") for f in files) and "__init__.py" not in files:
             missing.append(os.path.relpath(d, ROOT))
     assert not missing
+
+
+def test_every_layer_kind_is_in_the_one_vocabulary():
+    from jaxviz.nn import layers as L
+    from jaxviz.nn.kinds import KINDS
+
+    kinds = {}
+    for name, cls in L.LAYERS.items():
+        kind = cls.kind
+        if isinstance(kind, str):
+            kinds[name] = kind
+        else:  # a property: the kind depends on the layer's settings (Reduce: global_pool or act)
+            kinds[name] = None
+    assert {n: k for n, k in kinds.items() if k is not None and k not in KINDS} == {}
+    reduce_kinds = {L.LAYERS["Reduce"](fn="mean", axis=(1, 2), keepdims=False).kind,
+                    L.LAYERS["Reduce"](fn="mean", axis=(3,), keepdims=True).kind}
+    assert reduce_kinds <= set(KINDS)

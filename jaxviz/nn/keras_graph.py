@@ -41,6 +41,7 @@ from typing import Any, Callable, Mapping
 from jaxviz.errors import JaxvizError, show
 from jaxviz.nn import layers as L
 from jaxviz.nn.graph import Sequential
+from jaxviz.nn.kinds import NEEDS_SPATIAL_INPUT
 
 CONTAINERS = ("Sequential", "Functional", "Model")
 UNSAFE_CLASSES = ("Lambda", "TFOpLambda", "SlicingOpLambda", "__lambda__")
@@ -989,7 +990,7 @@ def _check_shapes(model: Sequential, axis_checks: dict[str, int], classes: dict[
             out = tuple(layer.out_shape(*ins))
             if name in axis_checks and axis_checks[name] != len(ins[0]):
                 raise ValueError(f"axis {axis_checks[name]} is not the channel axis of inputs {ins[0]}")
-            if layer.kind in ("conv", "pool", "pad", "resize", "global_pool") and len(ins[0]) != 3:
+            if layer.kind in NEEDS_SPATIAL_INPUT and len(ins[0]) != 3:
                 raise ValueError(f"it needs an image-shaped input (H, W, C), got {ins[0]}")
             layer.param_shapes(*ins)
         except (ValueError, TypeError, ZeroDivisionError, IndexError) as e:

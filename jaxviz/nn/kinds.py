@@ -24,6 +24,8 @@ KINDS = {
     "resize": "upsampling or resizing",
     "embed": "an embedding",
     "attention": "an attention layer",
+    "identity": "a layer that passes its input on unchanged",
+    "input_transform": "a fixed transform of the input pixels (rescaling, normalisation, resizing at the input)",
     "block": "a module of modules (an adapted Flax module's submodule with children)",
     "other": "anything else",
 }
