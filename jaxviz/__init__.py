@@ -19,7 +19,9 @@ from jaxviz.methods.activations import activations
 from jaxviz.methods.atlas import Atlas, LayerAtlas, top_examples
 from jaxviz.methods.attribution import Cams, explain
 from jaxviz.methods.compiles import count_compilations
+from jaxviz.methods.evaluate import Evaluation, evaluate
 from jaxviz.methods.features import Patterns, Recipe, filter_patterns, get_recipe
+from jaxviz.methods.metrics import Definitions, faithfulness
 from jaxviz.methods.weights import layer_weights
 from jaxviz.nn import MODELS, Sequential, get_model
 from jaxviz.nn.adapters import adapt
@@ -30,8 +32,8 @@ from jaxviz.nn.receptive import RF, field_box, field_boxes, receptive_field
 __version__ = "0.1.0"
 
 __all__ = [
-    "Atlas", "Cams", "Forward", "JaxvizError", "LayerAtlas", "Loaded", "MODELS", "Model", "Patterns", "RF", "Recipe",
-    "Sequential", "activations", "adapt", "count_compilations", "decode_predictions", "deprocess", "explain",
+    "Atlas", "Cams", "Definitions", "Evaluation", "Forward", "JaxvizError", "LayerAtlas", "Loaded", "MODELS", "Model", "Patterns", "RF", "Recipe",
+    "Sequential", "activations", "adapt", "count_compilations", "decode_predictions", "deprocess", "evaluate", "explain", "faithfulness",
     "field_box", "field_boxes", "filter_patterns", "get_model", "get_recipe", "imagenet_classes", "layer_weights",
     "load_image", "load_model", "preprocess", "receptive_field", "sample_image", "top_examples",
 ]
