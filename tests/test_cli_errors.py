@@ -349,7 +349,11 @@ def test_xception_one_filter_shortcut_runs(tmp_path, capsys):
                          [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
 def test_signal_during_a_long_run_leaves_nothing(tmp_path, sig, status, word):
     out = tmp_path / "out"
-    p = subprocess.Popen([sys.executable, "-m", "jaxviz.cli", "filters", "--model", "fashion_cnn", "--layer",
+    # A job started in the background (`cmd &`, as CI runners may) inherits SIGINT ignored, and Python then
+    # keeps ignoring it; the child restores Python's own handler so that Ctrl-C is what is tested.
+    child = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "from jaxviz.cli import entry; entry()")
+    p = subprocess.Popen([sys.executable, "-c", child, "filters", "--model", "fashion_cnn", "--layer",
                           "conv2d_1", "--count", "all", "--batch-size", "1", "--steps", "400", "--out", str(out)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

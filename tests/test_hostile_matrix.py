@@ -58,17 +58,20 @@ import os, signal, time
 
 
 def rss_kb(pid):
+    # VmHWM: the high-water mark of the child's own memory since its exec. (wait4's ru_maxrss is not used
+    # for children that were exec'ed: Linux carries the spawning process's high-water mark over into it, so a
+    # child spawned by a large pytest process would report pytest's size.)
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith("VmHWM:"):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
 
 
-def watch(pid, timeout, rss_cap_mb):
+def watch(pid, timeout, rss_cap_mb, use_rusage=True):
     """Wait for child ``pid``; kill it above ``rss_cap_mb`` of resident memory or after ``timeout`` s."""
     t0 = time.monotonic()
     peak, killed = 0, None
@@ -88,7 +91,7 @@ def watch(pid, timeout, rss_cap_mb):
                 pass
         time.sleep(0.02)
     return {"rc": os.waitstatus_to_exitcode(status), "wall_s": round(time.monotonic() - t0, 2),
-            "peak_mb": round(max(peak, ru.ru_maxrss) / 1024, 1), "killed": killed}
+            "peak_mb": round(max(peak, ru.ru_maxrss if use_rusage else 0) / 1024, 1), "killed": killed}
 '''
 
 SERVER = WATCH + r'''
@@ -163,7 +166,7 @@ def run_subprocess(argv, cwd, stdout, stderr, env=None) -> dict:
     with open(stdout, "wb") as o, open(stderr, "wb") as e:
         p = subprocess.Popen([sys.executable, "-m", "jaxviz.cli", *argv], cwd=cwd, stdin=subprocess.DEVNULL, stdout=o,
                              stderr=e, env={**os.environ, **(env or {})}, preexec_fn=limit)
-        result = _watch_ns["watch"](p.pid, TIMEOUT_S, RSS_CAP_MB)
+        result = _watch_ns["watch"](p.pid, TIMEOUT_S, RSS_CAP_MB, use_rusage=False)
         p.returncode = result["rc"]
     return result
 

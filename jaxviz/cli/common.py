@@ -193,7 +193,8 @@ def register(name: str, help_: str, example: str):
 
 
 # The library names its Python arguments; on the command line they are flags. One mapping, here.
-_ARGUMENT_FLAGS = ((re.compile(r"\bpass (model|arch)=NAME\b"), r"pass --\1 NAME"),)
+_ARGUMENT_FLAGS = ((re.compile(r"\bpass (model|arch)=NAME\b"), r"pass --\1 NAME"),
+                   (re.compile(r" \(in classes\)"), " (--class)"))
 
 
 def as_flags(message: str) -> str:

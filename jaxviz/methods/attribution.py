@@ -195,13 +195,14 @@ def _compile(model, layer, method, score, cfg, top1):
 
 def resolve_classes(model: Model, n: int, n_classes: int, classes) -> np.ndarray:
     """N x K class indices from per-image lists or one list for all images, checked against the range."""
-    cls = check_indices(classes, n_classes, "classes")
+    cls = check_indices(classes, None, "classes")  # integers only; the range is said below, per model
     if cls.ndim == 0:
         cls = cls[None]
     cls = np.broadcast_to(cls if cls.ndim == 2 else cls[None, :], (n, cls.shape[-1]))
     bad = cls[(cls < 0) | (cls >= n_classes)]
     if bad.size:
-        raise JaxvizError(f"class index {int(bad[0])} out of range for {model.name}: valid 0..{n_classes - 1}")
+        raise JaxvizError(f"class index {int(bad[0])} out of range for {model.name}: valid 0..{n_classes - 1} "
+                          "(in classes)")
     return cls
 
 

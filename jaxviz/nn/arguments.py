@@ -77,16 +77,18 @@ def check_index(value: Any, n: int, name: str) -> int:
     return int(value)
 
 
-def check_indices(values: Any, n: int, name: str) -> np.ndarray:
+def check_indices(values: Any, n: int | None, name: str) -> np.ndarray:
     """An int64 array of ``values`` (an integer, or nested lists/arrays of integers), each in
-    ``0 .. n - 1``; floats (``1.5``, even ``2.0``), bools and strings are refused, naming ``name``."""
+    ``0 .. n - 1`` (``n`` None: any integers; the caller says the range); floats (``1.5``, even ``2.0``),
+    bools and strings are refused, naming ``name``."""
     arr = np.asarray(values, dtype=object if not isinstance(values, np.ndarray) else None)
     flat = arr.reshape(-1)
     for v in flat:
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Integral, np.integer)):
             raise JaxvizError(f"{name} must hold integer indices, got {type(v).__name__} {show(repr(v), 40)}")
     out = np.asarray(arr.astype(np.int64) if arr.dtype == object else arr, np.int64)
-    bad = out[(out < 0) | (out >= n)]
+    flat_out = out.reshape(-1)
+    bad = flat_out[(flat_out < 0) | (flat_out >= n)] if n is not None else flat_out[:0]
     if bad.size:
         raise JaxvizError(f"{name}: index {int(bad[0])} is out of range 0..{n - 1}")
     return out

@@ -159,7 +159,7 @@ def filter_patterns(
     filters = list(filters)
     if not filters:
         raise JaxvizError("filters is empty: no filters requested")
-    check_indices(filters, 2**31 - 1, "filters")  # integers; the range is checked below against the layer
+    check_indices(filters, None, "filters")  # integers; the range is checked below against the layer
     check_params(model, params)
     filters = np.asarray(filters, np.int32)
     bad = filters[(filters < 0) | (filters >= n_out)]
