@@ -15,7 +15,7 @@ import keras_ref
 from conftest import rel_err
 from jaxviz import JaxvizError, get_model
 from jaxviz.io.checkpoint import load_checkpoint
-from weights_convert import load_keras_weights, read_keras_file
+from weights_convert import load_keras_weights
 from weights_convert.cli import main as convert_main
 
 CASES = [("fashion_cnn", (28, 28, 1)), ("cats_dogs_small", (150, 150, 3)), ("vgg16_notop", (64, 64, 3)),

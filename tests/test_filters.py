@@ -2,7 +2,6 @@
 
 import jax
 import jax.numpy as jnp
-import keras
 import numpy as np
 import pytest
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import keras_ref
-from conftest import rel_err
 from jaxviz import JaxvizError, get_model, load_image, preprocess
 from jaxviz.io.checkpoint import load_checkpoint, save_checkpoint
 from jaxviz.io.labels import decode_predictions, imagenet_classes

@@ -2,7 +2,6 @@
 ``Xception(weights=None)`` with random batch-norm statistics; every file format; inner layers of
 residual blocks addressable; filters and Grad-CAM through the same code as VGG16."""
 
-import os
 
 import jax
 import keras
