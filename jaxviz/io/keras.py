@@ -36,6 +36,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from jaxviz.errors import JaxvizError, show, unknown
+from jaxviz.nn.finite import require_finite
 from jaxviz.io.files import check_regular, open_regular
 from jaxviz.io.h5probe import check_dataset, check_structure, probe_h5
 from jaxviz.nn import MODELS, Params, Sequential, get_model
@@ -485,8 +486,7 @@ def to_params(model: Sequential, kf: KerasFile) -> dict[str, dict[str, np.ndarra
                     f"found {found} (file layer {fl.name!r})"
                 )
             arr = np.asarray(values[p], np.float32)
-            if not np.all(np.isfinite(arr)):
-                raise JaxvizError(f"{kf.path}: layer {fl.name!r} {p} contains NaN or Inf; the weights are unusable")
+            require_finite(arr, f"{kf.path}: layer {fl.name!r} {p} contains NaN or Inf; the weights are unusable")
             params.setdefault(name, {})[p] = arr
     for q in leftovers:
         kind = q[0].kind
@@ -585,8 +585,7 @@ def graph_params(graph: KerasGraph, kf: KerasFile) -> Params:
                 raise JaxvizError(f"{kf.path}: layer {step!r} ({cls}) {p} expected shape {tuple(shape)}, "
                                   f"found {tuple(arr.shape)}")
             arr = np.asarray(arr, np.float32)
-            if not np.all(np.isfinite(arr)):
-                raise JaxvizError(f"{kf.path}: layer {step!r} ({cls}) {p} contains NaN or Inf; the weights are unusable")
+            require_finite(arr, f"{kf.path}: layer {step!r} ({cls}) {p} contains NaN or Inf; the weights are unusable")
             params.setdefault(step, {})[p] = arr
     left = [fl for i, fl in enumerate(kf.layers) if i not in used]
     if left:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from jaxviz.errors import JaxvizError, show
+from jaxviz.nn.finite import require_finite
 from jaxviz.io.files import check_regular
 from jaxviz.nn import Sequential
 
@@ -469,8 +470,7 @@ def _finite(mapped: dict[str, dict[str, tuple[str, np.ndarray]]], path: str) -> 
     range has become Inf, and is refused too)."""
     for ps in mapped.values():
         for module, a in ps.values():
-            if not np.all(np.isfinite(a)):
-                raise JaxvizError(f"{path}: module {module!r} contains NaN or Inf; the weights are unusable")
+            require_finite(a, f"{path}: module {module!r} contains NaN or Inf; the weights are unusable")
     return {name: {p: a for p, (_, a) in ps.items()} for name, ps in mapped.items()}
 
 

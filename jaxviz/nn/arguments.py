@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxviz.nn.finite import all_finite
 from jaxviz.errors import JaxvizError, show
 from jaxviz.nn.protocol import Model
 
@@ -43,7 +44,7 @@ def check_batch(x: Any, name: str = "x") -> jax.Array:
     if arr.shape[0] < 1 or min(arr.shape[1:]) < 1:
         raise JaxvizError(f"{name} is empty (shape {tuple(arr.shape)}); pass at least one image")
     arr = jnp.asarray(arr, jnp.float32)
-    if not bool(jnp.isfinite(arr).all()):
+    if not all_finite(arr):
         raise JaxvizError(f"{name} holds NaN or Inf values; every pixel must be finite")
     return arr
 

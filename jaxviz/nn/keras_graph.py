@@ -34,10 +34,10 @@ beside the table that admits them; the allow-list is only reviewable whole.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from typing import Any, Callable, Mapping
 
+from jaxviz.nn.finite import is_finite_number
 from jaxviz.errors import JaxvizError, show
 from jaxviz.nn import layers as L
 from jaxviz.nn.graph import Sequential
@@ -168,7 +168,7 @@ class _Options:
         v = self.get(key, default)
         if v is None and optional:
             return None
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        if not isinstance(v, (int, float)) or not is_finite_number(v):
             raise self.fail(f"option {key} = {show(repr(v), 60)} is not a number")
         if positive and v <= 0:
             raise self.fail(f"option {key} = {v!r} must be above 0 (the model would compute NaN)")
@@ -872,7 +872,7 @@ class _Builder:
             return _Tensor(self.reference(a["config"].get("keras_history"), cls, name))
         if top and isinstance(a, list) and 0 < len(a) <= 4096:
             return [self.argument(t, cls, name, False) for t in a]
-        if isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) and top:
+        if isinstance(a, (int, float)) and is_finite_number(a) and top:
             return float(a)
         raise self.fail(f"layer {name!r} ({cls}) is called on something other than a tensor, a list of tensors or "
                         f"a number ({show(str(a), 60)}); not supported")
