@@ -47,6 +47,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxviz.errors import JaxvizError
+from jaxviz.io.jobstate import load_state, save_state
 from jaxviz.io.collection import Failure, open_collection
 from jaxviz.methods.sharding import AXIS, batch_mesh, replicate, shard_batch
 from jaxviz.nn.preprocess import preprocess
@@ -216,37 +217,22 @@ def _ckpt_path(directory: str, shard: tuple[int, int]) -> str:
 
 
 def _save(path: str, settings: str, position: int, state, sums, fires, count, failures) -> None:
-    arrays = {"settings": np.array(settings), "position": np.array(position), "count": np.array(count),
-              "failed": np.array([f.index for f in failures], np.int64),
-              "failed_reason": np.array([f.reason for f in failures], dtype=str)}
+    arrays = {"position": np.array(position), "count": np.array(count)}
     for n, (v, i, p) in enumerate(state):
         arrays[f"{n}/values"], arrays[f"{n}/indices"], arrays[f"{n}/peaks"] = (np.asarray(a) for a in (v, i, p))
         arrays[f"{n}/sums"], arrays[f"{n}/fires"] = sums[n], fires[n]
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint whole
+    save_state(path, settings, arrays, failures)
 
 
 def _load(path: str, settings: str, layers: int, paths: list[str]):
+    z, failures = load_state(path, settings, paths, "model, weights, layers, units, k, reduce, input size, images "
+                                                    "or processes")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["settings"]) != settings:
-                raise JaxvizError(f"the checkpoint {path} was written with other settings (model, weights, layers, "
-                                  "units, k, reduce, input size, images or processes); run without resume, or "
-                                  "remove it")
-            state = [tuple(z[f"{n}/{a}"] for a in ("values", "indices", "peaks")) for n in range(layers)]
-            sums = [z[f"{n}/sums"] for n in range(layers)]
-            fires = [z[f"{n}/fires"] for n in range(layers)]
-            failures = [Failure(int(i), paths[int(i)] if i < len(paths) else f"item{int(i)}", str(r))
-                        for i, r in zip(z["failed"], z["failed_reason"])]
-            return int(z["position"]), state, sums, fires, int(z["count"]), failures
-    except JaxvizError:
-        raise
-    except (OSError, KeyError, ValueError, EOFError) as e:
+        state = [tuple(z[f"{n}/{a}"] for a in ("values", "indices", "peaks")) for n in range(layers)]
+        sums = [z[f"{n}/sums"] for n in range(layers)]
+        fires = [z[f"{n}/fires"] for n in range(layers)]
+        return int(z["position"]), state, sums, fires, int(z["count"]), failures
+    except KeyError as e:
         raise JaxvizError(f"the checkpoint {path} cannot be read ({e.__class__.__name__}); remove it") from None
 
 

@@ -49,6 +49,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxviz.errors import JaxvizError
+from jaxviz.io.jobstate import load_state, save_state
 from jaxviz.io.collection import Failure, open_collection
 from jaxviz.methods import metrics as M
 from jaxviz.methods.attribution import METHODS, Settings, check_classifier, compiled_explain, method_record
@@ -182,31 +183,17 @@ class _State:
 
 
 def _save(path: str, settings: str, state: _State, failures: list[Failure]) -> None:
-    arrays = state.arrays()
-    arrays.update(settings=np.array(settings), failed=np.array([f.index for f in failures], np.int64),
-                  failed_reason=np.array([f.reason for f in failures], dtype=str))
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint whole
+    save_state(path, settings, state.arrays(), failures)
 
 
 def _load(path: str, settings: str, state: _State, paths: list[str]) -> list[Failure]:
+    z, failures = load_state(path, settings, paths, "model, weights, methods, metrics, definitions, key, input "
+                                                    "size or images")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["settings"]) != settings:
-                raise JaxvizError(f"the checkpoint {path} was written with other settings (model, weights, methods, "
-                                  "metrics, definitions, key, input size or images); run without resume, or remove it")
-            state.load(z)
-            return [Failure(int(i), paths[int(i)] if i < len(paths) else f"item{int(i)}", str(r))
-                    for i, r in zip(z["failed"], z["failed_reason"])]
-    except JaxvizError:
-        raise
-    except (OSError, KeyError, ValueError, EOFError) as e:
+        state.load(z)
+    except KeyError as e:
         raise JaxvizError(f"the checkpoint {path} cannot be read ({e.__class__.__name__}); remove it") from None
+    return failures
 
 
 # -- the leaderboard ----------------------------------------------------------------------------------
