@@ -37,7 +37,7 @@ import numpy as np
 
 from jaxviz.errors import JaxvizError, show, unknown
 from jaxviz.nn.finite import require_finite
-from jaxviz.io.files import check_regular, open_regular
+from jaxviz.io.files import open_regular
 from jaxviz.io.h5probe import check_dataset, check_structure, probe_h5
 from jaxviz.nn import MODELS, Params, Sequential, get_model
 from jaxviz.nn import layers as L
@@ -353,7 +353,6 @@ def read_keras_file(path: "str | os.PathLike") -> KerasFile:
     import h5py
 
     path = os.fspath(path)
-    check_regular(path, "weights file", MAX_FILE_BYTES)
     label = path
     path = show(path)
     with open_regular(label, "weights file", MAX_FILE_BYTES) as fh:
