@@ -386,3 +386,64 @@ def test_cli_resume_continues_a_checkpoint_and_refuses_other_settings(tmp_path, 
     np.testing.assert_array_equal(z["conv2d_1/indices"], whole.layers["conv2d_1"].indices)
     np.testing.assert_array_equal(z["conv2d_1/mean"], whole.layers["conv2d_1"].mean)
     assert not (out / ".atlas-checkpoint").exists()
+
+
+def test_checkpoint_is_orbax_atomic_and_read_like_any_untrusted_file(tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    from jaxviz.io import jobstate
+    from jaxviz.io.collection import Failure
+
+    paths = [f"img{i}" for i in range(10)]
+    first = {"position": np.array(4), "0/values": np.arange(6, dtype=np.float32).reshape(2, 3),
+             "0/sums": np.array([0.5, 1e-300]), "none": np.zeros((0, 3), np.int64)}
+    ck = tmp_path / "ck"
+    jobstate.save_state(ck, "settings-a", first, [Failure(7, "img7", "not a readable image")])
+    # orbax wrote it: its own reader restores the arrays
+    gens = sorted(os.listdir(ck))
+    assert gens == ["g000001"]
+    raw = ocp.PyTreeCheckpointer().restore(str(ck / gens[0] / "state"))
+    np.testing.assert_array_equal(raw["0"]["values"], first["0/values"])
+
+    def loaded():
+        arrays, failures = jobstate.load_state(ck, "settings-a", paths, "k")
+        return arrays, failures
+
+    arrays, failures = loaded()
+    assert failures == [Failure(7, "img7", "not a readable image")]
+    for name, a in first.items():
+        assert arrays[name].dtype == a.dtype and arrays[name].shape == a.shape
+        np.testing.assert_array_equal(arrays[name], a)
+    # a crash after orbax wrote the next state, before its commit: the previous checkpoint stands
+    second = {**first, "position": np.array(9)}
+
+    def crash(stage, final):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jobstate, "_commit", crash)
+    with pytest.raises(KeyboardInterrupt):
+        jobstate.save_state(ck, "settings-a", second, [])
+    monkeypatch.undo()
+    assert int(loaded()[0]["position"]) == 4 and loaded()[1][0].index == 7
+    jobstate.save_state(ck, "settings-a", second, [])
+    assert sorted(os.listdir(ck)) == ["g000002"] and int(loaded()[0]["position"]) == 9  # the crashed write is gone
+    with pytest.raises(JaxvizError, match=r"other settings \(k\)") as e:
+        jobstate.load_state(ck, "settings-b", paths, "k")
+    assert "\n" not in str(e.value)
+    # what is at the checkpoint's path or inside it is checked before orbax reads a byte
+    link = tmp_path / "link"
+    link.symlink_to(ck)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for bad, message in ((link, "symbolic link"), (fifo, "FIFO"), (tmp_path / "missing", "cannot read")):
+        with pytest.raises(JaxvizError, match=message):
+            jobstate.load_state(bad, "settings-a", paths, "k")
+    monkeypatch.setattr(jobstate, "MAX_STATE_BYTES", 1000)
+    with pytest.raises(JaxvizError, match="holds more than"):
+        loaded()
+    monkeypatch.undo()
+    inner = ck / "g000002" / "state" / "_METADATA"
+    inner.unlink()
+    os.mkfifo(inner)
+    with pytest.raises(JaxvizError, match="FIFO"):
+        loaded()

@@ -1,53 +1,184 @@
-"""Checkpoints of streamed, resumable jobs (the atlas, evaluate): one atomic npz per process.
+"""Checkpoints of streamed, resumable jobs (the atlas, evaluate), written with orbax-checkpoint.
 
-:func:`save_state` writes the job's arrays, the hash of its settings and the collection items that
-failed, atomically (a crash leaves the previous checkpoint whole); :func:`load_state` reads it back
-through the one opener (a regular file, size known before reading), refusing a checkpoint of other
-settings in one line.
+A job's checkpoint is a directory of *generations* ``g000001``, ``g000002``, ...; each holds ``state/``
+(the job's arrays, written by orbax's ``PyTreeCheckpointHandler``) and ``job.json`` (the hash of the
+settings, the items that failed, the names of empty arrays, which orbax does not store). A generation
+is written whole into a staging directory beside the others and renamed into place: that rename is
+the commit, so a crash at any moment leaves the previous generation whole; older generations are
+removed only after it. :func:`load_state` reads the newest generation.
+
+Each process of a ``jax.distributed`` run writes its own checkpoint, at its own moments: orbax is told
+that this process is the only one taking part (no barrier with the others, which would wait forever).
+
+Reading follows :mod:`jaxviz.io.files`: the checkpoint must be a directory (a link, FIFO or device
+there is refused), holding only regular files and directories (no links, nothing outside it is
+reached), bounded in size (:data:`MAX_STATE_BYTES`) before orbax reads a byte; ``job.json`` is read
+through the one opener.
 """
 
 from __future__ import annotations
 
-import io
+import json
 import os
+import re
+import shutil
+import stat
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from jaxviz.errors import JaxvizError, show
 from jaxviz.io.collection import Failure
-from jaxviz.io.files import read_bytes
+from jaxviz.io.files import check_tree, read_bytes
 
 MAX_STATE_BYTES = 4 << 30
+MAX_JOB_BYTES = 256 << 20  # job.json: the settings and the failed items (names are in the collection)
+JOB = "job.json"
+FORMAT = "jaxviz-jobstate"
+_GENERATION = re.compile(r"g(\d{6,})")
+_STAGE = re.compile(r"\.stage-\d+")
 
 
-def save_state(path: str, settings: str, arrays: Mapping[str, np.ndarray], failures: Sequence[Failure]) -> None:
-    """Write ``arrays`` with ``settings`` and ``failures`` to ``path`` atomically (fsync, then rename)."""
-    out = dict(arrays)
-    out.update(settings=np.array(settings), failed=np.array([f.index for f in failures], np.int64),
-               failed_reason=np.array([f.reason for f in failures], dtype=str))
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, **out)
+def _checkpointer():
+    import jax
+    import orbax.checkpoint as ocp
+    from orbax.checkpoint import options
+
+    me = jax.process_index()
+    alone = options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=alone), multiprocessing_options=alone)
+
+
+def _generations(path: str) -> list[tuple[int, str]]:
+    """The committed generations in ``path``, oldest first."""
+    out = []
+    for name in os.listdir(path):
+        m = _GENERATION.fullmatch(name)
+        if m:
+            out.append((int(m[1]), name))
+    return sorted(out)
+
+
+def _check_dir(path: str) -> None:
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        raise JaxvizError(f"cannot read the checkpoint {show(path)}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a file, not a directory"
+        if stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+            kind = "a FIFO or device"
+        raise JaxvizError(f"the checkpoint {show(path)} is {kind}; jaxviz reads only the checkpoint directories it "
+                          "writes; remove it")
+
+
+def exists(path: "str | os.PathLike") -> bool:
+    """Whether anything is at ``path`` (what it is is checked when it is read)."""
+    return os.path.lexists(path)
+
+
+def save_state(path: "str | os.PathLike", settings: str, arrays: Mapping[str, np.ndarray],
+               failures: Sequence[Failure]) -> None:
+    """Write ``arrays`` (names with ``/`` are nested) with ``settings`` and ``failures`` as the next
+    generation of the checkpoint directory ``path`` (see the module docstring)."""
+    path = os.fspath(path)
+    if os.path.lexists(path):
+        _check_dir(path)
+    os.makedirs(path, exist_ok=True)
+    done = _generations(path)
+    number = done[-1][0] + 1 if done else 1
+    stage = os.path.join(path, f".stage-{os.getpid()}")
+    shutil.rmtree(stage, ignore_errors=True)  # a crashed write of this process's
+    os.makedirs(stage)
+    tree: dict = {}
+    specs = {}
+    for name, a in arrays.items():
+        a = np.asarray(a)
+        specs[name] = [list(a.shape), a.dtype.str]  # orbax restores a scalar as shape (1,) and stores no empty array
+        if a.size == 0:
+            continue
+        node = tree
+        *parents, leaf = name.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = np.ascontiguousarray(a)
+    import orbax.checkpoint as ocp
+
+    with _checkpointer() as ck:
+        ck.save(os.path.join(stage, "state"), args=ocp.args.PyTreeSave(tree))
+    job = {"format": FORMAT, "version": 1, "settings": settings, "arrays": specs, "failed": [[f.index, f.reason] for f in failures]}
+    with open(os.path.join(stage, JOB), "w", encoding="utf-8") as f:
+        json.dump(job, f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint whole
+    final = os.path.join(path, f"g{number:06d}")
+    _commit(stage, final)
+    for name in os.listdir(path):  # the new generation is in place: older ones and crashed writes go
+        if (_GENERATION.fullmatch(name) and name != os.path.basename(final)) or _STAGE.fullmatch(name):
+            shutil.rmtree(os.path.join(path, name), ignore_errors=True)
 
 
-def load_state(path: str, settings: str, paths: Sequence[str], what: str) -> tuple[dict[str, np.ndarray], list[Failure]]:
-    """``(arrays, failures)`` of the checkpoint at ``path``; a one-line error if it was written with other
-    settings (``what`` lists them for the message) or cannot be read."""
+def _commit(stage: str, final: str) -> None:
+    os.rename(stage, final)  # atomic: the generation appears whole or not at all
+    fd = os.open(os.path.dirname(final), os.O_RDONLY)
     try:
-        with np.load(io.BytesIO(read_bytes(path, "checkpoint", MAX_STATE_BYTES)), allow_pickle=False) as z:
-            if str(z["settings"]) != settings:
-                raise JaxvizError(f"the checkpoint {show(path)} was written with other settings ({what}); run "
-                                  "without resume, or remove it")
-            arrays = {k: z[k] for k in z.files}
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_state(path: "str | os.PathLike", settings: str, paths: Sequence[str],
+               what: str) -> tuple[dict[str, np.ndarray], list[Failure]]:
+    """``(arrays, failures)`` of the newest generation of the checkpoint at ``path``; a one-line error
+    if it was written with other settings (``what`` lists them for the message), or is not a
+    checkpoint directory jaxviz wrote, or cannot be read."""
+    path = os.fspath(path)
+    _check_dir(path)
+    done = _generations(path)
+    if not done:
+        raise JaxvizError(f"the checkpoint {show(path)} holds no complete state; run without resume, or remove it")
+    gen = os.path.join(path, done[-1][1])
+    check_tree(gen, "checkpoint", max_bytes=MAX_STATE_BYTES)
+    try:
+        job = json.loads(read_bytes(os.path.join(gen, JOB), "checkpoint file", MAX_JOB_BYTES))
+        ok = isinstance(job, dict) and job.get("format") == FORMAT
     except JaxvizError:
         raise
-    except (OSError, KeyError, ValueError, EOFError) as e:
+    except (ValueError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        raise JaxvizError(f"the checkpoint {show(path)} cannot be read (its {JOB} is not a jaxviz job state); "
+                          "remove it")
+    if job.get("settings") != settings:
+        raise JaxvizError(f"the checkpoint {show(path)} was written with other settings ({what}); run without "
+                          "resume, or remove it")
+    try:
+        import orbax.checkpoint as ocp
+
+        with _checkpointer() as ck:
+            tree = ck.restore(os.path.join(gen, "state"), args=ocp.args.PyTreeRestore())
+        stored: dict = {}
+        _flatten(tree, "", stored)
+        arrays = {}
+        for name, (shape, dtype) in job["arrays"].items():
+            a = stored.pop(name, None)
+            if a is None and np.prod(shape) == 0:
+                a = np.zeros(shape, np.dtype(dtype))
+            if a is None or a.dtype != np.dtype(dtype) or a.size != np.prod(shape):
+                raise ValueError(f"array {name} does not match {JOB}")
+            arrays[name] = a.reshape(shape)
+        if stored:
+            raise ValueError(f"arrays not named in {JOB}")
+        failures = [Failure(int(i), paths[int(i)] if 0 <= int(i) < len(paths) else f"item{int(i)}", str(r))
+                    for i, r in job["failed"]]
+    except Exception as e:  # noqa: BLE001  (orbax and tensorstore raise many kinds on damaged files)
         raise JaxvizError(f"the checkpoint {show(path)} cannot be read ({e.__class__.__name__}); remove it") from None
-    failures = [Failure(int(i), paths[int(i)] if i < len(paths) else f"item{int(i)}", str(r))
-                for i, r in zip(arrays["failed"], arrays["failed_reason"])]
     return arrays, failures
+
+
+def _flatten(tree, prefix: str, out: dict) -> None:
+    if isinstance(tree, Mapping):
+        for k, v in tree.items():
+            _flatten(v, f"{prefix}{k}/", out)
+    else:
+        out[prefix[:-1]] = np.asarray(tree)

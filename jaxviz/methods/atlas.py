@@ -22,7 +22,8 @@ group of devices) with the same command, e.g. on one machine::
 
 Resumable: with ``checkpoint=DIR``, the running state, the position in the share and a hash of the
 settings (model, weights, layers, units, k, reduce, input size, the collection's names) are written
-atomically every ``checkpoint_every`` batches or ``checkpoint_seconds`` seconds and on an interrupt;
+with orbax (:mod:`jaxviz.io.jobstate`: atomic, one checkpoint per process) every ``checkpoint_every``
+batches or ``checkpoint_seconds`` seconds and on an interrupt;
 ``resume=True`` continues from there and ends with exactly the uninterrupted result.
 
 Per-unit statistics (``mean``, ``fire_rate``) are accumulated on the host in float64 from each batch's
@@ -47,7 +48,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxviz.errors import JaxvizError
-from jaxviz.io.jobstate import load_state, save_state
+from jaxviz.io.jobstate import exists, load_state, save_state
 from jaxviz.io.collection import Failure, open_collection
 from jaxviz.methods.sharding import AXIS, batch_mesh, replicate, shard_batch
 from jaxviz.nn.preprocess import preprocess
@@ -213,7 +214,7 @@ def _settings_hash(model, params, plan, k, reduce, shape, paths, chunk, shard) -
 
 
 def _ckpt_path(directory: str, shard: tuple[int, int]) -> str:
-    return os.path.join(directory, f"atlas-state-{shard[0]}of{shard[1]}.npz")
+    return os.path.join(directory, f"atlas-state-{shard[0]}of{shard[1]}")
 
 
 def _save(path: str, settings: str, position: int, state, sums, fires, count, failures) -> None:
@@ -348,7 +349,7 @@ def top_examples(
     sums = [np.zeros(len(u), np.float64) for u in plan.units]
     fires = [np.zeros(len(u), np.int64) for u in plan.units]
     count, position, failures = 0, 0, []
-    if ckpt is not None and resume and os.path.exists(ckpt):
+    if ckpt is not None and resume and exists(ckpt):
         position, state, sums, fires, count, failures = _load(ckpt, settings, n_layers, paths)
     if position:
         coll = open_collection(images, shape, batch_size=per_device * d, shard=shard, start=position,

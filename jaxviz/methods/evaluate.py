@@ -26,7 +26,7 @@ metric's direction).
 
 Resumable: with ``checkpoint=DIR``, the scores so far, the curve sums, the position and a hash of the
 settings (model, weights, methods, metrics, definitions, settings, key, input size, the collection's
-names) are written atomically every ``checkpoint_every`` batches or ``checkpoint_seconds`` seconds and on
+names) are written with orbax (:mod:`jaxviz.io.jobstate`, atomic) every ``checkpoint_every`` batches or ``checkpoint_seconds`` seconds and on
 an interrupt; ``resume=True`` continues from there and ends with exactly the uninterrupted result.
 One process (all its local devices); several processes are not supported yet.
 
@@ -49,7 +49,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxviz.errors import JaxvizError
-from jaxviz.io.jobstate import load_state, save_state
+from jaxviz.io.jobstate import exists, load_state, save_state
 from jaxviz.io.collection import Failure, open_collection
 from jaxviz.methods import metrics as M
 from jaxviz.methods.attribution import METHODS, Settings, check_classifier, compiled_explain, method_record
@@ -326,10 +326,10 @@ def evaluate(
                               f"input size), got shape {regions.shape}")
     settings_hash = _settings_hash(model, params, method_names, names, definitions, settings, layer, key, shape, paths,
                                    regions)
-    ckpt = os.path.join(os.fspath(checkpoint), "evaluate-state.npz") if checkpoint is not None else None
+    ckpt = os.path.join(os.fspath(checkpoint), "evaluate-state") if checkpoint is not None else None
     everyone = method_names + [RANDOM]
     state = _State(everyone, names)
-    if ckpt is not None and resume and os.path.exists(ckpt):
+    if ckpt is not None and resume and exists(ckpt):
         failures = _load(ckpt, settings_hash, state, paths)
         if state.position:
             coll = open_collection(images, shape, batch_size=b, start=state.position, workers=workers,
