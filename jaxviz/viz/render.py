@@ -113,10 +113,100 @@ def superimpose(photo: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> n
     if photo.ndim == 3 and photo.shape[-1] == 1:
         photo = np.repeat(photo, 3, axis=-1)
     h, w = photo.shape[:2]
-    heat = cv2.resize(np.asarray(heatmap, np.float32), (w, h))
-    heat = np.uint8(255 * np.clip(heat, 0, 1))
-    jet = cv2.applyColorMap(heat, cv2.COLORMAP_JET)[..., ::-1]  # OpenCV gives BGR
+    jet = _jet(cv2.resize(np.asarray(heatmap, np.float32), (w, h)))
     return np.clip(jet.astype(np.float32) * alpha + photo.astype(np.float32), 0, 255).astype(np.uint8)
+
+
+def _jet(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (any shape) -> uint8 RGB in OpenCV's JET, the colours of every map jaxviz draws."""
+    import cv2
+
+    v = np.uint8(255 * np.clip(np.asarray(values, np.float32), 0, 1))
+    return cv2.applyColorMap(v.reshape(v.shape[0], -1), cv2.COLORMAP_JET)[..., ::-1].reshape(v.shape + (3,))
+
+
+def plain_map(heatmap: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A map in [0, 1] alone (no photo under it) in the overlay's JET colours, resized to ``size`` (H, W)
+    bilinearly: the view in which a pixel-level attribution reads as a picture and not as speckle."""
+    import cv2
+
+    m = np.asarray(heatmap, np.float32)
+    if size is not None:
+        m = cv2.resize(m, (size[1], size[0]))
+    return np.ascontiguousarray(_jet(m))
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def wrap(text: str, width_px: int, font_size: int = 13) -> str:
+    """``text`` with line breaks so that each line fits ``width_px`` pixels in the default font: at spaces
+    (and after ``_``, ``-``, ``/`` inside a long word), a word longer than a line cut into pieces. Nothing
+    is dropped: a label is never cut short."""
+    from PIL import Image, ImageDraw
+
+    draw, font = ImageDraw.Draw(Image.new("RGB", (1, 1))), _font(font_size)
+    fits = lambda s: draw.textlength(s, font=font) <= width_px  # noqa: E731
+    out = []
+    for para in text.split("\n"):
+        line = ""
+        for word in para.split(" "):
+            cand = f"{line} {word}" if line else word
+            if fits(cand):
+                line = cand
+                continue
+            if line:
+                out.append(line)
+            line = ""
+            while word and not fits(word):  # a long word: break after _ - / where it can, else anywhere
+                cut = max(k for k in range(1, len(word) + 1) if k == 1 or fits(word[:k]))
+                soft = max((k + 1 for k in range(cut - 1) if word[k] in "_-/."), default=0)
+                cut = soft if soft > cut // 2 else cut
+                out.append(word[:cut])
+                word = word[cut:]
+            line = word
+        out.append(line)
+    return "\n".join(out)
+
+
+def text_cell(text: str, cell: int = 128, font_size: int = 12) -> np.ndarray:
+    """A ``cell`` x ``cell`` light grey RGB picture carrying ``text`` (wrapped to fit): what a grid shows
+    in place of a map that is blank, with why."""
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", (cell, cell), (236, 236, 236))
+    ImageDraw.Draw(im).multiline_text((4, 4), wrap(text, cell - 8, font_size), fill=(60, 60, 60),
+                                      font=_font(font_size), spacing=2)
+    return np.asarray(im)
+
+
+def colour_bar(width: int, label: str = "attribution, scaled to 0..1", font_size: int = 12) -> np.ndarray:
+    """A horizontal JET colour bar ``width`` pixels wide with 0, 0.5 and 1 marked and ``label`` beneath;
+    RGB uint8 on white, to put under a grid of maps."""
+    from PIL import Image, ImageDraw
+
+    bar_w, bar_h, pad = max(60, min(width - 20, 320)), 12, 10
+    label = wrap(label, width - 2 * pad, font_size)
+    lines = label.count("\n") + 1
+    im = Image.new("RGB", (width, bar_h + (1 + lines) * (font_size + 3) + 3 * pad), "white")
+    im.paste(Image.fromarray(_jet(np.tile(np.linspace(0, 1, bar_w), (bar_h, 1)))), (pad, pad))
+    draw, font = ImageDraw.Draw(im), _font(font_size)
+    for v in (0.0, 0.5, 1.0):
+        x = pad + round(v * (bar_w - 1))
+        t = f"{v:g}"
+        draw.text((x - draw.textlength(t, font=font) / 2, pad + bar_h + 2), t, fill="black", font=font)
+    draw.multiline_text((pad, pad + bar_h + font_size + 8), label, fill="black", font=font, spacing=3)
+    return np.asarray(im)
+
+
+def stack_rows(*images: np.ndarray) -> np.ndarray:
+    """RGB uint8 pictures one above the other, left-aligned on white."""
+    w = max(im.shape[1] for im in images)
+    rows = [np.pad(im, ((0, 0), (0, w - im.shape[1]), (0, 0)), constant_values=255) for im in images]
+    return np.concatenate(rows, axis=0)
 
 
 def labelled_grid(cells: list[list[np.ndarray]], col_labels: list[str], row_labels: list[str], cell: int = 128,
@@ -124,20 +214,26 @@ def labelled_grid(cells: list[list[np.ndarray]], col_labels: list[str], row_labe
     """Rows x columns of pictures in one RGB uint8 image: each picture (H x W, H x W x 1 or x 3, uint8)
     resized to ``cell`` x ``cell`` (nearest when it is enlarged 2x or more, so digits stay crisp), a header
     with ``col_labels`` above the columns and ``row_labels`` (``\\n`` for several lines) at the left of
-    the rows, on white. A comparison of methods across photos, or a labelled row of patterns."""
-    from PIL import Image, ImageDraw, ImageFont
+    the rows, on white. Labels are wrapped to their column's or the label column's width (:func:`wrap`),
+    never cut; the header and the rows grow to hold them. A comparison of methods across photos, or a
+    labelled row of patterns."""
+    from PIL import Image, ImageDraw
 
-    font = ImageFont.load_default(size=font_size)
+    font = _font(font_size)
     line = font_size + 3
     rows, cols = len(cells), max(len(r) for r in cells)
-    head = line * max((lab.count("\n") + 1 for lab in col_labels), default=1) + gap
+    col_labels = [wrap(lab, cell - 2, font_size) for lab in col_labels]
     left = label_width if any(row_labels) else 0
-    canvas = Image.new("RGB", (left + cols * (cell + gap), head + rows * (cell + gap)), "white")
+    row_labels = [wrap(lab, left - 4, font_size) if left else "" for lab in row_labels]
+    head = line * max((lab.count("\n") + 1 for lab in col_labels), default=1) + gap
+    heights = [max(cell, line * (lab.count("\n") + 1) + 4) for lab in row_labels] or [cell] * rows
+    tops = np.concatenate([[0], np.cumsum([h + gap for h in heights])]).astype(int)
+    canvas = Image.new("RGB", (left + cols * (cell + gap), head + int(tops[-1])), "white")
     draw = ImageDraw.Draw(canvas)
     for j, lab in enumerate(col_labels):
         draw.multiline_text((left + j * (cell + gap) + 2, 1), lab, fill="black", font=font, spacing=3)
     for i, row in enumerate(cells):
-        y = head + i * (cell + gap)
+        y = head + int(tops[i])
         if left:
             draw.multiline_text((2, y + 2), row_labels[i], fill="black", font=font, spacing=3)
         for j, pic in enumerate(row):
@@ -145,7 +241,8 @@ def labelled_grid(cells: list[list[np.ndarray]], col_labels: list[str], row_labe
             if pic.ndim == 3 and pic.shape[-1] == 1:
                 pic = pic[..., 0]
             im = Image.fromarray(pic).convert("RGB")
-            big = cell >= 2 * max(im.size)
-            im = im.resize((cell, cell), Image.NEAREST if big else Image.BILINEAR)
+            if im.size != (cell, cell):
+                big = cell >= 2 * max(im.size)
+                im = im.resize((cell, cell), Image.NEAREST if big else Image.BILINEAR)
             canvas.paste(im, (left + j * (cell + gap), y))
     return np.asarray(canvas)

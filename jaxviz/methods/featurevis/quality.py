@@ -1,7 +1,24 @@
 """What the ascent returns (:class:`Patterns`) and the quality measures of finished patterns
 (:func:`measure`): each pattern's objective against the strongest of the bundled photos
 (:data:`PHOTOS`), its robustness to jitter and zoom (:func:`~.transforms.jitter_scale`), its
-high-frequency energy (:func:`hf_energy`) and how selective it is for its own unit (:func:`selectivity`)."""
+high-frequency energy (:func:`hf_energy`), how selective it is for its own unit (:func:`selectivity`)
+and whether it shows anything at all (:func:`structure`).
+
+A pattern is **good** (:attr:`Patterns.good`) only when it excites its unit more than the strongest
+photo crop *and* has structure. Beating the photos alone praises noise: a flat grey picture with a
+bright rim, or a pattern of an untrained network, can drive a unit harder than any photo while it shows
+nothing. :func:`structure` asks, of the picture as it is shown (uint8, after the recipe's deprocessing),
+inside its interior (a border of 1/8 of its side left out):
+
+* **contrast**: the interior's luminance standard deviation is at least :data:`MIN_CONTRAST` (of the
+  0..1 range): a flat picture fails;
+* **interior**: the interior holds at least :data:`MIN_INTERIOR` of the picture's contrast (the ratio
+  of standard deviations): a picture that varies only at its border fails;
+* **spectrum**: of the interior's spectral energy (mean removed, Hann window), at most
+  :data:`MAX_HIGH` lies above half the Nyquist frequency (white noise: 0.75, so pixel noise fails), and
+  at least :data:`MIN_MID` lies in the middle band between the lowest ring (|f| < 2 cycles per
+  interior) and half the Nyquist frequency (a single smooth ramp or blob fails).
+"""
 
 from __future__ import annotations
 
@@ -49,16 +66,30 @@ class Patterns(NamedTuple):
     robustness: np.ndarray | None = None  # N float32
     hf_energy: np.ndarray | None = None  # N float32
     selectivity: np.ndarray | None = None  # N float32
+    structured: np.ndarray | None = None  # N bool: :func:`structure`'s verdict on the shown picture
+
+    @property
+    def good(self) -> np.ndarray | None:
+        """N bool: above the best photo *and* structured (see the module docstring); None unmeasured."""
+        if self.photo_best is None or self.structured is None:
+            return None
+        with np.errstate(invalid="ignore"):
+            return (self.objective > self.photo_best) & self.structured
 
     def summary(self) -> str:
-        """One line: how many patterns beat the best photo, the medians of the quality figures, and how
-        many excite their own unit most."""
+        """One line: how many patterns are good (above the best photo and structured), how many beat the
+        best photo and how many have structure, the medians of the quality figures, and how many excite
+        their own unit most."""
         n = len(self.objective)
         with np.errstate(invalid="ignore"):
             beat = int(np.sum(self.objective > self.photo_best))
-        line = (f"above the best photo: {beat}/{n}, median objective / best photo {_median(self.relative)}, "
-                f"median robustness {_median(self.robustness)}, median high-frequency energy "
-                f"{_median(self.hf_energy)}")
+        line = ""
+        if self.good is not None:
+            line = f"good (above the best photo and structured): {int(self.good.sum())}/{n}, " \
+                   f"structured: {int(self.structured.sum())}/{n}, "
+        line += (f"above the best photo: {beat}/{n}, median objective / best photo {_median(self.relative)}, "
+                 f"median robustness {_median(self.robustness)}, median high-frequency energy "
+                 f"{_median(self.hf_energy)}")
         sel = self.selectivity if self.selectivity is not None else np.full(n, np.nan)
         if finite_entries(sel).any():
             line += f", own unit strongest: {int(np.sum(sel > 0))}/{n}"
@@ -107,6 +138,56 @@ def hf_energy(images: np.ndarray) -> np.ndarray:
     high = np.maximum(fy, fx) > 0.25
     total = power.sum(axis=(1, 2))
     return np.where(total > 0, (power * high).sum(axis=(1, 2)) / np.where(total > 0, total, 1), 0).astype(np.float32)
+
+
+MIN_CONTRAST = 0.04  # interior luminance std, of the 0..1 range (about 10 grey levels)
+MIN_INTERIOR = 0.5  # interior std / whole-picture std
+MAX_HIGH = 0.5  # share of the interior's energy above half the Nyquist frequency (white noise: 0.75)
+MIN_MID = 0.25  # share of the interior's energy between the lowest ring and half the Nyquist frequency
+
+
+class Structure(NamedTuple):
+    """What :func:`structure` measures per picture (N float32 each) and its verdict (N bool)."""
+
+    contrast: np.ndarray  # interior luminance std, 0..0.5
+    interior: np.ndarray  # interior std / whole std (0 for a flat picture)
+    high: np.ndarray  # share of the interior's energy above half the Nyquist frequency
+    mid: np.ndarray  # share between the lowest ring and half the Nyquist frequency
+    structured: np.ndarray  # bool: all four within their bounds
+
+
+def structure(images: np.ndarray) -> Structure:
+    """Whether each picture shows something (see the module docstring for the definition).
+
+    ``images``: N x H x W x C (C = 1 or 3) uint8 as shown, or floats in [0, 1]. Luminance is the channel
+    mean; the interior leaves out ``max(1, min(H, W) // 8)`` pixels per side (at least 4 x 4 remain)."""
+    x = np.asarray(images)
+    x = x.astype(np.float64) / 255.0 if x.dtype == np.uint8 else x.astype(np.float64)
+    if x.ndim == 3:
+        x = x[..., None]
+    lum = x.mean(axis=-1)
+    n, h, w = lum.shape
+    m = max(1, min(h, w) // 8)
+    m = min(m, max(0, (min(h, w) - 4) // 2))
+    inner = lum[:, m:h - m, m:w - m]
+    contrast = inner.std(axis=(1, 2))
+    whole = lum.std(axis=(1, 2))
+    interior = np.where(whole > 0, contrast / np.where(whole > 0, whole, 1.0), 0.0)
+    ih, iw = inner.shape[1:]
+    win = np.outer(np.hanning(ih + 2)[1:-1], np.hanning(iw + 2)[1:-1])  # no rim of zeros: every pixel counts
+    centred = (inner - inner.mean(axis=(1, 2), keepdims=True)) * win
+    power = np.abs(np.fft.fft2(centred, axes=(1, 2))) ** 2
+    fy = np.abs(np.fft.fftfreq(ih))[:, None]
+    fx = np.abs(np.fft.fftfreq(iw))[None, :]
+    f = np.maximum(fy, fx)
+    low = np.maximum(np.abs(np.fft.fftfreq(ih) * ih)[:, None], np.abs(np.fft.fftfreq(iw) * iw)[None, :]) < 2
+    total = power.sum(axis=(1, 2))
+    safe = np.where(total > 0, total, 1.0)
+    high = np.where(total > 0, (power * (f > 0.25)).sum(axis=(1, 2)) / safe, 0.0)
+    mid = np.where(total > 0, (power * (~low & (f <= 0.25))).sum(axis=(1, 2)) / safe, 0.0)
+    ok = (contrast >= MIN_CONTRAST) & (interior >= MIN_INTERIOR) & (high <= MAX_HIGH) & (mid >= MIN_MID)
+    f32 = lambda v: v.astype(np.float32)  # noqa: E731
+    return Structure(f32(contrast), f32(interior), f32(high), f32(mid), ok)
 
 
 ROBUSTNESS_DRAWS = 8
@@ -170,7 +251,8 @@ def measure(model: Model, params: Mapping, layer: str, patterns: Patterns, recip
         # a ratio only means "kept x of its response" for a response above 0 (pre-activation ones can be below)
         robustness = np.where(base > 0, moved / base, np.nan).astype(np.float32)
     return patterns._replace(photo_best=photo_best, relative=relative, robustness=robustness,
-                             hf_energy=hf_energy(raw), selectivity=selectivity(resp, patterns.filters, units))
+                             hf_energy=hf_energy(raw), selectivity=selectivity(resp, patterns.filters, units),
+                             structured=structure(patterns.images).structured)
 
 
 RESPONSES_CHUNK = 16  # patterns per forward pass of the all-units responses (bounds their memory)
