@@ -243,7 +243,8 @@ def test_structure_fails_flat_border_noise_and_ramp_and_passes_texture_and_photo
     # each fails for its own reason
     i = {k: j for j, k in enumerate(pics)}
     assert s.contrast[i["flat"]] == 0 and s.interior[i["border only"]] == 0
-    assert s.high[i["noise"]] > 0.7 and s.mid[i["smooth ramp"]] < 0.1
+    assert s.flatness[i["noise"]] > 0.5 and s.mid[i["smooth ramp"]] < 0.1
+    assert s.flatness[i["texture"]] < 0.2 and s.flatness[i["photo"]] < 0.2
     # float pictures in [0, 1] read the same as uint8
     again = structure(np.stack(list(pics.values())).astype(np.float32) / 255.0)
     np.testing.assert_array_equal(again.structured, s.structured)

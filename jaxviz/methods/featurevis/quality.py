@@ -14,10 +14,12 @@ inside its interior (a border of 1/8 of its side left out):
   0..1 range): a flat picture fails;
 * **interior**: the interior holds at least :data:`MIN_INTERIOR` of the picture's contrast (the ratio
   of standard deviations): a picture that varies only at its border fails;
-* **spectrum**: of the interior's spectral energy (mean removed, Hann window), at most
-  :data:`MAX_HIGH` lies above half the Nyquist frequency (white noise: 0.75, so pixel noise fails), and
-  at least :data:`MIN_MID` lies in the middle band between the lowest ring (|f| < 2 cycles per
-  interior) and half the Nyquist frequency (a single smooth ramp or blob fails).
+* **spectrum**: the interior's power spectrum (mean removed, Hann window) is not flat like noise's:
+  its spectral flatness (geometric over arithmetic mean of the power, DC left out; white noise about
+  0.56, a texture or an object well under 0.3) is at most :data:`MAX_FLATNESS`, so pixel noise fails
+  while a fine regular texture passes; and at least :data:`MIN_MID` of its energy lies in the middle
+  band between the lowest ring (under 2 cycles per interior) and half the Nyquist frequency, so a
+  single smooth ramp or blob fails.
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ def hf_energy(images: np.ndarray) -> np.ndarray:
 
 MIN_CONTRAST = 0.04  # interior luminance std, of the 0..1 range (about 10 grey levels)
 MIN_INTERIOR = 0.5  # interior std / whole-picture std
-MAX_HIGH = 0.5  # share of the interior's energy above half the Nyquist frequency (white noise: 0.75)
+MAX_FLATNESS = 0.4  # spectral flatness of the interior (white noise: about 0.56)
 MIN_MID = 0.25  # share of the interior's energy between the lowest ring and half the Nyquist frequency
 
 
@@ -151,8 +153,8 @@ class Structure(NamedTuple):
 
     contrast: np.ndarray  # interior luminance std, 0..0.5
     interior: np.ndarray  # interior std / whole std (0 for a flat picture)
-    high: np.ndarray  # share of the interior's energy above half the Nyquist frequency
-    mid: np.ndarray  # share between the lowest ring and half the Nyquist frequency
+    flatness: np.ndarray  # spectral flatness of the interior, 0..1 (white noise: about 0.56)
+    mid: np.ndarray  # share of the energy between the lowest ring and half the Nyquist frequency
     structured: np.ndarray  # bool: all four within their bounds
 
 
@@ -183,11 +185,14 @@ def structure(images: np.ndarray) -> Structure:
     low = np.maximum(np.abs(np.fft.fftfreq(ih) * ih)[:, None], np.abs(np.fft.fftfreq(iw) * iw)[None, :]) < 2
     total = power.sum(axis=(1, 2))
     safe = np.where(total > 0, total, 1.0)
-    high = np.where(total > 0, (power * (f > 0.25)).sum(axis=(1, 2)) / safe, 0.0)
+    ac = power.reshape(n, -1)[:, 1:]  # DC left out (it is 0 after the mean's removal)
+    with np.errstate(divide="ignore"):
+        geo = np.exp(np.mean(np.log(np.maximum(ac, 1e-30)), axis=1))
+    flatness = np.where(total > 0, geo / np.maximum(ac.mean(axis=1), 1e-30), 0.0)
     mid = np.where(total > 0, (power * (~low & (f <= 0.25))).sum(axis=(1, 2)) / safe, 0.0)
-    ok = (contrast >= MIN_CONTRAST) & (interior >= MIN_INTERIOR) & (high <= MAX_HIGH) & (mid >= MIN_MID)
+    ok = (contrast >= MIN_CONTRAST) & (interior >= MIN_INTERIOR) & (flatness <= MAX_FLATNESS) & (mid >= MIN_MID)
     f32 = lambda v: v.astype(np.float32)  # noqa: E731
-    return Structure(f32(contrast), f32(interior), f32(high), f32(mid), ok)
+    return Structure(f32(contrast), f32(interior), f32(flatness), f32(mid), ok)
 
 
 ROBUSTNESS_DRAWS = 8
