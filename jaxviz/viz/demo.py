@@ -123,8 +123,8 @@ def _untrained(files: list[Written], loaded) -> list[Written]:
 
 
 def _knobs(method: str, cfg) -> str:
-    """``"smoothgrad samples 16, noise 0.15"``: the settings the method read, from its registry record."""
-    knobs = method_record(method).settings
+    """``"smoothgrad samples 16"``: the settings of the method that ``cfg`` moves from their defaults."""
+    knobs = [k for k in method_record(method).settings if getattr(cfg, k.name) != k.default]
     return f"{method} " + ", ".join(f"{k.name} {getattr(cfg, k.name)}" for k in knobs) if knobs else ""
 
 
@@ -138,17 +138,40 @@ def cmd(*parts: str) -> str:
 # ------------------------------------------------------------------------- the method comparison
 
 
-def compare_jobs(name: str, get, methods, prefix: str, quick: bool, command: str = "",
-                 settings_note: str = "") -> list[Job]:
-    """One job per attribution method (its maps for every photo), the last one drawing the grid: a row
-    per photo (its top-1 class and probability), a column per method. Layer maps are drawn over the photo
-    (JET, alpha 0.4, as ``jaxviz gradcam`` draws them); pixel maps, which read as speckle over a photo,
-    as the plain map (scaled to their 99th percentile) beside it; a colour bar under the grid. A blank
-    map is a grey cell that says why. ``get()`` returns ``(loaded, photos uint8, x preprocessed, row
-    names, top-1)``. ``<prefix>compare.npz`` holds every method's heatmaps."""
+GALLERY_SETTINGS = {"samples": 16, "steps": 16, "masks": 500, "window": 32, "stride": 16}
+QUICK_SETTINGS = {"samples": 8, "steps": 8, "masks": 200, "window": 32, "stride": 16}
+"""The gallery's knobs where the methods' defaults cost minutes on a CPU (each is named in the caption
+and in the reproduce command); a knob the registry does not have is left out."""
+
+
+def gallery_settings(quick: bool):
+    """:class:`jaxviz.methods.attribution.Settings` with :data:`GALLERY_SETTINGS` (or the quick ones)."""
     from jaxviz.methods.attribution import Settings
 
-    cfg = Settings(samples=8 if quick else 16, steps=8 if quick else 16)
+    chosen = QUICK_SETTINGS if quick else GALLERY_SETTINGS
+    return Settings()._replace(**{k: v for k, v in chosen.items() if k in Settings._fields})
+
+
+def method_flags(method: str, cfg) -> list[str]:
+    """``jaxviz gradcam`` flags for the knobs of ``method`` that ``cfg`` sets away from their defaults."""
+    out = []
+    for k in method_record(method).settings:
+        v = getattr(cfg, k.name)
+        if v != k.default:
+            out += ["--" + k.name.replace("_", "-"), str(v)]
+    return out
+
+
+def compare_jobs(name: str, get, methods, prefix: str, quick: bool, command: Callable[[str, list[str]], str] | None
+                 = None, settings_note: str = "") -> list[Job]:
+    """One job per attribution method (its maps for every photo), the last one drawing the grid: a column
+    per photo (its top-1 class and probability), a row per method. Layer maps are drawn over the photo
+    (JET, alpha 0.4, as ``jaxviz gradcam`` draws them); pixel maps, which read as speckle over a photo,
+    as the plain map (scaled to their 99th percentile); a colour bar under the grid. A blank map is a grey
+    cell that says why. ``get()`` returns ``(loaded, photos uint8, x preprocessed, photo names,
+    top-1)``; ``command(method, flags)``: the command that draws one method's maps (the first method's
+    is printed). ``<prefix>compare.npz`` holds every method's heatmaps."""
+    cfg = gallery_settings(quick)
     maps: dict[str, np.ndarray] = {}
     blank: dict[tuple[int, str], str] = {}
 
@@ -170,14 +193,16 @@ def compare_jobs(name: str, get, methods, prefix: str, quick: bool, command: str
                                     settings_note) if last else []
         return run
 
+    shown = command(methods[0], method_flags(methods[0], cfg)) if command else ""
     return [Job(f"{name}: {m} maps", _method_cost(name, m, quick), one(m, i == len(methods) - 1),
-                command if i == len(methods) - 1 else "") for i, m in enumerate(methods)]
+                shown if i == len(methods) - 1 else "") for i, m in enumerate(methods)]
 
 
 def _method_cost(model: str, method: str, quick: bool) -> float:
     rec = method_record(method)
     base = {"efficientnet_lite0": 6.0, "vgg16": 20.0}.get(model, 1.5)
-    heavy = 4.0 if rec.settings else 1.0  # sampled or integrated: many passes
+    passes = {"samples", "steps", "masks", "window", "chunk"}
+    heavy = 4.0 if any(k.name in passes for k in rec.settings) else 1.0  # sampled, integrated, masked: many passes
     return base * heavy * (0.5 if quick else 1.0) * (3.0 if rec.per_channel else 1.0)
 
 
@@ -274,8 +299,9 @@ def _lite0_jobs(quick: bool, seed: int) -> list[Job]:
     note = "" if quick else (" Score-CAM and the other per-channel methods (one masked pass per channel: 1,280 at "
                              "this layer) are in the small CNNs' grids below.")
     jobs += compare_jobs("efficientnet_lite0", get, methods, "lite0/", quick,
-                         cmd("jaxviz", "gradcam", *M, *images, "--method", methods[-1], "--out", f"{OUT}/lite0_cam"),
-                         note)
+                         lambda m, flags: cmd("jaxviz", "gradcam", *M, *images, "--method", m, *flags, "--out",
+                                              f"{OUT}/lite0_cam"),
+                         note + " Any row's method: jaxviz gradcam --method NAME, with the settings above.")
 
     # filter patterns at several depths, lucid's recipe through the model's own preprocessing
     size, steps, count = (64, 32, 4) if quick else (112, 96, 8)
@@ -554,11 +580,13 @@ def _digits_jobs(quick: bool, seed: int) -> list[Job]:
 
     jobs = [Job("digits_cnn: load, predict", 2.0, predictions)]
     get = lambda: (state["digits"], state["imgs"], state["x"], state["names"], state["top"])  # noqa: E731
-    jobs += compare_jobs("digits_cnn", get, QUICK_METHODS if quick else all_methods(), "digits/", quick,
-                         cmd("jaxviz", "evaluate", *DIGITS, "--images", "digits", "--methods",
-                             ",".join(QUICK_METHODS if quick else all_methods()), "--metrics", "deletion,insertion",
-                             "--steps", "10", "--out", f"{OUT}/digits_evaluate"),
-                         " The same methods on every held-out digit, ranked by faithfulness: the command below.")
+    dm = QUICK_METHODS if quick else all_methods()
+    jobs += compare_jobs("digits_cnn", get, dm, "digits/", quick,
+                         lambda m, flags: cmd("jaxviz", "evaluate", *DIGITS, "--images", "digits", "--methods",
+                                              ",".join(dm[:2]), "--metrics", "deletion,insertion", "--steps", "10",
+                                              "--out", f"{OUT}/digits_evaluate"),
+                         f" The command below ranks {' and '.join(dm[:2])} by faithfulness over all the digits "
+                         f"(--methods all for every method).")
 
     def acts(ctx: Context) -> list[Section]:
         from jaxviz.viz.writers import write_activations
@@ -659,10 +687,12 @@ def _fixture_jobs(quick: bool, seed: int) -> list[Job]:
                    state["top"])
     methods = QUICK_METHODS if quick else all_methods()
     jobs += compare_jobs("fruits_cnn", get, methods, "fruits/", quick,
-                         cmd("jaxviz", "evaluate", "--weights", "builtin:fruits_cnn", "--images", "fruits", "--methods",
-                             ",".join(methods), "--metrics", "deletion,insertion", "--steps", "10", "--batch-size",
-                             "64", "--out", f"{OUT}/fruits_evaluate"),
-                         " The same methods over all 300 fruit photos, ranked by faithfulness: the command below.")
+                         lambda m, flags: cmd("jaxviz", "evaluate", "--weights", "builtin:fruits_cnn", "--images",
+                                              "fruits", "--methods", ",".join(methods[:2]), "--metrics",
+                                              "deletion,insertion", "--steps", "10", "--batch-size", "64", "--out",
+                                              f"{OUT}/fruits_evaluate"),
+                         f" The command below ranks {' and '.join(methods[:2])} by faithfulness over all 300 fruit "
+                         f"photos (--methods all for every method).")
     return jobs
 
 
@@ -743,8 +773,8 @@ def _vgg_jobs(weights: str | None, quick: bool, seed: int) -> list[Job]:
                     cmd("jaxviz", "activations", *W, "--image", PHOTOS[0], "--out", f"{OUT}/vgg16_activations")))
     methods = ("gradcam", "saliency") if quick else ("gradcam", "gradcam++", "saliency", "guided")
     jobs += compare_jobs("vgg16", get, methods, "vgg16/", quick,
-                         cmd("jaxviz", "gradcam", *W, "--image", PHOTOS[0], "--image", PHOTOS[1], "--method",
-                             methods[-1], "--out", f"{OUT}/vgg16_cam"))
+                         lambda m, flags: cmd("jaxviz", "gradcam", *W, "--image", PHOTOS[0], "--image", PHOTOS[1],
+                                              "--method", m, *flags, "--out", f"{OUT}/vgg16_cam"))
     size, steps = (64, 32) if quick else (128, 128)
 
     def patterns(ctx: Context) -> list[Section]:
