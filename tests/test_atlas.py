@@ -204,13 +204,13 @@ def write_pngs(folder, n, seed=0, corrupt=()):
     return names
 
 
-def test_one_corrupt_file_among_many_is_named_and_skipped(tmp_path):
+def test_one_corrupt_file_in_500_is_named_and_skipped(tmp_path):
     m = jaxviz.get_model("digits_cnn")
     p = m.init(jax.random.key(1))
-    write_pngs(tmp_path / "imgs", 60, corrupt={17})
+    write_pngs(tmp_path / "imgs", 500, corrupt={17})
     a = top_examples(m, p, str(tmp_path / "imgs"), ["conv2d_1"], k=4, batch_size=16)
     bad = [i for i, s in enumerate(a.paths) if s.endswith("img017.png")]
-    assert len(a.paths) == 60 and a.count == 59
+    assert len(a.paths) == 500 and a.count == 499
     assert [f.index for f in a.failures] == bad and "img017.png" in a.failures[0].path
     assert "not a readable image" in a.failures[0].reason
     assert bad[0] not in a.layers["conv2d_1"].indices
@@ -220,7 +220,7 @@ def test_one_corrupt_file_among_many_is_named_and_skipped(tmp_path):
     mapping = np.array([a.paths.index(s) for s in good])
     np.testing.assert_array_equal(a.layers["conv2d_1"].indices, mapping[b.layers["conv2d_1"].indices])
     np.testing.assert_array_equal(a.layers["conv2d_1"].values, b.layers["conv2d_1"].values)
-    with pytest.raises(JaxvizError, match=r"1 of 60 images could not be read.*img017"):
+    with pytest.raises(JaxvizError, match=r"1 of 500 images could not be read.*img017"):
         top_examples(m, p, str(tmp_path / "imgs"), ["conv2d_1"], k=4, max_failures=0)
 
 
@@ -309,6 +309,7 @@ def test_cli_writes_the_npz_and_a_self_contained_html(tmp_path, capsys):
                      max_failures=0.2)
     np.testing.assert_array_equal(z["conv2d_1/indices"], a.layers["conv2d_1"].indices)
     page = (out / "index.html").read_text()
+    assert "1 unreadable images skipped" in page and "img004.png" in page  # the report names it
     assert page.count("data-unit=") == 10 and page.count("class='pattern'") == 10
     assert "<b>x&" not in page and "&lt;b&gt;x&amp;&#x27;y.png" in page
     assert "src='data:image/png;base64," in page and "http" not in page.replace("http-equiv", "")
@@ -447,3 +448,72 @@ def test_checkpoint_is_orbax_atomic_and_read_like_any_untrusted_file(tmp_path, m
     os.mkfifo(inner)
     with pytest.raises(JaxvizError, match="FIFO"):
         loaded()
+
+
+CLI = [sys.executable, "-c", "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                             "from jaxviz.cli import entry; entry()", "atlas"]
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_running_cli_then_resume_equals_an_uninterrupted_run(tmp_path):
+    import signal
+    import time
+
+    write_pngs(tmp_path / "imgs", 400, seed=4)
+    out = tmp_path / "out"
+    argv = CLI + ["--weights", "builtin:digits_cnn", "--images", str(tmp_path / "imgs"), "--layer", "conv2d_1",
+                  "--layer", "dense", "--k", "4", "--batch-size", "8", "--patterns", "none", "--out", str(out)]
+    run = subprocess.Popen(argv + ["--checkpoint-every", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    state = out / ".atlas-checkpoint" / "atlas-state-0of1"
+    t0 = time.monotonic()
+    while not (state.is_dir() and any(n.startswith("g") for n in os.listdir(state))):
+        assert run.poll() is None and time.monotonic() - t0 < 240, run.communicate()[1][-2000:]
+        time.sleep(0.02)
+    run.send_signal(signal.SIGTERM)  # in the middle of the run: a checkpoint is written every batch
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 143, err[-2000:]
+    assert "terminated" in err.strip().splitlines()[-1] and not (out / "atlas.npz").exists()
+    resumed = subprocess.run(argv + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    m = jaxviz.load_model(None, "builtin:digits_cnn")
+    whole = top_examples(m.model, m.params, str(tmp_path / "imgs"), ["conv2d_1", "dense"], 4, batch_size=8)
+    z = np.load(out / "atlas.npz")
+    assert z["paths"].tolist() == whole.paths
+    for layer, la in whole.layers.items():
+        for field in ("indices", "values", "peaks", "boxes", "mean", "max", "fire_rate"):
+            np.testing.assert_array_equal(z[f"{layer}/{field}"], getattr(la, field), err_msg=f"{layer}/{field}")
+    assert not (out / ".atlas-checkpoint").exists()
+
+
+@pytest.mark.slow
+def test_cli_on_two_processes_through_jax_distributed_equals_one(tmp_path, capsys):
+    names = write_pngs(tmp_path / "imgs", 45, seed=6, corrupt={5, 40})  # one unreadable file in each share
+    base = ["--weights", "builtin:digits_cnn", "--images", str(tmp_path / "imgs"), "--layer", "conv2d",
+            "--layer", "dense", "--k", "5", "--batch-size", "8", "--patterns", "none", "--max-failures", "0.1"]
+    port = _free_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    procs = [subprocess.Popen(CLI + base + ["--coordinator", f"localhost:{port}", "--process", f"{i}/2", "--out",
+                                            str(tmp_path / "two")], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    assert run_cli(*base, "--out", str(tmp_path / "one")) == 0, capsys.readouterr().err
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+        assert "2 process(es)" in out
+    one, two = np.load(tmp_path / "one" / "atlas.npz"), np.load(tmp_path / "two" / "atlas.npz")
+    assert sorted(one.files) == sorted(two.files)
+    for key in one.files:
+        np.testing.assert_array_equal(two[key], one[key], err_msg=key)
+    assert sorted(os.path.basename(one["paths"][i]) for i in one["failures"]) == ["img005.png", "img040.png"]
+    shares = [(0, 22), (22, 45)]
+    assert [sum(lo <= i < hi for i in one["failures"]) for lo, hi in shares] == [1, 1]
+    assert not (tmp_path / "two" / ".atlas-checkpoint").exists()

@@ -53,6 +53,18 @@ def parse_process(text: str) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
+def join_processes(coordinator: str, process: str) -> None:
+    """``jax.distributed.initialize`` for ``--coordinator HOST:PORT --process I/N``. It must come before
+    JAX starts its backend, which the CLI's platform check (``jax.devices()``) has already done; that
+    backend holds nothing yet, so it is dropped and started again as part of the distributed run."""
+    import jax
+    from jax.extend.backend import clear_backends
+
+    index, count = parse_process(process)
+    clear_backends()
+    jax.distributed.initialize(coordinator, num_processes=count, process_id=index)
+
+
 class Progress:
     """A tqdm bar (images/s, ETA) on a terminal; a plain line every few seconds otherwise."""
 
@@ -86,12 +98,13 @@ def cmd_atlas(args) -> None:
     at_least("--max-failures", args.max_failures, 0, 1)
     at_least("--workers", args.workers, 1, 256)
     at_least("--max-cards", args.max_cards, 1, 100_000)
+    at_least("--checkpoint-every", args.checkpoint_every, 1)
+    at_least("--checkpoint-seconds", args.checkpoint_seconds, 1)
     units = parse_units(args.units)
     if args.coordinator or args.process:
         if not (args.coordinator and args.process):
             raise JaxvizError("--coordinator HOST:PORT and --process INDEX/COUNT go together")
-        index, count = parse_process(args.process)
-        jax.distributed.initialize(args.coordinator, num_processes=count, process_id=index)
+        join_processes(args.coordinator, args.process)
     if jax.process_index() == 0:
         from jaxviz.io import output_dir
 
@@ -128,8 +141,9 @@ def _run(args, units, stage) -> None:
     try:
         atlas = top_examples(model, loaded.params, args.images, layers, args.k, reduce=args.reduce,
                              batch_size=args.batch_size, units=units, input_shape=shape, checkpoint=checkpoint,
-                             resume=args.resume, workers=args.workers, max_failures=args.max_failures,
-                             on_batch=progress)
+                             resume=args.resume, checkpoint_every=args.checkpoint_every,
+                             checkpoint_seconds=args.checkpoint_seconds, workers=args.workers,
+                             max_failures=args.max_failures, on_batch=progress)
     finally:
         if bar is not None:
             bar.close()
@@ -385,6 +399,10 @@ def _setup_atlas(p):
     p.add_argument("--workers", type=int, help="image-decoding threads, 1..256 (default: CPUs, at most 8)")
     p.add_argument("--resume", action="store_true",
                    help=f"continue an interrupted run from --out/{CHECKPOINT} (refused if the settings differ)")
+    p.add_argument("--checkpoint-every", type=int, default=100, metavar="N",
+                   help="write the resumable state every N batches, 1.. (default 100; also on Ctrl-C and SIGTERM)")
+    p.add_argument("--checkpoint-seconds", type=float, default=60.0, metavar="S",
+                   help="... and at least every S seconds, 1.. (default 60)")
     p.add_argument("--coordinator", metavar="HOST:PORT", help="jax.distributed coordinator (process 0's address)")
     p.add_argument("--process", metavar="I/N", help="this process's index and the process count, e.g. 0/2")
     p.add_argument("--out", "-o", required=True, help="output directory: atlas.npz and index.html")
