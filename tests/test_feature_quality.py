@@ -368,6 +368,21 @@ def test_lucid_patterns_on_efficientnet_lite0(lite0, layer):
 
 
 @pytest.mark.slow
+def test_quality_passes_real_patterns_and_fails_an_untrained_network(lite0):
+    """``jaxviz filters --model efficientnet_lite0 --layer block4b_expand_activation`` with lucid's recipe
+    (small: 6 units, 64 pixels, 32 steps): the trained network's patterns are good (above the best photo
+    and structured); the same architecture untrained, the same recipe: none is."""
+    layer, recipe = "block4b_expand_activation", F.get_recipe("lucid", size=64, steps=32)
+    real = F.filter_patterns(lite0.model, lite0.params, layer, range(6), recipe, jax.random.key(0))
+    assert real.good.sum() >= 5 and real.structured.all(), real.summary()
+    untrained = load_model("efficientnet_lite0", "random")
+    assert not untrained.trained
+    res = F.filter_patterns(untrained.model, untrained.params, layer, range(6), recipe, jax.random.key(0))
+    assert res.good.sum() == 0, res.summary()
+    assert res.summary().startswith("good (above the best photo and structured): 0/6")
+
+
+@pytest.mark.slow
 def test_class_visualisations_on_efficientnet_lite0(lite0):
     """Four classes at 128 pixels, 128 steps, classified as themselves after resizing to 224."""
     model, params = lite0.model, lite0.params

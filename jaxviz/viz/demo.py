@@ -737,8 +737,9 @@ def _vgg_jobs(weights: str | None, quick: bool, seed: int) -> list[Job]:
             return [Section("Contrast: VGG16 UNTRAINED (random init): filter patterns (recipe lucid)",
                             "the recipe of EfficientNet-Lite0's patterns above (64x64, 48 steps) on random weights: "
                             "random convolutions still prefer some textures, and the Fourier image prior shapes "
-                            "them, but there are no eyes, fur, scales or weaves: those come from training. The "
-                            "quality figures rate them as failing.", _untrained(f, vgg))]
+                            "them, but there are no eyes, fur, scales or weaves: those come from training. Compare "
+                            "the quality figures with the trained network's: a pattern that beats the photos and "
+                            "has structure is necessary, not proof, of a learned feature.", _untrained(f, vgg))]
 
         jobs.append(Job("vgg16 (untrained): 8 patterns of block3_conv1", 60.0, contrast,
                         cmd("jaxviz", "filters", *W, "--layer", "block3_conv1", "--count", "8", "--recipe", "lucid",
