@@ -166,7 +166,7 @@ def test_preprocessing_override_is_used_and_said(capsys):
 
     loaded = load_model(None, "builtin:digits_cnn")
     pixels = load_image("sample:coins", (28, 28), channels=1)[None].astype(np.float32)
-    for mode, said in ((None, "preprocessing: scale255 (the model's)"),
+    for mode, said in ((None, "preprocessing: scale255 (jaxviz's digits_cnn)"),
                        ("none", "preprocessing: none (--preprocessing)"), ("tf", "preprocessing: tf (--preprocessing)")):
         rc, out, err = run_main(capsys, "predict", "--weights", "builtin:digits_cnn", "sample:coins", "--json",
                                 *(["--preprocessing", mode] if mode else []))
@@ -214,18 +214,19 @@ def test_filters_caption_and_dead_filters_on_stderr(tmp_path, capsys):
     """Untrained fashion_cnn from a start near grey 138: a first-layer filter whose kernel sums below zero
     stays at ReLU 0, its gradient zero at every step. Those (and only those) are reported dead, on
     stderr; captions list non-contiguous filters as they are."""
-    rc, out, err = run_main(capsys, "filters", "--model", "fashion_cnn", "--layer", "conv2d", "--count", "all",
-                            "--steps", "3", "--size", "28", "--out", tmp_path / "f")
+    rc, out, err = run_main(capsys, "filters", "--model", "fashion_cnn", "--weights", "random", "--layer", "conv2d",
+                            "--count", "all", "--recipe", "dlwp1", "--steps", "3", "--size", "28", "--out", tmp_path / "f")
     assert rc == 0, err
     z = np.load(tmp_path / "f" / "conv2d.npz")
     zero = [int(f) for f, o in zip(z["filters"], z["objective"]) if o == 0]
     assert zero  # this seed has some
     warn = [l for l in err.splitlines() if l.startswith("jaxviz filters: warning: conv2d:")]
     assert len(warn) == 1 and warn[0].endswith(": " + ", ".join(map(str, zero)))
-    assert f"{len(zero)} of 32 filters dead" in warn[0] and "conv2d: filters 0..31," in out
-    rc, out, err = run_main(capsys, "filters", "--model", "fashion_cnn", "--layer", "conv2d", "--filters", "0,1,20",
-                            "--steps", "3", "--size", "28", "--out", tmp_path / "g")
-    assert rc == 0 and "conv2d: filters 0..1, 20, mean objective" in out, out
+    assert f"{len(zero)} of 32 filters dead" in warn[0] and "UNTRAINED weights: conv2d: filters 0..31," in out
+    rc, out, err = run_main(capsys, "filters", "--model", "fashion_cnn", "--weights", "random", "--layer", "conv2d",
+                            "--filters", "0,1,20", "--recipe", "dlwp1", "--steps", "3", "--size", "28", "--out",
+                            tmp_path / "g")
+    assert rc == 0 and "UNTRAINED weights: conv2d: filters 0..1, 20, mean objective" in out, out
 
 
 def test_filters_print_and_store_the_quality_measures(tmp_path, capsys):
@@ -262,7 +263,7 @@ def test_own_flax_model_from_a_factory(tmp_path, capsys):
     spec = f"{pathlib.Path(__file__).parent / 'flax_nets.py'}:build"
     rc, _, err = run_main(capsys, "gradcam", "--model", spec, "--input", "16x16", "--image", "sample:chelsea",
                           "--class", "3", "--out", tmp_path / "g")
-    assert rc == 0 and "preprocessing: none (the model's)" in err.splitlines(), err
+    assert rc == 0 and "preprocessing: none: the file records none \u2014 pass --preprocessing" in err.splitlines(), err
     z = np.load(tmp_path / "g" / "gradcam.npz")
     assert z["heatmaps"].shape == (1, 16, 16) and z["classes"].tolist() == [3] and z["probs"].shape == (1, 5)
     rc, _, err = run_main(capsys, "gradcam", "--model", spec, "--weights", "builtin:digits_cnn", "--input", "16x16",

@@ -6,7 +6,8 @@ import sys
 import time
 
 from jaxviz.errors import JaxvizError
-from jaxviz.cli.common import MAX_SIDE, add_model_args, at_least, conv_layers, load, register, within
+from jaxviz.cli.common import MAX_SIDE, add_model_args, at_least, conv_layers, register, within
+from jaxviz.cli.predict import load_default, say_preprocessing, say_untrained
 
 
 # The numeric options' bounds, inclusive (--size and --per-filter are checked on their own).
@@ -28,6 +29,7 @@ def cmd_filters(args) -> None:
     from tqdm import tqdm
 
     from jaxviz.methods.features import get_recipe
+    from jaxviz.methods.featurevis.recipes import PRESETS, SUITED, suited_recipe
     from jaxviz.io import output_dir
     from jaxviz.nn.policy import cam_layer
     from jaxviz.viz.writers import write_filters
@@ -40,12 +42,22 @@ def cmd_filters(args) -> None:
         raise JaxvizError("--diversity pushes apart the patterns of one filter; add --per-filter 2 or more")
     picked = parse_filters(args.filters) if args.filters is not None else None
     with output_dir(args.out) as stage:  # an unusable --out fails before any work
-        recipe = get_recipe(args.recipe, size=args.size, steps=args.steps, octaves=args.octaves,
-                            octave_scale=args.octave_scale, dtype=args.dtype, per_filter=args.per_filter,
-                            diversity=args.diversity)
-        loaded = load(args, default_model="vgg16_notop", input_hw=(recipe.size, recipe.size))
+        options = dict(size=args.size, steps=args.steps, octaves=args.octaves, octave_scale=args.octave_scale,
+                       dtype=args.dtype, per_filter=args.per_filter, diversity=args.diversity)
+        if args.recipe is not None:
+            get_recipe(args.recipe)  # an unknown name fails before the model is loaded
+        side = args.size or PRESETS[args.recipe or SUITED].recipe.size  # your own model's size, if it has none
+        loaded = load_default(args, "vgg16_notop", input_hw=(side, side))
         model = loaded.model
+        if args.recipe is None:  # the recipe that suits the model; the seeds' are one flag away
+            args.recipe, recipe = suited_recipe(model, **options)
+            print(f"recipe: {args.recipe} at {recipe.size}x{recipe.size}, {recipe.steps} steps (the default: pixels "
+                  "through the model's preprocessing; --recipe dlwp1 or dlwp2 for the seeds' exact algorithms)",
+                  file=sys.stderr)
+        else:
+            recipe = get_recipe(args.recipe, **options)
         _say_preprocessing(args, model, recipe)
+        say_untrained(loaded)
         if not args.layer:  # default: the last conv layer's output (as Grad-CAM's default layer)
             args.layer = [cam_layer(model)]
         if "all" in args.layer:  # every conv layer, in order (the full atlas)
@@ -60,7 +72,7 @@ def cmd_filters(args) -> None:
                 bar.set_description(layer)
                 files, res = write_filters(stage, model, loaded.params, layer, idx, recipe, jax.random.key(args.seed),
                                            args.batch_size, on_chunk=lambda n: bar.update(n * recipe.per_filter),
-                                           quality=not args.no_quality)
+                                           quality=not args.no_quality, trained=loaded.trained)
                 tqdm.write(files[0].caption)
                 dead = [int(f) for f, d in zip(res.filters, res.dead) if d]
                 if dead:  # the caption says so on stdout; a warning belongs on stderr too
@@ -75,8 +87,7 @@ def cmd_filters(args) -> None:
 def _say_preprocessing(args, model, recipe) -> None:
     # only 'unit' recipes (lucid) go through the model's preprocessing; dlwp1/dlwp2 ascend in model-input space
     if recipe.input_scale == "unit":
-        why = "--preprocessing" if args.preprocessing else "the model's"
-        print(f"preprocessing: {model.preprocessing} ({why})", file=sys.stderr)
+        say_preprocessing(args, model)
     else:
         print(f"preprocessing: not applied (recipe {args.recipe} ascends in {model.name}'s input space, as the "
               "seeds do)", file=sys.stderr)
@@ -126,12 +137,11 @@ def parse_filters(text: str) -> list[int]:
 
 
 @register("filters", "filter patterns by gradient ascent, all filters of a layer in one compiled call",
-           "jaxviz filters --weights ckpt/vgg16 --layer block1_conv1 --layer block3_conv1 --count 64 "
-           "--recipe dlwp1 --out out/filters\n"
-           "  jaxviz filters --weights fashion.h5 --layer conv2d_1 --filters 0,5,9 --recipe dlwp2 --size 60 --out out/f\n"
-           "  jaxviz filters --weights ckpt/vgg16 --layer all --count all --batch-size 64 --out atlas   # all 4,224\n"
-           "  jaxviz filters --model efficientnet_lite0 --layer block4b_expand_activation --filters 5 --recipe lucid "
-           "--per-filter 4 --diversity 4 --out div")
+           "jaxviz filters --layer block4b_expand_activation --count 16 --out out/filters   # Lite0, lucid\n"
+           "  jaxviz filters --model fruits_cnn --layer conv2d_1 --filters 0,5,9 --recipe dlwp2 --size 60 --out out/f\n"
+           "  jaxviz filters --model vgg16_notop --layer block1_conv1 --layer block3_conv1 --count 64 --recipe dlwp1 "
+           "--out out/seed1   # seed 001; its VGG16: --weights\n"
+           "  jaxviz filters --layer block4b_expand_activation --filters 5 --per-filter 4 --diversity 4 --out out/div")
 def _setup_filters(p):
     add_model_args(p, input_size=False)  # --size is the pattern's size
     p.add_argument("--layer", "-l", action="append",
@@ -139,11 +149,12 @@ def _setup_filters(p):
     g = p.add_mutually_exclusive_group()
     g.add_argument("--count", help="first N filters, or 'all' (default: 64, or all of a smaller layer)")
     g.add_argument("--filters", help="comma-separated filter indices, e.g. 0,5,9")
-    from jaxviz.methods.featurevis.recipes import PRESETS
+    from jaxviz.methods.featurevis.recipes import PRESETS, SUITED
 
     recipes = PRESETS.items()
-    p.add_argument("--recipe", default="dlwp1", help="; ".join(f"{n}: {r.description}" for n, r in recipes)
-                   + " (default dlwp1)")
+    p.add_argument("--recipe", help="; ".join(f"{n}: {r.description}" for n, r in recipes)
+                   + f" (default {SUITED}, at the model's input size when below {PRESETS[SUITED].recipe.size}: it "
+                     "suits every model; dlwp1 and dlwp2 are the seeds' exact algorithms)")
     p.add_argument("--size", type=int, help=f"image size, 1..{MAX_SIDE} (default: the recipe's: "
                    + ", ".join(f"{n} {r.recipe.size}" for n, r in recipes) + ")")
     p.add_argument("--steps", type=int, help=f"ascent steps, {_bounds('--steps')} (default: the recipe's: "

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from jaxviz.errors import show
-from jaxviz.cli.common import (add_model_args, at_least, batch, input_shape, load, refuse_out_in_inputs, register,
-                               say_preprocessing)
+from jaxviz.cli.common import add_model_args, at_least, batch, input_shape, refuse_out_in_inputs, register
+from jaxviz.cli.predict import load_default, say_preprocessing, say_untrained
 
 
 MAX_BATCH = 65_536  # --batch-size: images per compiled call
@@ -20,7 +20,7 @@ def cmd_gradcam(args) -> None:
     from jaxviz.methods.attribution import SETTINGS, Settings, explain, method_record
     from jaxviz.io.images import expand_sources
     from jaxviz.io import output_dir
-    from jaxviz.io.labels import decode_predictions
+    from jaxviz.io.labels import class_probabilities, decode_predictions, label_set
     from jaxviz.nn.policy import cam_layer
     from jaxviz.viz.writers import write_cams
 
@@ -29,7 +29,7 @@ def cmd_gradcam(args) -> None:
         at_least(flag, v, low, high)
     refuse_out_in_inputs(args.out, args.image)
     with output_dir(args.out) as stage:  # an unusable --out fails before any work
-        loaded = load(args, default_model="vgg16")
+        loaded = load_default(args, "vgg16")
         model = loaded.model
         shape = input_shape(args, model)
         images = expand_sources(args.image)
@@ -38,19 +38,28 @@ def cmd_gradcam(args) -> None:
         cams = explain(model, loaded.params, x, args.cls, method=args.method, layer=args.layer, score=args.score,
                        key=jax.random.key(args.seed), batch_size=args.batch_size,
                        settings=Settings(**{name: getattr(args, name) for name in SETTINGS}))
+        say_untrained(loaded)
         if model.labels is not None:
             for src, top in zip(images, decode_predictions(cams.probs, top=3, labels=model.labels)):
                 print(f"{show(src, 300)}: Predicted: {[(a, show(b, 60), round(p, 8)) for a, b, p in top]}")
-        where = f"layer {args.layer or cam_layer(model)}" if method_record(args.method).family == "layer" else "input"
-        write_cams(stage, images, cams, args.method, where)
+        layer = model.resolve(args.layer) if args.layer else cam_layer(model)
+        where = f"layer {layer}" if method_record(args.method).family == "layer" else "input"
+        probs = class_probabilities(cams.probs)
+        names = [n for _, n in label_set(model.labels)] if model.labels is not None else None
+        for i, src in enumerate(images):  # what each map explains, and where it was taken
+            c = int(cams.classes[i, 0])
+            name = f" {show(names[c], 60)}" if names and c < len(names) and names[c] != str(c) else ""
+            print(f"{show(src, 300)}: {args.method} for class {c}{name} (p={float(probs[i, c]):.3f}) at "
+                  f"{show(where, 100)}")
+        write_cams(stage, images, cams, args.method, where, trained=loaded.trained)
 
 
 @register("gradcam", "Grad-CAM and every other attribution method (--method) as heatmaps superimposed on the "
                       "photos",
-           "jaxviz gradcam --weights ckpt/vgg16 --image elephant.jpg --class 386 --out out/cam\n"
-           "  jaxviz gradcam --weights fashion.h5 --image a.png --image b.png --layer conv2d_1 --out out/cam\n"
-           "  jaxviz gradcam --weights builtin:digits_cnn --image 7.png --method smoothgrad --seed 1 --out out/sg\n"
-           "  jaxviz gradcam --model xception --input 150x150 --image photos/ --out out/x")
+           "jaxviz gradcam --image sample:chelsea --image sample:coffee --out out/cam   # EfficientNet-Lite0\n"
+           "  jaxviz gradcam --image sample:chelsea --class 281 --method gradcam++ --out out/cam281\n"
+           "  jaxviz gradcam --model digits_cnn --image sample:camera --method smoothgrad --seed 1 --out out/sg\n"
+           "  jaxviz gradcam --model xception --input 150x150 --image sample:rocket --out out/x")
 def _setup_gradcam(p):
     add_model_args(p)
     p.add_argument("--image", "-i", action="append", required=True,

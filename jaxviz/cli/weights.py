@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from jaxviz.nn import policy
 from jaxviz.errors import JaxvizError, show
-from jaxviz.cli.common import add_model_args, conv_layers, input_shape, load, register, within
+from jaxviz.cli.common import add_model_args, conv_layers, input_shape, register, within
+from jaxviz.cli.predict import load_default, say_untrained
 
 MAX_BINS = 10_000  # a histogram wider than a screen says nothing more, and 10**9 bins would exhaust memory
 
@@ -18,7 +19,7 @@ def cmd_weights(args) -> None:
 
     within("--bins", args.bins, 1, MAX_BINS)
     with output_dir(args.out) as stage:  # an unusable --out fails before any work
-        loaded = load(args, default_model="fashion_cnn")
+        loaded = load_default(args, "fashion_cnn")
         model = loaded.model
         shape = input_shape(args, model)
         layers = args.layer or conv_layers(model)[:1]
@@ -27,14 +28,15 @@ def cmd_weights(args) -> None:
         untrained = policy.init(model, jax.random.key(args.seed), shape) if args.compare_untrained else None
         _, rows = write_weights(stage, model, loaded.params, layers, loaded.trained, untrained, args.in_channel,
                                 args.bins)
+    say_untrained(loaded)
     print(f"{'layer':16s} {'weights':24s} " + " ".join(f"{n:>10s}" for n in STAT_NAMES))
     for layer, k, st in rows:
         print(f"{show(layer, 60):16s} {k:24s} " + " ".join(f"{v:10.4f}" for v in st))
 
 
 @register("weights", "weight histograms, kernel mosaics and statistics of layers, trained vs untrained",
-           "jaxviz weights --weights builtin:fashion_cnn --layer conv2d --compare-untrained --out out/w\n"
-           "  jaxviz weights --model vgg16_notop --weights vgg16.h5 --layer block1_conv1 --out out/w")
+           "jaxviz weights --model digits_cnn --layer conv2d --compare-untrained --out out/w\n"
+           "  jaxviz weights --layer stem_conv --out out/lite0   # EfficientNet-Lite0's first kernels, in colour")
 def _setup_weights(p):
     add_model_args(p, images=False)  # --input: the size the untrained copy is initialised for
     p.add_argument("--layer", "-l", action="append", help="layer name (repeatable; default: the first conv layer)")

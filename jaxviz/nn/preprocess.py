@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import re
+from typing import Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -57,3 +58,49 @@ def _lookup(mode: str) -> tuple[Callable, Callable]:
         return PREPROCESSORS[mode]
     except KeyError:
         raise unknown("preprocessing", mode, list(PREPROCESSORS)) from None
+
+
+class Origin(NamedTuple):
+    """Where a model's preprocessing comes from (:func:`preprocessing_origin`).
+
+    Attributes:
+      mode: the model's preprocessing (a key of :data:`PREPROCESSORS`).
+      source: ``layers`` (mode ``none``: the model's first layer transforms the pixels itself),
+        ``family`` (the ``keras.applications`` family its name belongs to), ``zoo`` (the registered jaxviz
+        architecture of that name), ``recorded`` (set where the model was made or saved), or ``none``
+        (nothing records one: pixels go in as 0..255).
+      detail: the first layer (``layers``), the family's name (``family``) or the architecture (``zoo``).
+      first_layer: the model's first layer and its kind, e.g. ``('conv2d', 'conv')``.
+    """
+
+    mode: str
+    source: str
+    detail: str
+    first_layer: tuple[str, str]
+
+
+def preprocessing_origin(model) -> Origin:
+    """Where ``model.preprocessing`` comes from, read off the model (any model of the protocol).
+
+    A ``none`` model whose first layer is an ``input_transform`` (a Keras ``Rescaling`` or
+    ``Normalization``) scales its pixels itself; a ``none`` model without one takes 0..255 pixels, which is
+    right only when it was trained on them. Another mode comes from the ``keras.applications`` family of
+    the model's name (Keras's ``preprocess_input``), from the registered architecture of that name, or was
+    recorded with the model (a checkpoint, your own module)."""
+    from jaxviz.nn.keras_graph import FAMILIES
+    from jaxviz.nn.zoo import MODELS, get_model
+
+    first = model.layer_names[0]
+    kind = model.kind(first)
+    mode = model.preprocessing
+    if mode == "none":
+        if kind == "input_transform":
+            return Origin(mode, "layers", first, (first, kind))
+        return Origin(mode, "none", "", (first, kind))
+    name = str(model.name)
+    for pattern, family_mode in FAMILIES:
+        if family_mode == mode and re.fullmatch(pattern, name, re.IGNORECASE):
+            return Origin(mode, "family", name, (first, kind))
+    if name in MODELS and get_model(name).preprocessing == mode:
+        return Origin(mode, "zoo", name, (first, kind))
+    return Origin(mode, "recorded", "", (first, kind))

@@ -26,6 +26,14 @@ class Written(NamedTuple):
     caption: str
 
 
+UNTRAINED = "UNTRAINED weights"  # said in every title and caption of a model with fresh random parameters
+
+
+def untrained_note(text: str, trained: bool) -> str:
+    """``text`` as it is for trained weights, else ``"UNTRAINED weights: " + text`` (titles, captions)."""
+    return text if trained else f"{UNTRAINED}: {text}"
+
+
 def _join(stage: str, rel: str) -> str:
     path = inside(stage, rel)  # every path a writer makes is checked to lie inside the stage
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -49,9 +57,10 @@ def _write_names(stage: str, prefix: str, stems: Mapping[str, str]) -> list[Writ
 
 
 def write_activations(stage: str, model: Model, params: Any, x: np.ndarray, layers: Sequence[str],
-                      per_row: int = 16, prefix: str = "") -> tuple[list[Written], list[dict]]:
+                      per_row: int = 16, prefix: str = "", trained: bool = True) -> tuple[list[Written], list[dict]]:
     """``<prefix><layer>.png`` per conv/pool layer (seed Listing 5.31 grids) and ``<prefix>activations.npz``
-    (H x W x C float32 per layer, first image). Returns the files and :func:`layer_summary` rows."""
+    (H x W x C float32 per layer, first image). Returns the files and :func:`layer_summary` rows.
+    ``trained=False``: titles and captions say the weights are untrained."""
     from jaxviz.methods.activations import activations
     from jaxviz.viz.render import layer_summary
     from jaxviz.viz.plotting import activation_figure, save_figure
@@ -65,10 +74,10 @@ def write_activations(stage: str, model: Model, params: Any, x: np.ndarray, laye
     for row in summary:
         if row["grid"] is not None:
             rel = f"{prefix}{stems[row['layer']]}.png"
-            save_figure(activation_figure(row["grid"], show(row["layer"], 60), acts[row["layer"]].shape[1]),
-                        _join(stage, rel))
-            files.append(Written(rel, f"{show(row['layer'])} {'x'.join(map(str, row['shape']))}: "
-                                      f"{row['dead']} of {row['channels']} channels dead"))
+            save_figure(activation_figure(row["grid"], untrained_note(show(row["layer"], 60), trained),
+                                          acts[row["layer"]].shape[1]), _join(stage, rel))
+            files.append(Written(rel, untrained_note(f"{show(row['layer'])} {'x'.join(map(str, row['shape']))}: "
+                                                     f"{row['dead']} of {row['channels']} channels dead", trained)))
     _write_names(stage, prefix, stems)
     save_npz(_join(stage, f"{prefix}activations.npz"), **{k: v[0] for k, v in acts.items()})
     return files, summary
@@ -87,13 +96,14 @@ def index_ranges(indices: Sequence[int]) -> str:
 
 def write_filters(stage: str, model: Model, params: Any, layer: str, filters: Sequence[int], recipe,
                   key: jax.Array, batch_size: int | None = None, on_chunk: Callable[[int], None] | None = None,
-                  prefix: str = "", quality: bool = True):
+                  prefix: str = "", quality: bool = True, trained: bool = True):
     """``<prefix><layer>.png`` (a grid as wide as fits the count, at most 8; one row per unit when the
     recipe makes several patterns per unit; 5-pixel margins) and ``<prefix><layer>.npz`` with
     ``patterns``, ``images``, ``filters``, ``objective`` and the quality figures of
     :class:`~jaxviz.methods.features.Patterns` (``photo_best``, ``relative``, ``robustness``, ``hf_energy``,
     ``selectivity``;
-    ``photos`` names the photos measured against). Returns the files and the Patterns."""
+    ``photos`` names the photos measured against). Returns the files and the Patterns. ``trained=False``:
+    the caption says the weights are untrained (what the quality figures measure then is the architecture)."""
     from jaxviz.methods.features import PHOTOS, filter_patterns
     from jaxviz.viz.render import fit_columns, stitch
 
@@ -114,14 +124,15 @@ def write_filters(stage: str, model: Model, params: Any, layer: str, filters: Se
                f"{res.history[:, 0].mean():.3g} -> {res.objective.mean():.3g}" + (f", {dead} dead" if dead else ""))
     if quality:
         caption += "; " + res.summary()
-    return [Written(rel, caption)], res
+    return [Written(rel, untrained_note(caption, trained))], res
 
 
 def write_cams(stage: str, sources: Sequence, cams, method: str, where: str, prefix: str = "",
-               stems: Sequence[str] | None = None) -> list[Written]:
+               stems: Sequence[str] | None = None, trained: bool = True) -> list[Written]:
     """Per image ``<stem>_heatmap.png`` (matshow) and ``<stem>_overlay.png`` (JET, 0.4 alpha, clipped RGB;
     a pixel-level map is scaled to its 99th percentile first, :func:`~jaxviz.viz.render.display_map`);
-    ``<prefix>gradcam.npz`` with ``heatmaps`` (N x h x w), ``classes`` and ``probs``."""
+    ``<prefix>gradcam.npz`` with ``heatmaps`` (N x h x w), ``classes`` and ``probs``. ``trained=False``:
+    titles and captions say the weights are untrained."""
     from jaxviz.methods.attribution import LAYER_METHODS
     from jaxviz.viz.render import display_map, superimpose
     from jaxviz.io.images import image_stem, load_image
@@ -136,11 +147,13 @@ def write_cams(stage: str, sources: Sequence, cams, method: str, where: str, pre
     for i, (src, stem) in enumerate(zip(sources, stems)):
         heat = cams.heatmaps[i, 0]
         label = f"{method} class {cams.classes[i, 0]} ({show(where)})"
-        save_figure(heatmap_figure(heat, f"{stem}: {label}"), _join(stage, f"{prefix}{stem}_heatmap.png"))
+        save_figure(heatmap_figure(heat, untrained_note(f"{stem}: {label}", trained)),
+                    _join(stage, f"{prefix}{stem}_heatmap.png"))
         shown = heat if method in LAYER_METHODS else display_map(heat)  # pixel-level maps: 99th percentile
         save_png(_join(stage, f"{prefix}{stem}_overlay.png"), superimpose(load_image(src, channels=3), shown))
-        files += [Written(f"{prefix}{stem}_overlay.png", f"{stem}: {label}, p={cams.probs[i].max():.2f} top-1"),
-                  Written(f"{prefix}{stem}_heatmap.png", f"{stem}: raw {method} map")]
+        files += [Written(f"{prefix}{stem}_overlay.png",
+                          untrained_note(f"{stem}: {label}, p={cams.probs[i].max():.2f} top-1", trained)),
+                  Written(f"{prefix}{stem}_heatmap.png", untrained_note(f"{stem}: raw {method} map", trained))]
     save_npz(_join(stage, f"{prefix}gradcam.npz"), heatmaps=cams.heatmaps[:, 0], classes=cams.classes[:, 0],
              probs=cams.probs)
     return files
@@ -165,7 +178,7 @@ def write_weights(stage: str, model: Model, params: Any, layers: Sequence[str], 
     for layer in layers:
         stem, name = stems[layer], show(layer, 60)
         lw = layer_weights(model, params, layer, bins=bins)
-        sets = {"trained" if trained else "untrained": lw}
+        sets = {"trained" if trained else UNTRAINED: lw}
         if untrained is not None:
             sets["untrained (fresh init)"] = layer_weights(model, untrained, layer, bins=bins)
         for key, w in (("", lw), ("untrained_", sets.get("untrained (fresh init)"))):

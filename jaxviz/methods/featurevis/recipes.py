@@ -178,3 +178,22 @@ def get_recipe(name: str, *, crop: int | None = None, **overrides) -> Recipe:
     if preset.resized is not None and overrides.get("size") and "transform" not in overrides:
         overrides.update(preset.resized(overrides["size"]))
     return preset.recipe._replace(**{k: v for k, v in overrides.items() if v is not None})
+
+
+# The recipe a model gets when none is named. lucid's pixels in [0, 1] always go through the model's own
+# preprocessing, so it suits every input space (caffe, [-1, 1], /255, a model that rescales inside); the
+# seeds' recipes ascend in the input space of the network they were written for (dlwp1: VGG16's, dlwp2:
+# Xception's) and on another one draw noise (Lite0's block4b: high-frequency energy 0.71 against lucid's
+# 0.25, README), so they are picked by name.
+SUITED = "lucid"
+
+
+def suited_recipe(model, **overrides) -> tuple[str, Recipe]:
+    """The recipe that suits ``model`` (any model of the protocol) with :func:`get_recipe`'s ``overrides``:
+    ``(name, recipe)``. It is :data:`SUITED`, at its own 128 pixels, or at the model's input side when that is
+    smaller (a 28x28 network sees 28-pixel images; its transforms scale with the size), unless ``size`` is
+    given."""
+    side = min(int(s) for s in model.input_shape[:2])
+    if overrides.get("size") is None:
+        overrides["size"] = min(PRESETS[SUITED].recipe.size, side)
+    return SUITED, get_recipe(SUITED, **overrides)
