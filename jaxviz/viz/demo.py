@@ -200,7 +200,7 @@ def compare_jobs(name: str, get, methods, prefix: str, quick: bool, command: Cal
 
 def _method_cost(model: str, method: str, quick: bool) -> float:
     rec = method_record(method)
-    base = {"efficientnet_lite0": 6.0, "vgg16": 20.0}.get(model, 1.5)
+    base = {"efficientnet_lite0": 4.0, "vgg16": 20.0}.get(model, 0.7)
     passes = {"samples", "steps", "masks", "window", "chunk"}
     heavy = 4.0 if any(k.name in passes for k in rec.settings) else 1.0  # sampled, integrated, masked: many passes
     return base * heavy * (0.5 if quick else 1.0) * (3.0 if rec.per_channel else 1.0)
@@ -293,7 +293,7 @@ def _lite0_jobs(quick: bool, seed: int) -> list[Job]:
                         [Written(rel, f"{_weights_word(lite)}efficientnet_lite0: top-1 class and probability per "
                                       f"photo")])]
 
-    jobs = [Job("efficientnet_lite0: load, predict", 8.0, predictions, cmd("jaxviz", "predict", *M, *photos))]
+    jobs = [Job("efficientnet_lite0: load, predict", 3.0, predictions, cmd("jaxviz", "predict", *M, *photos))]
     get = lambda: (state["lite"], state["shots"], state["x"], state["names"], state["top"])  # noqa: E731
     methods = QUICK_METHODS if quick else all_methods(per_channel=False)
     note = "" if quick else (" Score-CAM and the other per-channel methods (one masked pass per channel: 1,280 at "
@@ -334,7 +334,7 @@ def _lite0_jobs(quick: bool, seed: int) -> list[Job]:
         return run
 
     for i, layer in enumerate(layers):
-        jobs.append(Job(f"efficientnet_lite0: {count} patterns of {layer}", count * steps * (0.05 if quick else 0.12),
+        jobs.append(Job(f"efficientnet_lite0: {count} patterns of {layer}", count * steps * 0.08,
                         patterns(layer, i == len(layers) - 1),
                         cmd("jaxviz", "filters", *M, "--layer", layer, "--count", str(count), "--recipe", "lucid",
                             "--size", str(size), "--steps", str(steps), "--out", f"{OUT}/lite0_filters")
@@ -353,7 +353,7 @@ def _lite0_jobs(quick: bool, seed: int) -> list[Job]:
                             "pushed apart (diversity 4, relative to the objective), so each shows another facet of "
                             "what excites the unit", _untrained(f, lite))]
 
-        jobs.append(Job("efficientnet_lite0: four diverse patterns of one unit", 4 * steps * 0.12, diversity,
+        jobs.append(Job("efficientnet_lite0: four diverse patterns of one unit", 4 * steps * 0.08, diversity,
                         cmd("jaxviz", "filters", *M, "--layer", "block4b_expand_activation", "--filters", "5",
                             "--recipe", "lucid", "--size", str(size), "--steps", str(steps), "--per-filter", "4",
                             "--diversity", "4", "--out", f"{OUT}/lite0_diversity")))
@@ -380,7 +380,7 @@ def _lite0_jobs(quick: bool, seed: int) -> list[Job]:
         return [Section(f"efficientnet_lite0: activations of {photos[0]}", "every channel of each layer, the seeds' "
                         "display recipe (each channel: mean removed, / std, x64, +128; viridis)", _untrained(f, lite))]
 
-    jobs.append(Job("efficientnet_lite0: activations", 6.0, acts,
+    jobs.append(Job("efficientnet_lite0: activations", 2.0, acts,
                     cmd("jaxviz", "activations", *M, "--image", photos[0], "--layers", *act_layers,
                         "--out", f"{OUT}/lite0_activations")))
     jobs.append(_atlas_job(state, layers[-1], count, quick))
@@ -437,9 +437,12 @@ def _crop(pixels: np.ndarray, box, size: int) -> np.ndarray:
 
 
 def _atlas_job(state, layer: str, count: int, quick: bool) -> Job:
-    """The atlas of ``layer`` over the bundled sample photos: per unit its pattern (made by the filter
-    job of the same layer) beside its top-k exemplar crops (receptive field, framed)."""
+    """The atlas of ``layer``'s units over the bundled sample photos, read before their ReLU6 as the lucid
+    recipe reads them (``..._expand_bn``: after the cap every strong response ties at 6): per unit its
+    pattern (made by the filter job of ``layer``) beside its top-k exemplar crops (receptive field,
+    framed)."""
     k = ATLAS_K if not quick else 3
+    pre = layer.replace("_expand_activation", "_expand_bn")
 
     def run(ctx: Context) -> list[Section]:
         from jaxviz.io.images import image_stem, load_image
@@ -448,8 +451,8 @@ def _atlas_job(state, layer: str, count: int, quick: bool) -> Job:
 
         lite = state["lite"]
         m = lite.model
-        atlas = top_examples(m, lite.params, "samples", [layer], k, units=list(range(count)))
-        la = atlas.layers[layer]
+        atlas = top_examples(m, lite.params, "samples", [pre], k, units=list(range(count)))
+        la = atlas.layers[pre]
         pats = state.get("patterns", {}).get(layer)
         cache: dict[int, np.ndarray] = {}
         cells, rows = [], []
@@ -464,21 +467,22 @@ def _atlas_job(state, layer: str, count: int, quick: bool) -> Job:
             cells.append(row)
             best = ", ".join(f"{image_stem(atlas.paths[int(i)])} {v:.2g}" for i, v in zip(la.indices[u], la.values[u])
                              if i >= 0)
-            rows.append(f"unit {int(la.units[u])}\nfires on {la.fire_rate[u]:.0%}\n{best}")
+            rows.append(f"unit {int(la.units[u])}: above 0 on {la.fire_rate[u]:.0%} of the photos; top: {best}")
         cols = (["pattern"] if pats is not None else []) + [f"top {j + 1}" for j in range(k)]
         rel = _save(ctx.stage, "lite0/atlas/atlas.png", labelled_grid(cells, cols, rows, cell=112, label_width=190))
-        return [Section(f"efficientnet_lite0: atlas of {layer} over the sample photos",
+        return [Section(f"efficientnet_lite0: atlas of {pre} (the units of {layer} before their ReLU6) over the "
+                        f"sample photos",
                         f"{_weights_word(lite)}{atlas.count} photos bundled with scikit-image (jaxviz's 'samples'); "
                         f"per unit, its lucid pattern from the section above and the {k} photos whose maximum "
                         f"response ({atlas.reduce} over the map) is largest, cropped around the receptive field of "
                         f"the peak ({la.field.size[0]}x{la.field.size[1]} px, framed in yellow) with half of it as "
-                        f"context. Row labels: the unit, the share of photos it fires on, each exemplar's photo and "
-                        f"response.",
-                        [Written(rel, f"{_weights_word(lite)}units 0..{count - 1} of {layer}: pattern and top-{k} "
+                        f"context. Row labels: the unit, the share of photos on which its strongest response is "
+                        f"above 0, each exemplar's photo and response.",
+                        [Written(rel, f"{_weights_word(lite)}units 0..{count - 1} of {pre}: pattern and top-{k} "
                                       f"exemplars")])]
 
-    return Job(f"efficientnet_lite0: atlas of {layer}", 12.0, run,
-               cmd("jaxviz", "atlas", "--model", "efficientnet_lite0", "--images", "samples", "--layer", layer,
+    return Job(f"efficientnet_lite0: atlas of {pre}", 3.0, run,
+               cmd("jaxviz", "atlas", "--model", "efficientnet_lite0", "--images", "samples", "--layer", pre,
                    "--units", f"0-{count - 1}", "--k", str(k), "--patterns", "none", "--out", f"{OUT}/lite0_atlas"))
 
 
@@ -533,7 +537,7 @@ def _evaluate_job(state, quick: bool) -> Job:
                         [Written(rel, "mean deletion and insertion curves per method (random map dashed)")],
                         table=tuple(table))]
 
-    return Job("efficientnet_lite0: faithfulness leaderboard", len(methods) * (12.0 if quick else 30.0), run,
+    return Job("efficientnet_lite0: faithfulness leaderboard", len(methods) * (13.0 if quick else 30.0), run,
                cmd("jaxviz", "evaluate", "--model", "efficientnet_lite0", "--images", f"{GALLERY}/{PHOTO_LIST}",
                    "--methods", ",".join(methods), "--metrics", ",".join(metrics), "--steps", str(steps), "--out",
                    f"{OUT}/lite0_evaluate"))
@@ -578,7 +582,7 @@ def _digits_jobs(quick: bool, seed: int) -> list[Job]:
                         f"({info['n_test']} images).",
                         [Written(rel, "held-out digits (dark on light), true and predicted class")])]
 
-    jobs = [Job("digits_cnn: load, predict", 2.0, predictions)]
+    jobs = [Job("digits_cnn: load, predict", 4.0, predictions)]
     get = lambda: (state["digits"], state["imgs"], state["x"], state["names"], state["top"])  # noqa: E731
     dm = QUICK_METHODS if quick else all_methods()
     jobs += compare_jobs("digits_cnn", get, dm, "digits/", quick,
@@ -596,7 +600,7 @@ def _digits_jobs(quick: bool, seed: int) -> list[Job]:
         return [Section("digits_cnn: intermediate activations", f"digit {state['labels'][0]}; every conv and pool "
                         "layer, seed Listing 5.31 grids", _untrained(f, d))]
 
-    jobs.append(Job("digits_cnn: activations", 2.0, acts))
+    jobs.append(Job("digits_cnn: activations", 0.5, acts))
     # lucid's recipe at the digits' own size: seed 002's (dlwp2) draws flat grey patterns with bright
     # edges on this net, which the quality figures rate as failing
     steps = 16 if quick else 48
@@ -621,7 +625,7 @@ def _digits_jobs(quick: bool, seed: int) -> list[Job]:
 
     for i, (layer, count) in enumerate(layers):
         last = i == len(layers) - 1
-        jobs.append(Job(f"digits_cnn: {count} patterns of {layer}", 0.05 * count * steps / 4, patterns(layer, count, last),
+        jobs.append(Job(f"digits_cnn: {count} patterns of {layer}", 0.025 * count * steps, patterns(layer, count, last),
                         cmd("jaxviz", "filters", *DIGITS, "--layer", layer, "--count", str(count), "--recipe",
                             "lucid", "--size", "28", "--steps", str(steps), "--out", f"{OUT}/digits_filters")
                         if last else ""))
@@ -635,7 +639,7 @@ def _digits_jobs(quick: bool, seed: int) -> list[Job]:
         return [Section("digits_cnn: weights, trained vs UNTRAINED (fresh init)", "seed 004: histogram (10 bins) and "
                         "kernel[:, :, 0, i] mosaics of the trained network beside a fresh initialisation", f)]
 
-    jobs.append(Job("digits_cnn: weights", 3.0, weights,
+    jobs.append(Job("digits_cnn: weights", 5.0, weights,
                     cmd("jaxviz", "weights", *DIGITS, "--layer", "conv2d", "--layer", "conv2d_1",
                         "--compare-untrained", "--out", f"{OUT}/digits_weights")))
     return jobs
@@ -682,7 +686,7 @@ def _fixture_jobs(quick: bool, seed: int) -> list[Job]:
         return [Section("fashion_cnn: activations of a real photo", "an apple from fruits_300.npy, 28x28; seed 004's "
                         "figure", _untrained(f, fa))]
 
-    jobs.append(Job("fashion_cnn: activations of a fruit", 3.0, fruit_acts))
+    jobs.append(Job("fashion_cnn: activations of a fruit", 1.0, fruit_acts))
     get = lambda: (state["fruits"], state["shots"], state["x"], ["apple", "pineapple", "banana"],  # noqa: E731
                    state["top"])
     methods = QUICK_METHODS if quick else all_methods()
