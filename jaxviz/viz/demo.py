@@ -207,29 +207,38 @@ def _method_cost(model: str, method: str, quick: bool) -> float:
 
 
 def _compare_section(ctx, loaded, photos, names, top, methods, maps, blank, prefix, cfg, quick, note) -> list[Section]:
-    from jaxviz.viz.render import colour_bar, display_map, labelled_grid, plain_map, stack_rows, superimpose, text_cell
+    from jaxviz.viz.render import (colour_bar, display_map, labelled_grid, plain_map, side_by_side, stack_rows,
+                                   superimpose, text_cell)
 
     model = loaded.model
     layer = policy.cam_layer(model)
     at_layer = [m for m in methods if method_record(m).family == "layer"]
     cell = 128
-    cells, rows = [list(photos)], ["photo"]
-    for m in methods:
-        rows.append(f"{m}\nat {layer}" if m in at_layer else f"{m}\nplain map at the input")
-        row = []
-        for i, p in enumerate(photos):
-            h = maps[m][i]
-            if (i, m) in blank:
-                row.append(text_cell(f"blank {m} map: {blank[(i, m)]}", cell))
-            elif m in at_layer:
-                row.append(superimpose(p, h))
-            else:
-                row.append(plain_map(display_map(h), (cell, cell)))
-        cells.append(row)
-    cols = [f"{n}\nclass: {name}\np = {p:.2f}" for n, (_, name, p) in zip(names, top)]
-    grid = labelled_grid(cells, cols, rows, cell=cell, label_width=190)
+
+    def block(group: list[str]) -> np.ndarray:
+        cells, rows = [list(photos)], ["photo"]
+        for m in group:
+            rows.append(f"{m}\nat {layer}" if m in at_layer else f"{m}\nplain map at the input")
+            row = []
+            for i, p in enumerate(photos):
+                h = maps[m][i]
+                if (i, m) in blank:
+                    row.append(text_cell(f"blank {m} map: {blank[(i, m)]}", cell))
+                elif m in at_layer:
+                    row.append(superimpose(p, h))
+                else:
+                    row.append(plain_map(display_map(h), (cell, cell)))
+            cells.append(row)
+        cols = [f"{n}\nclass: {name}\np = {p:.2f}" for n, (_, name, p) in zip(names, top)]
+        return labelled_grid(cells, cols, rows, cell=cell, label_width=150)
+
+    # many methods: the layer maps and the pixel maps side by side, each block under its photos
+    groups = [g for g in ([m for m in methods if m in at_layer], [m for m in methods if m not in at_layer]) if g]
+    groups = groups if len(methods) > 6 else [list(methods)]
+    grid = side_by_side(*[block(g) for g in groups])
     grid = stack_rows(grid, colour_bar(max(grid.shape[1], 340), "JET: layer maps over the photo at alpha 0.4; "
-                                                                 "pixel maps alone, / their 99th percentile"))
+                                                                 "pixel maps alone, scaled from their 1st to their "
+                                                                 "99th percentile"))
     rel = _save(ctx.stage, f"{prefix}compare.png", grid)
     np.savez_compressed(os.path.join(ctx.stage, f"{prefix}compare.npz"), classes=np.array([t[0] for t in top]),
                         **{m.replace("+", "p"): maps[m] for m in methods})
@@ -242,7 +251,7 @@ def _compare_section(ctx, loaded, photos, names, top, methods, maps, blank, pref
                     f"{_weights_word(loaded)}{loaded.source}. The class of each column is the model's top-1 (its name "
                     f"above the photo); the score is its logit. {', '.join(at_layer) or 'no layer map'} at layer {layer}, "
                     f"drawn over the photo; the pixel maps at the input, drawn alone (over a photo they read as "
-                    f"speckle), scaled to their 99th percentile; one JET colour scale for all."
+                    f"speckle), scaled from their 1st to their 99th percentile; one JET colour scale for all."
                     + (f" Settings: {knobs}." if knobs else "") + blanks + note,
                     [Written(rel, caption)])]
 
@@ -334,7 +343,7 @@ def _lite0_jobs(quick: bool, seed: int) -> list[Job]:
         return run
 
     for i, layer in enumerate(layers):
-        jobs.append(Job(f"efficientnet_lite0: {count} patterns of {layer}", count * steps * 0.08,
+        jobs.append(Job(f"efficientnet_lite0: {count} patterns of {layer}", 10.0 + count * steps * 0.03,
                         patterns(layer, i == len(layers) - 1),
                         cmd("jaxviz", "filters", *M, "--layer", layer, "--count", str(count), "--recipe", "lucid",
                             "--size", str(size), "--steps", str(steps), "--out", f"{OUT}/lite0_filters")
@@ -353,7 +362,7 @@ def _lite0_jobs(quick: bool, seed: int) -> list[Job]:
                             "pushed apart (diversity 4, relative to the objective), so each shows another facet of "
                             "what excites the unit", _untrained(f, lite))]
 
-        jobs.append(Job("efficientnet_lite0: four diverse patterns of one unit", 4 * steps * 0.08, diversity,
+        jobs.append(Job("efficientnet_lite0: four diverse patterns of one unit", 10.0 + 4 * steps * 0.08, diversity,
                         cmd("jaxviz", "filters", *M, "--layer", "block4b_expand_activation", "--filters", "5",
                             "--recipe", "lucid", "--size", str(size), "--steps", str(steps), "--per-filter", "4",
                             "--diversity", "4", "--out", f"{OUT}/lite0_diversity")))
@@ -498,10 +507,10 @@ def evaluate_photos(quick: bool) -> list[str]:
 def _evaluate_job(state, quick: bool) -> Job:
     """The faithfulness leaderboard of a few methods on the photos (:func:`jaxviz.evaluate`), read from
     the gallery's list of them (:data:`PHOTO_LIST`), as the command reads it."""
-    methods = ("gradcam", "saliency") if quick else ("gradcam", "gradcam++", "saliency", "smoothgrad")
+    methods = ("gradcam", "saliency") if quick else ("gradcam", "gradcam++", "saliency")
     methods = tuple(n for n in methods if n in all_methods())
     metrics = ("deletion", "insertion")
-    steps = 10 if quick else 20
+    steps = 10
     photos = evaluate_photos(quick)
 
     def run(ctx: Context) -> list[Section]:
@@ -537,7 +546,7 @@ def _evaluate_job(state, quick: bool) -> Job:
                         [Written(rel, "mean deletion and insertion curves per method (random map dashed)")],
                         table=tuple(table))]
 
-    return Job("efficientnet_lite0: faithfulness leaderboard", len(methods) * (13.0 if quick else 30.0), run,
+    return Job("efficientnet_lite0: faithfulness leaderboard", len(methods) * (13.0 if quick else 16.0), run,
                cmd("jaxviz", "evaluate", "--model", "efficientnet_lite0", "--images", f"{GALLERY}/{PHOTO_LIST}",
                    "--methods", ",".join(methods), "--metrics", ",".join(metrics), "--steps", str(steps), "--out",
                    f"{OUT}/lite0_evaluate"))

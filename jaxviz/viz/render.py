@@ -94,14 +94,17 @@ def stitch(images: np.ndarray, n_cols: int = 8, margin: int = 5, n_rows: int | N
 
 
 def display_map(heatmap: np.ndarray, percentile: float | None = 99.0) -> np.ndarray:
-    """A pixel-level attribution map (saliency, SmoothGrad, IG, guided) scaled for display: divided by its
-    ``percentile``-th value and clipped to [0, 1], as Smilkov et al. (2017) show SmoothGrad. A few extreme
-    pixels otherwise set the scale and the rest of the map stays dark (blue under JET). ``None``: as is."""
+    """A pixel-level attribution map (saliency, SmoothGrad, IG, guided, RISE) scaled for display: from its
+    ``100 - percentile``-th to its ``percentile``-th value onto [0, 1], clipped, as Smilkov et al. (2017)
+    show SmoothGrad. A few extreme pixels otherwise set the scale and the rest of the map stays dark
+    (blue under JET); a map with a high floor (RISE's, every pixel kept by some masks) otherwise reads
+    as one flat red. Gradient maps have a floor near 0, so for them this is the division by the
+    ``percentile``-th value. ``None``: as is."""
     m = np.asarray(heatmap, np.float32)
     if percentile is None:
         return m
-    top = float(np.percentile(m, percentile))
-    return np.clip(m / top, 0, 1) if top > 0 else m
+    lo, top = (float(v) for v in np.percentile(m, [100.0 - percentile, percentile]))
+    return np.clip((m - lo) / (top - lo), 0, 1) if top > lo else m
 
 
 def superimpose(photo: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:
@@ -200,6 +203,17 @@ def colour_bar(width: int, label: str = "attribution, scaled to 0..1", font_size
         draw.text((x - draw.textlength(t, font=font) / 2, pad + bar_h + 2), t, fill="black", font=font)
     draw.multiline_text((pad, pad + bar_h + font_size + 8), label, fill="black", font=font, spacing=3)
     return np.asarray(im)
+
+
+def side_by_side(*images: np.ndarray, gap: int = 16) -> np.ndarray:
+    """RGB uint8 pictures left to right, ``gap`` white pixels apart, top-aligned on white."""
+    h = max(im.shape[0] for im in images)
+    parts = []
+    for k, im in enumerate(images):
+        parts.append(np.pad(im, ((0, h - im.shape[0]), (0, 0), (0, 0)), constant_values=255))
+        if k < len(images) - 1:
+            parts.append(np.full((h, gap, 3), 255, np.uint8))
+    return np.concatenate(parts, axis=1)
 
 
 def stack_rows(*images: np.ndarray) -> np.ndarray:
