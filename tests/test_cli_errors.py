@@ -11,6 +11,7 @@ Only the two cases that read seed 004's Keras file need the shared fixtures.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -24,8 +25,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import hostile as H
+import jaxviz
 import jaxviz.io.images
 from conftest import FIXTURES, need_fixture
+from jaxviz import JaxvizError
+from jaxviz.cli.common import as_flags
+from jaxviz.io.keras import load_keras_weights
+from jaxviz.io.torch import load_torch_weights
 from jaxviz.cli import main as jaxviz_main
 from weights_convert.cli import main as convert_main
 
@@ -85,6 +92,10 @@ def tree(tmp_path, bomb, big_photo) -> dict[str, str]:
         g.attrs["weight_names"] = [b"dense_x/kernel:0", b"dense_x/bias:0"]
         g["dense_x/kernel:0"] = np.ones((3, 7), np.float32)
         g["dense_x/bias:0"] = np.zeros(7, np.float32)
+    # a ResNet-18-like PyTorch state dict: no registered architecture fits it
+    sd = {"conv1.weight": np.zeros((64, 3, 7, 7), np.float32), "bn1.weight": np.ones(64, np.float32),
+          "fc.weight": np.zeros((1000, 512), np.float32), "fc.bias": np.zeros(1000, np.float32)}
+    H.write_zip(t / "resnet18.pth", {k: H.tensor_of(k, v) for k, v in sd.items()})
     (t / "busy" / "weights.npz").mkdir(parents=True)  # a directory where an output file must go
     (t / "ckpt_dest").mkdir()
     return {"tmp": str(t), "out": str(t / "out"), "bomb": str(bomb), "big_photo": str(big_photo),
@@ -256,18 +267,29 @@ WEIGHTS = [
                                       "{tmp}/ok.png"],
      "(efficientnet_lite0 has published weights: --weights pretrained)"),
     ("builtin-other-model", ["predict", "--model", "vgg16", "--weights", "builtin:digits_cnn", "{tmp}/ok.png"],
-     "holds digits_cnn weights, not vgg16"),
+     "--weights builtin:digits_cnn holds digits_cnn weights, not vgg16"),
     ("weights-missing-file", ["weights", "--weights", "{tmp}/missing.h5", "--out", "{out}"], "weights file not found"),
     ("weights-junk-h5", ["predict", "--weights", "{tmp}/junk.h5", "{tmp}/ok.png"], "{tmp}/junk.h5"),
     ("weights-empty-pth", ["predict", "--weights", "{tmp}/empty.pth", "{tmp}/ok.png"], "{tmp}/empty.pth"),
     ("weights-dir-not-checkpoint", ["predict", "--weights", "{tmp}/notckpt", "{tmp}/ok.png"], "{tmp}/notckpt"),
     ("weights-unknown-architecture", ["predict", "--weights", "{tmp}/odd.h5", "{tmp}/ok.png"],
-     "cannot tell which architecture {tmp}/odd.h5 holds"),
-    ("weights-random-without-model", ["predict", "--weights", "random", "{tmp}/ok.png"], "give a model name"),
+     "cannot tell which architecture {tmp}/odd.h5 holds (1 weighted layers, first 'dense_x') among the registered "
+     "ones: pass --model NAME with one of: vgg16,"),
+    ("convert-unknown-architecture", ["weights_convert", "{tmp}/odd.h5", "--dry-run"],
+     "among the registered ones: pass --arch NAME with one of: vgg16,"),
+    # a state dict that fits nothing: the registered architectures and each command's own option
+    ("weights-state-dict-fits-nothing", ["predict", "--weights", "{tmp}/resnet18.pth", "{tmp}/ok.png"],
+     "no registered architecture fits this state dict"),
+    ("convert-state-dict-fits-nothing", ["weights_convert", "{tmp}/resnet18.pth", "--dry-run"],
+     "no registered architecture fits this state dict"),
+    ("weights-random-without-model", ["predict", "--weights", "random", "{tmp}/ok.png"],
+     "give a model name (--model) or a weights file (--weights)"),
     ("weights-pretrained-unknown", ["predict", "--model", "vgg16", "--weights", "pretrained", "{tmp}/ok.png"],
      "no published pretrained weights are known for vgg16"),
     ("weights-pretrained-without-model", ["predict", "--weights", "pretrained", "{tmp}/ok.png"],
-     "--weights pretrained needs --model"),
+     "--weights pretrained needs --model NAME; published weights exist for efficientnet_lite0"),
+    ("weights-builtin-without-model", ["predict", "--weights", "builtin", "{tmp}/ok.png"],
+     "--weights builtin needs --model NAME; trained builtin weights exist for digits_cnn"),
     ("weights-file-wrong-model", ["predict", "--model", "vgg16", "--weights", "{fashion}", "{tmp}/ok.png"],
      "does not fit vgg16: layer 'block1_conv1' kernel expected shape (3, 3, 3, 64), found (3, 3, 1, 32)"),
     ("convert-missing-source", ["weights_convert", "{tmp}/missing.h5", "{tmp}/ckpt"], "{tmp}/missing.h5"),
@@ -305,6 +327,46 @@ def test_bad_input_is_one_line_and_leaves_nothing(tree, capsys, monkeypatch, req
     assert_one_error(rc, err, prog_of(argv), fill(message, tree))
     assert "--arch" not in err or argv[0] == "weights_convert"  # jaxviz's flag is --model
     assert listing(tree["tmp"]) == before
+
+
+# The same refusals from the Python API: the library names its arguments (model=, arch=, weights=), never a
+# flag; the CLI says each through the one mapping (jaxviz.cli.common.as_flags), with its own command's option.
+LIBRARY = [  # (call, the Python argument it names, the CLI case that meets the same refusal)
+    (lambda t: jaxviz.load_model(weights="pretrained"), "weights='pretrained' needs model=NAME",
+     "weights-pretrained-without-model"),
+    (lambda t: jaxviz.load_model(weights="builtin"), "weights='builtin' needs model=NAME", "weights-builtin-without-model"),
+    (lambda t: jaxviz.load_model(model="efficientnet_lite0", weights="builtin"), "weights='pretrained')",
+     "builtin-for-pretrained-model"),
+    (lambda t: jaxviz.load_model(model="vgg16", weights="builtin:digits_cnn"), "weights='builtin:digits_cnn' holds",
+     "builtin-other-model"),
+    (lambda t: jaxviz.load_model(weights="random"), "(model=) or a weights file (weights=)", "weights-random-without-model"),
+    (lambda t: jaxviz.load_model(weights=f"{t}/odd.h5"), "pass model=NAME with one of", "weights-unknown-architecture"),
+    (lambda t: load_keras_weights(f"{t}/odd.h5"), "pass arch=NAME with one of", "convert-unknown-architecture"),
+    (lambda t: jaxviz.load_model(weights=f"{t}/resnet18.pth"), "pass model=NAME", "weights-state-dict-fits-nothing"),
+    (lambda t: load_torch_weights(f"{t}/resnet18.pth"), "pass arch=NAME", "convert-state-dict-fits-nothing"),
+]
+
+
+@pytest.mark.parametrize("call, argument, case", LIBRARY, ids=[c for *_, c in LIBRARY])
+def test_library_names_arguments_and_the_cli_flags(tree, capsys, call, argument, case):
+    with pytest.raises(JaxvizError) as e:
+        call(tree["tmp"])
+    msg = str(e.value)
+    assert argument in msg and not re.search(r"--[a-z]", msg), msg
+    args = next(a for c, a, _ in WEIGHTS if c == case)
+    argv = [fill(a, tree) for a in args]
+    rc, err = run_inprocess(argv, capsys)
+    line = err.splitlines()[-1]
+    flag = {"model": "--model", "arch": "--arch", "weights": "--weights"}
+    assert rc == 2 and "=NAME" not in line and "='" not in line, line
+    named = {a for a in flag if f"{a}=" in msg}
+    # the CLI line speaks the command's own flag for each argument the library named: weights_convert --arch,
+    # every jaxviz command --model (the torch and Keras readers' arch= is load_model's model=)
+    own = {"arch": "--arch" if argv[0] == "weights_convert" else "--model"}
+    assert all({**flag, **own}[a] in line for a in named), (named, line)
+    if argv[0] != "weights_convert":
+        assert "--arch" not in line
+    assert line == f"{prog_of(argv)}: error: {as_flags(msg)}"  # the same message, said as flags
 
 
 def test_out_is_checked_before_any_work(tree, capsys):

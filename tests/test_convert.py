@@ -141,7 +141,7 @@ def test_with_top_file_into_notop(tmp_path):
         g.attrs["weight_names"] = [b"fc1_W_1:0", b"fc1_b_1:0"]
         g["fc1_W_1:0"] = np.zeros((25088, 8), np.float32)
         g["fc1_b_1:0"] = np.zeros((8,), np.float32)
-    with pytest.raises(JaxvizError, match=r"1 more dense layer\(s\).*'fc1'.*try --arch vgg16"):
+    with pytest.raises(JaxvizError, match=r"1 more dense layer\(s\).*'fc1'.*try arch='vgg16'"):
         load_keras_weights(tmp_path / "top.h5", "vgg16_notop")
 
 

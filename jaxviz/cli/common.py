@@ -192,16 +192,25 @@ def register(name: str, help_: str, example: str):
     return deco
 
 
-# The library names its Python arguments; on the command line they are flags. One mapping, here.
-_ARGUMENT_FLAGS = ((re.compile(r"\bpass (model|arch)=NAME\b"), r"pass --\1 NAME"),
-                   (re.compile(r" \(in classes\)"), " (--class)"))
+# The library names its Python arguments; on the command line they are flags. One mapping, here: the
+# argument's name -> its flag. The library writes an argument as ``name=NAME`` (a placeholder in capitals),
+# ``name='value'`` / ``name="value"`` (a Python literal) or ``name=`` alone; ``classes`` as "(in classes)".
+ARGUMENT_FLAGS = {"model": "--model", "arch": "--arch", "weights": "--weights", "classes": "--class"}
+_ARGUMENT = re.compile(r"\b(%s)=(?:'([^']*)'|\"([^\"]*)\"|([A-Z][A-Z_]*)\b|(?![\w'\"]))" % "|".join(ARGUMENT_FLAGS))
+_IN_ARGUMENT = re.compile(r" \(in (%s)\)" % "|".join(ARGUMENT_FLAGS))
+
+
+def _flag(m: re.Match) -> str:
+    value = next((v for v in m.groups()[1:] if v is not None), None)
+    return ARGUMENT_FLAGS[m[1]] + (f" {value}" if value else "")
 
 
 def as_flags(message: str) -> str:
-    """A library message with its advice about Python arguments (``pass arch=NAME``) said as flags."""
-    for pattern, flag in _ARGUMENT_FLAGS:
-        message = pattern.sub(flag, message)
-    return message
+    """A library message with the Python arguments it names said as flags (:data:`ARGUMENT_FLAGS`):
+    ``pass arch=NAME`` -> ``pass --arch NAME``, ``weights="pretrained"`` -> ``--weights pretrained``,
+    ``model=`` -> ``--model``, ``(in classes)`` -> ``(--class)``."""
+    message = _ARGUMENT.sub(_flag, message)
+    return _IN_ARGUMENT.sub(lambda m: f" ({ARGUMENT_FLAGS[m[1]]})", message)
 
 
 class Terminated(KeyboardInterrupt):

@@ -489,7 +489,7 @@ def to_params(model: Sequential, kf: KerasFile) -> dict[str, dict[str, np.ndarra
             params.setdefault(name, {})[p] = arr
     for q in leftovers:
         kind = q[0].kind
-        hint = " (a with-top file? try --arch vgg16)" if model.name.endswith("_notop") and kind == "dense" else ""
+        hint = " (a with-top file? try arch='vgg16')" if model.name.endswith("_notop") and kind == "dense" else ""
         raise JaxvizError(
             f"{kf.path} does not fit {model.name}: the file has {len(q)} more {kind} layer(s) than the model, "
             f"first {q[0].name!r} with {tuple(q[0].weights[0][1].shape)} weights{hint}"
@@ -505,9 +505,12 @@ def detect_architecture(kf: KerasFile) -> str:
         spec = [tuple(tuple(s) for s in p.values()) for p in model.param_shapes().values()]
         if sorted(spec) == sorted(shapes):
             return name
+    own = (f"; the file holds its own architecture: jaxviz.load_model(weights={kf.path!r}) reads it from the "
+           "file, or map the weights onto a registered one") if kf.config else ""
     raise JaxvizError(
         f"cannot tell which architecture {kf.path} holds ({len(kf.layers)} weighted layers, first "
-        f"{kf.layers[0].name if kf.layers else None!r}); pass --arch with one of: {', '.join(MODELS)}"
+        f"{kf.layers[0].name if kf.layers else None!r}) among the registered ones{own}: pass arch=NAME with one "
+        f"of: {', '.join(MODELS)}"
     )
 
 

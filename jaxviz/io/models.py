@@ -1,4 +1,4 @@
-"""Resolving ``--model``/``--weights`` into a model with parameters: the zoo, checkpoints, weight files, builtin and pretrained weights."""
+"""Resolving a model name and a weights source (the CLI's ``--model``/``--weights``) into a model with parameters: the zoo, checkpoints, weight files, builtin and pretrained weights."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def load_model(model: str | None = None, weights: "str | os.PathLike | None" = N
         weights = None
     if weights == "pretrained":
         if model is None:
-            raise JaxvizError(f"--weights pretrained needs --model; published weights exist for {', '.join(PRETRAINED)}")
+            raise JaxvizError(f"weights='pretrained' needs model=NAME; published weights exist for {', '.join(PRETRAINED)}")
         path = pretrained_weights(model)
         loaded = load_model(model, path, seed=seed)
         return dataclasses.replace(loaded, source=f"pretrained ImageNet weights ({PRETRAINED[model][2]})")
@@ -91,30 +91,30 @@ def load_model(model: str | None = None, weights: "str | os.PathLike | None" = N
     if isinstance(weights, str) and (weights == "builtin" or weights.startswith("builtin:")):
         name = weights.partition(":")[2] or model
         if not name:
-            raise JaxvizError(f"--weights builtin needs --model; trained builtin weights exist for {', '.join(BUILTIN)}")
+            raise JaxvizError(f"weights='builtin' needs model=NAME; trained builtin weights exist for {', '.join(BUILTIN)}")
         if name not in BUILTIN:
-            hint = f" ({name} has published weights: --weights pretrained)" if name in PRETRAINED else ""
+            hint = f" ({name} has published weights: weights='pretrained')" if name in PRETRAINED else ""
             raise JaxvizError(f"{unknown('builtin weights', name, BUILTIN)}{hint}")
         if model is not None and model != name:
-            raise JaxvizError(f"--weights {weights} holds {name} weights, not {model}")
+            raise JaxvizError(f"weights={weights!r} holds {name} weights, not {model}")
         loaded = load_model(None, builtin_weights(name), seed=seed)
         return dataclasses.replace(loaded, source=f"builtin {name} ({loaded.source})")
     if weights is None:
         if model is None:
-            raise JaxvizError("give a model name (--model) or a weights file (--weights)")
+            raise JaxvizError("give a model name (model=) or a weights file (weights=)")
         m = get_model(model)
         return Loaded(m, policy.init(m, jax.random.key(seed)), False, f"random init, seed {seed}")
     weights = os.fspath(weights)
     if os.path.isdir(weights):
         m, params, meta = checkpoint.load_checkpoint(weights)
         if model is not None and model != m.name:
-            raise JaxvizError(f"{weights} holds {m.name} weights, not {model}; drop --model or pick another checkpoint")
+            raise JaxvizError(f"{weights} holds {m.name} weights, not {model}; drop model= or pick another checkpoint")
         return Loaded(m, params, True, f"checkpoint {weights}")
     try:
         m, params, fmt, _ = load_model_file(weights, arch=model)
     except JaxvizError as e:
-        # the file readers' advice names their argument arch= (weights_convert's --arch); here it is model=
-        raise JaxvizError(re.sub(r"\barch=", "model=", str(e)).replace("--arch", "--model")) from e
+        # the file readers' advice names their argument arch=; here it is model=
+        raise JaxvizError(re.sub(r"\barch=", "model=", str(e))) from e
     kind = "PyTorch state dict" if fmt == "pytorch-state-dict" else "Keras file"
     return Loaded(m, params, True, f"{kind} {weights}")
 

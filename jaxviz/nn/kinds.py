@@ -30,7 +30,9 @@ KINDS = {
     "other": "anything else",
 }
 
-FEATURE_KINDS = ("conv", "pool", "act")  # the layers whose spatial maps are shown by default
+FEATURE_KINDS = ("conv", "pool", "act", "merge")  # the layers whose spatial maps are shown by default
+PASSES_MAP_ON = ("pool", "dropout", "identity")  # at the end of the body they coarsen or repeat the map before
+# them: the default CAM layer is the map they read (VGG16's block5_conv3, not block5_pool)
 NO_CHANNELS = ("flatten", "dropout", "reshape")  # no channels of their own: nothing to visualise there
 FOLLOWS_CONV = ("norm", "act", "merge")  # inside a conv's block after it: a CAM layer reads past them
 FLAT_TOP = ("dense", "dropout")  # where a graph's spatial part has ended

@@ -22,36 +22,69 @@ from typing import Any, Sequence
 import jax
 
 from jaxviz.errors import JaxvizError
-from jaxviz.nn.kinds import FEATURE_KINDS
-from jaxviz.nn.protocol import Forward, Model, is_spatial
+from jaxviz.nn.kinds import FEATURE_KINDS, PASSES_MAP_ON
+from jaxviz.nn.protocol import Forward, Model, Shape, is_spatial
 
 
 def _hint(model: Any, policy: str):
     return getattr(model, f"{policy}_hint", None)
 
 
+FEATURE_CAP = 24  # the most layers feature_layers picks by default; more are spread evenly over the depth
+
+
+def _maps(model: Model) -> list[tuple[str, Shape]]:
+    """``(layer, shape)`` of every layer with a spatial map (H x W x C) at the model's input size, in call order."""
+    names = set(model.layer_names)
+    return [(n, s) for n, s in model.shapes() if n in names and is_spatial(s)]
+
+
+def _larger_than_one(shape: Shape) -> bool:
+    return shape[0] * shape[1] > 1
+
+
 def cam_layer(model: Model) -> str:
-    """The default layer of the layer maps (Grad-CAM's): the model's ``cam_layer_hint()``, else the last
-    layer with a spatial map (H x W x C) in call order. A model without one raises."""
+    """The default layer of the layer maps (Grad-CAM's): the model's ``cam_layer_hint()``, else the
+    map the head reads — the last layer in call order whose map (at the model's input size) is larger
+    than 1 x 1, so never the 1 x 1 maps after a global pooling (a classifier conv such as MobileNet's
+    ``conv_preds``) — read back past the pooling, dropout and identity layers that end the body
+    (:data:`~jaxviz.nn.kinds.PASSES_MAP_ON`: VGG16's ``block5_conv3``, not ``block5_pool``). A model
+    whose maps are all 1 x 1 gets its last map; one without any map raises."""
     hint = _hint(model, "cam_layer")
     if hint is not None:
         return model.resolve(hint())
-    spatial = [n for n, s in model.shapes() if n in model.layer_names and is_spatial(s)]
-    if not spatial:
+    maps = _maps(model)
+    if not maps:
         raise JaxvizError(f"{model.name} has no layer with a spatial map (H x W x C); give reshape= for token layers")
-    return spatial[-1]
+    body = [n for n, s in maps if _larger_than_one(s)] or [maps[-1][0]]
+    order, in_body = model.layer_names, set(body)
+    i = order.index(body[-1])
+    while model.kind(order[i]) in PASSES_MAP_ON and i > 0 and order[i - 1] in in_body:
+        i -= 1
+    return order[i]
+
+
+def spread(names: Sequence[str], cap: int = FEATURE_CAP) -> list[str]:
+    """``names`` if there are at most ``cap``, else ``cap`` of them spread evenly over the sequence, the
+    first and the last kept."""
+    names = list(names)
+    if len(names) <= cap:
+        return names
+    return [names[round(i * (len(names) - 1) / (cap - 1))] for i in range(cap)]
 
 
 def feature_layers(model: Model) -> list[str]:
     """The layers whose activations are shown by default: the model's ``feature_layers_hint()``, else
-    every conv, pool and activation layer with a spatial map (or, if it has none of those kinds,
-    every layer with a spatial map), in order."""
+    every conv, pool, activation and merge layer (:data:`~jaxviz.nn.kinds.FEATURE_KINDS`) whose map is
+    larger than 1 x 1 at the model's input size, over the whole network (past any global pooling or
+    dropout inside a block, such as a squeeze-and-excite's) — or, with none of those kinds, every layer
+    with such a map — in call order, at most :data:`FEATURE_CAP` spread evenly over the depth
+    (:func:`spread`)."""
     hint = _hint(model, "feature_layers")
     if hint is not None:
         return [model.resolve(n) for n in hint()]
-    shapes = dict(model.shapes())
-    names = [n for n in model.layer_names if n in shapes and is_spatial(shapes[n])]
-    return [n for n in names if model.kind(n) in FEATURE_KINDS] or names
+    names = [n for n, s in _maps(model) if _larger_than_one(s)] or [n for n, _ in _maps(model)]
+    return spread([n for n in names if model.kind(n) in FEATURE_KINDS] or names)
 
 
 def guided(model: Model) -> Model:
