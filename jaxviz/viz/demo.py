@@ -38,6 +38,7 @@ from jaxviz.viz.writers import Written
 PHOTOS = ("sample:chelsea", "sample:coffee", "sample:rocket")  # scikit-image's; all three are ImageNet classes
 QUICK_METHODS = ("gradcam", "saliency")  # one layer map, one pixel map: both kinds of view in --quick
 OUT = "reproduce"  # the reproduce commands write under ./reproduce/<name>
+PAGE_PX = 1330  # the widest figure the page shows at its own size (body 1400 px less margins)
 
 
 def all_methods(per_channel: bool = True) -> tuple[str, ...]:
@@ -213,7 +214,7 @@ def _compare_section(ctx, loaded, photos, names, top, methods, maps, blank, pref
     model = loaded.model
     layer = policy.cam_layer(model)
     at_layer = [m for m in methods if method_record(m).family == "layer"]
-    cell = 128
+    cell = 128 if min(photos.shape[1:3]) >= 64 else 84  # small digits: 3x, nearest, still crisp
 
     def block(group: list[str]) -> np.ndarray:
         cells, rows = [list(photos)], ["photo"]
@@ -234,7 +235,8 @@ def _compare_section(ctx, loaded, photos, names, top, methods, maps, blank, pref
 
     # many methods: the layer maps and the pixel maps side by side, each block under its photos
     groups = [g for g in ([m for m in methods if m in at_layer], [m for m in methods if m not in at_layer]) if g]
-    groups = groups if len(methods) > 6 else [list(methods)]
+    fits = 2 * (150 + len(photos) * (cell + 4)) + 16 <= PAGE_PX  # two blocks side by side within the page
+    groups = groups if len(methods) > 6 and fits else [list(methods)]
     grid = side_by_side(*[block(g) for g in groups])
     grid = stack_rows(grid, colour_bar(max(grid.shape[1], 340), "JET: layer maps over the photo at alpha 0.4; "
                                                                  "pixel maps alone, scaled from their 1st to their "
@@ -345,8 +347,9 @@ def _lite0_jobs(quick: bool, seed: int) -> list[Job]:
     for i, layer in enumerate(layers):
         jobs.append(Job(f"efficientnet_lite0: {count} patterns of {layer}", 10.0 + count * steps * 0.03,
                         patterns(layer, i == len(layers) - 1),
-                        cmd("jaxviz", "filters", *M, "--layer", layer, "--count", str(count), "--recipe", "lucid",
-                            "--size", str(size), "--steps", str(steps), "--out", f"{OUT}/lite0_filters")
+                        cmd("jaxviz", "filters", *M, *[w for l in layers for w in ("--layer", l)], "--count",
+                            str(count), "--recipe", "lucid", "--size", str(size), "--steps", str(steps), "--out",
+                            f"{OUT}/lite0_filters")
                         if i == len(layers) - 1 else ""))
     if not quick:
         def diversity(ctx: Context) -> list[Section]:
@@ -392,7 +395,7 @@ def _lite0_jobs(quick: bool, seed: int) -> list[Job]:
     jobs.append(Job("efficientnet_lite0: activations", 2.0, acts,
                     cmd("jaxviz", "activations", *M, "--image", photos[0], "--layers", *act_layers,
                         "--out", f"{OUT}/lite0_activations")))
-    jobs.append(_atlas_job(state, layers[-1], count, quick))
+    jobs.append(_atlas_job(state, layers[len(layers) // 2], count, quick))  # stride 16: crops, not whole photos
     jobs.append(_evaluate_job(state, quick))
     return jobs
 
@@ -610,9 +613,10 @@ def _digits_jobs(quick: bool, seed: int) -> list[Job]:
                         "layer, seed Listing 5.31 grids", _untrained(f, d))]
 
     jobs.append(Job("digits_cnn: activations", 0.5, acts))
-    # lucid's recipe at the digits' own size: seed 002's (dlwp2) draws flat grey patterns with bright
-    # edges on this net, which the quality figures rate as failing
-    steps = 16 if quick else 48
+    # seed 001's recipe (dlwp1, gradient ascent in the input space) at the digits' own size: the recipe that
+    # suits a 28-pixel net (atlas --patterns auto picks it under 64 pixels); lucid's transforms and
+    # Fourier prior are made for photos and draw patterns the photos beat here
+    steps = 20 if quick else 40
     layers = (("conv2d_1", 16),) if quick else (("conv2d", 32), ("conv2d_1", 64))
     files: list[Written] = []
 
@@ -623,20 +627,22 @@ def _digits_jobs(quick: bool, seed: int) -> list[Job]:
 
             d = state["digits"]
             f, _ = write_filters(ctx.stage, d.model, d.params, layer, range(count),
-                                 get_recipe("lucid", size=28, steps=steps), ctx.key, prefix="digits/filters/")
+                                 get_recipe("dlwp1", size=28, steps=steps), ctx.key, prefix="digits/filters/")
             files.extend(_untrained(f, d))
             if not last:
                 return []
-            return [Section("digits_cnn: filter patterns (recipe lucid)", f"28x28 pixels in [0, 1], {steps} steps, "
-                            "lucid's Fourier image and transforms; all filters of a layer in one compiled call.",
-                            list(files))]
+            return [Section("digits_cnn: filter patterns (recipe dlwp1, seed 001)", f"28x28, {steps} steps of "
+                            "L2-normalised gradient ascent in the model's input space from grey plus noise; all "
+                            "filters of a layer in one compiled call. The first layer's 3x3 filters have no "
+                            "structure to show: the quality figures say so.", list(files))]
         return run
 
     for i, (layer, count) in enumerate(layers):
         last = i == len(layers) - 1
         jobs.append(Job(f"digits_cnn: {count} patterns of {layer}", 0.025 * count * steps, patterns(layer, count, last),
-                        cmd("jaxviz", "filters", *DIGITS, "--layer", layer, "--count", str(count), "--recipe",
-                            "lucid", "--size", "28", "--steps", str(steps), "--out", f"{OUT}/digits_filters")
+                        cmd("jaxviz", "filters", *DIGITS, *[w for l, _ in layers for w in ("--layer", l)], "--count",
+                            str(count) if quick else "all", "--recipe", "dlwp1", "--size", "28", "--steps",
+                            str(steps), "--out", f"{OUT}/digits_filters")
                         if last else ""))
 
     def weights(ctx: Context) -> list[Section]:
