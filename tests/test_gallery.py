@@ -219,6 +219,7 @@ def test_every_reproduce_command_runs(tmp_path):
     assert commands and not any("`" in c or "IMAGE" in c or " M " in c for c in commands)
     for n, command in enumerate(commands):
         out = tmp_path / f"c{n}"
-        status = main(_small(command, out))
-        assert status == 0, command
-        assert out.is_dir() and any(out.iterdir()), command
+        words = _small(command, out)
+        assert main(words) == 0, command
+        if "--out" in words:  # predict prints and writes nothing
+            assert out.is_dir() and any(out.iterdir()), command
