@@ -118,9 +118,10 @@ def _weights_word(loaded) -> str:
 
 
 def _untrained(files: list[Written], loaded) -> list[Written]:
+    """Captions that say so when ``loaded`` is untrained (the writers' own already may: said once)."""
     if loaded.trained:
         return files
-    return [f._replace(caption=f"UNTRAINED {loaded.model.name} (random init): {f.caption}") for f in files]
+    return [f if "UNTRAINED" in f.caption else f._replace(caption=f"UNTRAINED weights: {f.caption}") for f in files]
 
 
 def _knobs(method: str, cfg) -> str:
@@ -251,7 +252,8 @@ def _compare_section(ctx, loaded, photos, names, top, methods, maps, blank, pref
     return [Section(f"{model.name}: every attribution method side by side" if len(methods) > 2 else
                     f"{model.name}: attribution methods side by side",
                     f"{_weights_word(loaded)}{loaded.source}. The class of each column is the model's top-1 (its name "
-                    f"above the photo); the score is its logit. {', '.join(at_layer) or 'no layer map'} at layer {layer}, "
+                    f"above the photo); the score is its logit. {', '.join(at_layer) or 'no layer map'} at layer "
+                    f"{layer}, "
                     f"drawn over the photo; the pixel maps at the input, drawn alone (over a photo they read as "
                     f"speckle), scaled from their 1st to their 99th percentile; one JET colour scale for all."
                     + (f" Settings: {knobs}." if knobs else "") + blanks + note,
@@ -326,7 +328,8 @@ def _lite0_jobs(quick: bool, seed: int) -> list[Job]:
 
             lite = state["lite"]
             f, res = write_filters(ctx.stage, lite.model, lite.params, layer, range(count),
-                                   get_recipe("lucid", size=size, steps=steps), ctx.key, prefix="lite0/filters/")
+                                   get_recipe("lucid", size=size, steps=steps), ctx.key, prefix="lite0/filters/",
+                                   trained=lite.trained)
             state.setdefault("patterns", {})[layer] = res.images
             files.extend(_untrained(f, lite))
             if not last:
@@ -359,7 +362,7 @@ def _lite0_jobs(quick: bool, seed: int) -> list[Job]:
             lite = state["lite"]
             div = get_recipe("lucid", size=size, steps=steps, per_filter=4, diversity=4.0)
             f, _ = write_filters(ctx.stage, lite.model, lite.params, "block4b_expand_activation", [5], div, ctx.key,
-                                 prefix="lite0/diversity/")
+                                 prefix="lite0/diversity/", trained=lite.trained)
             return [Section("efficientnet_lite0: four different patterns of one unit (diversity)",
                             "block4b_expand_activation unit 5: four images optimised together, their Gram matrices "
                             "pushed apart (diversity 4, relative to the objective), so each shows another facet of "
@@ -388,7 +391,7 @@ def _lite0_jobs(quick: bool, seed: int) -> list[Job]:
 
         lite = state["lite"]
         f, _ = write_activations(ctx.stage, lite.model, lite.params, state["x"][:1], act_layers, 16,
-                                 prefix="lite0/activations/")
+                                 prefix="lite0/activations/", trained=lite.trained)
         return [Section(f"efficientnet_lite0: activations of {photos[0]}", "every channel of each layer, the seeds' "
                         "display recipe (each channel: mean removed, / std, x64, +128; viridis)", _untrained(f, lite))]
 
@@ -418,7 +421,7 @@ def _class_section(ctx: Context, state) -> list[Section]:
     classes = [PHOTO_CLASSES[f"sample:{n}"] for n in state["names"]]
     cls = get_recipe("lucid_class", size=CLASS_SIZE, steps=CLASS_STEPS)
     pats = write_filters(ctx.stage, m, params, m.layer_names[-1], classes, cls, ctx.key, prefix="lite0/classes/",
-                         quality=False)[1]
+                         quality=False, trained=lite.trained)[1]
     big = jax.image.resize(pats.patterns, (len(classes),) + m.input_shape, "bilinear")
     probs = _predict(m, params, preprocess(np.asarray(big) * 255.0, m.preprocessing))
     names = imagenet_classes()
@@ -608,7 +611,8 @@ def _digits_jobs(quick: bool, seed: int) -> list[Job]:
         from jaxviz.viz.writers import write_activations
 
         d = state["digits"]
-        f, _ = write_activations(ctx.stage, d.model, d.params, state["x"][:1], None, 16, prefix="digits/activations/")
+        f, _ = write_activations(ctx.stage, d.model, d.params, state["x"][:1], None, 16, prefix="digits/activations/",
+                                 trained=d.trained)
         return [Section("digits_cnn: intermediate activations", f"digit {state['labels'][0]}; every conv and pool "
                         "layer, seed Listing 5.31 grids", _untrained(f, d))]
 
@@ -627,7 +631,8 @@ def _digits_jobs(quick: bool, seed: int) -> list[Job]:
 
             d = state["digits"]
             f, _ = write_filters(ctx.stage, d.model, d.params, layer, range(count),
-                                 get_recipe("dlwp1", size=28, steps=steps), ctx.key, prefix="digits/filters/")
+                                 get_recipe("dlwp1", size=28, steps=steps), ctx.key, prefix="digits/filters/",
+                                 trained=d.trained)
             files.extend(_untrained(f, d))
             if not last:
                 return []
@@ -694,7 +699,8 @@ def _fixture_jobs(quick: bool, seed: int) -> list[Job]:
         shots = fx[[0, 100, 200]]
         xf = preprocess(shots.astype(np.float32), "scale255")
         fa = state["fashion"]
-        f, _ = write_activations(ctx.stage, fa.model, fa.params, xf[:1], None, 8, prefix="fashion/activations/")
+        f, _ = write_activations(ctx.stage, fa.model, fa.params, xf[:1], None, 8, prefix="fashion/activations/",
+                                 trained=fa.trained)
         fr = load_model(None, "builtin:fruits_cnn", seed=seed)
         top = _top1(fr.model, _predict(fr.model, fr.params, xf))
         state.update(fruits=fr, shots=shots, x=xf, top=top)
@@ -752,7 +758,8 @@ def _vgg_jobs(weights: str | None, quick: bool, seed: int) -> list[Job]:
 
             vgg = state["vgg"]
             f, _ = write_filters(ctx.stage, vgg.model, vgg.params, "block3_conv1", range(8),
-                                 get_recipe("lucid", size=64, steps=48), ctx.key, prefix="vgg16/filters/")
+                                 get_recipe("lucid", size=64, steps=48), ctx.key, prefix="vgg16/filters/",
+                                 trained=vgg.trained)
             return [Section("Contrast: VGG16 UNTRAINED (random init): filter patterns (recipe lucid)",
                             "the recipe of EfficientNet-Lite0's patterns above (64x64, 48 steps) on random weights: "
                             "random convolutions still prefer some textures, and the Fourier image prior shapes "
@@ -786,7 +793,7 @@ def _vgg_jobs(weights: str | None, quick: bool, seed: int) -> list[Job]:
         vgg = state["vgg"]
         layers = [n for n in _convs(vgg.model) if n.endswith("_conv1")][: 2 if quick else 3]
         f, _ = write_activations(ctx.stage, vgg.model, vgg.params, state["x"][:1], layers, 16,
-                                 prefix="vgg16/activations/")
+                                 prefix="vgg16/activations/", trained=vgg.trained)
         return [Section(f"{vgg.model.name}: activations of {PHOTOS[0]}", f"trained, {vgg.source}", f)]
 
     jobs.append(Job("vgg16: activations", 10.0, acts,
@@ -805,7 +812,8 @@ def _vgg_jobs(weights: str | None, quick: bool, seed: int) -> list[Job]:
         files = []
         for layer in ("block3_conv1",) if quick else ("block2_conv1", "block4_conv1"):
             files += write_filters(ctx.stage, vgg.model, vgg.params, layer, range(4 if quick else 8),
-                                   get_recipe("lucid", size=size, steps=steps), ctx.key, prefix="vgg16/filters/")[0]
+                                   get_recipe("lucid", size=size, steps=steps), ctx.key, prefix="vgg16/filters/",
+                                   trained=vgg.trained)[0]
         return [Section(f"{vgg.model.name}: filter patterns (recipe lucid)", f"trained, {vgg.source}", files)]
 
     jobs.append(Job("vgg16: patterns", 120.0, patterns,
