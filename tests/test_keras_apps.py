@@ -28,6 +28,7 @@ import jaxviz
 from jaxviz import JaxvizError
 from jaxviz.io.torch import load_torch_weights
 from jaxviz.nn import layers as L
+from jaxviz.nn import policy
 from jaxviz.nn.keras_graph import OPERATIONS, graph_from_spec, graph_spec
 
 TOL = 1e-5
@@ -103,8 +104,8 @@ def worst_step_error(case, fmt: str) -> tuple[float, jaxviz.Loaded]:
 
 
 def head_map(model) -> str:
-    """The layer the head's global pooling reads: the last map larger than 1 x 1 before the pooling (what
-    issue 29 asks the default CAM layer to be)."""
+    """The layer the head's global pooling reads, from the graph's wiring: the last map larger than 1 x 1
+    before the pooling (what issue 29 asks the default CAM layer to be)."""
     pooled = [n for n in model.layer_names if model.kind(n) == "global_pool"][-1]
     return model.sources[pooled][0]
 
@@ -122,13 +123,15 @@ def keras_gradcam(km: keras.Model, layer: str, x: np.ndarray, cls: int) -> np.nd
 
 
 def assert_gradcam_equals_keras(case, layer: str) -> None:
-    """Grad-CAM at ``layer`` for each image's top class equals the seeds' formula through Keras; at least one
-    map is not all zero (random weights can make every weighted channel negative)."""
+    """Grad-CAM at the default layer, which is ``layer``, for each image's top class equals the seeds' formula
+    through Keras at ``layer``; at least one map is not all zero (random weights can make every weighted
+    channel negative)."""
     loaded = jaxviz.load_model(weights=case.paths["keras"])
+    assert policy.cam_layer(loaded.model) == layer
     shape = dict(loaded.model.shapes())[layer]
     assert shape[0] > 1 and shape[1] > 1, shape  # a map, not the 1 x 1 a classifier conv gives
     for cls in np.unique(case.preds.argmax(-1)):
-        cams = jaxviz.explain(loaded.model, loaded.params, case.x, [int(cls)], layer=layer, score="probability")
+        cams = jaxviz.explain(loaded.model, loaded.params, case.x, [int(cls)], score="probability")  # default layer
         ref = keras_gradcam(case.km, layer, case.x, int(cls))
         assert ref.max() > 0 and np.abs(cams.heatmaps[:, 0] - ref).max() <= 1e-4
 
@@ -294,6 +297,7 @@ def test_convnext_with_stochastic_depth(convnext_small_config, fmt):
     depth = "tiny_stage_1_block_1_stochastic_depth"
     assert model.layer(depth) == L.StochasticDepth(0.3 * 2 / 4) and model.kind(depth) == "dropout"
     assert model.sources["add_2"] == ("add_1", depth)
+    assert policy.cam_layer(model) == head_map(model) == "add_4"  # the last block's residual sum, 2 x 2
     assert_round_trip(model)
 
 
@@ -326,9 +330,16 @@ def test_inception_resnet_v2(inception_resnet_v2, fmt):
 
 
 def test_gradcam_mobilenetv3small_equals_keras(mobilenetv3small):
-    layer = head_map(jaxviz.load_model(weights=mobilenetv3small.paths["keras"]).model)
-    assert layer == "activation_17"  # hard_swish(Conv_1 -> BN), the map the head pools
-    assert_gradcam_equals_keras(mobilenetv3small, layer)
+    model = jaxviz.load_model(weights=mobilenetv3small.paths["keras"]).model
+    layer = head_map(model)
+    # hard_swish(conv_1 -> conv_1_bn), 2 x 2 x 576, the map the head pools; not 'logits', the 1 x 1 classifier conv
+    assert layer == "activation_17" and dict(model.shapes())["logits"][:2] == (1, 1)
+    assert_gradcam_equals_keras(mobilenetv3small, layer)  # at the default layer, which is this one
+    # the default activations: every block's maps larger than 1 x 1, past the squeeze-excite poolings, spread
+    chosen = policy.feature_layers(model)
+    assert len(chosen) == policy.FEATURE_CAP and chosen[0] == "conv" and chosen[-1] == layer
+    assert {"expanded_conv_5_squeeze_excite_mul", "expanded_conv_9_add"} <= set(chosen)
+    assert all(np.prod(dict(model.shapes())[n][:2]) > 1 for n in chosen)
 
 
 @pytest.mark.slow
