@@ -517,3 +517,38 @@ def test_cli_on_two_processes_through_jax_distributed_equals_one(tmp_path, capsy
     shares = [(0, 22), (22, 45)]
     assert [sum(lo <= i < hi for i in one["failures"]) for lo, hi in shares] == [1, 1]
     assert not (tmp_path / "two" / ".atlas-checkpoint").exists()
+
+
+def test_png_decoding_in_collections_equals_load_image(tmp_path):
+    """Collections decode 8-bit PNGs with OpenCV (it releases the GIL); the pixels are load_image's
+    (Pillow) for every colour type, interlaced or not, each channel count, resized or not; palette and
+    16-bit PNGs, JPEGs and a corrupt file take load_image's own path."""
+    import cv2
+    from PIL import Image
+
+    from jaxviz.io.images import load_image
+
+    rng = np.random.default_rng(1)
+    paths = []
+    for k, (mode, shape) in enumerate([("L", (30, 26)), ("RGB", (20, 24, 3)), ("RGBA", (28, 28, 4)),
+                                       ("LA", (17, 29, 2))]):
+        arr = rng.integers(0, 256, shape, dtype=np.uint8)
+        for interlace in (0, 1):
+            paths.append(str(tmp_path / f"{mode}{interlace}.png"))
+            Image.fromarray(arr, mode).save(paths[-1], interlace=interlace)
+    paths.append(str(tmp_path / "palette.png"))
+    Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).convert("P").save(paths[-1])
+    paths.append(str(tmp_path / "grey16.png"))
+    cv2.imwrite(paths[-1], rng.integers(0, 65536, (20, 20), dtype=np.uint16))
+    paths.append(str(tmp_path / "photo.jpg"))
+    cv2.imwrite(paths[-1], rng.integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    for shape in [(28, 28, 1), (28, 28, 3), (20, 24, 3), (30, 26, 1)]:
+        for interpolation in ("nearest", "bilinear"):
+            coll = open_collection(paths, shape, interpolation=interpolation)
+            for i, p in enumerate(paths):
+                want = load_image(p, shape[:2], channels=shape[2], interpolation=interpolation)
+                np.testing.assert_array_equal(coll.read(i), want.astype(np.float32), err_msg=f"{p} {shape}")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(open(paths[0], "rb").read()[:60])  # a PNG cut short
+    batch = next(iter(open_collection([str(bad), paths[0]], (8, 8, 1), batch_size=2, max_failures=1)))
+    assert batch.valid.tolist() == [False, True]

@@ -363,6 +363,48 @@ def test_cli_writes_the_named_files(tmp_path):
 
 
 @pytest.mark.slow
+def test_cli_on_two_processes_through_jax_distributed_equals_one(tmp_path):
+    import socket
+
+    import jaxviz.cli.evaluate  # noqa: F401 (registers the command)
+    from jaxviz.cli import main
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, im in enumerate(_images(7, 3)):
+        cv2.imwrite(str(folder / f"d{i}.png"), np.uint8(im))
+    (folder / "d5.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")  # in the second process's share
+    args = ["--weights", "builtin:digits_cnn", "--images", str(folder), "--methods", "gradcam", "--metrics",
+            "deletion,insertion", "--steps", "5", "--batch-size", "2", "--max-failures", "0.3"]
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    child = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from jaxviz.cli import entry; entry()"
+    procs = [subprocess.Popen([sys.executable, "-c", child, "evaluate", *args, "--coordinator", f"localhost:{port}",
+                               "--process", f"{i}/2", "--out", str(tmp_path / "two")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    assert main(["evaluate", *args, "--out", str(tmp_path / "one")]) == 0
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+        assert "6 images (1 unreadable)" in out and "2 process(es)" in out
+    one, two = np.load(tmp_path / "one" / "scores.npz"), np.load(tmp_path / "two" / "scores.npz")
+    assert sorted(one.files) == sorted(two.files)
+    for key in one.files:
+        if key.startswith("curves/"):  # mean curves: the shares' sums added in another order
+            np.testing.assert_allclose(two[key], one[key], rtol=1e-12, err_msg=key)
+        else:
+            np.testing.assert_array_equal(two[key], one[key], err_msg=key)
+    assert np.isnan(one["gradcam/deletion"][5]) and np.isfinite(np.delete(one["gradcam/deletion"], 5)).all()
+    board = lambda d: json.loads((tmp_path / d / "leaderboard.json").read_text())  # noqa: E731
+    assert [{k: v for k, v in r.items() if k not in ("low", "high", "mean")} for r in board("two")] == \
+        [{k: v for k, v in r.items() if k not in ("low", "high", "mean")} for r in board("one")]
+    for a, b in zip(board("two"), board("one")):
+        assert a["mean"] == pytest.approx(b["mean"], rel=1e-6) and a["low"] == pytest.approx(b["low"], rel=1e-6)
+    assert not (tmp_path / "two" / ".evaluate-checkpoint").exists()
+
+
+@pytest.mark.slow
 def test_gradcam_beats_a_random_map_on_efficientnet_lite0():
     loaded = jaxviz.load_model("efficientnet_lite0")
     if not loaded.trained:

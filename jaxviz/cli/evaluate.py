@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from jaxviz.cli.atlas import join_processes
 from jaxviz.cli.common import add_model_args, at_least, input_shape, load, register, say_preprocessing
 from jaxviz.errors import JaxvizError
 
@@ -72,8 +73,17 @@ def cmd_evaluate(args) -> None:
     metrics = _names(args.metrics, METRIC_NAMES, "--metrics")
     if os.path.isdir(args.images) and os.path.realpath(args.images) == os.path.realpath(args.out):
         raise JaxvizError(f"--out {args.out} is the --images folder; choose another --out")
-    with output_dir(args.out) as stage:  # an unusable --out fails before any work
-        _run(args, methods, metrics, stage)
+    if args.coordinator or args.process:
+        if not (args.coordinator and args.process):
+            raise JaxvizError("--coordinator HOST:PORT and --process INDEX/COUNT go together")
+        join_processes(args.coordinator, args.process)
+    import jax
+
+    if jax.process_index() == 0:
+        with output_dir(args.out) as stage:  # an unusable --out fails before any work
+            _run(args, methods, metrics, stage)
+    else:  # the others compute their share; process 0 writes the files
+        _run(args, methods, metrics, None)
 
 
 def _run(args, methods, metrics, stage) -> None:
@@ -116,10 +126,16 @@ def _run(args, methods, metrics, stage) -> None:
     for f in ev.failures:
         print(f"jaxviz evaluate: warning: skipped {f.path!r}: {f.reason}", file=sys.stderr)
     n = int((ev.classes >= 0).sum())
-    write(stage, ev)
-    print(_table(ev.leaderboard))
+    if stage is not None:
+        write(stage, ev)
+        print(_table(ev.leaderboard))
     print(f"{n} images ({len(ev.failures)} unreadable) in {dt:.1f} s ({dt / max(n, 1):.2f} s/image), "
-          f"{len(jax.devices())} {jax.devices()[0].platform} device(s)")
+          f"{len(jax.devices())} {jax.devices()[0].platform} device(s), {jax.process_count()} process(es)")
+    if stage is None:
+        return
+    import shutil
+
+    shutil.rmtree(os.path.join(args.out, CHECKPOINT), ignore_errors=True)  # done: nothing left to resume
 
 
 def write(stage: str, ev) -> None:
@@ -179,7 +195,8 @@ def _table(board: list[dict]) -> str:
           "jaxviz evaluate --model efficientnet_lite0 --images photos/ --methods gradcam,saliency,ig "
           "--metrics all --out eval\n"
           "  jaxviz evaluate --weights builtin:digits_cnn --images digits --methods all --metrics deletion,insertion "
-          "--steps 20 --out ev   # then --resume after an interruption")
+          "--steps 20 --out ev   # then --resume after an interruption\n"
+          "  # several processes (hosts): the same command on each, with --coordinator HOST:PORT --process I/N")
 def _setup_evaluate(p):
     from jaxviz.methods.attribution import METHODS
     from jaxviz.methods.metrics import METRIC_NAMES
@@ -200,6 +217,9 @@ def _setup_evaluate(p):
     p.add_argument("--max-failures", type=float, default=0.05,
                    help="share of unreadable images above which the run stops, 0..1 (default 0.05)")
     p.add_argument("--resume", action="store_true", help=f"continue an interrupted run from {CHECKPOINT} in --out")
+    p.add_argument("--coordinator", metavar="HOST:PORT", help="jax.distributed coordinator (process 0's address)")
+    p.add_argument("--process", metavar="I/N", help="this process's index and the process count, e.g. 0/2; each "
+                                                    "process reads its share, process 0 writes the files")
     p.add_argument("--out", "-o", required=True,
                    help="output directory: leaderboard.json, leaderboard.csv, scores.npz, curves.png")
     p.set_defaults(func=cmd_evaluate)

@@ -24,10 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import numpy as np
+from PIL import Image
 
 from jaxviz.nn.finite import require_finite
 from jaxviz.errors import JaxvizError
-from jaxviz.io.images import IMAGE_EXTENSIONS, SAMPLES, load_image
+from jaxviz.io.files import read_bytes
+from jaxviz.io.images import IMAGE_EXTENSIONS, INTERPOLATIONS, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, SAMPLES, load_image
 
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
 MAX_BATCH = 65536
@@ -76,7 +78,51 @@ class _Files(_Source):
 
     def read(self, i, shape, interpolation):
         h, w, c = shape
-        return load_image(self.names[i], (h, w), channels=c, interpolation=interpolation)
+        name = self.names[i]
+        if not name.startswith("sample:"):
+            img = _read_png(name, c)
+            if img is not None:
+                if img.shape[:2] != (h, w):  # Keras's load_img resize, as load_image does it
+                    img = np.asarray(Image.fromarray(img[..., 0] if c == 1 else img).resize(
+                        (w, h), INTERPOLATIONS[interpolation]), np.uint8).reshape(h, w, c)
+                return img
+        return load_image(name, (h, w), channels=c, interpolation=interpolation)
+
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _read_png(path: str, channels: int) -> np.ndarray | None:
+    """An 8-bit PNG decoded by OpenCV, which releases the GIL while it decodes (Pillow's per-image work
+    in Python is what limited the decoding threads): uint8 H x W x ``channels``, the same pixels as
+    :func:`~jaxviz.io.images.load_image` (PNG is lossless; alpha dropped; RGB to grey with Pillow's
+    integer formula, L = (19595 R + 38470 G + 7471 B + 32768) >> 16). None for anything else (other
+    formats, 16-bit or palette PNGs, files OpenCV cannot decode), which :func:`load_image` then reads
+    or refuses with its message. The file is read through the same opener, the same size and pixel caps."""
+    import cv2
+
+    try:
+        data = read_bytes(path, "image", MAX_IMAGE_BYTES)
+    except JaxvizError:
+        return None  # load_image says why
+    # IHDR: width, height, bit depth, colour type (0 grey, 2 RGB, 4 grey + alpha, 6 RGBA; 3 is a palette)
+    if len(data) < 33 or data[:8] != _PNG or data[12:16] != b"IHDR" or data[24] != 8 or data[25] not in (0, 2, 4, 6):
+        return None
+    if int.from_bytes(data[16:20], "big") * int.from_bytes(data[20:24], "big") > MAX_IMAGE_PIXELS:
+        return None
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or img.dtype != np.uint8:
+        return None
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.shape[-1] in (1, 2):  # grey (and alpha)
+        grey = img[..., :1]
+        return grey if channels == 1 else np.repeat(grey, 3, -1)
+    rgb = img[..., 2::-1]  # OpenCV's BGR(A) to RGB, alpha dropped
+    if channels == 3:
+        return np.ascontiguousarray(rgb)
+    r, g, b = (rgb[..., k].astype(np.uint32) for k in range(3))
+    return ((19595 * r + 38470 * g + 7471 * b + 32768) >> 16).astype(np.uint8)[..., None]
 
 
 class _Array(_Source):

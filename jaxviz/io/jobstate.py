@@ -7,8 +7,11 @@ is written whole into a staging directory beside the others and renamed into pla
 the commit, so a crash at any moment leaves the previous generation whole; older generations are
 removed only after it. :func:`load_state` reads the newest generation.
 
-Each process of a ``jax.distributed`` run writes its own checkpoint, at its own moments: orbax is told
-that this process is the only one taking part (no barrier with the others, which would wait forever).
+Each process of a ``jax.distributed`` run writes its own checkpoint, at its own moments (a barrier with
+the others would wait forever). orbax 0.12 cannot: its numpy writer writes only from process 0, and
+it refuses host-local ``jax.Array`` s in a multi-process run. So there the arrays go into
+``state.npz`` (numpy's format, written and read exactly) in the same generation, with the same
+``job.json``, staging and commit; a one-process run (the common case) writes ``state/`` with orbax.
 
 Reading follows :mod:`jaxviz.io.files`: the checkpoint must be a directory (a link, FIFO or device
 there is refused), holding only regular files and directories (no links, nothing outside it is
@@ -29,7 +32,7 @@ import numpy as np
 
 from jaxviz.errors import JaxvizError, show
 from jaxviz.io.collection import Failure
-from jaxviz.io.files import check_tree, read_bytes
+from jaxviz.io.files import buffer, check_tree, read_bytes
 
 MAX_STATE_BYTES = 4 << 30
 MAX_JOB_BYTES = 256 << 20  # job.json: the settings and the failed items (names are in the collection)
@@ -46,7 +49,9 @@ def _checkpointer():
 
     me = jax.process_index()
     alone = options.MultiprocessingOptions(primary_host=me, active_processes={me})
-    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=alone), multiprocessing_options=alone)
+    # no OCDBT: its per-process files are merged by the primary host, which here would be each process alone
+    handler = ocp.PyTreeCheckpointHandler(use_ocdbt=False, multiprocessing_options=alone)
+    return ocp.Checkpointer(handler, multiprocessing_options=alone)
 
 
 def _generations(path: str) -> list[tuple[int, str]]:
@@ -81,7 +86,7 @@ def save_state(path: "str | os.PathLike", settings: str, arrays: Mapping[str, np
                failures: Sequence[Failure]) -> None:
     """Write ``arrays`` (names with ``/`` are nested) with ``settings`` and ``failures`` as the next
     generation of the checkpoint directory ``path`` (see the module docstring)."""
-    path = os.fspath(path)
+    path = os.path.abspath(os.fspath(path))  # orbax writes only to absolute paths
     if os.path.lexists(path):
         _check_dir(path)
     os.makedirs(path, exist_ok=True)
@@ -102,10 +107,7 @@ def save_state(path: "str | os.PathLike", settings: str, arrays: Mapping[str, np
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = np.ascontiguousarray(a)
-    import orbax.checkpoint as ocp
-
-    with _checkpointer() as ck:
-        ck.save(os.path.join(stage, "state"), args=ocp.args.PyTreeSave(tree))
+    _write_arrays(stage, tree, {n: np.asarray(a) for n, a in arrays.items() if np.asarray(a).size})
     job = {"format": FORMAT, "version": 1, "settings": settings, "arrays": specs, "failed": [[f.index, f.reason] for f in failures]}
     with open(os.path.join(stage, JOB), "w", encoding="utf-8") as f:
         json.dump(job, f)
@@ -116,6 +118,34 @@ def save_state(path: "str | os.PathLike", settings: str, arrays: Mapping[str, np
     for name in os.listdir(path):  # the new generation is in place: older ones and crashed writes go
         if (_GENERATION.fullmatch(name) and name != os.path.basename(final)) or _STAGE.fullmatch(name):
             shutil.rmtree(os.path.join(path, name), ignore_errors=True)
+
+
+def _write_arrays(stage: str, tree: dict, flat: dict) -> None:
+    import jax
+
+    if jax.process_count() > 1:  # see the module docstring
+        with open(os.path.join(stage, "state.npz"), "wb") as f:
+            np.savez(f, **flat)
+            f.flush()
+            os.fsync(f.fileno())
+        return
+    import orbax.checkpoint as ocp
+
+    with _checkpointer() as ck:
+        ck.save(os.path.join(stage, "state"), args=ocp.args.PyTreeSave(tree))
+
+
+def _read_arrays(gen: str) -> dict:
+    stored: dict = {}
+    if not os.path.lexists(os.path.join(gen, "state")):
+        with np.load(buffer(os.path.join(gen, "state.npz"), "checkpoint file", MAX_STATE_BYTES),
+                     allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    import orbax.checkpoint as ocp
+
+    with _checkpointer() as ck:
+        _flatten(ck.restore(os.path.join(gen, "state"), args=ocp.args.PyTreeRestore()), "", stored)
+    return stored
 
 
 def _commit(stage: str, final: str) -> None:
@@ -132,7 +162,7 @@ def load_state(path: "str | os.PathLike", settings: str, paths: Sequence[str],
     """``(arrays, failures)`` of the newest generation of the checkpoint at ``path``; a one-line error
     if it was written with other settings (``what`` lists them for the message), or is not a
     checkpoint directory jaxviz wrote, or cannot be read."""
-    path = os.fspath(path)
+    path = os.path.abspath(os.fspath(path))
     _check_dir(path)
     done = _generations(path)
     if not done:
@@ -153,12 +183,7 @@ def load_state(path: "str | os.PathLike", settings: str, paths: Sequence[str],
         raise JaxvizError(f"the checkpoint {show(path)} was written with other settings ({what}); run without "
                           "resume, or remove it")
     try:
-        import orbax.checkpoint as ocp
-
-        with _checkpointer() as ck:
-            tree = ck.restore(os.path.join(gen, "state"), args=ocp.args.PyTreeRestore())
-        stored: dict = {}
-        _flatten(tree, "", stored)
+        stored = _read_arrays(gen)
         arrays = {}
         for name, (shape, dtype) in job["arrays"].items():
             a = stored.pop(name, None)

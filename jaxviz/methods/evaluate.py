@@ -26,9 +26,15 @@ metric's direction).
 
 Resumable: with ``checkpoint=DIR``, the scores so far, the curve sums, the position and a hash of the
 settings (model, weights, methods, metrics, definitions, settings, key, input size, the collection's
-names) are written with orbax (:mod:`jaxviz.io.jobstate`, atomic) every ``checkpoint_every`` batches or ``checkpoint_seconds`` seconds and on
-an interrupt; ``resume=True`` continues from there and ends with exactly the uninterrupted result.
-One process (all its local devices); several processes are not supported yet.
+names) are written with orbax (:mod:`jaxviz.io.jobstate`, atomic, one checkpoint per process) every
+``checkpoint_every`` batches or ``checkpoint_seconds`` seconds and on an interrupt; ``resume=True``
+continues from there and ends with exactly the uninterrupted result.
+
+Every host: after ``jax.distributed.initialize()`` (the CLI's ``--coordinator HOST:PORT --process
+I/N``), each process reads its own contiguous share of the collection on its local devices; the final
+merge gathers every process's per-image scores, classes, curve sums and failures, so every process
+returns the whole result. Per-image scores are those of one process (the same compiled step, the same
+per-image keys); the mean curves are summed over the processes' shares in process order.
 
 Why one module of ~420 lines: the streamed loop, its resumable state and the leaderboard statistics
 share one settings hash and one state layout; split, a resume could pair a state with another reader.
@@ -53,7 +59,7 @@ from jaxviz.io.jobstate import exists, load_state, save_state
 from jaxviz.io.collection import Failure, open_collection
 from jaxviz.methods import metrics as M
 from jaxviz.methods.attribution import METHODS, Settings, check_classifier, compiled_explain, method_record
-from jaxviz.methods.sharding import AXIS, batch_mesh, replicate, shard_batch
+from jaxviz.methods.sharding import AXIS, allgather_json, allgather_rows, batch_mesh, replicate, shard_batch
 from jaxviz.nn.preprocess import preprocess
 from jaxviz.nn.protocol import Model
 
@@ -129,24 +135,26 @@ def _digest(tree: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def _settings_hash(model, params, methods, names, d, settings, layer, key, shape, paths, regions) -> str:
+def _settings_hash(model, params, methods, names, d, settings, layer, key, shape, paths, regions, shard) -> str:
     doc = dict(model=model.name, preprocessing=model.preprocessing, params=_digest(params), methods=methods,
                metrics=names, definitions=list(d), settings=list(settings), layer=layer,
                key=np.asarray(jax.random.key_data(key)).tolist(), shape=shape, items=len(paths),
                names=hashlib.sha256("\n".join(paths).encode("utf-8", "surrogateescape")).hexdigest()[:16],
-               regions=None if regions is None else _digest(regions), version=STATE_VERSION)
+               regions=None if regions is None else _digest(regions), shard=shard, version=STATE_VERSION)
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 class _State:
     """The running result: per-image rows (index, class, scores) and the curve sums, per method."""
 
-    def __init__(self, methods: Sequence[str], names: Sequence[str]):
+    def __init__(self, methods: Sequence[str], names: Sequence[str], steps: int):
         self.methods, self.names = list(methods), list(names)
         self.indices: list[np.ndarray] = []
         self.classes: list[np.ndarray] = []
         self.rows: dict[str, dict[str, list[np.ndarray]]] = {m: {n: [] for n in names} for m in methods}
-        self.curve_sum: dict[str, dict[str, np.ndarray]] = {m: {} for m in methods}
+        # every curve from the start (zeros): every process of a run holds the same keys to gather
+        self.curve_sum: dict[str, dict[str, np.ndarray]] = {
+            m: {c: np.zeros(steps + 1) for c in ("deletion", "insertion") if c in names} for m in methods}
         self.position = 0
 
     def add(self, idx: np.ndarray, cls: np.ndarray, results: dict[str, dict[str, np.ndarray]]) -> None:
@@ -170,6 +178,17 @@ class _State:
             for c, s in self.curve_sum[m].items():
                 out[f"{i}/curve/{c}"] = np.asarray(s)
         return out
+
+    def gather(self) -> None:
+        """Every process's rows and curve sums, merged (the same on every process)."""
+        arrays = self.arrays()
+        merged = {"position": arrays["position"]}
+        for name, a in arrays.items():
+            if "/curve/" in name:  # summed in process order
+                merged[name] = allgather_rows(a[None]).sum(0) if len(a) else a
+            elif name != "position":
+                merged[name] = allgather_rows(a)
+        self.load(merged)
 
     def load(self, z) -> None:
         self.indices, self.classes = [z["indices"]], [z["classes"]]
@@ -304,6 +323,7 @@ def evaluate(
     M.check_definitions(definitions)
     shape = tuple(int(v) for v in (input_shape or model.input_shape))
     model.check_input((1,) + shape)
+    shard = (jax.process_index(), jax.process_count())
     check_classifier(model, shape, method_names[0])
     for m in method_names:  # every method's arguments (layer, settings) before any work
         compiled_explain(model, shape, m, layer, "logit", settings, top1=True)
@@ -316,7 +336,7 @@ def evaluate(
         raise JaxvizError(f"batch_size must be 1..65536, got {batch_size}")
     default = CPU_BATCH if all(dev.platform == "cpu" for dev in devices) else ACCEL_BATCH
     b = -(-int(batch_size or default * d) // d) * d
-    coll = open_collection(images, shape, batch_size=b, workers=workers, max_failures=max_failures,
+    coll = open_collection(images, shape, batch_size=b, shard=shard, workers=workers, max_failures=max_failures,
                            interpolation=interpolation)
     paths = coll.paths
     if regions is not None:
@@ -325,14 +345,15 @@ def evaluate(
             raise JaxvizError(f"regions must be {len(paths)} x {shape[0]} x {shape[1]} masks (one per image at the "
                               f"input size), got shape {regions.shape}")
     settings_hash = _settings_hash(model, params, method_names, names, definitions, settings, layer, key, shape, paths,
-                                   regions)
-    ckpt = os.path.join(os.fspath(checkpoint), "evaluate-state") if checkpoint is not None else None
+                                   regions, shard)
+    ckpt = (os.path.join(os.fspath(checkpoint), f"evaluate-state-{shard[0]}of{shard[1]}") if checkpoint is not None
+            else None)
     everyone = method_names + [RANDOM]
-    state = _State(everyone, names)
+    state = _State(everyone, names, definitions.steps)
     if ckpt is not None and resume and exists(ckpt):
         failures = _load(ckpt, settings_hash, state, paths)
         if state.position:
-            coll = open_collection(images, shape, batch_size=b, start=state.position, workers=workers,
+            coll = open_collection(images, shape, batch_size=b, start=state.position, shard=shard, workers=workers,
                                    max_failures=max_failures, interpolation=interpolation)
             coll.failures[:] = failures
 
@@ -384,11 +405,16 @@ def evaluate(
             save()  # the state holds whole batches only
         raise
     save()
-    return _result(coll, state, names, definitions)
+    failures = list(coll.failures)
+    if shard[1] > 1:
+        state.gather()
+        paths = coll.paths
+        failures = [Failure(int(i), paths[int(i)], str(r))
+                    for doc in allgather_json([[f.index, f.reason] for f in failures]) for i, r in doc]
+    return _result(coll.paths, state, names, definitions, failures)
 
 
-def _result(coll, state: _State, names, definitions) -> Evaluation:
-    paths = coll.paths
+def _result(paths, state: _State, names, definitions, failures) -> Evaluation:
     n = len(paths)
     arrays = state.arrays()
     idx = arrays["indices"]
@@ -404,4 +430,4 @@ def _result(coll, state: _State, names, definitions) -> Evaluation:
             scores[m][name] = v
         count = max(len(idx), 1)
         curves[m] = {c: np.asarray(s) / count for c, s in state.curve_sum[m].items()}
-    return Evaluation(paths, classes, scores, curves, leaderboard(scores, names), sorted(coll.failures), definitions)
+    return Evaluation(paths, classes, scores, curves, leaderboard(scores, names), sorted(failures), definitions)

@@ -94,3 +94,33 @@ def gather(a: jax.Array) -> np.ndarray:
     from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+
+
+def allgather_rows(a: np.ndarray) -> np.ndarray:
+    """Every process's rows of ``a`` (any number each, the same trailing shape and dtype), concatenated
+    in process order; the same on every process. One process: ``a`` itself. The rows travel as bytes,
+    so 64-bit values stay whole (JAX without x64 would narrow them)."""
+    if jax.process_count() == 1:
+        return a
+    from jax.experimental.multihost_utils import process_allgather
+
+    a = np.ascontiguousarray(a)
+    lens = np.asarray(process_allgather(np.array([len(a)], np.int32))).reshape(-1)
+    most = max(int(lens.max()), 1)
+    pad = np.zeros((most,) + a.shape[1:], a.dtype)
+    pad[: len(a)] = a
+    raw = np.asarray(process_allgather(pad.reshape(most, -1).view(np.uint8)))
+    return np.concatenate([raw[p, : lens[p]].view(a.dtype).reshape((int(lens[p]),) + a.shape[1:])
+                           for p in range(len(lens))])
+
+
+def allgather_json(doc: Any) -> list:
+    """Every process's JSON-able ``doc``, in process order (the same on every process)."""
+    import json
+
+    if jax.process_count() == 1:
+        return [doc]
+    mine = np.frombuffer(json.dumps(doc).encode(), np.uint8)
+    raw, lens = allgather_rows(mine), allgather_rows(np.array([len(mine)], np.int64))
+    ends = np.cumsum(lens)
+    return [json.loads(raw[e - n: e].tobytes()) for n, e in zip(lens, ends)]
