@@ -369,6 +369,18 @@ def test_library_names_arguments_and_the_cli_flags(tree, capsys, call, argument,
     assert line == f"{prog_of(argv)}: error: {as_flags(msg)}"  # the same message, said as flags
 
 
+def test_as_flags_says_each_argument_form_as_its_flag():
+    said = {"pass arch=NAME with one of: a": "pass --arch NAME with one of: a",
+            "weights='builtin:digits_cnn' holds": "--weights builtin:digits_cnn holds",
+            'weights="pretrained" needs model=NAME;': "--weights pretrained needs --model NAME;",
+            "give a model name (model=) or": "give a model name (--model) or",
+            "use size=51 or more; pick in_channel=0..2": "use --size 51 or more; pick --in-channel 0..2",
+            "or pass overwrite=True": "or pass --overwrite", "out of range (in classes)": "out of range (--class)",
+            # not an argument: another word, a value that is not a literal
+            "layer 'submodel=NAME' and model=None": "layer 'submodel=NAME' and model=None"}
+    assert {m: as_flags(m) for m in said} == said
+
+
 def test_out_is_checked_before_any_work(tree, capsys):
     """gradcam (and every command with --out) refuses a bad --out before it loads a model: the error is
     the only line on stderr (no weights line, no preprocessing line)."""

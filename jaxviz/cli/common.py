@@ -194,9 +194,13 @@ def register(name: str, help_: str, example: str):
 
 # The library names its Python arguments; on the command line they are flags. One mapping, here: the
 # argument's name -> its flag. The library writes an argument as ``name=NAME`` (a placeholder in capitals),
-# ``name='value'`` / ``name="value"`` (a Python literal) or ``name=`` alone; ``classes`` as "(in classes)".
-ARGUMENT_FLAGS = {"model": "--model", "arch": "--arch", "weights": "--weights", "classes": "--class"}
-_ARGUMENT = re.compile(r"\b(%s)=(?:'([^']*)'|\"([^\"]*)\"|([A-Z][A-Z_]*)\b|(?![\w'\"]))" % "|".join(ARGUMENT_FLAGS))
+# ``name='value'`` / ``name="value"`` (a string), ``name=51`` / ``name=0..2`` (a number, a range),
+# ``name=True`` (a switch: the flag alone) or ``name=`` alone; and ``(in name)``.
+ARGUMENT_FLAGS = {"model": "--model", "arch": "--arch", "weights": "--weights", "classes": "--class",
+                  "overwrite": "--overwrite", "size": "--size", "in_channel": "--in-channel", "per_row": "--per-row",
+                  "bins": "--bins"}
+_ARGUMENT = re.compile(r"\b(%s)=(?:'([^']*)'|\"([^\"]*)\"|([A-Z][A-Z_]*\b|-?\d[\w.]*)|True\b|(?![\w'\"]))"
+                       % "|".join(ARGUMENT_FLAGS))
 _IN_ARGUMENT = re.compile(r" \(in (%s)\)" % "|".join(ARGUMENT_FLAGS))
 
 
@@ -207,8 +211,9 @@ def _flag(m: re.Match) -> str:
 
 def as_flags(message: str) -> str:
     """A library message with the Python arguments it names said as flags (:data:`ARGUMENT_FLAGS`):
-    ``pass arch=NAME`` -> ``pass --arch NAME``, ``weights="pretrained"`` -> ``--weights pretrained``,
-    ``model=`` -> ``--model``, ``(in classes)`` -> ``(--class)``."""
+    ``pass arch=NAME`` -> ``pass --arch NAME``, ``weights='pretrained'`` -> ``--weights pretrained``,
+    ``size=51`` -> ``--size 51``, ``overwrite=True`` -> ``--overwrite``, ``model=`` -> ``--model``,
+    ``(in classes)`` -> ``(--class)``."""
     message = _ARGUMENT.sub(_flag, message)
     return _IN_ARGUMENT.sub(lambda m: f" ({ARGUMENT_FLAGS[m[1]]})", message)
 
