@@ -17,8 +17,11 @@ the collection and keeps its own state; the final merge gathers the states of al
 (:func:`jax.experimental.multihost_utils.process_allgather`). Launch one process per host (or per
 group of devices) with the same command, e.g. on one machine::
 
-    JAX_COORDINATOR=localhost:1234 jaxviz atlas ... --process 0/2 &
-    JAX_COORDINATOR=localhost:1234 jaxviz atlas ... --process 1/2
+    jaxviz atlas ... --coordinator localhost:1234 --process 0/2 &
+    jaxviz atlas ... --coordinator localhost:1234 --process 1/2
+
+(on several hosts, HOST:PORT is process 0's address; every process names the same ``--out``, and
+process 0 writes the files).
 
 Resumable: with ``checkpoint=DIR``, the running state, the position in the share and a hash of the
 settings (model, weights, layers, units, k, reduce, input size, the collection's names) are written
