@@ -496,7 +496,7 @@ def test_sigterm_to_a_running_cli_then_resume_equals_an_uninterrupted_run(tmp_pa
 
 @pytest.mark.slow
 def test_cli_on_two_processes_through_jax_distributed_equals_one(tmp_path, capsys):
-    names = write_pngs(tmp_path / "imgs", 45, seed=6, corrupt={5, 40})  # one unreadable file in each share
+    write_pngs(tmp_path / "imgs", 45, seed=6, corrupt={5, 40})  # one unreadable file in each share
     base = ["--weights", "builtin:digits_cnn", "--images", str(tmp_path / "imgs"), "--layer", "conv2d",
             "--layer", "dense", "--k", "5", "--batch-size", "8", "--patterns", "none", "--max-failures", "0.1"]
     port = _free_port()
