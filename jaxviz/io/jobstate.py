@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import stat
+import tempfile
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -39,7 +40,7 @@ MAX_JOB_BYTES = 256 << 20  # job.json: the settings and the failed items (names 
 JOB = "job.json"
 FORMAT = "jaxviz-jobstate"
 _GENERATION = re.compile(r"g(\d{6,})")
-_STAGE = re.compile(r"\.stage-\d+")
+_STAGE = re.compile(r"\.stage-\w+")
 
 
 def _checkpointer():
@@ -92,9 +93,8 @@ def save_state(path: "str | os.PathLike", settings: str, arrays: Mapping[str, np
     os.makedirs(path, exist_ok=True)
     done = _generations(path)
     number = done[-1][0] + 1 if done else 1
-    stage = os.path.join(path, f".stage-{os.getpid()}")
-    shutil.rmtree(stage, ignore_errors=True)  # a crashed write of this process's
-    os.makedirs(stage)
+    # a fresh name each time: an interrupted write's threads may still be writing into the last one
+    stage = tempfile.mkdtemp(prefix=".stage-", dir=path)
     tree: dict = {}
     specs = {}
     for name, a in arrays.items():
