@@ -505,10 +505,12 @@ def test_cli_on_two_processes_through_jax_distributed_equals_one(tmp_path, capsy
                                             str(tmp_path / "two")], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
     assert run_cli(*base, "--out", str(tmp_path / "one")) == 0, capsys.readouterr().err
-    for p in procs:
+    for i, p in enumerate(procs):
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]
         assert "2 process(es)" in out
+        if i == 0:  # process 0 names both files, each with its reason (img040 was read by process 1)
+            assert [line.count("not a readable image") for line in err.splitlines() if "skipped" in line] == [1, 1]
     one, two = np.load(tmp_path / "one" / "atlas.npz"), np.load(tmp_path / "two" / "atlas.npz")
     assert sorted(one.files) == sorted(two.files)
     for key in one.files:

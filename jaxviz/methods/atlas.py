@@ -53,7 +53,7 @@ from jax.sharding import PartitionSpec as P
 from jaxviz.errors import JaxvizError
 from jaxviz.io.jobstate import exists, load_state, save_state
 from jaxviz.io.collection import Failure, open_collection
-from jaxviz.methods.sharding import AXIS, batch_mesh, replicate, shard_batch
+from jaxviz.methods.sharding import AXIS, allgather_json, batch_mesh, replicate, shard_batch
 from jaxviz.nn.preprocess import preprocess
 from jaxviz.nn.protocol import Model, is_spatial, layer_shape
 from jaxviz.nn.receptive import RF, field_boxes, receptive_field
@@ -451,12 +451,6 @@ def _gather_processes(state, sums, fires, count, failures, paths, k):
     sums = [gather(s.view(np.uint32)).view(np.float64).sum(0) for s in sums]
     fires = [gather(f.view(np.uint32)).view(np.int64).sum(0) for f in fires]
     count = int(gather(np.array([count], np.int64).view(np.uint32)).view(np.int64).sum())
-    mine = np.array([f.index for f in failures], np.int64)
-    most = int(gather(np.array([len(mine)], np.int32)).max())
-    padded = np.full(most + 1, -1, np.int64)
-    padded[: len(mine)] = mine
-    every = gather(padded.view(np.uint32)).view(np.int64).reshape(-1)
-    reasons = {f.index: f.reason for f in failures}
-    failures = [Failure(int(j), paths[int(j)], reasons.get(int(j), "could not be decoded (another process)"))
-                for j in sorted(set(every.tolist()) - {-1})]
+    failures = sorted(Failure(int(j), paths[int(j)], str(r))
+                      for doc in allgather_json([[f.index, f.reason] for f in failures]) for j, r in doc)
     return merged, sums, fires, count, failures
