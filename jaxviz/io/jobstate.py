@@ -50,8 +50,7 @@ def _checkpointer():
 
     me = jax.process_index()
     alone = options.MultiprocessingOptions(primary_host=me, active_processes={me})
-    # no OCDBT: its per-process files are merged by the primary host, which here would be each process alone
-    handler = ocp.PyTreeCheckpointHandler(use_ocdbt=False, multiprocessing_options=alone)
+    handler = ocp.PyTreeCheckpointHandler(multiprocessing_options=alone)
     return ocp.Checkpointer(handler, multiprocessing_options=alone)
 
 
