@@ -189,17 +189,20 @@ def test_demo_quick_logs_progress_while_it_runs(tmp_path):
     assert (tmp_path / "g" / D.PHOTO_LIST).read_text().split() == D.evaluate_photos(quick=True)
 
 
-SMALL = {"--steps": "2", "--count": "2", "--k": "2"}
+SMALL = {"--steps": "2", "--count": "2", "--k": "2", "--units": "0-1", "--size": "32"}
 
 
 def _small(command: str, out: pathlib.Path) -> list[str]:
-    """The command's words after ``jaxviz`` with ``--out`` in ``out`` and fewer steps, units, exemplars."""
+    """The command's words after ``jaxviz`` with ``--out`` in ``out`` and fewer steps, units, exemplars,
+    pattern pixels (never more than the command asked)."""
     words = shlex.split(command)
     assert words[0] == "jaxviz"
     words = words[1:]
     for i, w in enumerate(words[:-1]):
         if w == "--out":
             words[i + 1] = str(out)
+        elif w == "--size":
+            words[i + 1] = str(min(int(words[i + 1]), int(SMALL[w])))
         elif w in SMALL:
             words[i + 1] = SMALL[w]
     return words
