@@ -2,14 +2,17 @@
 
 Two families share one driver (:func:`explain`):
 
-* **layer maps** (``gradcam``, ``gradcam++``, ``scorecam``) weight the channels of a conv layer's
-  output and return an ``h x w`` map at that layer's resolution. One forward pass (the model
+* **layer maps** (``gradcam``, ``gradcam++``, ``scorecam``, ``hirescam``, ``gradcamelementwise``,
+  ``xgradcam``, ``layercam``, ``eigencam``, ``eigengradcam``, ``ablationcam``) weight a conv layer's
+  output per channel or per position and return an ``h x w`` map at that layer's resolution. One forward pass (the model
   protocol's :meth:`~jaxviz.nn.protocol.Model.run`) gives the feature map and the class scores; the
   gradient at the layer is the gradient with respect to a zero perturbation added there (``jax.vjp``:
   the network runs forward once, backward once per class). A method only says how the channel
-  weights are computed.
-* **input maps** (``saliency``, ``smoothgrad``, ``ig``, ``guided``) differentiate the class score
-  with respect to the input pixels and return an ``H x W`` map at the input's resolution.
+  weights are computed. ``eigen_smooth`` and ``aug_smooth`` are pytorch-grad-cam's smoothings.
+* **input maps** (``saliency``, ``smoothgrad``, ``ig``, ``guided``, ``inputxgradient``, ``vargrad``,
+  ``squaregrad``, ``blurig``, ``guidedig``, ``occlusion``, ``rise``, ``xrai``) attribute the class
+  score to the input pixels (gradients, paths, occluded or masked copies) and return an ``H x W`` map
+  at the input's resolution; sample axes are chunked (``chunk``) so memory does not grow with them.
 
 Every map is non-negative and divided by its maximum, so it lies in [0, 1]; an all-zero map stays
 zero (with a warning from :func:`explain`), never NaN.
@@ -37,8 +40,10 @@ from jaxviz.nn import policy
 from jaxviz.nn.arguments import check_batch, check_indices, check_layer, check_params
 from jaxviz.nn.finite import is_finite_number
 from jaxviz.nn.protocol import Model, is_spatial, layer_shape, output_shape
-from jaxviz.methods.input_maps import guided_backprop, ig, integrated_gradients, saliency, smoothgrad  # noqa: F401 (public here too)
-from jaxviz.methods.layer_maps import gradcam_weights, gradcampp_weights, layer_gradient_method, scorecam
+from jaxviz.methods import input_maps as im
+from jaxviz.methods import layer_maps as lm
+from jaxviz.methods.input_maps import (blur_integrated_gradients, guided_backprop, guided_integrated_gradients,  # noqa: F401 (public here too)
+                                       ig, integrated_gradients, saliency, smoothgrad)
 from jaxviz.methods.sharding import batch_mesh, chunks, gather, pad_to, replicate, shard_batch
 
 class Cams(NamedTuple):
@@ -61,10 +66,10 @@ class Setting(NamedTuple):
 class Method(NamedTuple):
     """One attribution method: the one record :data:`REGISTRY` holds for it.
 
-    ``family``: ``layer`` (channel weights at a conv layer; the map has the layer's resolution) or ``input``
-    (gradients at the input pixels; the map has the input's). ``fn(model, params, x, feats, grads, classes,
-    keys, cfg, logits)`` -> N x K maps in [0, 1]; ``feats``/``grads`` are the layer's activations and, with
-    ``needs_grad``, each class score's gradient there (layer family only). ``settings``: the knobs it reads.
+    ``family``: ``layer`` (weights at a conv layer; the map has the layer's resolution) or ``input``
+    (attributions at the input pixels; the map has the input's). ``fn(model, params, x, feats, grads, classes,
+    keys, cfg, logits, layer)`` -> N x K maps in [0, 1]; ``feats``/``grads`` are the layer's activations and,
+    with ``needs_grad``, each class score's gradient there (layer family only, as ``layer``). ``settings``: the knobs it reads.
     ``zero_cause``: why one of its maps can be all zero (the warning). ``per_channel``: one forward pass
     per channel of the layer (minutes for a real network on a CPU).
     """
@@ -83,24 +88,78 @@ class Method(NamedTuple):
 
 SAMPLES = Setting("samples", 25, 1, 10_000, "noisy copies")
 NOISE = Setting("noise", 0.15, 0.0, 10.0, "noise sigma / the image's value range (the paper's 0.1-0.2)")
-STEPS = Setting("steps", 32, 1, 100_000, "integration steps (midpoint rule) from the baseline to the image")
-CHUNK = Setting("chunk", 64, 1, 65_536, "masked images per forward pass (bounds memory)")
+STEPS = Setting("steps", 32, 1, 100_000, "integration steps along the path (ig: midpoint rule from a zero baseline)")
+CHUNK = Setting("chunk", 64, 1, 65_536, "images per forward pass over the method's samples (masked, ablated, "
+                "noisy or path images; bounds memory)")
+EIGEN = Setting("eigen_smooth", 0, 0, 1, "1: the first principal component of the weighted activations instead "
+                "of their channel sum (pytorch-grad-cam's eigen_smooth)")
+AUG = Setting("aug_smooth", 0, 0, 1, "1: the mean map over 6 test-time augmentations, horizontal flip x input "
+              "times 0.9, 1, 1.1 (pytorch-grad-cam's aug_smooth)")
+MAX_SIGMA = Setting("max_sigma", 50.0, 0.01, 1000.0, "the strongest Gaussian blur (sigma, pixels): the path's start")
+FRACTION = Setting("fraction", 0.25, 0.0, 1.0, "the fraction of features (smallest |gradient|) moved per round")
+MAX_DIST = Setting("max_dist", 0.02, 0.0, 1.0, "how far (relative L1) the path may leave the straight line")
+WINDOW = Setting("window", 16, 1, 4096, "side of the square patch set to 0 (pixels)")
+STRIDE = Setting("stride", 8, 1, 4096, "step of the patch (pixels)")
+MASKS = Setting("masks", 2000, 1, 1_000_000, "random masks (the paper's N: 4000 for ResNet-50)")
+CELLS = Setting("cells", 7, 1, 1024, "mask grid cells per side (the paper's s)")
+KEEP = Setting("keep", 0.5, 0.01, 1.0, "probability that a mask cell is kept (the paper's p)")
+
+TTA_FACTORS = (0.9, 1.0, 1.1)  # aug_smooth: ttach's Multiply in pytorch-grad-cam's default, with and without HorizontalFlip
+
+NEGATIVE = "every weighted channel is negative"
+_grad_layer = functools.partial(Method, family="layer", needs_grad=True, zero_cause=NEGATIVE,
+                                settings=(EIGEN, AUG))
 
 REGISTRY: tuple[Method, ...] = (
-    Method("gradcam", "layer", layer_gradient_method(gradcam_weights),
-           "Grad-CAM: channels weighted by the spatial mean of the gradient", needs_grad=True,
-           zero_cause="every weighted channel is negative"),
-    Method("gradcam++", "layer", layer_gradient_method(gradcampp_weights),
-           "Grad-CAM++: channels weighted by the positive gradients' closed-form coefficients", needs_grad=True,
-           zero_cause="every weighted channel is negative"),
-    Method("scorecam", "layer", scorecam, "Score-CAM: channels weighted by the score of the image they mask",
-           (CHUNK,), zero_cause="every weighted channel is negative", per_channel=True),
+    _grad_layer("gradcam", fn=lm.layer_gradient_method(lm.channel(lm.gradcam_weights)),
+                description="Grad-CAM: channels weighted by the spatial mean of the gradient"),
+    _grad_layer("gradcam++", fn=lm.layer_gradient_method(lm.channel(lm.gradcampp_weights)),
+                description="Grad-CAM++: channels weighted by the positive gradients' closed-form coefficients"),
+    Method("scorecam", "layer", lm.scorecam, "Score-CAM: channels weighted by the score of the image they mask",
+           (CHUNK, EIGEN, AUG), zero_cause=NEGATIVE, per_channel=True),
+    _grad_layer("hirescam", fn=lm.layer_gradient_method(lm.hirescam),
+                description="HiResCAM: activations times the gradient, position by position",
+                zero_cause="activation x gradient sums to <= 0 at every position"),
+    _grad_layer("gradcamelementwise", fn=lm.layer_gradient_method(lm.gradcam_elementwise),
+                description="Grad-CAM element-wise: ReLU(activation x gradient) summed over channels",
+                zero_cause="activation x gradient is <= 0 everywhere"),
+    _grad_layer("xgradcam", fn=lm.layer_gradient_method(lm.channel(lm.xgradcam_weights)),
+                description="XGrad-CAM: channels weighted by the activation-normalised sum of activation x gradient"),
+    _grad_layer("layercam", fn=lm.layer_gradient_method(lm.layercam),
+                description="LayerCAM: activations weighted by the positive gradient, position by position",
+                zero_cause="no position has a positive gradient where its channels are active"),
+    Method("eigencam", "layer", lm.eigencam, "Eigen-CAM: the activations' first principal component (no class, "
+           "no gradient)", (AUG,), zero_cause="the activations are the same at every position"),
+    Method("eigengradcam", "layer", lm.layer_gradient_method(lm.hirescam, eigen=True),
+           "EigenGrad-CAM: the first principal component of activation x gradient", (AUG,), needs_grad=True,
+           zero_cause="activation x gradient is the same at every position"),
+    Method("ablationcam", "layer", lm.ablationcam, "Ablation-CAM: channels weighted by the score's relative drop "
+           "when the channel is zeroed", (CHUNK, EIGEN, AUG), zero_cause=NEGATIVE + " (or the score is 0)",
+           per_channel=True),
     Method("saliency", "input", saliency, "saliency: |gradient| at the input, max over colour channels"),
     Method("smoothgrad", "input", smoothgrad, "SmoothGrad: the input gradient averaged over noisy copies",
            (SAMPLES, NOISE)),
     Method("ig", "input", ig, "integrated gradients from a zero baseline", (STEPS,),
            zero_cause="the image equals the zero baseline, e.g. a black image"),
     Method("guided", "input", guided_backprop, "guided backprop: the input gradient through guided ReLUs"),
+    Method("inputxgradient", "input", im.input_x_gradient, "Input x Gradient: the image times its gradient, "
+           "|sum over colour channels|", zero_cause="the gradient or the image is zero"),
+    Method("vargrad", "input", im.vargrad, "VarGrad: the variance of the input gradient over noisy copies",
+           (SAMPLES, NOISE, CHUNK), zero_cause="the gradient does not vary with the noise (noise 0?)"),
+    Method("squaregrad", "input", im.squaregrad, "SquareGrad (SmoothGrad-Squared): the mean squared input gradient "
+           "over noisy copies", (SAMPLES, NOISE, CHUNK)),
+    Method("blurig", "input", im.blurig, "Blur IG: integrated gradients along a path of Gaussian blurs",
+           (STEPS, MAX_SIGMA, CHUNK), zero_cause="the gradient is zero along the blur path"),
+    Method("guidedig", "input", im.guidedig, "Guided IG: integrated gradients along an adaptive path from a zero "
+           "baseline", (STEPS, FRACTION, MAX_DIST),
+           zero_cause="the image equals the zero baseline, e.g. a black image"),
+    Method("occlusion", "input", im.occlusion, "Occlusion: the score's drop when a sliding patch is set to 0",
+           (WINDOW, STRIDE, CHUNK), zero_cause="no patch lowers the score when set to 0"),
+    Method("rise", "input", im.rise, "RISE: random masks weighted by the score of the image they keep",
+           (MASKS, CELLS, KEEP, CHUNK),
+           zero_cause="every masked image's score is <= 0 (a logit; the paper scores probabilities)"),
+    Method("xrai", "input", im.xrai, "XRAI: Felzenszwalb segments ranked by their integrated-gradients density",
+           (STEPS, CHUNK), zero_cause="every segment's mean attribution is <= 0"),
 )
 """Every attribution method, in display order. Adding a method is adding its record here."""
 
@@ -169,26 +228,41 @@ def _compile(model, layer, method, score, cfg, top1):
     record = BY_NAME[method]
     logits = score == "logit"
 
-    def run(params, x, classes, keys):  # keys: one per image (only smoothgrad draws noise)
-        if layer is None:  # input maps: the output alone
-            out = model.run(params, x)
-            probs, feats, grads = out.output, None, None
-            if top1:
-                classes = jnp.argmax(probs, axis=-1).astype(jnp.int32)[:, None]
-        else:  # one forward pass: features, scores, and the gradient at the layer by a zero perturbation
-            def forward(delta):
-                out = model.run(params, x, taps=(layer,), perturb={layer: delta})
-                return (out.logits if logits else out.output), (out.taps[layer], out.output)
+    def at_layer(params, xa, classes):  # one forward pass: features, scores, and the gradient at the layer
+        def forward(delta):
+            out = model.run(params, xa, taps=(layer,), perturb={layer: delta})
+            return (out.logits if logits else out.output), (out.taps[layer], out.output)
 
-            zero = jnp.zeros(x.shape[:1] + layer_shape(model, layer, x.shape[1:]), x.dtype)
-            scores, back, (feats, probs) = jax.vjp(forward, zero, has_aux=True)
+        zero = jnp.zeros(xa.shape[:1] + layer_shape(model, layer, xa.shape[1:]), xa.dtype)
+        scores, back, (feats, probs) = jax.vjp(forward, zero, has_aux=True)
+        if classes is None:  # top-1, taken from this same pass
+            classes = jnp.argmax(probs, axis=-1).astype(jnp.int32)[:, None]
+        grads = None
+        if record.needs_grad:
+            onehot = jax.nn.one_hot(classes, scores.shape[-1], dtype=scores.dtype)  # N K classes
+            grads = jnp.moveaxis(jax.vmap(lambda e: back(e)[0], in_axes=1)(onehot), 0, 1)  # N K h w C
+        return feats, grads, probs, classes
+
+    def run(params, x, classes, keys):  # keys: one per image (the noise and masks of the sampling methods)
+        if layer is None:  # input maps: the output alone
+            probs = model.run(params, x).output
             if top1:
                 classes = jnp.argmax(probs, axis=-1).astype(jnp.int32)[:, None]
-            grads = None
-            if record.needs_grad:
-                onehot = jax.nn.one_hot(classes, scores.shape[-1], dtype=scores.dtype)  # N K classes
-                grads = jnp.moveaxis(jax.vmap(lambda e: back(e)[0], in_axes=1)(onehot), 0, 1)  # N K h w C
-        return record.fn(model, params, x, feats, grads, classes, keys, cfg, logits), probs, classes
+            return record.fn(model, params, x, None, None, classes, keys, cfg, logits, None), probs, classes
+        feats, grads, probs, classes = at_layer(params, x, None if top1 else classes)
+        maps = record.fn(model, params, x, feats, grads, classes, keys, cfg, logits, layer)
+        if getattr(cfg, "aug_smooth", 0):  # the other 5 augmentations, one batch at a time
+            def augmented(aug):
+                flip, factor = aug
+                xa = jnp.where(flip, x[:, :, ::-1], x) * factor
+                f, g, _, _ = at_layer(params, xa, classes)
+                m = record.fn(model, params, xa, f, g, classes, keys, cfg, logits, layer)
+                return jnp.where(flip, m[..., ::-1], m)  # undo the flip on the map
+
+            augs = [(f, a) for f in (False, True) for a in TTA_FACTORS if (f, a) != (False, 1.0)]
+            rest = jax.lax.map(augmented, (jnp.array([a[0] for a in augs]), jnp.array([a[1] for a in augs], x.dtype)))
+            maps = jax.vmap(jax.vmap(lm.normalise))((maps + rest.sum(axis=0)) / (len(augs) + 1))
+        return maps, probs, classes
 
     return jax.jit(run)
 
