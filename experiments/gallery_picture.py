@@ -38,16 +38,21 @@ def main(src: str, dest: str) -> None:
               "(recipe lucid_class); p: the model's probability at 224x224"),
              (f"{src}/lite0/compare.png", "EfficientNet-Lite0: every attribution method on the photos, for each "
               "photo's top-1 class (layer maps over the photo, pixel maps alone)")]
+    import textwrap
+
     images = [plt.imread(path) for path, _ in rows]
-    title_px, gap_px = 22, 10
+    line_px, gap_px = 15, 10
     width = max(im.shape[1] for im in images)  # each picture at its own pixel size, none enlarged
-    height = sum(im.shape[0] + title_px + gap_px for im in images)
+    # titles wrapped to the picture's width (at most 8 pixels per character at 9 points), never cut
+    titles = [textwrap.fill(title, max(40, width // 8)) for _, title in rows]
+    title_pxs = [line_px * (t.count("\n") + 1) + 7 for t in titles]
+    height = sum(im.shape[0] + t + gap_px for im, t in zip(images, title_pxs))
     dpi = 100
     fig = plt.figure(figsize=(width / dpi, height / dpi), dpi=dpi)
     top = height
-    for im, (_, title) in zip(images, rows):
+    for im, title, title_px in zip(images, titles, title_pxs):
         top -= title_px
-        fig.text(0.0, top / height, title, fontsize=9, va="bottom")
+        fig.text(0.0, top / height, title, fontsize=9, va="bottom", linespacing=1.2)
         h, w = im.shape[:2]
         ax = fig.add_axes([0.0, (top - h) / height, w / width, h / height])
         ax.imshow(im, interpolation="nearest")
