@@ -291,3 +291,24 @@ def test_cli_gradcam_on_a_factory_model_and_its_errors(tmp_path, capsys):
             assert not (tmp_path / "bad").exists()
     finally:
         sys.path.remove(HERE)
+
+
+def test_nnx_call_in_training_mode_by_default_is_run_in_inference():
+    """A call that defaults to training (``train=True`` switching dropout on) gets ``train=False``, said
+    in the bundle's source; the caller's own ``call_kwargs`` win."""
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)
+            self.drop = nnx.Dropout(0.5, rngs=rngs)
+            self.head = nnx.Linear(4, 2, rngs=rngs)
+
+        def __call__(self, x, train: bool = True):
+            return self.head(self.drop(self.conv(x), deterministic=not train).mean(axis=(1, 2)))
+
+    m = Net(nnx.Rngs(0))
+    b = jaxviz.adapt(m, input_shape=(16, 16, 3))
+    assert b.source == "adapted Net, called with train=False (inference)" and b.model.call_kwargs == {"train": False}
+    np.testing.assert_allclose(b.model.run(b.params, X).logits, m(X, train=False), atol=1e-6)
+    own = jaxviz.adapt(m, input_shape=(16, 16, 3), call_kwargs={"train": False})
+    assert own.source == "adapted Net" and own.model.inference == {}

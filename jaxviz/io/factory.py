@@ -28,8 +28,12 @@ def _import(target: str) -> Any:
         spec = importlib.util.spec_from_file_location(name, target)
         module = importlib.util.module_from_spec(spec)
         sys.path.insert(0, os.path.dirname(os.path.abspath(target)))  # its own sibling imports
+        sys.modules[name] = module  # dataclasses (Linen, Equinox modules) look their module up while defined
         try:
             spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
         finally:
             sys.path.pop(0)
         return module
@@ -40,12 +44,20 @@ def load_factory(spec: str, input_hw: Sequence[int] | None = None, preprocessing
     """Call the factory named by ``spec`` and adapt what it returns.
 
     Args:
-      spec: ``path/to/file.py:NAME`` or ``package.module:NAME``; ``NAME`` takes no arguments and
-        returns an ``nnx.Module``, a ``(linen_module, variables)`` pair, or what :func:`jaxviz.adapt`
-        returns.
-      input_hw: (H, W), needed when the factory returns a bare module (the channels are found by trying
-        3, then 1).
-      preprocessing: for a bare module (default ``none``).
+      spec: ``path/to/file.py:NAME`` or ``package.module:NAME``; ``NAME`` takes no arguments and returns
+        one of (each as :func:`jaxviz.adapt` takes it):
+
+        * what :func:`jaxviz.adapt` returns (a :class:`jaxviz.Loaded`): used as it is;
+        * a model alone: an ``nnx.Module``, a Hugging Face Flax model or an ``equinox.Module``;
+        * ``(module, variables)``: a Linen module and its variables (an Equinox model and its state);
+        * ``(module, variables, call_kwargs)``: the same with the keyword arguments of its call, e.g.
+          ``{"train": False}`` (``variables`` None for a model that carries its own).
+
+        Mode arguments the call takes and ``call_kwargs`` leaves out get their inference values
+        (``train=False``, ``deterministic=True``, ...), said on stderr with the weights' source.
+      input_hw: (H, W), needed unless the factory returns an adapted model or a model that knows its
+        input size (a Hugging Face model); the channels are found by trying 3, then 1.
+      preprocessing: for a model the factory did not adapt (default ``none``).
     Returns:
       A :class:`jaxviz.Loaded`.
     """
@@ -72,14 +84,24 @@ def load_factory(spec: str, input_hw: Sequence[int] | None = None, preprocessing
                           f"{str(e).splitlines()[0] if str(e) else ''}") from e
     if isinstance(made, Loaded):
         return made
-    args = made if isinstance(made, tuple) else (made,)  # (linen_module, variables) or a module
+    args = made if isinstance(made, tuple) else (made,)
+    if not 1 <= len(args) <= 3:
+        raise JaxvizError(f"--model {spec} returned a tuple of {len(args)}; return a model, (module, variables), "
+                          "(module, variables, call_kwargs) or jaxviz.adapt(...)")
+    module, variables, call_kwargs = (*args, None, None)[:3]
+    kw = dict(preprocessing=preprocessing or "none", name=name, call_kwargs=call_kwargs)
     if not input_hw:
+        try:
+            return adapt(module, variables, **kw)
+        except JaxvizError as e:
+            if "needs input_shape" not in str(e):
+                raise JaxvizError(f"--model {spec}: {str(e).splitlines()[0]}") from e
         raise JaxvizError(f"--model {spec} returned {type(made).__name__} without an input size; pass --input HxW "
                           "(or return jaxviz.adapt(...) from the factory)")
     errors = []
     for channels in (3, 1):
         try:
-            return adapt(*args, input_shape=(*input_hw, channels), preprocessing=preprocessing or "none", name=name)
-        except (JaxvizError, TypeError) as e:
+            return adapt(module, variables, input_shape=(*input_hw, channels), **kw)
+        except JaxvizError as e:
             errors.append(e)
     raise JaxvizError(f"--model {spec}: {str(errors[0]).splitlines()[0]}")
