@@ -18,6 +18,12 @@ EfficientNet-Lite0 224, 192 JPEGs, batch 32: jaxviz 53.7 img/s, Keras/TF (B0) 56
 digits_cnn 28, 4096 PNGs, batch 256: jaxviz 2464 img/s, Keras/TF 3956 img/s (0.62x; jaxviz's PNG decoding
 through ``load_image`` alone runs ~3000 img/s there, so decoding dominates; the jitted step alone ~3400 img/s);
 peak RSS 2,000 images 410 MiB vs 20,000 images 425 MiB (1.037x), 1962 vs 2112 img/s.
+
+Re-measured 2026-12-02 08:13 after PNGs are decoded by OpenCV (``jaxviz.io.collection``; pixels equal
+Pillow's): digits_cnn, 4096 PNGs, batch 256: jaxviz 2195 img/s, Keras/TF 3696 img/s (0.59x); decoding
+alone 3744 img/s (the Pillow path ~3900 vs OpenCV ~7000 img/s in a separate, loaded run), the jitted
+steps on decoded pixels alone 3172 img/s: below TensorFlow's whole job, so on 2 cores the step itself
+(and decoding competing with it for the same cores) is what keeps jaxviz below, not decoding alone.
 """
 
 from __future__ import annotations
