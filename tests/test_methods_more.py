@@ -242,7 +242,7 @@ def test_maps_in_unit_interval_and_zero_maps_named(digits, method):
     assert said == ([f"some {method} maps are all zero ({record.zero_cause}); returned as zeros"] if zero.any() else [])
 
 
-@pytest.mark.parametrize("method", ["layercam", "ablationcam", "vargrad", "occlusion", "xrai"])
+@pytest.mark.parametrize("method", ["layercam", "ablationcam", "vargrad", "occlusion", "rise"])
 def test_one_compilation_whatever_n(digits, method):
     model, params, x = digits
     many = np.concatenate([x, x[::-1] * 0.5, x])  # 6 images
