@@ -37,7 +37,7 @@ def is_checkpoint(path: "str | os.PathLike") -> bool:
 
 
 def check_replaceable(path: "str | os.PathLike") -> None:
-    """Raise unless ``--overwrite`` may replace ``path``: it does not exist, is an empty directory, or is
+    """Raise unless ``overwrite=True`` may replace ``path``: it does not exist, is an empty directory, or is
     a jaxviz checkpoint holding nothing but what :func:`save_checkpoint` writes. A file, a link or any
     other directory is refused, so that overwriting never deletes something that is not a checkpoint."""
     path = os.fspath(path)
@@ -45,7 +45,7 @@ def check_replaceable(path: "str | os.PathLike") -> None:
         return
     if os.path.islink(path) or not os.path.isdir(path):
         kind = "a symbolic link" if os.path.islink(path) else "a file"
-        raise JaxvizError(f"{path} is {kind}, not a jaxviz checkpoint; --overwrite replaces only checkpoints, so "
+        raise JaxvizError(f"{path} is {kind}, not a jaxviz checkpoint; overwrite=True replaces only checkpoints, so "
                           "remove it yourself or choose another destination")
     entries = sorted(os.listdir(path))
     if not entries:
@@ -53,7 +53,7 @@ def check_replaceable(path: "str | os.PathLike") -> None:
     extra = [e for e in entries if e not in (META, "params")]
     if not is_checkpoint(path) or extra:
         what = f"it holds {extra[0]!r}" if extra else f"it has no {META}"
-        raise JaxvizError(f"{path} is a directory but not a jaxviz checkpoint ({what}); --overwrite replaces only "
+        raise JaxvizError(f"{path} is a directory but not a jaxviz checkpoint ({what}); overwrite=True replaces only "
                           "checkpoints, so remove it yourself or choose another destination")
     read_meta(path)  # a jaxviz.json of another format is refused too
 
@@ -98,7 +98,7 @@ def save_checkpoint(
 
     path = os.path.abspath(os.fspath(path))
     if os.path.lexists(path) and not overwrite:
-        raise JaxvizError(f"{path} already exists; choose another destination or pass --overwrite")
+        raise JaxvizError(f"{path} already exists; choose another destination or pass overwrite=True")
     check_replaceable(path)
     check_params(model, params)
     check_finite(params, f"refusing to save {model.name}")

@@ -26,28 +26,28 @@ def output_dir(path: "str | os.PathLike") -> Iterator[str]:
     """
     raw = os.fspath(path)
     if not raw.strip():
-        raise JaxvizError("the output path is empty; name a directory with --out")
+        raise JaxvizError("the output path is empty; name a directory (out=)")
     if "\x00" in raw:
-        raise JaxvizError(f"output path {show(raw)} contains a NUL byte; choose another --out")
+        raise JaxvizError(f"output path {show(raw)} contains a NUL byte; choose another out=")
     path = os.path.abspath(raw)
     shown = show(path)
     name = os.path.basename(path)
     if len(name.encode("utf8", "surrogatepass")) > NAME_MAX:
         raise JaxvizError(f"output path {shown}: its last part is {len(name)} characters, more than a file name may "
-                          f"hold ({NAME_MAX} bytes); choose another --out")
+                          f"hold ({NAME_MAX} bytes); choose another out=")
     if os.path.islink(path) and not os.path.exists(path):
         raise JaxvizError(f"output path {shown} is a symbolic link to {show(os.readlink(path))}, which does not exist; "
-                          "choose another --out")
+                          "choose another out=")
     probe = path
     while probe != os.path.dirname(probe):
         if os.path.exists(probe) and not os.path.isdir(probe):
-            raise JaxvizError(f"output path {shown} cannot be a directory: {show(probe)} is a file; choose another --out")
+            raise JaxvizError(f"output path {shown} cannot be a directory: {show(probe)} is a file; choose another out=")
         if os.path.islink(probe) and not os.path.exists(probe):
             raise JaxvizError(f"output path {shown} cannot be made: {show(probe)} is a dangling symbolic link; choose "
-                              "another --out")
+                              "another out=")
         probe = os.path.dirname(probe)
     if os.path.isdir(path) and not os.access(path, os.W_OK | os.X_OK):
-        raise JaxvizError(f"output path {shown} is not writable; choose another --out")
+        raise JaxvizError(f"output path {shown} is not writable; choose another out=")
     parent = os.path.dirname(path)
     created = _missing_dirs(parent)
     try:
@@ -55,7 +55,7 @@ def output_dir(path: "str | os.PathLike") -> Iterator[str]:
         stage = tempfile.mkdtemp(prefix=f".{name[:40]}.partial-", dir=parent)
     except OSError as e:
         _remove_empty(created)
-        raise JaxvizError(f"output path {shown} is not writable: {e.strerror}; choose another --out") from None
+        raise JaxvizError(f"output path {shown} is not writable: {e.strerror}; choose another out=") from None
     try:
         try:
             yield stage
@@ -115,7 +115,7 @@ def _moves(stage: str, path: str) -> list[tuple[str, str]]:
                     os.path.dirname(dst) != path:
                 raise JaxvizError(f"refusing to write {show(dst)}: not a plain file inside {show(path)}")
             if os.path.isdir(dst):
-                raise JaxvizError(f"cannot write {dst}: a directory of that name is in the way; choose another --out")
+                raise JaxvizError(f"cannot write {dst}: a directory of that name is in the way; choose another out=")
             moves.append((os.path.join(root, f), dst))
     return moves
 

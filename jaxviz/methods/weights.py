@@ -70,7 +70,7 @@ def kernel_tiles(kernel: np.ndarray, in_channel: "int | str" = 0, limit: int | N
     if in_channel == "rgb":
         if kernel.shape[2] != 3:
             raise JaxvizError(f"colour tiles need 3 input channels; this kernel has {kernel.shape[2]}: "
-                              f"pick --in-channel 0..{kernel.shape[2] - 1}")
+                              f"pick in_channel=0..{kernel.shape[2] - 1}")
         w = np.moveaxis(kernel[..., :n], -1, 0)
         lo = w.min(axis=(1, 2, 3), keepdims=True)
         span = np.maximum(w.max(axis=(1, 2, 3), keepdims=True) - lo, 1e-12)

@@ -99,7 +99,8 @@ class Sequential:
     @property
     def last_conv(self) -> str:
         """The last conv layer's output *after* the batch norm and activation that follow it
-        (``block5_conv3`` for VGG16, ``block14_sepconv2_act`` for Xception): Grad-CAM's default."""
+        (``block5_conv3`` for VGG16, ``block14_sepconv2_act`` for Xception). Grad-CAM's default is
+        :func:`jaxviz.nn.policy.cam_layer`, the map the head reads (the same layer for the zoo)."""
         convs = self.names_of_kind("conv")
         if not convs:
             raise JaxvizError(f"{self.name} has no convolution layer")
@@ -428,28 +429,14 @@ class Sequential:
         fresh, redo = self.init(key, input_shape), {self.resolve(n) for n in layers}
         return {n: (fresh[n] if n in redo else p) for n, p in params.items()}
 
-    def feature_layers_hint(self) -> list[str]:
-        """Every conv, pool and activation layer with a spatial map before the first flattening, in order
-        (the seeds' ``model.layers[:8]`` for the small CNNs, whose activations are inside their conv layers)."""
-        return [n for n, layer in self.layers if L.kind(layer) in K.FEATURE_KINDS and _keeps_spatial(layer)
-                and n in self._spatial_names]
-
     def feature_layers(self) -> list[str]:
         """:func:`jaxviz.nn.policy.feature_layers` of this model."""
         from jaxviz.nn import policy
 
         return policy.feature_layers(self)
 
-    @functools.cached_property
-    def _spatial_names(self) -> set[str]:
-        return {n for n, *_ in self._walk(self.input_shape, stop_at_flat=True)}
-
-    def cam_layer_hint(self) -> str:
-        """:attr:`last_conv`: the last conv layer's output after its batch norm and activation."""
-        return self.last_conv
-
     def cam_layer(self) -> str:
-        """:func:`jaxviz.nn.policy.cam_layer` of this model (:attr:`last_conv`)."""
+        """:func:`jaxviz.nn.policy.cam_layer` of this model (the map the head reads)."""
         from jaxviz.nn import policy
 
         return policy.cam_layer(self)

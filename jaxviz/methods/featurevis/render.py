@@ -168,7 +168,7 @@ def filter_patterns(
     border = obj.border
     if border and len(out) == 3 and min(out[:2]) <= 2 * border:
         raise JaxvizError(f"at size {first} the output of {layer} is {out[0]}x{out[1]}, too small for an "
-                          f"objective that drops a {border}-pixel border; use a larger --size")
+                          f"objective that drops a {border}-pixel border; use a larger size=")
     recipe.deprocess(np.zeros(shape, np.float32))  # a size the deprocessing cannot take fails now, not after
     if unroll is None:  # short plain runs (the seeds') unroll; transforms or pass-through steps would bloat the jit
         unroll = recipe.steps <= 64 and recipe.transform is None and not recipe.passthrough
