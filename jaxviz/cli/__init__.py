@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jaxviz {args.command}: warning: {one_line(msg)}", file=sys.stderr)
 
     def run():
-        _check_platform()
+        if not getattr(args, "coordinator", None):  # jax.distributed.initialize must come before the backend starts
+            _check_platform()
         args.func(args)
         if getattr(args, "out", None):
             print(f"done in {time.perf_counter() - t0:.1f} s; files in {show(os.path.abspath(args.out), 400)}")

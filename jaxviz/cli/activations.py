@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from jaxviz.cli.common import MAX_PER_ROW, add_model_args, at_least, batch, input_shape, register
-from jaxviz.cli.predict import load_default, say_preprocessing, say_untrained
+from jaxviz.cli.common import load, say_preprocessing, say_untrained
 from jaxviz.errors import show
 
 
@@ -14,7 +14,7 @@ def cmd_activations(args) -> None:
 
     at_least("--per-row", args.per_row, 1, MAX_PER_ROW)
     with output_dir(args.out) as stage:  # an unusable --out fails before any work
-        loaded = load_default(args, "cats_dogs_small")
+        loaded = load(args, "cats_dogs_small")
         model = loaded.model
         layers = args.layers or default_layers(model)
         shape = input_shape(args, model)

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from jaxviz.cli.progress import Progress
 from jaxviz.cli.common import (
     add_model_args,
     at_least,
@@ -25,7 +26,6 @@ from jaxviz.errors import JaxvizError
 CHECKPOINT = ".atlas-checkpoint"  # inside --out: what --resume continues from
 RARE = 0.01  # units firing on fewer than 1% of the images are listed as rarely firing
 CROP_PX = 72  # exemplar crops are drawn this tall in the html
-LOG_EVERY_S = 10.0
 
 
 def parse_units(text: str) -> list[int] | None:
@@ -63,31 +63,6 @@ def join_processes(coordinator: str, process: str) -> None:
     index, count = parse_process(process)
     clear_backends()
     jax.distributed.initialize(coordinator, num_processes=count, process_id=index)
-
-
-class Progress:
-    """A tqdm bar (images/s, ETA) on a terminal; a plain line every few seconds otherwise."""
-
-    def __init__(self, total: int):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total if total >= 0 else None, unit="img", disable=None, smoothing=0.1)
-        self.t0 = self.last = time.perf_counter()
-        self.total, self.done = total, 0
-
-    def __call__(self, done: int, total: int) -> None:
-        self.bar.update(done - self.done)
-        self.done = done
-        now = time.perf_counter()
-        if self.bar.disable and now - self.last >= LOG_EVERY_S:
-            self.last = now
-            rate = done / max(now - self.t0, 1e-9)
-            eta = f", ETA {(total - done) / rate:.0f} s" if total > 0 and rate > 0 else ""
-            print(f"jaxviz atlas: {done}/{total if total >= 0 else '?'} images, {rate:.1f} img/s{eta}",
-                  file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def cmd_atlas(args) -> None:
@@ -129,24 +104,13 @@ def _run(args, units, stage) -> None:
     if os.path.isdir(args.images) and os.path.realpath(args.images) == os.path.realpath(args.out):
         raise JaxvizError(f"--out {args.out} is the --images folder; choose another --out")
     checkpoint = os.path.join(args.out, CHECKPOINT)
-    bar = None
-
-    def progress(done, total):
-        nonlocal bar
-        if bar is None:
-            bar = Progress(total)
-        bar(done, total)
-
     t0 = time.perf_counter()
-    try:
+    with Progress("jaxviz atlas", unit="image") as bar:
         atlas = top_examples(model, loaded.params, args.images, layers, args.k, reduce=args.reduce,
                              batch_size=args.batch_size, units=units, input_shape=shape, checkpoint=checkpoint,
                              resume=args.resume, checkpoint_every=args.checkpoint_every,
                              checkpoint_seconds=args.checkpoint_seconds, workers=args.workers,
-                             max_failures=args.max_failures, on_batch=progress)
-    finally:
-        if bar is not None:
-            bar.close()
+                             max_failures=args.max_failures, on_batch=bar)
     dt = time.perf_counter() - t0
     for f in atlas.failures:
         print(f"jaxviz atlas: warning: skipped {f.path!r}: {f.reason}", file=sys.stderr)

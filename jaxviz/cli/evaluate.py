@@ -102,26 +102,14 @@ def _run(args, methods, metrics, stage) -> None:
     regions = None
     if args.boxes:
         regions = _regions(args.boxes, open_collection(args.images, shape).paths, shape)
-    from tqdm import tqdm
+    from jaxviz.cli.progress import Progress
 
-    bar = tqdm(unit="img", disable=None, desc="evaluate")
     t0 = time.perf_counter()
-
-    def progress(done, total):
-        if total >= 0:
-            bar.total = total
-        bar.update(done - bar.n)
-        if bar.disable:  # not a terminal: one line per batch
-            print(f"jaxviz evaluate: {done}/{total if total >= 0 else '?'} images, "
-                  f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-
-    try:
+    with Progress("jaxviz evaluate", unit="image") as bar:
         ev = evaluate(model, loaded.params, args.images, methods, metrics, key=jax.random.key(args.seed),
                       definitions=d, regions=regions, batch_size=args.batch_size, input_shape=shape,
                       checkpoint=os.path.join(args.out, CHECKPOINT), resume=args.resume, workers=args.workers,
-                      max_failures=args.max_failures, on_batch=progress)
-    finally:
-        bar.close()
+                      max_failures=args.max_failures, on_batch=bar)
     dt = time.perf_counter() - t0
     for f in ev.failures:
         print(f"jaxviz evaluate: warning: skipped {f.path!r}: {f.reason}", file=sys.stderr)

@@ -7,7 +7,7 @@ import time
 
 from jaxviz.errors import JaxvizError
 from jaxviz.cli.common import MAX_SIDE, add_model_args, at_least, conv_layers, register, within
-from jaxviz.cli.predict import load_default, say_preprocessing, say_untrained
+from jaxviz.cli.common import load, say_preprocessing, say_untrained
 
 
 # The numeric options' bounds, inclusive (--size and --per-filter are checked on their own).
@@ -47,7 +47,7 @@ def cmd_filters(args) -> None:
         if args.recipe is not None:
             get_recipe(args.recipe)  # an unknown name fails before the model is loaded
         side = args.size or PRESETS[args.recipe or SUITED].recipe.size  # your own model's size, if it has none
-        loaded = load_default(args, "vgg16_notop", input_hw=(side, side))
+        loaded = load(args, "vgg16_notop", input_hw=(side, side))
         model = loaded.model
         if args.recipe is None:  # the recipe that suits the model; the seeds' are one flag away
             args.recipe, recipe = suited_recipe(model, **options)

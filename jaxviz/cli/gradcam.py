@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from jaxviz.errors import show
 from jaxviz.cli.common import add_model_args, at_least, batch, input_shape, refuse_out_in_inputs, register
-from jaxviz.cli.predict import load_default, say_preprocessing, say_untrained
+from jaxviz.cli.common import load, say_preprocessing, say_untrained
 
 
 MAX_BATCH = 65_536  # --batch-size: images per compiled call
@@ -29,7 +29,7 @@ def cmd_gradcam(args) -> None:
         at_least(flag, v, low, high)
     refuse_out_in_inputs(args.out, args.image)
     with output_dir(args.out) as stage:  # an unusable --out fails before any work
-        loaded = load_default(args, "vgg16")
+        loaded = load(args, "vgg16")
         model = loaded.model
         shape = input_shape(args, model)
         images = expand_sources(args.image)

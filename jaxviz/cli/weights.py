@@ -5,7 +5,7 @@ from __future__ import annotations
 from jaxviz.nn import policy
 from jaxviz.errors import JaxvizError, show
 from jaxviz.cli.common import add_model_args, conv_layers, input_shape, register, within
-from jaxviz.cli.predict import load_default, say_untrained
+from jaxviz.cli.common import load, say_untrained
 
 MAX_BINS = 10_000  # a histogram wider than a screen says nothing more, and 10**9 bins would exhaust memory
 
@@ -19,7 +19,7 @@ def cmd_weights(args) -> None:
 
     within("--bins", args.bins, 1, MAX_BINS)
     with output_dir(args.out) as stage:  # an unusable --out fails before any work
-        loaded = load_default(args, "fashion_cnn")
+        loaded = load(args, "fashion_cnn")
         model = loaded.model
         shape = input_shape(args, model)
         layers = args.layer or conv_layers(model)[:1]
