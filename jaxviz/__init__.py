@@ -2,7 +2,8 @@
 
 Public API: pure functions over pytrees that take any model of the model protocol
 (:class:`jaxviz.Model`): a zoo architecture (:func:`get_model`, :func:`load_model`), a Keras file
-(:func:`load_model`), or your own Flax NNX / Linen module (:func:`adapt`). Only :mod:`jaxviz.io`,
+(:func:`load_model`), or your own JAX model — Flax NNX or Linen, a Hugging Face Flax model,
+Equinox (:func:`adapt`). Only :mod:`jaxviz.io`,
 :mod:`jaxviz.viz` and the CLI touch disk or matplotlib.
 
 Layout: ``jaxviz.nn`` (layers, the graph, the protocol, adapters, the zoo), ``jaxviz.methods``
