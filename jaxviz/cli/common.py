@@ -247,7 +247,7 @@ def register(name: str, help_: str, example: str):
 # ``name=True`` (a switch: the flag alone) or ``name=`` alone; and ``(in name)``.
 ARGUMENT_FLAGS = {"model": "--model", "arch": "--arch", "weights": "--weights", "classes": "--class",
                   "overwrite": "--overwrite", "size": "--size", "in_channel": "--in-channel", "per_row": "--per-row",
-                  "bins": "--bins", "out": "--out"}
+                  "bins": "--bins", "out": "--out", "input_hw": "--input"}
 _ARGUMENT = re.compile(r"\b(%s)=(?:'([^']*)'|\"([^\"]*)\"|([A-Z][A-Z_]*\b|-?\d[\w.]*)|True\b|(?![\w'\"]))"
                        % "|".join(ARGUMENT_FLAGS))
 _IN_ARGUMENT = re.compile(r" \(in (%s)\)" % "|".join(ARGUMENT_FLAGS))

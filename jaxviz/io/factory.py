@@ -23,7 +23,7 @@ def is_factory_spec(spec: str | None) -> bool:
 def _import(target: str) -> Any:
     if target.endswith(".py") or os.sep in target:
         if not os.path.isfile(target):
-            raise JaxvizError(f"--model {target}: no such file")
+            raise JaxvizError(f"model={target!r}: no such file")
         name = "jaxviz_user_" + os.path.splitext(os.path.basename(target))[0]
         spec = importlib.util.spec_from_file_location(name, target)
         module = importlib.util.module_from_spec(spec)
@@ -70,23 +70,23 @@ def load_factory(spec: str, input_hw: Sequence[int] | None = None, preprocessing
     except JaxvizError:
         raise
     except Exception as e:
-        raise JaxvizError(f"--model {spec}: importing {target} failed: {type(e).__name__}: "
+        raise JaxvizError(f"model={spec!r}: importing {target} failed: {type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}") from e
     factory = getattr(module, name, None)
     if not callable(factory):
         found = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
                        and getattr(v, "__module__", None) == module.__name__)
-        raise JaxvizError(f"--model {spec}: {target} has no function {name!r}; its functions: {', '.join(found) or 'none'}")
+        raise JaxvizError(f"model={spec!r}: {target} has no function {name!r}; its functions: {', '.join(found) or 'none'}")
     try:
         made = factory()
     except Exception as e:
-        raise JaxvizError(f"--model {spec}: the factory raised {type(e).__name__}: "
+        raise JaxvizError(f"model={spec!r}: the factory raised {type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}") from e
     if isinstance(made, Loaded):
         return made
     args = made if isinstance(made, tuple) else (made,)
     if not 1 <= len(args) <= 3:
-        raise JaxvizError(f"--model {spec} returned a tuple of {len(args)}; return a model, (module, variables), "
+        raise JaxvizError(f"model={spec!r} returned a tuple of {len(args)}; return a model, (module, variables), "
                           "(module, variables, call_kwargs) or jaxviz.adapt(...)")
     module, variables, call_kwargs = (*args, None, None)[:3]
     kw = dict(preprocessing=preprocessing or "none", name=name, call_kwargs=call_kwargs)
@@ -95,13 +95,13 @@ def load_factory(spec: str, input_hw: Sequence[int] | None = None, preprocessing
             return adapt(module, variables, **kw)
         except JaxvizError as e:
             if "needs input_shape" not in str(e):
-                raise JaxvizError(f"--model {spec}: {str(e).splitlines()[0]}") from e
-        raise JaxvizError(f"--model {spec} returned {type(made).__name__} without an input size; pass --input HxW "
-                          "(or return jaxviz.adapt(...) from the factory)")
+                raise JaxvizError(f"model={spec!r}: {str(e).splitlines()[0]}") from e
+        raise JaxvizError(f"model={spec!r} returned {type(made).__name__} without an input size; give the input size (input_hw=) "
+                          "or return jaxviz.adapt(...) from the factory")
     errors = []
     for channels in (3, 1):
         try:
             return adapt(module, variables, input_shape=(*input_hw, channels), **kw)
         except JaxvizError as e:
             errors.append(e)
-    raise JaxvizError(f"--model {spec}: {str(errors[0]).splitlines()[0]}")
+    raise JaxvizError(f"model={spec!r}: {str(errors[0]).splitlines()[0]}")
