@@ -187,6 +187,16 @@ def test_demo_quick_logs_progress_while_it_runs(tmp_path):
         assert (int(img["width"]), int(img["height"])) == (w, h), img["src"]
     assert page.cmds and set(page.cmds) <= set(D.reproduce_commands(D.demo_plan(quick=True), str(tmp_path / "g")))
     assert (tmp_path / "g" / D.PHOTO_LIST).read_text().split() == D.evaluate_photos(quick=True)
+    # the page is complete and self-contained: every picture a valid PNG, nothing fetched from elsewhere
+    assert "figures; open" in text and "UNTRAINED" in page_text
+    assert len(page.imgs) >= 15
+    assert not re.search(r'(src|href)="(https?:|//)', page_text)
+    assert "lite0/compare.png" in {img["src"] for img in page.imgs} or "efficientnet_lite0: not shown" in page_text
+    for img in page.imgs:
+        data = (tmp_path / "g" / img["src"]).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", img["src"]
+    for section in ("activations", "filter patterns", "gradcam", "weights", "predictions"):
+        assert section in page_text
 
 
 SMALL = {"--steps": "2", "--count": "2", "--k": "2", "--units": "0-1", "--size": "32"}
