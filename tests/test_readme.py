@@ -238,3 +238,13 @@ def test_help_examples_run(workdir, capsys, monkeypatch):
     cases = help_commands()
     assert len(cases) >= 15
     _check(cases, workdir, capsys, monkeypatch)
+
+
+def test_the_methods_table_is_the_registry():
+    """The README's table of attribution methods lists exactly the registry's methods, in its order."""
+    from jaxviz.methods.attribution import REGISTRY
+
+    text = README.read_text(encoding="utf-8")
+    section = text.split("### Attribution methods", 1)[1].split("\n\n|", 1)[1].split("\n\n", 1)[0]
+    names = [line.split("`")[1] for line in ("|" + section).splitlines()[2:]]
+    assert names == [m.name for m in REGISTRY]
