@@ -146,11 +146,15 @@ QUICK_SETTINGS = {"samples": 8, "steps": 8, "masks": 200, "window": 32, "stride"
 and in the reproduce command); a knob the registry does not have is left out."""
 
 
-def gallery_settings(quick: bool):
-    """:class:`jaxviz.methods.attribution.Settings` with :data:`GALLERY_SETTINGS` (or the quick ones)."""
+def gallery_settings(quick: bool, side: int = 224):
+    """:class:`jaxviz.methods.attribution.Settings` with :data:`GALLERY_SETTINGS` (or the quick ones), the
+    occlusion window at most a quarter of the image's ``side`` (stride half the window): a window as
+    large as a 28-pixel digit occludes all of it and every position scores the same."""
     from jaxviz.methods.attribution import Settings
 
-    chosen = QUICK_SETTINGS if quick else GALLERY_SETTINGS
+    chosen = dict(QUICK_SETTINGS if quick else GALLERY_SETTINGS)
+    chosen["window"] = min(chosen["window"], max(1, side // 4))
+    chosen["stride"] = min(chosen["stride"], max(1, chosen["window"] // 2))
     return Settings()._replace(**{k: v for k, v in chosen.items() if k in Settings._fields})
 
 
@@ -165,15 +169,15 @@ def method_flags(method: str, cfg) -> list[str]:
 
 
 def compare_jobs(name: str, get, methods, prefix: str, quick: bool, command: Callable[[str, list[str]], str] | None
-                 = None, settings_note: str = "") -> list[Job]:
+                 = None, settings_note: str = "", side: int = 224) -> list[Job]:
     """One job per attribution method (its maps for every photo), the last one drawing the grid: a column
     per photo (its top-1 class and probability), a row per method. Layer maps are drawn over the photo
     (JET, alpha 0.4, as ``jaxviz gradcam`` draws them); pixel maps, which read as speckle over a photo,
     as the plain map (scaled to their 99th percentile); a colour bar under the grid. A blank map is a grey
     cell that says why. ``get()`` returns ``(loaded, photos uint8, x preprocessed, photo names,
     top-1)``; ``command(method, flags)``: the command that draws one method's maps (the first method's
-    is printed). ``<prefix>compare.npz`` holds every method's heatmaps."""
-    cfg = gallery_settings(quick)
+    is printed). ``<prefix>compare.npz`` holds every method's heatmaps; ``side``: the images' side."""
+    cfg = gallery_settings(quick, side)
     maps: dict[str, np.ndarray] = {}
     blank: dict[tuple[int, str], str] = {}
 
@@ -600,11 +604,11 @@ def _digits_jobs(quick: bool, seed: int) -> list[Job]:
     jobs = [Job("digits_cnn: load, predict", 4.0, predictions)]
     get = lambda: (state["digits"], state["imgs"], state["x"], state["names"], state["top"])  # noqa: E731
     dm = QUICK_METHODS if quick else all_methods()
-    jobs += compare_jobs("digits_cnn", get, dm, "digits/", quick,
+    jobs += compare_jobs("digits_cnn", get, dm, "digits/", quick, side=28, command=
                          lambda m, flags: cmd("jaxviz", "evaluate", *DIGITS, "--images", "digits", "--methods",
                                               ",".join(dm[:2]), "--metrics", "deletion,insertion", "--steps", "10",
                                               "--out", f"{OUT}/digits_evaluate"),
-                         f" The command below ranks {' and '.join(dm[:2])} by faithfulness over all the digits "
+                         settings_note=f" The command below ranks {' and '.join(dm[:2])} by faithfulness over all the digits "
                          f"(--methods all for every method).")
 
     def acts(ctx: Context) -> list[Section]:
@@ -711,12 +715,12 @@ def _fixture_jobs(quick: bool, seed: int) -> list[Job]:
     get = lambda: (state["fruits"], state["shots"], state["x"], ["apple", "pineapple", "banana"],  # noqa: E731
                    state["top"])
     methods = QUICK_METHODS if quick else all_methods()
-    jobs += compare_jobs("fruits_cnn", get, methods, "fruits/", quick,
+    jobs += compare_jobs("fruits_cnn", get, methods, "fruits/", quick, side=28, command=
                          lambda m, flags: cmd("jaxviz", "evaluate", "--weights", "builtin:fruits_cnn", "--images",
                                               "fruits", "--methods", ",".join(methods[:2]), "--metrics",
                                               "deletion,insertion", "--steps", "10", "--batch-size", "64", "--out",
                                               f"{OUT}/fruits_evaluate"),
-                         f" The command below ranks {' and '.join(methods[:2])} by faithfulness over all 300 fruit "
+                         settings_note=f" The command below ranks {' and '.join(methods[:2])} by faithfulness over all 300 fruit "
                          f"photos (--methods all for every method).")
     return jobs
 

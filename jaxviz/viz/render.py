@@ -181,8 +181,11 @@ def text_cell(text: str, cell: int = 128, font_size: int = 12) -> np.ndarray:
     from PIL import Image, ImageDraw
 
     im = Image.new("RGB", (cell, cell), (236, 236, 236))
-    ImageDraw.Draw(im).multiline_text((4, 4), wrap(text, cell - 8, font_size), fill=(60, 60, 60),
-                                      font=_font(font_size), spacing=2)
+    lines = wrap(text, cell - 8, font_size)
+    while font_size > 7 and (lines.count("\n") + 1) * (font_size + 3) > cell - 8:  # smaller until it fits
+        font_size -= 1
+        lines = wrap(text, cell - 8, font_size)
+    ImageDraw.Draw(im).multiline_text((4, 4), lines, fill=(60, 60, 60), font=_font(font_size), spacing=2)
     return np.asarray(im)
 
 
