@@ -226,10 +226,10 @@ STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
 h2{margin-top:2em;border-bottom:1px solid #ccc}
 .cards{display:flex;flex-wrap:wrap;gap:10px}
-.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:6px;max-width:100%}
+.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:6px;max-width:100%;box-sizing:border-box}
 .card.dead{opacity:.55}
 .card .head{font-size:12px;margin-bottom:4px}
-.row{display:flex;gap:3px;align-items:flex-end}
+.row{display:flex;flex-wrap:wrap;gap:3px;align-items:flex-end}
 figure{margin:0;font-size:10px;text-align:center}
 figure img,.pattern{height:72px;image-rendering:pixelated;display:block}
 .pattern{border:2px solid #446}
