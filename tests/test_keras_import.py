@@ -507,8 +507,17 @@ def test_cli_runs_every_command_with_only_the_file(user_functional, fmt, tmp_pat
     np.testing.assert_allclose(probs, np.asarray(m.run(loaded.params, x).output)[0], atol=1e-5)
     assert sorted(p.name for p in (tmp_path / "a").glob("*.png")) == sorted(f"{n}.png" for n in m.feature_layers())
     assert len(list((tmp_path / "f").glob("*.npz"))) == 1
-    rc = main(["filters", "--weights", w, "--count", "2", "--out", str(tmp_path / "f64")])  # its Reshape fixes 32x32
+    # its Reshape fixes 32x32: without --recipe, the seeds' dlwp1 at 32 (lucid's padded images do not fit), and a
+    # lucid pattern or another size is a one-line error
+    rc = main(["filters", "--weights", w, "--count", "2", "--steps", "2", "--out", str(tmp_path / "f32")])
+    assert rc == 0 and "recipe: dlwp1 at 32x32" in capsys.readouterr().err
+    rc = main(["filters", "--weights", w, "--count", "2", "--size", "64", "--recipe", "dlwp1", "--out",
+               str(tmp_path / "f64")])
     assert rc == 2 and "needs 32x32x3 inputs, got 64x64x3" in capsys.readouterr().err
+    rc = main(["filters", "--weights", w, "--count", "2", "--recipe", "lucid", "--size", "32", "--out",
+               str(tmp_path / "fl")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "needs 32x32x3 inputs, got" in err and len(err.strip().splitlines()[-1]) > 0
     cam = np.load(tmp_path / "g" / "gradcam.npz")["heatmaps"]
     ref = jaxviz.explain(m, loaded.params, x).heatmaps[:, 0]
     np.testing.assert_allclose(cam, ref, atol=1e-5)

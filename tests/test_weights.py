@@ -123,7 +123,8 @@ def test_split_is_stratified_and_disjoint():
 
 
 def test_builtin_weights_errors():
-    with pytest.raises(JaxvizError, match="--weights builtin needs --model; trained builtin weights exist for digits_cnn"):
+    # the library names its arguments; the CLI says them as flags (tests/test_cli_errors.py)
+    with pytest.raises(JaxvizError, match="weights='builtin' needs model=NAME; trained builtin weights exist for digits_cnn"):
         jaxviz.load_model(None, "builtin")
     with pytest.raises(JaxvizError, match="unknown builtin weights 'vgg16'; valid builtin weights: digits_cnn"):
         jaxviz.load_model("vgg16", "builtin")

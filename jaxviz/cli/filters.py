@@ -49,21 +49,22 @@ def cmd_filters(args) -> None:
         side = args.size or PRESETS[args.recipe or SUITED].recipe.size  # your own model's size, if it has none
         loaded = load(args, "vgg16_notop", input_hw=(side, side))
         model = loaded.model
-        if args.recipe is None:  # the recipe that suits the model; the seeds' are one flag away
-            args.recipe, recipe = suited_recipe(model, **options)
-            print(f"recipe: {args.recipe} at {recipe.size}x{recipe.size}, {recipe.steps} steps (the default: pixels "
-                  "through the model's preprocessing; --recipe dlwp1 or dlwp2 for the seeds' exact algorithms)",
-                  file=sys.stderr)
-        else:
-            recipe = get_recipe(args.recipe, **options)
-        _say_preprocessing(args, model, recipe)
-        say_untrained(loaded)
-        if not args.layer:  # default: the last conv layer's output (as Grad-CAM's default layer)
+        if not args.layer:  # default: the map the head reads (as Grad-CAM's default layer)
             args.layer = [cam_layer(model)]
         if "all" in args.layer:  # every conv layer, in order (the full atlas)
             args.layer = [n for l in args.layer for n in (conv_layers(model) if l == "all" else [l])]
         for layer in args.layer:
             model.resolve(layer)
+        if args.recipe is None:  # the recipe that suits the model; the seeds' are one flag away
+            args.recipe, recipe = suited_recipe(model, args.layer, **options)
+            why = ("the default: pixels through the model's preprocessing; --recipe dlwp1 or dlwp2 for the seeds' exact "
+                   "algorithms") if args.recipe == SUITED else (f"the default for a model that takes only its own "
+                                                                f"size: {SUITED}'s padded, jittered images do not fit it")
+            print(f"recipe: {args.recipe} at {recipe.size}x{recipe.size}, {recipe.steps} steps ({why})", file=sys.stderr)
+        else:
+            recipe = get_recipe(args.recipe, **options)
+        _say_preprocessing(args, model, recipe)
+        say_untrained(loaded)
         plans = [(layer, _indices(args, model, layer, recipe.size, picked)) for layer in args.layer]
         t0 = time.perf_counter()
         total = sum(len(i) for _, i in plans) * recipe.per_filter  # patterns, not filters

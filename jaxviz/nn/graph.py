@@ -206,7 +206,15 @@ class Sequential:
             raise JaxvizError(f"input {self._fmt(shape)} is too small for {self.name}: use at least "
                               f"{self.min_input_size()}x{self.min_input_size()} pixels")
         out = []
-        for name, layer, ins, o in self._walk(shape):
+        walk = self._walk(shape)
+        while True:
+            try:
+                name, layer, ins, o = next(walk)
+            except StopIteration:
+                break
+            except ValueError as e:  # a layer that cannot take this size (a Reshape to fixed sizes)
+                raise JaxvizError(f"{self.name} needs {self._fmt(self.input_shape)} inputs, got {self._fmt(shape)}: "
+                                  f"{e}") from None
             if L.has_params(layer) and self._fixed_in(name) is not None and ins[0][-1] != self._fixed_in(name) \
                     and L.kind(layer) != "dense":  # e.g. a conv after a Reshape whose channels depend on the size
                 raise JaxvizError(

@@ -13,7 +13,7 @@ preset the seed's.
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -188,12 +188,22 @@ def get_recipe(name: str, *, crop: int | None = None, **overrides) -> Recipe:
 SUITED = "lucid"
 
 
-def suited_recipe(model, **overrides) -> tuple[str, Recipe]:
+def suited_recipe(model, layers: "Sequence[str] | None" = None, **overrides) -> tuple[str, Recipe]:
     """The recipe that suits ``model`` (any model of the protocol) with :func:`get_recipe`'s ``overrides``:
     ``(name, recipe)``. It is :data:`SUITED`, at its own 128 pixels, or at the model's input side when that is
     smaller (a 28x28 network sees 28-pixel images; its transforms scale with the size), unless ``size`` is
-    given."""
+    given. A model that takes only its own size up to ``layers`` (a Reshape to fixed sizes) cannot see
+    lucid's padded, jittered images: it gets the seeds' ``dlwp1``, which feeds exactly ``size`` pixels."""
     side = min(int(s) for s in model.input_shape[:2])
     if overrides.get("size") is None:
         overrides["size"] = min(PRESETS[SUITED].recipe.size, side)
-    return SUITED, get_recipe(SUITED, **overrides)
+    recipe = get_recipe(SUITED, **overrides)
+    size, channels = recipe.size, tuple(model.input_shape[2:])
+    seen = jax.eval_shape(recipe.transform, jax.random.key(0),
+                          jax.ShapeDtypeStruct((size, size) + channels, np.float32)).shape
+    try:
+        for layer in layers or [None]:
+            model.shapes(seen, until=layer)
+    except (JaxvizError, ValueError, TypeError):  # adapted models raise their own errors for a size they refuse
+        return "dlwp1", get_recipe("dlwp1", **overrides)
+    return SUITED, recipe

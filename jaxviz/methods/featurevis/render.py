@@ -150,6 +150,11 @@ def filter_patterns(
     first = recipe.sizes()[0]  # the smallest image of the run (the first octave) must fit too
     out = layer_shape(model, layer, (first, first) + shape[2:])
     layer_shape(model, layer, shape)
+    if recipe.transform is not None:  # the model sees the transformed image (lucid pads and crops): it must fit too
+        for side in dict.fromkeys((first, shape[0])):
+            seen = jax.eval_shape(recipe.transform, jax.random.key(0),
+                                  jax.ShapeDtypeStruct((side, side) + tuple(shape[2:]), jnp.float32)).shape
+            layer_shape(model, layer, seen)
     kind = model.kind(layer)
     if kind in NO_CHANNELS:
         raise JaxvizError(f"{layer} has no channels of its own; choose a conv, pool or dense layer")
