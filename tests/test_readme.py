@@ -9,7 +9,7 @@ How blocks run:
   dropped, ``&&`` chains split) runs in this process through the CLI's ``main`` with :func:`small`
   settings; the chain's other steps (``python3 -m venv``, ``pip install``) are the environment this suite
   already runs in and are not repeated. ``jaxviz demo`` is only parsed here: it runs in
-  ``tests/test_cli.py::test_demo_gallery_reduced`` (``--quick``).
+  ``tests/test_gallery.py::test_demo_quick_logs_progress_while_it_runs`` (``--quick``).
 * A block after a ``<!-- skip: REASON -->`` line is not run; the README says why next to it (the test
   suite itself; the full VGG16 atlas, which needs a download and hours).
 * The files the commands name are made in the working directory by :func:`workdir`: ``cat.png`` and
@@ -214,9 +214,11 @@ def _check(cases, workdir, capsys, monkeypatch):
     from jaxviz.cli import build_parser
 
     monkeypatch.chdir(workdir)
+    # the fixtures (fruits, seed 004's file) are found from the repository, as a user's checkout finds them
+    monkeypatch.setenv("JAXVIZ_FIXTURES", str(ROOT.parent / "shared" / "fixtures"))
     failed = []
     for where, argv in cases:
-        if argv[:2] == ["jaxviz", "demo"]:  # parsed only; it runs in tests/test_cli.py (module docstring)
+        if argv[:2] == ["jaxviz", "demo"]:  # parsed only; it runs in tests/test_gallery.py (module docstring)
             args = build_parser().parse_args(argv[1:])
             assert args.command == "demo" and args.out, argv
             continue
