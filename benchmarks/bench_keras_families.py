@@ -69,21 +69,6 @@ def build(family: str, size: int) -> keras.Model:
     return km
 
 
-def keras_steps(km: keras.Model, x: np.ndarray) -> dict[tuple[str, ...], np.ndarray]:
-    """Every operation's output (layers and raw operations) keyed by its path of names, computed by Keras
-    through one multi-output model over the graph; a nested model (ConvNeXt's stem) layer by layer."""
-    todo = [op for op in km.operations if not isinstance(op, keras.layers.InputLayer)]
-    feats = keras.Model(km.input, [op.output for op in todo])(x, training=False)
-    out: dict[tuple[str, ...], np.ndarray] = {}
-    for op, f in zip(todo, feats):
-        if isinstance(op, keras.Model):
-            h = keras.Model(km.input, op._inbound_nodes[0].input_tensors[0])(x, training=False)
-            out.update({(op.name,) + k: v for k, v in keras_ref.layer_outputs(op, h).items()})
-        else:
-            out[(op.name,)] = np.asarray(f)
-    return out
-
-
 def one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return (text[0] if text else "") if isinstance(e, jaxviz.JaxvizError) else f"{type(e).__name__}: {text[0] if text else ''}"
@@ -112,7 +97,7 @@ def measure(family: str, size: int, batch: int, directory: str) -> dict:
     paths = {fmt: os.path.join(directory, f"{family}.{fmt}") for fmt in ("keras", "h5")}
     for p in paths.values():
         km.save(p)
-    steps = keras_steps(km, x)
+    steps = keras_ref.keras_steps(km, x)
     preds = np.asarray(km(x, training=False))
     row["params"] = km.count_params()
     row["keras_s"] = time.perf_counter() - t0

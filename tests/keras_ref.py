@@ -307,3 +307,19 @@ def user_cnn_functional() -> keras.Model:
     model = keras.Model(inp, out, name="user_functional")
     randomize_weights(model)
     return model
+
+
+def keras_steps(km: keras.Model, x: np.ndarray) -> dict[tuple[str, ...], np.ndarray]:
+    """Every operation's output (layers and raw operations), keyed by its path of names, computed by Keras
+    through one feature-extractor model over the graph; a nested Sequential (ConvNeXt's stem and
+    downsampling) layer by layer on the input it receives."""
+    todo = [op for op in km.operations if not isinstance(op, keras.layers.InputLayer)]
+    feats = keras.Model(km.input, [op.output for op in todo])(x, training=False)
+    out: dict[tuple[str, ...], np.ndarray] = {}
+    for op, f in zip(todo, feats):
+        if isinstance(op, keras.Model):
+            h = keras.Model(km.input, op._inbound_nodes[0].input_tensors[0])(x, training=False)
+            out.update({(op.name,) + k: v for k, v in layer_outputs(op, h).items()})
+        else:
+            out[(op.name,)] = np.asarray(f)
+    return out

@@ -46,22 +46,6 @@ def operation(km: keras.Model, name: str):
     return next(op for op in km.operations if op.name == name)
 
 
-def keras_steps(km: keras.Model, x: np.ndarray) -> dict[tuple[str, ...], np.ndarray]:
-    """Every operation's output (layers and raw operations), keyed by its path of names, computed by Keras
-    through one feature-extractor model over the graph; a nested Sequential (ConvNeXt's stem and
-    downsampling) layer by layer on the input it receives."""
-    todo = [op for op in km.operations if not isinstance(op, keras.layers.InputLayer)]
-    feats = keras.Model(km.input, [op.output for op in todo])(x, training=False)
-    out: dict[tuple[str, ...], np.ndarray] = {}
-    for op, f in zip(todo, feats):
-        if isinstance(op, keras.Model):
-            h = keras.Model(km.input, op._inbound_nodes[0].input_tensors[0])(x, training=False)
-            out.update({(op.name,) + k: v for k, v in keras_ref.layer_outputs(op, h).items()})
-        else:
-            out[(op.name,)] = np.asarray(f)
-    return out
-
-
 def randomize(km: keras.Model, seed: int = 0) -> keras.Model:
     """Non-trivial weights where a fresh model has constants (keras_ref.randomize_weights: batch-norm
     statistics, layer-norm factors, biases), and ConvNeXt's layer-scale factors (1e-6 when fresh, which
@@ -81,7 +65,7 @@ def save_case(km: keras.Model, directory, batch: int = 2, low: float = 0.0, high
     km.save(paths["keras"])
     km.save(paths["h5"])
     x = np.random.default_rng(1).uniform(low, high, (batch,) + tuple(km.inputs[0].shape[1:])).astype(np.float32)
-    return types.SimpleNamespace(km=km, paths=paths, x=x, steps=keras_steps(km, x),
+    return types.SimpleNamespace(km=km, paths=paths, x=x, steps=keras_ref.keras_steps(km, x),
                                  preds=np.asarray(km(x, training=False)))
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from jaxviz.cli.progress import Progress
 from jaxviz.cli.common import (
+    on_processes,
     add_model_args,
     at_least,
     input_shape,
@@ -46,28 +47,7 @@ def parse_units(text: str) -> list[int] | None:
     return out
 
 
-def parse_process(text: str) -> tuple[int, int]:
-    m = re.fullmatch(r"\s*(\d{1,4})\s*/\s*(\d{1,4})\s*", text)
-    if not m or not 0 <= int(m[1]) < int(m[2]):
-        raise JaxvizError(f"--process takes INDEX/COUNT with 0 <= INDEX < COUNT, e.g. 0/2; got {text!r}")
-    return int(m[1]), int(m[2])
-
-
-def join_processes(coordinator: str, process: str) -> None:
-    """``jax.distributed.initialize`` for ``--coordinator HOST:PORT --process I/N``. It must come before
-    JAX starts its backend, which the CLI's platform check (``jax.devices()``) has already done; that
-    backend holds nothing yet, so it is dropped and started again as part of the distributed run."""
-    import jax
-    from jax.extend.backend import clear_backends
-
-    index, count = parse_process(process)
-    clear_backends()
-    jax.distributed.initialize(coordinator, num_processes=count, process_id=index)
-
-
 def cmd_atlas(args) -> None:
-    import jax
-
     at_least("--k", args.k, 1, 1000)
     at_least("--batch-size", args.batch_size, 1, 65536)
     at_least("--max-failures", args.max_failures, 0, 1)
@@ -76,17 +56,7 @@ def cmd_atlas(args) -> None:
     at_least("--checkpoint-every", args.checkpoint_every, 1)
     at_least("--checkpoint-seconds", args.checkpoint_seconds, 1)
     units = parse_units(args.units)
-    if args.coordinator or args.process:
-        if not (args.coordinator and args.process):
-            raise JaxvizError("--coordinator HOST:PORT and --process INDEX/COUNT go together")
-        join_processes(args.coordinator, args.process)
-    if jax.process_index() == 0:
-        from jaxviz.io import output_dir
-
-        with output_dir(args.out) as stage:  # an unusable --out fails before any work
-            _run(args, units, stage)
-    else:
-        _run(args, units, None)
+    on_processes(args, lambda stage: _run(args, units, stage))
 
 
 def _run(args, units, stage) -> None:

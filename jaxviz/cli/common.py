@@ -192,6 +192,44 @@ def say_preprocessing(args, model) -> None:
               "means)", file=sys.stderr)
 
 
+def parse_process(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d{1,4})\s*/\s*(\d{1,4})\s*", text)
+    if not m or not 0 <= int(m[1]) < int(m[2]):
+        raise JaxvizError(f"--process takes INDEX/COUNT with 0 <= INDEX < COUNT, e.g. 0/2; got {text!r}")
+    return int(m[1]), int(m[2])
+
+
+def join_processes(coordinator: str, process: str) -> None:
+    """``jax.distributed.initialize`` for ``--coordinator HOST:PORT --process I/N``. It must come before
+    JAX starts its backend (the CLI skips its platform check with ``--coordinator``); a backend started
+    anyway holds nothing yet, so it is dropped and started again as part of the distributed run."""
+    import jax
+    from jax.extend.backend import clear_backends
+
+    index, count = parse_process(process)
+    clear_backends()
+    jax.distributed.initialize(coordinator, num_processes=count, process_id=index)
+
+
+def on_processes(args, run: Callable[["str | None"], object]) -> None:
+    """``run(stage)`` on this process of ``--coordinator HOST:PORT --process I/N`` (or alone): every process
+    computes its share, process 0 writes into the staged ``--out`` (checked before any work), the
+    others get ``None``."""
+    if args.coordinator or args.process:
+        if not (args.coordinator and args.process):
+            raise JaxvizError("--coordinator HOST:PORT and --process INDEX/COUNT go together")
+        join_processes(args.coordinator, args.process)
+    import jax
+
+    from jaxviz.io import output_dir
+
+    if jax.process_index() == 0:
+        with output_dir(args.out) as stage:  # an unusable --out fails before any work
+            run(stage)
+    else:
+        run(None)
+
+
 def conv_layers(model) -> list[str]:
     """The model's conv layers, in order."""
     return [n for n in model.layer_names if model.kind(n) == "conv"]

@@ -12,8 +12,7 @@ import time
 
 import numpy as np
 
-from jaxviz.cli.atlas import join_processes
-from jaxviz.cli.common import add_model_args, at_least, input_shape, load, register, say_preprocessing
+from jaxviz.cli.common import on_processes, add_model_args, at_least, input_shape, load, register, say_preprocessing
 from jaxviz.errors import JaxvizError
 
 CHECKPOINT = ".evaluate-checkpoint"  # inside --out: what --resume continues from
@@ -63,7 +62,6 @@ def _regions(path: str, paths: list[str], shape) -> np.ndarray:
 
 
 def cmd_evaluate(args) -> None:
-    from jaxviz.io import output_dir
     from jaxviz.methods.attribution import METHODS
     from jaxviz.methods.metrics import METRIC_NAMES
 
@@ -73,17 +71,7 @@ def cmd_evaluate(args) -> None:
     metrics = _names(args.metrics, METRIC_NAMES, "--metrics")
     if os.path.isdir(args.images) and os.path.realpath(args.images) == os.path.realpath(args.out):
         raise JaxvizError(f"--out {args.out} is the --images folder; choose another --out")
-    if args.coordinator or args.process:
-        if not (args.coordinator and args.process):
-            raise JaxvizError("--coordinator HOST:PORT and --process INDEX/COUNT go together")
-        join_processes(args.coordinator, args.process)
-    import jax
-
-    if jax.process_index() == 0:
-        with output_dir(args.out) as stage:  # an unusable --out fails before any work
-            _run(args, methods, metrics, stage)
-    else:  # the others compute their share; process 0 writes the files
-        _run(args, methods, metrics, None)
+    on_processes(args, lambda stage: _run(args, methods, metrics, stage))
 
 
 def _run(args, methods, metrics, stage) -> None:
