@@ -26,7 +26,7 @@ def _bounds(flag: str) -> str:
 
 def cmd_filters(args) -> None:
     import jax
-    from tqdm import tqdm
+    from jaxviz.cli.progress import Progress
 
     from jaxviz.methods.features import get_recipe
     from jaxviz.methods.featurevis.recipes import PRESETS, SUITED, suited_recipe
@@ -68,13 +68,13 @@ def cmd_filters(args) -> None:
         plans = [(layer, _indices(args, model, layer, recipe.size, picked)) for layer in args.layer]
         t0 = time.perf_counter()
         total = sum(len(i) for _, i in plans) * recipe.per_filter  # patterns, not filters
-        with tqdm(total=total, unit="pattern", disable=None) as bar:
+        with Progress("jaxviz filters", total=total, unit="pattern") as bar:
             for layer, idx in plans:
-                bar.set_description(layer)
+                bar.start(layer)
                 files, res = write_filters(stage, model, loaded.params, layer, idx, recipe, jax.random.key(args.seed),
-                                           args.batch_size, on_chunk=lambda n: bar.update(n * recipe.per_filter),
+                                           args.batch_size, on_chunk=lambda n: bar.advance(n * recipe.per_filter),
                                            quality=not args.no_quality, trained=loaded.trained)
-                tqdm.write(files[0].caption)
+                print(files[0].caption, flush=True)
                 dead = [int(f) for f, d in zip(res.filters, res.dead) if d]
                 if dead:  # the caption says so on stdout; a warning belongs on stderr too
                     shown = ", ".join(map(str, dead[:10])) + (", ..." if len(dead) > 10 else "")
