@@ -36,3 +36,44 @@ def fixtures_dir():
 import sys as _sys
 
 _sys.path.insert(0, str(ROOT))  # benchmarks/ (the seed reference code) importable from tests
+
+
+# -- memory over a long run -------------------------------------------------------------------------------
+# One pytest process runs every module for ~40 minutes. Compiled executables and Keras models of one module
+# are of no use to the next, so they are released when a module ends; the memory each module leaves behind
+# is reported at the end of the run (CI once died in an XLA compile late in the run).
+_MEMORY: list[tuple[str, float, float]] = []
+
+
+def _vm_mib(key: str) -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_between_modules(request):
+    yield
+    import gc
+
+    import jax
+
+    if "keras" in _sys.modules:
+        _sys.modules["keras"].backend.clear_session()
+    jax.clear_caches()
+    gc.collect()
+    _MEMORY.append((request.module.__name__, _vm_mib("VmRSS"), _vm_mib("VmHWM")))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _MEMORY:
+        return
+    worst = max(_MEMORY, key=lambda m: m[1])
+    terminalreporter.write_line(
+        f"memory: peak {_MEMORY[-1][2]:.0f} MiB; largest resident after a module {worst[1]:.0f} MiB "
+        f"({worst[0]}); at the end {_MEMORY[-1][1]:.0f} MiB")

@@ -60,6 +60,7 @@ def test_weights_set_the_fraction_and_callbacks_set_the_position():
     cb(5, 50)  # the library's on_batch(done, total)
     cb(50, 50)
     cb.close()
+    bar.close()
     assert "jaxviz atlas: 5/50 (10%) images" in out.getvalue()
     assert "jaxviz atlas: done, 50 images in" in out.getvalue()
 
