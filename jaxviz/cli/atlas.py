@@ -23,6 +23,7 @@ from jaxviz.cli.common import (
     say_preprocessing,
 )
 from jaxviz.errors import JaxvizError
+from jaxviz.nn.jit import jit
 
 CHECKPOINT = ".atlas-checkpoint"  # inside --out: what --resume continues from
 RARE = 0.01  # units firing on fewer than 1% of the images are listed as rarely firing
@@ -179,7 +180,7 @@ def _maps(model, params, pixels: np.ndarray, layer: str) -> np.ndarray:
 
     from jaxviz.nn.preprocess import preprocess
 
-    f = jax.jit(lambda x: model.run(params, preprocess(x, model.preprocessing), taps=[layer], output=False).taps[layer])
+    f = jit(lambda x: model.run(params, preprocess(x, model.preprocessing), taps=[layer], output=False).taps[layer])
     out = []
     for s in range(0, len(pixels), 32):
         part = pixels[s:s + 32]

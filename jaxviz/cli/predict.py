@@ -10,6 +10,7 @@ from jaxviz.nn.finite import finite_entries
 from jaxviz.errors import JaxvizError, show
 from jaxviz.cli.common import (MAX_TOP, add_model_args, at_least, batch, input_shape, load, register,
                                say_preprocessing, say_untrained)
+from jaxviz.nn.jit import jit
 
 def cmd_predict(args) -> None:
     import jax
@@ -27,7 +28,7 @@ def cmd_predict(args) -> None:
                           "predict needs class scores")
     say_preprocessing(args, model)
     x = batch(model, args.images, shape)
-    probs = np.asarray(jax.jit(lambda params, x: model.run(params, x).output)(loaded.params, x))
+    probs = np.asarray(jit(lambda params, x: model.run(params, x).output)(loaded.params, x))
     bad = ~finite_entries(probs).all(axis=tuple(range(1, probs.ndim)))
     if bad.any():
         raise JaxvizError(f"{show(model.name)} computes NaN or Inf for {show(args.images[int(np.argmax(bad))], 200)}: "

@@ -11,6 +11,7 @@ import numpy as np
 from jaxviz.nn import policy
 from jaxviz.nn.arguments import check_batch, check_layers, check_params
 from jaxviz.nn.protocol import Model
+from jaxviz.nn.jit import jit
 
 
 def default_layers(model: Model) -> list[str]:
@@ -21,7 +22,7 @@ def default_layers(model: Model) -> list[str]:
 
 @functools.lru_cache(maxsize=32)
 def _tap(model: Model, names: tuple[str, ...]):
-    return jax.jit(lambda params, x: model.run(params, x, taps=names, output=False).taps)
+    return jit(lambda params, x: model.run(params, x, taps=names, output=False).taps)
 
 
 def activations(model: Model, params: Any, x: jax.Array, layers: Sequence[str] | None = None) -> dict[str, jax.Array]:

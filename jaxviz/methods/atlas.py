@@ -57,6 +57,7 @@ from jaxviz.methods.sharding import AXIS, allgather_json, batch_mesh, replicate,
 from jaxviz.nn.preprocess import preprocess
 from jaxviz.nn.protocol import Model, is_spatial, layer_shape
 from jaxviz.nn.receptive import RF, field_boxes, receptive_field
+from jaxviz.nn.jit import jit
 
 REDUCTIONS = ("max", "mean")
 MAX_K = 1000
@@ -125,6 +126,26 @@ def _best(values: jax.Array, index: jax.Array, peak: jax.Array, k: int):
     return v[..., :k], i[..., :k], p[..., :k]
 
 
+def _candidates(values: jax.Array, index: jax.Array, peak: jax.Array, k: int):
+    """A batch's ``k`` best per row, as :func:`_best` orders them, through ``lax.top_k`` (a partial
+    selection, several times cheaper than sorting every row): within a batch the index grows with the
+    position, and top_k breaks ties by the lower position. NaN counts as -inf here, as in the sort."""
+    key = jnp.where(jnp.isnan(values), -jnp.inf, values)
+    _, at = jax.lax.top_k(key, k)
+    take = lambda a: jnp.take_along_axis(a, at, axis=-1)
+    return take(values), take(index), take(peak)
+
+
+def _first_max(a: jax.Array) -> jax.Array:
+    """``argmax`` over axis 1 (the first position of the maximum), as two plain reductions: XLA:CPU
+    runs a variadic (value, index) reduction element by element, several times slower than a max and a
+    min that it vectorises. A map with NaN reports position 0."""
+    top = a.max(1, keepdims=True)
+    pos = jax.lax.broadcasted_iota(jnp.int32, a.shape, 1)
+    first = jnp.where(a == top, pos, a.shape[1]).min(1)
+    return jnp.where(first < a.shape[1], first, 0).astype(jnp.int32)
+
+
 def merge_states(states: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], k: int):
     """Several ``(values, indices, peaks)`` states (U x k each) merged into one on the host, in the
     same order as on the devices (value descending, index ascending)."""
@@ -172,8 +193,7 @@ def _make_step(model: Model, plan: _Plan, k: int, reduce: str, chunk: int, mesh)
             if units != tuple(range(a.shape[-1])):
                 a = jnp.take(a, jnp.asarray(units), axis=-1)
             a = a.astype(jnp.float32)  # N x positions x U
-            red = a.max(1) if reduce == "max" else a.mean(1)
-            out.append((red, jnp.argmax(a, axis=1).astype(jnp.int32)))
+            out.append((a.max(1) if reduce == "max" else a.mean(1), _first_max(a)))
         return out
 
     def local(params, state, x, idx, valid):
@@ -185,7 +205,7 @@ def _make_step(model: Model, plan: _Plan, k: int, reduce: str, chunk: int, mesh)
             red, pos = red.reshape(b, -1), pos.reshape(b, -1)
             v = jnp.where(valid[:, None], red, -jnp.inf).T  # U x b
             i = jnp.broadcast_to(jnp.where(valid, idx, NO_INDEX)[None], v.shape)
-            cv, ci, cp = _best(v, i, pos.T, min(k, b))
+            cv, ci, cp = _candidates(v, i, pos.T, min(k, b))
             # every device's candidates, then the merge with the running state (same on every device)
             gv, gi, gp = (jax.lax.all_gather(a, AXIS, axis=1, tiled=True) for a in (cv, ci, cp))
             new_state.append(_best(jnp.concatenate([sv, gv], 1), jnp.concatenate([si, gi], 1),
@@ -195,7 +215,7 @@ def _make_step(model: Model, plan: _Plan, k: int, reduce: str, chunk: int, mesh)
 
     sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(AXIS), P(AXIS), P(AXIS)),
                             out_specs=(P(), P(AXIS)), check_vma=False)
-    return jax.jit(sharded)
+    return jit(sharded)
 
 
 # -- settings, checkpoints ---------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from jaxviz.methods import layer_maps as lm
 from jaxviz.methods.input_maps import (blur_integrated_gradients, guided_backprop, guided_integrated_gradients,  # noqa: F401 (public here too)
                                        ig, integrated_gradients, saliency, smoothgrad)
 from jaxviz.methods.sharding import batch_mesh, chunks, gather, pad_to, replicate, shard_batch
+from jaxviz.nn.jit import jit
 
 class Cams(NamedTuple):
     heatmaps: np.ndarray  # N x K x h x w float32 in [0, 1]: layer resolution (CAMs) or input resolution
@@ -264,7 +265,7 @@ def _compile(model, layer, method, score, cfg, top1):
             maps = jax.vmap(jax.vmap(lm.normalise))((maps + rest.sum(axis=0)) / (len(augs) + 1))
         return maps, probs, classes
 
-    return jax.jit(run)
+    return jit(run)
 
 
 def resolve_classes(model: Model, n: int, n_classes: int, classes) -> np.ndarray:

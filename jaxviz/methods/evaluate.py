@@ -62,6 +62,7 @@ from jaxviz.methods.attribution import METHODS, Settings, check_classifier, comp
 from jaxviz.methods.sharding import AXIS, allgather_json, allgather_rows, batch_mesh, replicate, shard_batch
 from jaxviz.nn.preprocess import preprocess
 from jaxviz.nn.protocol import Model
+from jaxviz.nn.jit import jit
 
 RANDOM = "random"
 BOOTSTRAP = 1000
@@ -121,7 +122,7 @@ def _random_step(model, names, d, mesh, regions) -> Callable:
 
 def _sharded(local, mesh):
     spec = P(AXIS)
-    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), spec, spec, spec, spec), out_specs=(spec, spec),
+    return jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), spec, spec, spec, spec), out_specs=(spec, spec),
                                  check_vma=False))
 
 

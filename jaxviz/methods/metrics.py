@@ -68,6 +68,7 @@ from jaxviz.errors import JaxvizError, unknown
 from jaxviz.nn.finite import is_finite_number
 from jaxviz.nn.preprocess import preprocess
 from jaxviz.nn.protocol import Model
+from jaxviz.nn.jit import jit
 
 
 class Definitions(NamedTuple):
@@ -387,7 +388,7 @@ def _compile(model, names, d, with_regions):
     def run(params, pixels, maps, classes, keys, regions):
         return scores(model, params, pixels, maps, classes, keys, regions if with_regions else None, names, d)
 
-    return jax.jit(run)
+    return jit(run)
 
 
 def image_keys(key: jax.Array, indices: jax.Array) -> jax.Array:

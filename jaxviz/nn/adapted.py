@@ -25,6 +25,7 @@ import numpy as np
 from jaxviz.errors import JaxvizError, unknown
 from jaxviz.nn.kinds import kind_of_class_name
 from jaxviz.nn.protocol import Forward, Shape, is_spatial
+from jaxviz.nn.jit import jit
 
 
 Reshape = Callable[[jax.Array], jax.Array]
@@ -353,7 +354,7 @@ class _Adapted:
         x = jax.random.normal(jax.random.key(0), (1,) + self.input_shape)
         zeros = {n: jnp.zeros((1,) + shapes[n]) for n in good}
         try:
-            grads = jax.jit(jax.grad(lambda d: self.run(self.params, x, perturb=d).logits.sum()))(zeros)
+            grads = jit(jax.grad(lambda d: self.run(self.params, x, perturb=d).logits.sum()))(zeros)
         except JaxvizError:  # a layer that cannot be perturbed: the structural choice stands
             return good[-1]
         live = [n for n in good if bool(jnp.any(grads[n] != 0))]

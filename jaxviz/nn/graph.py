@@ -26,6 +26,7 @@ from jaxviz.nn import kinds as K
 from jaxviz.nn import layers as L
 from jaxviz.errors import JaxvizError, unknown
 from jaxviz.nn.protocol import Forward
+from jaxviz.nn.jit import jit
 
 Params = dict[str, dict[str, jax.Array]]
 LOGITS = "/logits"  # the key of the last layer's pre-activation output inside a run
@@ -339,12 +340,12 @@ class Sequential:
     @functools.cached_property
     def jit_tap(self) -> Callable:
         """``jax.jit`` of :meth:`tap` (``names`` static), compiled once per model and shapes."""
-        return jax.jit(self.tap, static_argnames=("names", "logits"))
+        return jit(self.tap, static_argnames=("names", "logits"))
 
     @functools.cached_property
     def jit_call(self) -> Callable:
         """``jax.jit`` of :meth:`__call__`."""
-        return jax.jit(self.__call__, static_argnames=("until", "logits", "train"))
+        return jit(self.__call__, static_argnames=("until", "logits", "train"))
 
     def _needed(self, outputs: set[str]) -> set[str]:
         """The steps that ``outputs`` depend on: nothing else is computed."""

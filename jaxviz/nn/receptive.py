@@ -25,6 +25,7 @@ import numpy as np
 from jaxviz.nn import policy
 from jaxviz.errors import JaxvizError
 from jaxviz.nn.protocol import Model, is_spatial
+from jaxviz.nn.jit import jit
 
 Pair = tuple[int, int]
 
@@ -148,7 +149,7 @@ def _support(model: Model, params: Any, layer: str, shape: tuple[int, ...], pos:
         return jnp.abs(jax.grad(f)(x)).sum(-1) > 0
 
     xs = jax.random.normal(key, (samples,) + tuple(shape), jnp.float32)
-    return np.asarray(jax.jit(jax.vmap(one))(xs).any(0))
+    return np.asarray(jit(jax.vmap(one))(xs).any(0))
 
 
 def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:

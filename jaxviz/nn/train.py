@@ -15,6 +15,7 @@ import optax
 
 from jaxviz.nn import Params, Sequential
 from jaxviz.nn.preprocess import preprocess
+from jaxviz.nn.jit import jit
 
 
 class Epoch(NamedTuple):
@@ -44,7 +45,7 @@ def _step(model: Sequential, opt: optax.GradientTransformation):
         updates, state = opt.update(grads, state, params)
         return optax.apply_updates(params, updates), state, loss, acc
 
-    return jax.jit(step, donate_argnums=(0, 1))
+    return jit(step, donate_argnums=(0, 1))
 
 
 def accuracy(model: Sequential, params: Params, x_uint8: np.ndarray, y: np.ndarray, batch: int = 512) -> float:

@@ -34,6 +34,7 @@ import numpy as np
 from jaxviz.methods.attribution import REGISTRY, method_record
 from jaxviz.nn import policy
 from jaxviz.viz.writers import Written
+from jaxviz.nn.jit import jit
 
 PHOTOS = ("sample:chelsea", "sample:coffee", "sample:rocket")  # scikit-image's; all three are ImageNet classes
 QUICK_METHODS = ("gradcam", "saliency")  # one layer map, one pixel map: both kinds of view in --quick
@@ -88,7 +89,7 @@ class Plan(NamedTuple):
 
 
 def _predict(model, params, x):
-    return np.asarray(jax.jit(lambda p, x: model.run(p, x).output)(params, x))
+    return np.asarray(jit(lambda p, x: model.run(p, x).output)(params, x))
 
 
 def _convs(model) -> list[str]:

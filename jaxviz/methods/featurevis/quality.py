@@ -39,6 +39,7 @@ from jaxviz.methods.sharding import batch_mesh, chunk_size, gather, pad_to, shar
 from jaxviz.nn.finite import finite_entries
 from jaxviz.nn.preprocess import preprocess
 from jaxviz.nn.protocol import Model
+from jaxviz.nn.jit import jit
 
 
 class Patterns(NamedTuple):
@@ -222,7 +223,7 @@ def _quality_fns(model: Model, layer: str, recipe: Recipe, single_channel: bool,
         taps = full(params, to_x(imgs), indices[0])
         return jax.vmap(lambda i: obj(taps, i), out_axes=1)(indices)
 
-    return jax.jit(photos_best), jax.jit(jax.vmap(perturbed, in_axes=(None, 0, 0, 0))), jax.jit(responses)
+    return jit(photos_best), jit(jax.vmap(perturbed, in_axes=(None, 0, 0, 0))), jit(responses)
 
 
 def measure(model: Model, params: Mapping, layer: str, patterns: Patterns, recipe: Recipe | str, *,

@@ -27,6 +27,7 @@ from jaxviz.methods.sharding import batch_mesh, chunk_size, gather, pad_to, repl
 from jaxviz.nn.arguments import check_indices, check_layer, check_params
 from jaxviz.nn.kinds import NO_CHANNELS
 from jaxviz.nn.protocol import Model, layer_shape
+from jaxviz.nn.jit import jit
 
 
 def _nonzero(tree, k: int) -> jax.Array:
@@ -100,7 +101,7 @@ def _compiled(model: Model, layer: str, recipe: Recipe, channels: int, single_ch
         hist = jnp.concatenate(hists + [final[None]]).T  # k x (octaves * steps + 1)
         return jax.vmap(recipe.param.to_image)(p), hist, ~alive
 
-    return jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))
+    return jit(jax.vmap(one, in_axes=(None, 0, 0)))
 
 
 def filter_patterns(
