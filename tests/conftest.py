@@ -70,10 +70,20 @@ def _release_compiled_between_modules(request):
     _MEMORY.append((request.module.__name__, _vm_mib("VmRSS"), _vm_mib("VmHWM")))
 
 
+def pytest_sessionfinish(session):
+    if hasattr(session.config, "workeroutput"):  # an xdist worker: hand the figures to the controller
+        session.config.workeroutput["jaxviz_memory"] = [list(m) for m in _MEMORY]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    _MEMORY.extend(tuple(m) for m in getattr(node, "workeroutput", {}).get("jaxviz_memory", []))
+
+
 def pytest_terminal_summary(terminalreporter):
     if not _MEMORY:
         return
     worst = max(_MEMORY, key=lambda m: m[1])
     terminalreporter.write_line(
-        f"memory: peak {_MEMORY[-1][2]:.0f} MiB; largest resident after a module {worst[1]:.0f} MiB "
-        f"({worst[0]}); at the end {_MEMORY[-1][1]:.0f} MiB")
+        f"memory (per test process): peak {max(m[2] for m in _MEMORY):.0f} MiB; largest resident after a "
+        f"module {worst[1]:.0f} MiB ({worst[0]})")

@@ -201,17 +201,21 @@ def test_demo_quick_logs_progress_while_it_runs(tmp_path):
 
 
 SMALL = {"--steps": "2", "--count": "2", "--k": "2", "--units": "0-1", "--size": "32"}
+SUBSET = 24  # images of a built-in set (digits: 1,797; fruits: 300) a command reads here
 
 
-def _small(command: str, out: pathlib.Path) -> list[str]:
+def _small(command: str, out: pathlib.Path, subsets: dict[str, str] | None = None) -> list[str]:
     """The command's words after ``jaxviz`` with ``--out`` in ``out`` and fewer steps, units, exemplars,
-    pattern pixels (never more than the command asked)."""
+    pattern pixels (never more than the command asked); ``--images digits``/``fruits`` read ``subsets``
+    (some of the set's images as an ``.npy``, the same pixels) when given."""
     words = shlex.split(command)
     assert words[0] == "jaxviz"
     words = words[1:]
     for i, w in enumerate(words[:-1]):
         if w == "--out":
             words[i + 1] = str(out)
+        elif w == "--images" and subsets and words[i + 1] in subsets:
+            words[i + 1] = subsets[words[i + 1]]
         elif w == "--size":
             words[i + 1] = str(min(int(words[i + 1]), int(SMALL[w])))
         elif w in SMALL:
@@ -232,9 +236,17 @@ def test_every_reproduce_command_runs(tmp_path):
         commands += D.reproduce_commands(D.demo_plan(quick=quick), str(gallery))
     commands = list(dict.fromkeys(commands))
     assert commands and not any("`" in c or "IMAGE" in c or " M " in c for c in commands)
+    from jaxviz.io import datasets
+
+    subsets = {}
+    for name in ("digits", "fruits"):
+        if any(f"--images {name} " in c for c in commands):
+            subsets[name] = str(tmp_path / f"{name}{SUBSET}.npy")
+            x = datasets.load(name)[0]
+            np.save(subsets[name], x[:: len(x) // SUBSET][:SUBSET])  # spread over the classes
     for n, command in enumerate(commands):
         out = tmp_path / f"c{n}"
-        words = _small(command, out)
+        words = _small(command, out, subsets)
         assert main(words) == 0, command
         if "--out" in words:  # predict prints and writes nothing
             assert out.is_dir() and any(out.iterdir()), command

@@ -38,10 +38,21 @@ def compiler_options() -> dict[str, Any] | None:
 
 
 def jit(fn: Callable | None = None, **kwargs) -> Callable:
-    """``jax.jit(fn, **kwargs)`` with :func:`compiler_options` (also as a decorator factory: ``jit(**kw)``)."""
+    """``jax.jit(fn, **kwargs)`` compiled with :func:`compiler_options` when it is called at the top
+    level; called inside another trace (jaxviz's own steps, or a user's ``jax.jit``), where XLA options
+    cannot be set, it is the plain ``jax.jit``. Also a decorator factory: ``jit(**kwargs)``."""
     if fn is None:
         return lambda f: jit(f, **kwargs)
+    plain = jax.jit(fn, **kwargs)
     options = compiler_options()
-    if options is not None and "compiler_options" not in kwargs:
-        kwargs["compiler_options"] = options
-    return jax.jit(fn, **kwargs)
+    if options is None or "compiler_options" in kwargs:
+        return plain
+    tuned = jax.jit(fn, compiler_options=options, **kwargs)
+
+    @functools.wraps(fn)
+    def call(*args, **kw):
+        traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((args, kw)))
+        return (plain if traced else tuned)(*args, **kw)
+
+    call.lower = tuned.lower  # what jax.jit's result offers and callers use
+    return call
