@@ -29,14 +29,18 @@ def test_top_level_and_nested_calls_agree_and_nesting_works():
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the options concern XLA:CPU")
-def test_cpu_convolutions_are_xla_s_own_and_dots_stay_with_ynnpack():
+@pytest.mark.parametrize("channels, ynn_conv", [(128, False), (32, True)])
+def test_cpu_convolutions_leave_ynnpack_unless_all_are_small(channels, ynn_conv):
+    """A program with a convolution wider than 64 channels compiles with XLA's own convolutions (dots
+    stay with YNNPACK); one whose convolutions are all small keeps XLA's defaults."""
     if compiler_options() is None:
         pytest.skip("this jaxlib has no YNNPACK fusion option")
-    x = np.ones((8, 56, 56, 32), np.float32)  # a size XLA hands to YNNPACK by default
-    w = np.ones((3, 3, 1, 32), np.float32)
+    x = np.ones((8, 56, 56, channels), np.float32)  # sizes XLA hands to YNNPACK by default
+    w = np.ones((3, 3, 1, channels), np.float32)
     ours = jit(_depthwise).lower(x, w).compile().as_text()
     default = jax.jit(_depthwise).lower(x, w).compile().as_text()
-    assert _ynn_runs_a_convolution(default) and not _ynn_runs_a_convolution(ours)
+    assert _ynn_runs_a_convolution(default)
+    assert _ynn_runs_a_convolution(ours) == ynn_conv
     assert "ynn_fusion" in ours  # the matrix product stays with YNNPACK
 
 
