@@ -72,9 +72,9 @@ def _wants_options(jaxpr) -> bool:
 
 def jit(fn: Callable | None = None, **kwargs) -> Callable:
     """``jax.jit(fn, **kwargs)``, compiled with :func:`compiler_options` unless its program's
-    convolutions are all small (see the module docstring; decided on the first top-level call). Called inside another trace (jaxviz's
-    own steps, or a user's ``jax.jit``), where XLA options cannot be set, it is the plain ``jax.jit``.
-    Also a decorator factory: ``jit(**kwargs)``."""
+    convolutions are all small (see the module docstring; decided once, on the first top-level call).
+    Called inside another trace (jaxviz's own steps, or a user's ``jax.jit``), where XLA options cannot
+    be set, it is the plain ``jax.jit``. Also a decorator factory: ``jit(**kwargs)``."""
     if fn is None:
         return lambda f: jit(f, **kwargs)
     plain = jax.jit(fn, **kwargs)
