@@ -24,6 +24,10 @@ percentile bootstrap (:data:`BOOTSTRAP` = 1000 resamples of the images drawn wit
 the share of images on which the method's score is strictly better than the random map's (in the
 metric's direction).
 
+The streamed loop, its checkpoints and the merge over processes are the shared engine's
+(:mod:`jaxviz.methods.engine`); this module is the job: a step per batch (per-image scores kept as the
+engine's rows) and the curve sums (the state).
+
 Resumable: with ``checkpoint=DIR``, the scores so far, the curve sums, the position and a hash of the
 settings (model, weights, methods, metrics, definitions, settings, key, input size, the collection's
 names) are written with orbax (:mod:`jaxviz.io.jobstate`, atomic, one checkpoint per process) every
@@ -43,10 +47,7 @@ share one settings hash and one state layout; split, a resume could pair a state
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import os
-import time
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -55,11 +56,11 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxviz.errors import JaxvizError
-from jaxviz.io.jobstate import exists, load_state, save_state
 from jaxviz.io.collection import Failure, open_collection
+from jaxviz.methods import engine
 from jaxviz.methods import metrics as M
 from jaxviz.methods.attribution import METHODS, Settings, check_classifier, compiled_explain, method_record
-from jaxviz.methods.sharding import AXIS, allgather_json, allgather_rows, batch_mesh, replicate, shard_batch
+from jaxviz.methods.sharding import AXIS, batch_mesh, replicate, shard_batch
 from jaxviz.nn.preprocess import preprocess
 from jaxviz.nn.protocol import Model
 from jaxviz.nn.jit import jit
@@ -127,95 +128,6 @@ def _sharded(local, mesh):
 
 
 # -- settings, checkpoints -------------------------------------------------------------------------
-def _digest(tree: Any) -> str:
-    h = hashlib.sha256()
-    for leaf in jax.tree_util.tree_leaves(tree):
-        a = np.asarray(leaf)
-        h.update(str((a.shape, a.dtype)).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:16]
-
-
-def _settings_hash(model, params, methods, names, d, settings, layer, key, shape, paths, regions, shard) -> str:
-    doc = dict(model=model.name, preprocessing=model.preprocessing, params=_digest(params), methods=methods,
-               metrics=names, definitions=list(d), settings=list(settings), layer=layer,
-               key=np.asarray(jax.random.key_data(key)).tolist(), shape=shape, items=len(paths),
-               names=hashlib.sha256("\n".join(paths).encode("utf-8", "surrogateescape")).hexdigest()[:16],
-               regions=None if regions is None else _digest(regions), shard=shard, version=STATE_VERSION)
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
-class _State:
-    """The running result: per-image rows (index, class, scores) and the curve sums, per method."""
-
-    def __init__(self, methods: Sequence[str], names: Sequence[str], steps: int):
-        self.methods, self.names = list(methods), list(names)
-        self.indices: list[np.ndarray] = []
-        self.classes: list[np.ndarray] = []
-        self.rows: dict[str, dict[str, list[np.ndarray]]] = {m: {n: [] for n in names} for m in methods}
-        # every curve from the start (zeros): every process of a run holds the same keys to gather
-        self.curve_sum: dict[str, dict[str, np.ndarray]] = {
-            m: {c: np.zeros(steps + 1) for c in ("deletion", "insertion") if c in names} for m in methods}
-        self.position = 0
-
-    def add(self, idx: np.ndarray, cls: np.ndarray, results: dict[str, dict[str, np.ndarray]]) -> None:
-        self.indices.append(idx)
-        self.classes.append(cls)
-        for m, res in results.items():
-            for n in self.names:
-                self.rows[m][n].append(np.asarray(res[n], np.float32))
-            for c in ("deletion", "insertion"):
-                if f"{c}_curve" in res:
-                    s = np.asarray(res[f"{c}_curve"], np.float64).sum(0)
-                    self.curve_sum[m][c] = self.curve_sum[m].get(c, 0) + s
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        cat = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)  # noqa: E731
-        out = {"indices": cat(self.indices, np.int64), "classes": cat(self.classes, np.int64),
-               "position": np.array(self.position)}
-        for i, m in enumerate(self.methods):
-            for n in self.names:
-                out[f"{i}/{n}"] = cat(self.rows[m][n], np.float32)
-            for c, s in self.curve_sum[m].items():
-                out[f"{i}/curve/{c}"] = np.asarray(s)
-        return out
-
-    def gather(self) -> None:
-        """Every process's rows and curve sums, merged (the same on every process)."""
-        arrays = self.arrays()
-        merged = {"position": arrays["position"]}
-        for name, a in arrays.items():
-            if "/curve/" in name:  # summed in process order
-                merged[name] = allgather_rows(a[None]).sum(0) if len(a) else a
-            elif name != "position":
-                merged[name] = allgather_rows(a)
-        self.load(merged)
-
-    def load(self, z) -> None:
-        self.indices, self.classes = [z["indices"]], [z["classes"]]
-        self.position = int(z["position"])
-        for i, m in enumerate(self.methods):
-            for n in self.names:
-                self.rows[m][n] = [z[f"{i}/{n}"]]
-            for c in ("deletion", "insertion"):
-                if f"{i}/curve/{c}" in z:
-                    self.curve_sum[m][c] = z[f"{i}/curve/{c}"]
-
-
-def _save(path: str, settings: str, state: _State, failures: list[Failure]) -> None:
-    save_state(path, settings, state.arrays(), failures)
-
-
-def _load(path: str, settings: str, state: _State, paths: list[str]) -> list[Failure]:
-    z, failures = load_state(path, settings, paths, "model, weights, methods, metrics, definitions, key, input "
-                                                    "size or images")
-    try:
-        state.load(z)
-    except KeyError as e:
-        raise JaxvizError(f"the checkpoint {path} cannot be read ({e.__class__.__name__}); remove it") from None
-    return failures
-
-
 # -- the leaderboard ----------------------------------------------------------------------------------
 def interval(values: np.ndarray, resamples: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
     """The 95% percentile-bootstrap interval of the mean of ``values`` (finite ones), from
@@ -345,90 +257,79 @@ def evaluate(
         if regions.shape != (len(paths),) + shape[:2]:
             raise JaxvizError(f"regions must be {len(paths)} x {shape[0]} x {shape[1]} masks (one per image at the "
                               f"input size), got shape {regions.shape}")
-    settings_hash = _settings_hash(model, params, method_names, names, definitions, settings, layer, key, shape, paths,
-                                   regions, shard)
-    ckpt = (os.path.join(os.fspath(checkpoint), f"evaluate-state-{shard[0]}of{shard[1]}") if checkpoint is not None
-            else None)
     everyone = method_names + [RANDOM]
-    state = _State(everyone, names, definitions.steps)
-    if ckpt is not None and resume and exists(ckpt):
-        failures = _load(ckpt, settings_hash, state, paths)
-        if state.position:
-            coll = open_collection(images, shape, batch_size=b, start=state.position, shard=shard, workers=workers,
-                                   max_failures=max_failures, interpolation=interpolation)
-            coll.failures[:] = failures
-
     steps = {m: _method_step(model, m, layer, settings, map_names, definitions, shape, mesh, regions is not None)
              for m in method_names}
     steps[RANDOM] = _random_step(model, map_names, definitions, mesh, regions is not None)
     rep = replicate(mesh, params)
-    total = coll.share_size
     k_weights = jax.random.fold_in(k_method, 2**31 - 1)  # one re-initialised model for every image
+    curves = [f"{i}/curve/{c}" for i in range(len(everyone)) for c in ("deletion", "insertion") if c in names]
 
-    def save():
-        if ckpt is not None:
-            _save(ckpt, settings_hash, state, coll.failures)
+    def init(ctx):  # every curve from the start (zeros): every process of a run holds the same keys to gather
+        return {c: np.zeros(definitions.steps + 1) for c in curves}
 
-    last_save, batches = time.monotonic(), 0
-    try:
-        for batch in coll:
-            idx = np.where(batch.indices >= 0, batch.indices, 0)
-            reg = regions[idx] & batch.valid[:, None, None] if regions is not None else np.zeros((b, 1, 1), bool)
-            keys = [M.image_keys(k, idx) for k in (k_method, k_metric, k_random)]
-            x, mk, sk, rk, rg = shard_batch(mesh, batch.pixels, *keys, reg)
-            results, classes = {}, None
-            for m in everyone:
-                out, cls = steps[m](rep, x, rk if m == RANDOM else mk, sk, rg)
-                results[m] = {k: np.asarray(v) for k, v in out.items()}
-                if m == RANDOM:
-                    classes = np.asarray(cls)
-            keep = batch.valid
-            if "randomization" in names:  # the method re-run on the re-initialised model (not jitted here)
-                for m in method_names:
-                    vals = np.full(b, np.nan, np.float32)
-                    if keep.any():
-                        vals[keep] = M.randomization(k_weights, model, params, batch.pixels[keep], classes[keep],
-                                                     method=m, layer=layer, settings=settings)
-                    results[m]["randomization"] = vals
-                results[RANDOM]["randomization"] = np.ones(b, np.float32)  # a random map ignores the weights
-            state.add(batch.indices[keep], classes[keep], {m: {k: v[keep] for k, v in r.items()}
-                                                           for m, r in results.items()})
-            state.position += int((batch.indices >= 0).sum())
-            batches += 1
-            if on_batch is not None:
-                on_batch(state.position, total)
-            if ckpt is not None and (batches % max(1, checkpoint_every) == 0
-                                     or time.monotonic() - last_save >= checkpoint_seconds):
-                save()
-                last_save = time.monotonic()
-    except BaseException:  # Ctrl-C, SIGTERM (raised as KeyboardInterrupt by the CLI) or a crash
-        if ckpt is not None:
-            save()  # the state holds whole batches only
-        raise
-    save()
-    failures = list(coll.failures)
-    if shard[1] > 1:
-        state.gather()
-        paths = coll.paths
-        failures = [Failure(int(i), paths[int(i)], str(r))
-                    for doc in allgather_json([[f.index, f.reason] for f in failures]) for i, r in doc]
-    return _result(coll.paths, state, names, definitions, failures)
+    def update(state, batch, ctx):
+        idx = np.where(batch.indices >= 0, batch.indices, 0)
+        reg = regions[idx] & batch.valid[:, None, None] if regions is not None else np.zeros((b, 1, 1), bool)
+        keys = [M.image_keys(k, idx) for k in (k_method, k_metric, k_random)]
+        x, mk, sk, rk, rg = shard_batch(mesh, batch.pixels, *keys, reg)
+        results, classes = {}, None
+        for m in everyone:
+            out, cls = steps[m](rep, x, rk if m == RANDOM else mk, sk, rg)
+            results[m] = {k: np.asarray(v) for k, v in out.items()}
+            if m == RANDOM:
+                classes = np.asarray(cls)
+        keep = batch.valid
+        if "randomization" in names:  # the method re-run on the re-initialised model (not jitted here)
+            for m in method_names:
+                vals = np.full(b, np.nan, np.float32)
+                if keep.any():
+                    vals[keep] = M.randomization(k_weights, model, params, batch.pixels[keep], classes[keep],
+                                                 method=m, layer=layer, settings=settings)
+                results[m]["randomization"] = vals
+            results[RANDOM]["randomization"] = np.ones(b, np.float32)  # a random map ignores the weights
+        new = dict(state)
+        rows = {"indices": batch.indices[keep].astype(np.int64), "classes": classes[keep].astype(np.int64)}
+        for i, m in enumerate(everyone):
+            res = results[m]
+            for n in names:
+                rows[f"{i}/{n}"] = np.asarray(res[n][keep], np.float32)
+            for c in ("deletion", "insertion"):
+                if f"{c}_curve" in res:
+                    new[f"{i}/curve/{c}"] = state[f"{i}/curve/{c}"] + np.asarray(res[f"{c}_curve"][keep],
+                                                                                 np.float64).sum(0)
+        return new, rows
+
+    job = engine.Job("evaluate", dict(model=model.name, preprocessing=model.preprocessing,
+                                      params=engine.digest(params), methods=method_names, metrics=names,
+                                      definitions=list(definitions), settings=list(settings), layer=layer,
+                                      key=np.asarray(jax.random.key_data(key)).tolist(),
+                                      regions=None if regions is None else engine.digest(regions),
+                                      version=STATE_VERSION),
+                     init=init, update=update, to_arrays=lambda st: {k: np.asarray(v) for k, v in st.items()},
+                     from_arrays=lambda z, ctx: {c: z[c] for c in curves})
+    out = engine.run_job(job, images, shape=shape, batch_size=b, devices=devices, checkpoint=checkpoint,
+                         resume=resume, checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
+                         workers=workers, max_failures=max_failures, interpolation=interpolation,
+                         on_batch=on_batch, what="model, weights, methods, metrics, definitions, key, input size "
+                                                 "or images")
+    return _result(out.paths, everyone, out.arrays, out.rows, names, definitions, out.failures)
 
 
-def _result(paths, state: _State, names, definitions, failures) -> Evaluation:
+def _result(paths, methods, curve_sums, rows, names, definitions, failures) -> Evaluation:
     n = len(paths)
-    arrays = state.arrays()
-    idx = arrays["indices"]
+    idx = rows.get("indices", np.zeros(0, np.int64))
     classes = np.full(n, -1, np.int64)
-    classes[idx] = arrays["classes"]
+    classes[idx] = rows.get("classes", np.zeros(0, np.int64))
     scores: dict[str, dict[str, np.ndarray]] = {}
     curves: dict[str, dict[str, np.ndarray]] = {}
-    for i, m in enumerate(state.methods):
+    for i, m in enumerate(methods):
         scores[m] = {}
         for name in names:
             v = np.full(n, np.nan, np.float32)
-            v[idx] = arrays[f"{i}/{name}"]
+            v[idx] = rows.get(f"{i}/{name}", np.zeros(0, np.float32))
             scores[m][name] = v
         count = max(len(idx), 1)
-        curves[m] = {c: np.asarray(s) / count for c, s in state.curve_sum[m].items()}
+        curves[m] = {c: np.asarray(curve_sums[f"{i}/curve/{c}"]) / count for c in ("deletion", "insertion")
+                     if f"{i}/curve/{c}" in curve_sums}
     return Evaluation(paths, classes, scores, curves, leaderboard(scores, names), sorted(failures), definitions)
