@@ -54,6 +54,7 @@ def vit():
     return m, bundle
 
 
+@pytest.mark.slow
 def test_layer_names_are_paths_in_call_order(nnx_net, linen_net, vit):
     _, b = nnx_net
     assert b.model.layer_names == ["stem", "blocks.0", "blocks.0.conv1", "blocks.0.bn1", "blocks.0.conv2", "blocks.1",
@@ -141,6 +142,7 @@ def test_vit_gradcam_on_reshaped_tokens_equals_hand(vit):
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["nnx", "linen", "vit"])
 def test_saliency_and_ig_equal_jax_grad_of_the_module(which, nnx_net, linen_net, vit):
     if which == "nnx":
@@ -233,6 +235,7 @@ def test_bad_adapt_calls_are_one_line_errors():
         assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_sharding_over_four_devices_equals_one():
     code = """
 import json, sys, jax, numpy as np

@@ -120,6 +120,7 @@ def nnx_model():
     return jaxviz.adapt(F.resnet(), input_shape=(16, 16, 3))
 
 
+@pytest.mark.slow
 def test_adapted_nnx_module_equals_brute_force(nnx_model):
     m, p = nnx_model.model, nnx_model.params
     check_against_reference(m, p, bright(15, (16, 16, 3), 2), ["stem", "blocks.1", "head"], k=3)

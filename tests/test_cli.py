@@ -28,6 +28,7 @@ def assert_error(r, message, out=None):
         assert not out.exists() and not list(out.parent.glob(f".{out.name}.partial-*"))
 
 
+@pytest.mark.slow
 def test_every_subcommand_has_help_with_an_example():
     from jaxviz.cli import COMMANDS
 
@@ -38,6 +39,7 @@ def test_every_subcommand_has_help_with_an_example():
         assert "--debug" in r.stdout
 
 
+@pytest.mark.slow
 def test_layers_and_predict(tmp_path):
     r = jaxviz("layers", "vgg16", check=0)
     assert "block5_conv3" in r.stdout and "138,357,544" in r.stdout
@@ -57,6 +59,7 @@ def test_layers_and_predict(tmp_path):
     assert "UNTRAINED" in r.stderr  # stated loudly
 
 
+@pytest.mark.slow
 def test_filters_and_activations_write_their_files(tmp_path):
     jaxviz("filters", "--weights", "builtin:digits_cnn", "--layer", "conv2d", "--filters", "0,5,9", "--recipe", "dlwp2",
            "--size", "60", "--steps", "5", "--out", tmp_path / "f", check=0)
@@ -75,6 +78,7 @@ class _EvalCall:
         return eval, ("1 + 1",)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["predict", "--weights", "builtin:digits_cnn", "nope.jpg"], "image not found: nope.jpg"),
     (["predict", "--weights", "builtin:digits_cnn", "{bad}"], "cannot read image {bad}: not a readable image file"),
@@ -140,6 +144,7 @@ def run_main(capsys, *args) -> tuple[int, str, str]:
     return rc, out, err
 
 
+@pytest.mark.slow
 def test_help_names_every_weights_source_and_preprocessing_mode():
     from jaxviz.nn.preprocess import PREPROCESSORS
 
@@ -177,6 +182,7 @@ def test_preprocessing_override_is_used_and_said(capsys):
     assert json.loads(out_none)[0]["probs"] != json.loads(out_own)[0]["probs"]  # the option changes something
 
 
+@pytest.mark.slow
 def test_input_size_reaches_every_command(tmp_path, capsys):
     """--input HxW: vgg16_notop at seed 001's 150x150 (activations, weights); a classifier that takes any
     size (EfficientNet-Lite0, global pooling) predicts and explains at 160x160: the real weights still
@@ -227,6 +233,7 @@ def test_filters_caption_and_dead_filters_on_stderr(tmp_path, capsys):
     assert rc == 0 and "UNTRAINED weights: conv2d: filters 0..1, 20, mean objective" in out, out
 
 
+@pytest.mark.slow
 def test_filters_print_and_store_the_quality_measures(tmp_path, capsys):
     """The lucid recipe with two diverse patterns per filter: the caption line on stdout carries the
     measures, and the npz holds them per pattern, equal to what the line summarises."""

@@ -410,6 +410,7 @@ def test_bad_input_in_a_real_process(tree, case):
 
 
 # Valid input that must simply work (issue 19, defect 3).
+@pytest.mark.slow
 def test_xception_one_filter_shortcut_runs(tmp_path, capsys):
     rc, err = run_inprocess(["filters", "--model", "xception_notop", "--layer", "conv2d", "--size", "80", "--steps",
                              "2", "--count", "2", "--out", str(tmp_path / "out")], capsys)

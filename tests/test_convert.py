@@ -30,6 +30,7 @@ def assert_same_activations(model, params, km, shape, tol=1e-5):
         assert rel_err(ours[name], ref_act) <= tol, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,shape", CASES)
 def test_every_format_matches_keras(arch, shape, tmp_path):
     km = keras_ref.build(arch, shape if arch == "vgg16_notop" else None)

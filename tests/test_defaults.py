@@ -47,6 +47,7 @@ INSIDE = {"MobileNet": ["conv1", "conv_dw_6_relu", "conv_pw_13_relu"],
           "ResNet50": ["conv1_conv", "conv3_block1_add", "conv4_block2_add", "conv5_block3_out"]}
 
 
+@pytest.mark.slow
 def test_default_cam_layer_is_the_map_the_head_reads(family):
     name, km, loaded = family
     model = loaded.model

@@ -116,6 +116,7 @@ def test_objectives_compose_like_lucent():
     assert (c + 2 * F.neuron()).own_channel  # both read only the target's own channel: one filter suffices
 
 
+@pytest.mark.slow
 def test_composed_objective_drives_the_ascent():
     """Maximising channel 3 minus channel 5 of the same layer raises the first and lowers the second
     relative to maximising channel 3 alone."""
@@ -138,6 +139,7 @@ def test_composed_objective_drives_the_ascent():
 # --------------------------------------------------------------------- diversity and pass-through
 
 
+@pytest.mark.slow
 def test_diversity_makes_the_patterns_of_one_unit_differ():
     loaded = load_model(None, "builtin:digits_cnn")
     recipe = F.get_recipe("lucid", size=28, steps=40, per_filter=3)
@@ -295,6 +297,7 @@ def test_quality_figures_by_hand_on_a_small_model():
     np.testing.assert_allclose(flat.robustness[np.isfinite(flat.robustness)], 1.0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_selectivity_by_hand():
     """selectivity = (own - rival) / (|own| + |rival|): a pattern's objective for its own unit against the
     largest objective for that unit among the patterns of the other units, here with two patterns per
@@ -394,6 +397,7 @@ def test_class_visualisations_on_efficientnet_lite0(lite0):
     assert np.all(probs[np.arange(4), classes] > 0.9), probs[np.arange(4), classes]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,layer,size", [("xception_notop", "block2_sepconv1", 80),
                                              ("vgg16_notop", "block2_conv1", 48)])
 def test_lucid_feeds_pixels_through_each_models_preprocessing(name, layer, size):

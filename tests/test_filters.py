@@ -22,6 +22,7 @@ def vgg(tmp_path_factory):
     return km, get_model("vgg16_notop"), load_keras_weights(path, "vgg16_notop")[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,layer,normalize,lr,interior", [
     ("dlwp1", "block2_conv1", "rms", 1.0, False),
     ("dlwp2", "block3_conv1", "l2", 10.0, True),
@@ -40,6 +41,7 @@ def test_presets_reach_the_seed_objective(vgg, name, layer, normalize, lr, inter
     assert not res.dead.all()
 
 
+@pytest.mark.slow
 def test_same_key_same_patterns_and_batch_size_independent(vgg):
     _, model, params = vgg
     recipe = get_recipe("dlwp2", size=56, steps=3)
@@ -70,6 +72,7 @@ def test_single_channel_shortcut_equals_full_layer(vgg):
     np.testing.assert_allclose(a.patterns, b.patterns, rtol=0, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_dead_filter_reported_without_nan():
     model = get_model("fashion_cnn")
     params = model.init(jax.random.key(0))
@@ -142,6 +145,7 @@ def test_fft_resize_is_the_same_picture_at_a_larger_size():
     np.testing.assert_allclose(big[::2, ::2], small, atol=1e-5)  # band-limited interpolation keeps the samples
 
 
+@pytest.mark.slow
 def test_bfloat16_mode_reaches_the_float32_objective():
     loaded = load_model(None, "builtin:digits_cnn")
     recipe = get_recipe("dlwp2", size=56, steps=8)

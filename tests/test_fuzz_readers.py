@@ -209,6 +209,7 @@ def check_load(worker: Worker, workdir: str, suffix: str, data: bytes, pth: bool
     assert all(v == "ok" for v, _ in verdicts), verdicts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["pth-zip", "pth-legacy", "keras.h5", "keras.keras"])
 def test_mutated_files_load_or_fail_with_a_jaxviz_error(seeds, workdir, worker, target):
     suffix, seed = seeds[target]
@@ -221,6 +222,7 @@ def test_mutated_files_load_or_fail_with_a_jaxviz_error(seeds, workdir, worker, 
     run()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["pth-zip", "keras.keras"])
 def test_mutated_archive_members_load_or_fail_with_a_jaxviz_error(seeds, workdir, worker, target):
     suffix, seed = seeds[target]
@@ -270,6 +272,7 @@ def test_the_worker_reports_crashes_and_hangs_and_recovers(workdir):
         w.stop()
 
 
+@pytest.mark.slow
 def test_an_h5_with_a_zeroed_global_heap_object_does_not_hang(seeds, workdir):
     """Found by the fuzz above: the variable-length strings of an .h5 file's attributes (layer names,
     the model config) live in a global heap; with one object's size and the next object's header
@@ -430,6 +433,7 @@ def h5_tricked(seeds, target: str, index: int, trick: tuple, files: dict, workdi
     return path, refuse
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["keras.h5", "keras.keras"])
 def test_hdf5_structure_that_reads_outside_the_file_is_refused(seeds, workdir, struct_worker, outside_files, target):
     @STRUCT
@@ -456,6 +460,7 @@ def mutate_config(cfg: dict, m: tuple) -> dict:
     return cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["keras.h5", "keras.keras"])
 def test_config_mutations_load_or_fail_with_one_clean_line(seeds, workdir, struct_worker, target):
     import h5py

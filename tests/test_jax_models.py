@@ -148,6 +148,7 @@ def _x(size, n=2, seed=0):
     return jax.random.normal(jax.random.key(seed), (n, size, size, 3))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", PARAMS, indirect=True)
 def test_taps_and_logits_equal_the_models_own(case):
     x = _x(case["size"])

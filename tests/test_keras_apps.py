@@ -171,6 +171,7 @@ def every_operation(tmp_path_factory):
     return save_case(every_operation_model(), tmp_path_factory.mktemp("ops"), batch=3, low=-2.0, high=2.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["keras", "h5"])
 def test_every_raw_operation_equals_keras(every_operation, fmt):
     with zipfile.ZipFile(every_operation.paths["keras"]) as z:
@@ -263,6 +264,7 @@ def inception_resnet_v2(tmp_path_factory):
     return _family(keras.applications.InceptionResNetV2, tmp_path_factory, input_shape=(107, 107, 3))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["keras", "h5"])
 def test_mobilenetv3small(mobilenetv3small, fmt):
     _, loaded = worst_step_error(mobilenetv3small, fmt)
@@ -274,6 +276,7 @@ def test_mobilenetv3small(mobilenetv3small, fmt):
     assert_round_trip(model)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["keras", "h5"])
 def test_convnext_with_stochastic_depth(convnext_small_config, fmt):
     _, loaded = worst_step_error(convnext_small_config, fmt)
@@ -313,6 +316,7 @@ def test_inception_resnet_v2(inception_resnet_v2, fmt):
     assert_round_trip(model)
 
 
+@pytest.mark.slow
 def test_gradcam_mobilenetv3small_equals_keras(mobilenetv3small):
     model = jaxviz.load_model(weights=mobilenetv3small.paths["keras"]).model
     layer = head_map(model)

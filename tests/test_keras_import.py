@@ -115,6 +115,7 @@ def mobilenetv2(tmp_path_factory):
     return _application(keras.applications.MobileNetV2, tmp_path_factory)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["keras", "h5"])
 def test_user_sequential_cnn_every_layer(user_sequential, fmt):
     _, loaded = worst_layer_error(user_sequential, fmt)
@@ -126,6 +127,7 @@ def test_user_sequential_cnn_every_layer(user_sequential, fmt):
     assert isinstance(model.layer("re_lu"), L.ReLU)  # max_value 4, slope, threshold: Keras's general formula
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["keras", "h5"])
 def test_user_functional_cnn_every_layer(user_functional, fmt):
     _, loaded = worst_layer_error(user_functional, fmt)
@@ -484,6 +486,7 @@ def test_mutated_configs_build_or_raise_one_line_errors(functional_config, data)
         assert "\n" not in str(e)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["keras", "h5"])
 def test_cli_runs_every_command_with_only_the_file(user_functional, fmt, tmp_path, capsys):
     """predict, activations, filters and gradcam on an imported model with nothing but --weights FILE:

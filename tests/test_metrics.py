@@ -137,6 +137,7 @@ def test_ranks_descend_with_ties_by_row_major_index():
 
 
 # -- each metric against the loop ----------------------------------------------------------------------
+@pytest.mark.slow
 def test_deletion_and_insertion_equal_the_plain_loop(digits, batch):
     model, params = digits
     x, maps, cls = batch
@@ -252,6 +253,7 @@ def _images(n, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, 28, 28, 1)).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_evaluate_scores_equal_the_metric_functions(digits):
     model, params = digits
     x = _images(3)
@@ -287,6 +289,7 @@ def test_one_compilation_per_method_whatever_n(digits):
     assert c.count == 1
 
 
+@pytest.mark.slow
 def test_any_batch_size_same_scores(digits):
     model, params = digits
     x = _images(5)
@@ -330,6 +333,7 @@ def test_randomization_metric_calls_the_check(digits):
     assert np.all(e.scores["random"]["randomization"] == 1)
 
 
+@pytest.mark.slow
 def test_four_devices_equal_one(digits):
     r = subprocess.run([sys.executable, os.path.join(HERE, "metrics_run.py")], capture_output=True, text=True,
                        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})

@@ -17,6 +17,7 @@ from jaxviz.nn.preprocess import deprocess
 KERAS_ARCHS = ["vgg16", "vgg16_notop", "vgg16_finetuned", "cats_dogs_small", "fashion_cnn"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", KERAS_ARCHS)
 def test_param_count_and_shapes_equal_keras(arch):
     km = keras_ref.build(arch)
@@ -208,6 +209,7 @@ def test_load_image_modes(tmp_path):
         load_image("sample:nope")
 
 
+@pytest.mark.slow
 def test_every_registered_model_builds_and_runs():
     for name in MODELS:
         m = get_model(name)

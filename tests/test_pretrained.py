@@ -54,6 +54,7 @@ def test_legacy_file_is_read_without_torch(state_dict):
     assert r.stdout.strip() == "False"
 
 
+@pytest.mark.slow
 @needs_pth
 def test_matches_an_independent_pytorch_semantics_forward(lite, state_dict, chelsea):
     ref, blocks = torch_ref.forward(state_dict, chelsea[None])
@@ -147,6 +148,7 @@ def test_damaged_and_misfit_files(tmp_path):
             load_torch_weights(tmp_path / "bad.pth", "efficientnet_lite0")
 
 
+@pytest.mark.slow
 @needs_pth
 def test_default_weights_are_the_pretrained_ones_and_random_is_explicit():
     assert load_model("efficientnet_lite0").trained
@@ -155,6 +157,7 @@ def test_default_weights_are_the_pretrained_ones_and_random_is_explicit():
         load_model(None, "pretrained")
 
 
+@pytest.mark.slow
 @needs_pth
 def test_cli_predict_and_gradcam_use_the_pretrained_weights(tmp_path):
     import json
@@ -184,6 +187,7 @@ def test_weights_convert_writes_a_checkpoint_from_the_pth(tmp_path):
     assert convert_main([PTH, str(tmp_path / "lite0")]) == 2  # never overwritten silently
 
 
+@pytest.mark.slow
 @needs_pth
 def test_guided_backprop_guides_relu6(lite, chelsea):
     """EfficientNet uses ReLU6: guided backprop must guide it too, not fall back to plain saliency."""

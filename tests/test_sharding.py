@@ -24,6 +24,7 @@ def sharded():
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_four_devices_are_used(sharded):
     assert sharded["devices"] == 4 and sharded["input_devices"] == 4
 
@@ -42,6 +43,7 @@ def test_heatmaps_equal_single_device(sharded, method):
     assert sharded[f"{method}_max_diff_single_call"] <= 1e-5
 
 
+@pytest.mark.slow
 def test_cli_gradcam_on_a_folder_sharded(tmp_path):
     import cv2
     from sklearn.datasets import load_digits
@@ -64,6 +66,7 @@ def test_cli_gradcam_on_a_folder_sharded(tmp_path):
     np.testing.assert_allclose(outs[1]["heatmaps"], outs[4]["heatmaps"], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_cli_atlas_every_filter_of_every_conv_layer(tmp_path):
     r = subprocess.run([sys.executable, "-m", "jaxviz.cli", "filters", "--weights", "builtin:digits_cnn", "--layer",
                         "all", "--count", "all", "--recipe", "dlwp1", "--size", "28", "--steps", "2", "--batch-size",

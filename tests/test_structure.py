@@ -37,6 +37,7 @@ def _relus():
     return jax.nn.relu, jax.nn.relu6, nnx.relu, nnx.relu6, linen.relu, linen.relu6
 
 
+@pytest.mark.slow
 def test_guided_and_plain_gradients_concurrently_in_threads(nnx_net):
     model, params = nnx_net.model, nnx_net.params
     guided = policy.guided(model)

@@ -48,6 +48,7 @@ def test_weights_cli_histogram_equals_numpy_histogram_of_keras_weights(fixtures_
     assert "conv2d           trained" in r.stdout and "untrained (fresh init)" in r.stdout
 
 
+@pytest.mark.slow
 def test_weights_cli_errors(tmp_path):
     r = jaxviz_cli("weights", "--model", "fashion_cnn", "--layer", "max_pooling2d", "--out", tmp_path / "w")
     assert r.returncode == 2 and "layer 'max_pooling2d' of fashion_cnn has no weights; layers with weights: conv2d" in r.stderr
@@ -101,6 +102,7 @@ def test_shipped_fruits_checkpoint(fixtures_dir):
     assert accuracy(loaded.model, loaded.params, held_out.x_test, held_out.y_test) >= 0.95
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_and_learns():
     x, y = datasets.digits()
     data = datasets.split(jax.random.key(0), x[:400], y[:400], 0.25)

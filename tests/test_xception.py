@@ -65,6 +65,7 @@ def model():
     return get_model("xception")
 
 
+@pytest.mark.slow
 def test_names_order_shapes_and_parameter_count(keras_top, model):
     assert model.layer_names == [l.name for l in keras_top.layers[1:]]  # Keras's model.layers order
     assert model.shapes() == [(l.name, tuple(l.output.shape[1:])) for l in keras_top.layers[1:]]
@@ -117,6 +118,7 @@ def test_every_file_format_converts_exactly(model, keras_top, reference, tmp_pat
             _assert_matches(model, params, reference)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ext", [".keras", ".weights.h5", ".h5"])
 def test_nested_in_sequential(ext, tmp_path):
     """A base nested inside a Sequential: the legacy .h5 lists every moving statistic after all
@@ -142,6 +144,7 @@ def test_misfit_names_the_first_mismatching_layer(tmp_path):
         load_keras_weights(tmp_path / "x.weights.h5", "vgg16_notop")
 
 
+@pytest.mark.slow
 def test_inner_layers_of_a_residual_block_are_addressable(model):
     """until, tap and split at a layer inside a residual block (the shortcut is carried across)."""
     params = model.init(jax.random.key(0), (71, 71, 3))
@@ -161,6 +164,7 @@ def test_inner_layers_of_a_residual_block_are_addressable(model):
         notop.index("block3_sepconv_act")  # the error lists the valid names
 
 
+@pytest.mark.slow
 def test_filters_and_gradcam_run_through_the_shared_code(model, keras_top, tmp_path):
     """Seed 002's recipe on block3_sepconv1 (small size) and Grad-CAM on the default layer against
     the seed algorithm written with jax.grad through Keras."""
@@ -189,6 +193,7 @@ def test_filters_and_gradcam_run_through_the_shared_code(model, keras_top, tmp_p
     assert_seed_gradcam(cams.heatmaps[0], f0[0], classes, score) >= 5  # random weights: some maps are all zero
 
 
+@pytest.mark.slow
 def test_gradcam_inside_a_residual_block_matches_a_keras_tail(model, keras_top):
     """Grad-CAM on block13_sepconv2_bn, whose tail also reads block 13's input (add_10) through the
     shortcut: against the tail written with Keras's own layers and differentiated with jax.grad."""
