@@ -17,22 +17,28 @@ def cmd_layers(args) -> None:
             print(f"{name:18s} input {'x'.join(map(str, m.input_shape)):12s} {m.param_count():>12,d} params  "
                   f"preprocessing {m.preprocessing}")
         return
+    if args.name is not None and args.weights is None and args.name.lower().endswith(".onnx"):
+        args.name, args.weights = None, args.name  # `jaxviz layers model.onnx`: the file holds its architecture
     if args.name is None and args.weights is None:
         raise JaxvizError("give a model name, e.g. `jaxviz layers vgg16` (or --list)")
     if args.weights is not None:
         from jaxviz.io import load_model
 
-        model = load_model(args.name, args.weights).model
+        loaded = load_model(args.name, args.weights)
+        model = loaded.model
     else:
-        model = get_model(args.name)
+        model, loaded = get_model(args.name), None
     shape = parse_size(args.input) + tuple(model.input_shape[2:]) if args.input else None
-    pshapes = model.param_shapes(shape)
+    if loaded is not None and shape is None:  # any model of the protocol: the weights each layer reads
+        pshapes = {n: {k: a.shape for k, a in model.layer_params(loaded.params, n).items()} for n in model.layer_names}
+    else:
+        pshapes = model.param_shapes(shape)
     print(f"{show(model.name)}  input {'x'.join(map(str, shape or model.input_shape))}  preprocessing "
           f"{model.preprocessing}")
     w = max([22] + [len(show(n, 60)) + 1 for n in model.layer_names])
     print(f"{'layer':{w}s} {'output shape':18s} {'params':>12s}")
     total = 0
-    wired, blocks = dict(model.wiring), {layer: alias for alias, layer in model.aliases}
+    wired, blocks = dict(getattr(model, "wiring", ())), {layer: alias for alias, layer in model.aliases}
     for name, out in model.shapes(shape):
         n = sum(int(np.prod(s)) for s in pshapes.get(name, {}).values())
         total += n

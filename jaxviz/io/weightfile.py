@@ -8,6 +8,7 @@ import os
 from jaxviz.errors import JaxvizError, show
 from jaxviz.io.files import check_regular
 from jaxviz.io.keras import load_keras_model
+from jaxviz.io.onnx import is_onnx_file, load_onnx_model
 from jaxviz.io.torch import is_torch_file, load_torch_weights
 from jaxviz.nn import Params, Sequential, get_model
 
@@ -18,6 +19,9 @@ def load_model_file(path, arch: str | None = None) -> tuple[Sequential, Params, 
     registered one its weights fit; read once, even a 500 MB VGG16); ``arch`` forces a registered
     architecture."""
     check_regular(path, "weights file")  # a FIFO or /dev/zero is refused before anything reads it
+    if is_onnx_file(path):  # its own graph: arch= does not apply
+        model, params = load_onnx_model(path)
+        return model, params, "onnx", None
     if is_torch_file(path):
         name, params = load_torch_weights(path, arch)
         return get_model(name), params, "pytorch-state-dict", None
