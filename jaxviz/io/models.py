@@ -115,7 +115,7 @@ def load_model(model: str | None = None, weights: "str | os.PathLike | None" = N
     except JaxvizError as e:
         # the file readers' advice names their argument arch=; here it is model=
         raise JaxvizError(re.sub(r"\barch=", "model=", str(e))) from e
-    kind = "PyTorch state dict" if fmt == "pytorch-state-dict" else "Keras file"
+    kind = {"pytorch-state-dict": "PyTorch state dict", "onnx": "ONNX file"}.get(fmt, "Keras file")
     return Loaded(m, params, True, f"{kind} {weights}")
 
 
