@@ -18,6 +18,28 @@ def rel_err(a, b) -> float:
     return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
 
 
+def scaled_err(actual, desired) -> float:
+    """max |actual - desired| over max |desired|: the error relative to the scale of the whole array (a
+    layer's activations, a heatmap), the form every parity tolerance here is stated in. float32 rounding
+    through a network grows with depth and differs between CPUs' kernels, so an element-wise rtol/atol
+    fails on one element near zero of a deep layer while the layer agrees to 1e-6 of its scale."""
+    a, d = np.asarray(actual, np.float64), np.asarray(desired, np.float64)
+    assert a.shape == d.shape, (a.shape, d.shape)
+    scale = float(np.max(np.abs(d))) if d.size else 0.0
+    return float(np.max(np.abs(a - d)) / scale) if scale > 0 else float(np.max(np.abs(a), initial=0.0))
+
+
+def assert_scaled_close(actual, desired, tol: float, err_msg: str = "") -> None:
+    """``scaled_err(actual, desired) <= tol``. With ``JAXVIZ_TOL_LOG=FILE`` each measured error is
+    appended to FILE (test, message, error, tolerance): how the tolerances were chosen."""
+    err = scaled_err(actual, desired)
+    log = os.environ.get("JAXVIZ_TOL_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(f"{os.environ.get('PYTEST_CURRENT_TEST', '?').split(' ')[0]}\t{err_msg}\t{err:.3e}\t{tol:.0e}\n")
+    assert err <= tol, f"{err_msg}: max|diff| / max|ref| = {err:.3e} > {tol:.0e}"
+
+
 def need_fixture(rel: str) -> pathlib.Path:
     """The shared fixture file ``rel`` (e.g. ``keras/fashion_cnn_keras2.11.h5``); skips only the calling
     test when it is absent, so tests that need no fixture still run without them."""
@@ -30,7 +52,8 @@ def need_fixture(rel: str) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def fixtures_dir():
     if not FIXTURES.exists():
-        pytest.skip(f"shared fixtures not found at {FIXTURES}")
+        pytest.skip(f"needs seed 004's real Keras files (keras/fashion_cnn_keras*.h5, .keras) from the shared "
+                    f"fixtures folder, not found at {FIXTURES}")
     return FIXTURES
 
 import sys as _sys

@@ -16,6 +16,9 @@ from flax import nnx
 
 import jaxviz
 from jaxviz.methods.attribution import integrated_gradients
+from conftest import assert_scaled_close
+
+TOL = 1e-6  # of each layer's scale (conftest.scaled_err)
 
 HERE = os.path.dirname(__file__)
 X = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
@@ -74,8 +77,8 @@ def test_nnx_taps_equal_the_modules_own_outputs(nnx_net):
     conv1 = m.blocks[1].conv1(b0)
     for name, ref in (("stem", stem), ("blocks.0", b0), ("blocks.1.conv1", conv1),
                       ("blocks.1.bn1", m.blocks[1].bn1(conv1))):
-        np.testing.assert_allclose(acts[name], ref, atol=1e-6, rtol=0, err_msg=name)
-    np.testing.assert_allclose(b.model.run(b.params, X).logits, m(X), atol=1e-6)
+        assert_scaled_close(acts[name], ref, TOL, name)
+    assert_scaled_close(b.model.run(b.params, X).logits, m(X), TOL, "logits")
 
 
 def test_linen_taps_equal_captured_intermediates(linen_net):
@@ -84,7 +87,7 @@ def test_linen_taps_equal_captured_intermediates(linen_net):
     inter = state["intermediates"]
     acts = jaxviz.activations(b.model, b.params, X, ["conv1", "bn", "conv2", "head"])
     for name in ("conv1", "bn", "conv2", "head"):
-        np.testing.assert_allclose(acts[name], inter[name]["__call__"][0], atol=1e-6, rtol=0, err_msg=name)
+        assert_scaled_close(acts[name], inter[name]["__call__"][0], TOL, name)
 
 
 def test_nnx_gradcam_inside_equals_the_seed_formula_by_hand(nnx_net):
@@ -312,6 +315,6 @@ def test_nnx_call_in_training_mode_by_default_is_run_in_inference():
     m = Net(nnx.Rngs(0))
     b = jaxviz.adapt(m, input_shape=(16, 16, 3))
     assert b.source == "adapted Net, called with train=False (inference)" and b.model.call_kwargs == {"train": False}
-    np.testing.assert_allclose(b.model.run(b.params, X).logits, m(X, train=False), atol=1e-6)
+    assert_scaled_close(b.model.run(b.params, X).logits, m(X, train=False), TOL, "logits")
     own = jaxviz.adapt(m, input_shape=(16, 16, 3), call_kwargs={"train": False})
     assert own.source == "adapted Net" and own.model.inference == {}

@@ -23,6 +23,7 @@ from jaxviz.io.collection import open_collection
 from jaxviz.methods.atlas import merge_states, top_examples
 from jaxviz.nn.preprocess import preprocess
 from jaxviz.nn.receptive import RF, field_box, field_boxes, receptive_field
+from conftest import assert_scaled_close
 
 HERE = os.path.dirname(__file__)
 CHUNK = 2
@@ -59,8 +60,8 @@ def check_against_reference(model, params, x, layers, k, **kw):
         got, (idx, val, peaks, mean, fire) = a.layers[name], ref[name]
         np.testing.assert_array_equal(got.indices, idx)
         np.testing.assert_array_equal(got.peaks, peaks)
-        np.testing.assert_allclose(got.values, val, rtol=2e-6, atol=1e-6)
-        np.testing.assert_allclose(got.mean, mean, rtol=1e-5, atol=1e-6)
+        assert_scaled_close(got.values, val, 1e-5, f"{name} values")
+        assert_scaled_close(got.mean, mean, 1e-5, f"{name} mean")
         np.testing.assert_array_equal(got.fire_rate, fire.astype(np.float32))
         np.testing.assert_array_equal(got.max, got.values[:, 0])
         np.testing.assert_array_equal(got.dead, fire == 0)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import need_fixture
+from conftest import assert_scaled_close
 
 FASHION_FILE = "keras/fashion_cnn_keras2.11.h5"
 
@@ -175,7 +176,7 @@ def test_preprocessing_override_is_used_and_said(capsys):
                                 *(["--preprocessing", mode] if mode else []))
         assert rc == 0 and said in err.splitlines(), err
         want = np.asarray(loaded.model(loaded.params, preprocess(pixels, mode or "scale255")))[0]
-        np.testing.assert_allclose(json.loads(out)[0]["probs"], want, rtol=1e-5, atol=1e-7)
+        assert_scaled_close(json.loads(out)[0]["probs"], want, 1e-5, f"probs {mode}")
     _, out_none, _ = run_main(capsys, "predict", "--weights", "builtin:digits_cnn", "sample:coins", "--json",
                               "--preprocessing", "none")
     _, out_own, _ = run_main(capsys, "predict", "--weights", "builtin:digits_cnn", "sample:coins", "--json")
@@ -211,7 +212,7 @@ def test_input_size_reaches_every_command(tmp_path, capsys):
     assert rc == 0, err
     z = np.load(tmp_path / "g" / "gradcam.npz")
     assert z["heatmaps"].shape == (1, 5, 5) and int(z["classes"][0]) == 285
-    np.testing.assert_allclose(z["probs"][0], probs, rtol=1e-4, atol=1e-6)  # the same forward pass as predict
+    assert_scaled_close(z["probs"][0], probs, 1e-5, "probs")  # the same forward pass as predict
 
 
 def test_filters_caption_and_dead_filters_on_stderr(tmp_path, capsys):

@@ -15,6 +15,7 @@ import pytest
 
 import jax_models as J
 import jaxviz
+from conftest import assert_scaled_close
 
 HERE = os.path.dirname(__file__)
 TOL = 1e-5
@@ -157,8 +158,8 @@ def test_taps_and_logits_equal_the_models_own(case):
     assert len(ref) >= 3
     acts = jaxviz.activations(b.model, b.params, x, list(ref))
     for name, want in ref.items():
-        np.testing.assert_allclose(acts[name], want, atol=TOL, rtol=TOL, err_msg=name)
-    np.testing.assert_allclose(b.model.run(b.params, x).logits, logits, atol=TOL, rtol=TOL)
+        assert_scaled_close(acts[name], want, TOL, name)
+    assert_scaled_close(b.model.run(b.params, x).logits, logits, TOL, "logits")
 
 
 def test_inference_arguments_are_chosen_and_said():
@@ -170,7 +171,7 @@ def test_inference_arguments_are_chosen_and_said():
     x = _x(32)
     with pytest.raises(Exception, match="unbound axis name|immutable"):  # what a plain call does (training)
         m.apply(v, x)
-    np.testing.assert_allclose(b.model.run(b.params, x).logits, m.apply(v, x, train=False), atol=TOL, rtol=TOL)
+    assert_scaled_close(b.model.run(b.params, x).logits, m.apply(v, x, train=False), TOL, "logits")
     own = jaxviz.adapt(m, v, input_shape=(32, 32, 3), call_kwargs={"train": False})
     assert own.model.inference == {} and own.source == "adapted ResNet"
     if not _hf_flax():
@@ -194,9 +195,9 @@ def test_equinox_model_with_state_runs_on_its_running_statistics():
     ref = jax.vmap(own)(xc)
     acts = jaxviz.activations(b.model, b.params, x, ["conv", "bn"])
     for name in ref:
-        np.testing.assert_allclose(acts[name], ref[name], atol=TOL, rtol=TOL, err_msg=name)
+        assert_scaled_close(acts[name], ref[name], TOL, name)
     logits = jax.vmap(lambda xi: inference(xi, state)[0])(xc)
-    np.testing.assert_allclose(b.model.run(b.params, x).logits, logits, atol=TOL, rtol=TOL)
+    assert_scaled_close(b.model.run(b.params, x).logits, logits, TOL, "logits")
     assert np.abs(np.asarray(ref["bn"]) - np.asarray(ref["conv"])).max() > 0.1  # the statistics matter
 
 

@@ -29,6 +29,7 @@ from jaxviz.nn import layers as L
 from jaxviz.nn.keras_graph import build_graph, graph_from_spec, graph_spec, preprocessing_for
 from jaxviz.nn.preprocess import deprocess, preprocess
 from weights_convert.cli import main as convert_main
+from conftest import assert_scaled_close
 
 TOL = 1e-5
 
@@ -312,7 +313,7 @@ def test_one_channel_equals_the_full_layer(layer):
     assert full.shape[1:] == layer.out_shape(x.shape[1:])
     for index in range(full.shape[-1]):
         one = layer.apply(variables, x, jnp.int32(index), method="one_channel")
-        np.testing.assert_allclose(one[..., 0], full[..., index], rtol=1e-5, atol=1e-5)
+        assert_scaled_close(one[..., 0], full[..., index], 1e-5, f"channel {index}")
 
 
 def test_layer_facts():

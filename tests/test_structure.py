@@ -18,6 +18,7 @@ from jaxviz.errors import JaxvizError
 from jaxviz.methods import attribution
 from jaxviz.methods.featurevis import recipes
 from jaxviz.nn import policy
+from conftest import assert_scaled_close
 
 X = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,8 +63,8 @@ def test_guided_and_plain_gradients_concurrently_in_threads(nnx_net):
     assert not errors, errors
     assert len(results["plain"]) == len(results["guided"]) == 20
     for plain, g in zip(results["plain"], results["guided"]):
-        np.testing.assert_allclose(plain, ref_plain, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(g, ref_guided, rtol=1e-5, atol=1e-6)
+        assert_scaled_close(plain, ref_plain, 1e-5, "plain")
+        assert_scaled_close(g, ref_guided, 1e-5, "guided")
 
 
 def test_user_classes_and_relus_are_unchanged_by_taps_and_guided_runs(nnx_net):

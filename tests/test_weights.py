@@ -94,10 +94,10 @@ def test_shipped_digits_checkpoint_classifies_held_out_digits():
     assert acc == pytest.approx(info["test_accuracy"])
 
 
-def test_shipped_fruits_checkpoint(fixtures_dir):
+def test_shipped_fruits_checkpoint():
     loaded = jaxviz.load_model(None, "builtin:fruits_cnn")
     info = jaxviz.io.checkpoint.read_meta(jaxviz.io.builtin_weights("fruits_cnn"))["info"]
-    x, y = datasets.fruits(fixtures_dir / "data" / "fruits_300.npy")
+    x, y = datasets.fruits()  # the set packaged with jaxviz
     held_out = datasets.split(jax.random.key(info["split_seed"]), x, y, info["test_fraction"])
     assert accuracy(loaded.model, loaded.params, held_out.x_test, held_out.y_test) >= 0.95
 

@@ -13,6 +13,7 @@ from jaxviz import JaxvizError, get_model
 from jaxviz.methods.attribution import explain
 from jaxviz.methods.features import filter_patterns, get_recipe
 from weights_convert import load_keras_weights, read_keras_file
+from conftest import assert_scaled_close
 
 # Parameter names in Keras's weight order, per Keras class.
 PARAM_NAMES = {
@@ -159,7 +160,7 @@ def test_inner_layers_of_a_residual_block_are_addressable(model):
     with pytest.raises(JaxvizError, match="also reads"):
         tail(params, feats)
     out = tail(params, feats, context={"add": notop(params, x, until="add")})
-    np.testing.assert_allclose(out, full["block14_sepconv2_act"], rtol=1e-5, atol=1e-5)
+    assert_scaled_close(out, full["block14_sepconv2_act"], 1e-5, "block14_sepconv2_act")
     with pytest.raises(JaxvizError, match="block3_sepconv1_act"):
         notop.index("block3_sepconv_act")  # the error lists the valid names
 

@@ -3,8 +3,8 @@
 * ``digits``: scikit-learn's 1,797 handwritten digits (8x8, 17 grey levels), upsampled the way MNIST
   was made: the digit fills a 20x20 box centred in a 28x28 frame.
 * ``fruits``: the book's ``fruits_300.npy`` (100 each of apple, pineapple, banana, 100x100 grey,
-  object bright on black), area-downsampled to 28x28. The file is not packaged; pass its path or
-  keep ``../shared/fixtures`` beside the repository.
+  object bright on black), area-downsampled to 28x28. It ships with jaxviz (``jaxviz/data/fruits_300.npz``,
+  1.7 MB compressed, MIT-licensed: ``jaxviz/data/LICENSE-fruits_300``), as ``fruits_cnn``'s weights do.
 """
 
 from __future__ import annotations
@@ -54,16 +54,29 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def fruits(path: "str | os.PathLike | None" = None) -> tuple[np.ndarray, np.ndarray]:
-    """``fruits_300.npy`` as uint8 300 x 28 x 28 x 1 and labels 0 apple, 1 pineapple, 2 banana."""
-    path = path or fixture_path("data/fruits_300.npy")
-    if path is None or not os.path.exists(path):
-        raise JaxvizError("fruits_300.npy not found: pass its path or set JAXVIZ_FIXTURES to the fixtures directory")
-    raw = np.load(path, allow_pickle=False)
+    """The 300 fruit photos as uint8 300 x 28 x 28 x 1 and labels 0 apple, 1 pineapple, 2 banana.
+
+    ``path``: another copy of the book's ``fruits_300.npy`` (300 x 100 x 100 uint8); by default the copy
+    packaged with jaxviz."""
+    if path is None:
+        raw = _packaged_fruits()
+    else:
+        if not os.path.isfile(path):
+            raise JaxvizError(f"path={os.fspath(path)!r}: no such file (the book's fruits_300.npy)")
+        raw = np.load(path, allow_pickle=False)
     if raw.shape != (300, 100, 100):
         raise JaxvizError(f"{path}: expected 300 x 100 x 100 photos, found {raw.shape}")
     x = np.stack([cv2.resize(im.astype(np.float32), (28, 28), interpolation=cv2.INTER_AREA) for im in raw])
     y = np.repeat(np.arange(3, dtype=np.int32), 100)
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)[..., None], y
+
+
+def _packaged_fruits() -> np.ndarray:
+    from importlib import resources
+
+    with resources.files("jaxviz").joinpath("data", "fruits_300.npz").open("rb") as f, \
+            np.load(f, allow_pickle=False) as z:
+        return z["fruits"]
 
 
 DATASETS = {"digits": digits, "fruits": fruits}

@@ -691,8 +691,6 @@ def _fixture_jobs(quick: bool, seed: int) -> list[Job]:
     jobs = [Job("fashion_cnn: weights", 4.0, fashion,
                 cmd("jaxviz", "weights", "--weights", "builtin:fashion_cnn", "--layer", "conv2d", "--layer",
                     "conv2d_1", "--layer", "dense", "--compare-untrained", "--out", f"{OUT}/fashion_weights"))]
-    if not fixture_path("data/fruits_300.npy"):
-        return jobs
 
     def fruit_acts(ctx: Context) -> list[Section]:
         from jaxviz.io import load_model
