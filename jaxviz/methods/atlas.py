@@ -23,6 +23,9 @@ group of devices) with the same command, e.g. on one machine::
 (on several hosts, HOST:PORT is process 0's address; every process names the same ``--out``, and
 process 0 writes the files).
 
+The stream, the checkpoints and the merge over processes are the shared engine's
+(:mod:`jaxviz.methods.engine`); this module is the job (its step, state and merge).
+
 Resumable: with ``checkpoint=DIR``, the running state, the position in the share and a hash of the
 settings (model, weights, layers, units, k, reduce, input size, the collection's names) are written
 with orbax (:mod:`jaxviz.io.jobstate`: atomic, one checkpoint per process) every ``checkpoint_every``
@@ -38,10 +41,7 @@ process merge are one data structure's life; the collection reader and receptive
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -51,9 +51,9 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxviz.errors import JaxvizError
-from jaxviz.io.jobstate import exists, load_state, save_state
-from jaxviz.io.collection import Failure, open_collection
-from jaxviz.methods.sharding import AXIS, allgather_json, batch_mesh, replicate, shard_batch
+from jaxviz.io.collection import Failure
+from jaxviz.methods import engine
+from jaxviz.methods.sharding import AXIS, batch_mesh, replicate, shard_batch
 from jaxviz.nn.preprocess import preprocess
 from jaxviz.nn.protocol import Model, is_spatial, layer_shape
 from jaxviz.nn.receptive import RF, field_boxes, receptive_field
@@ -98,6 +98,11 @@ class LayerAtlas(NamedTuple):
     grid: tuple[int, int]
     field: RF
 
+    def _repr_html_(self) -> str:
+        from jaxviz.viz.display import html
+
+        return html(self)
+
 
 class Atlas(NamedTuple):
     """What :func:`top_examples` returns.
@@ -117,6 +122,11 @@ class Atlas(NamedTuple):
     count: int
     input_shape: tuple[int, int, int]
     reduce: str
+
+    def _repr_html_(self) -> str:
+        from jaxviz.viz.display import html
+
+        return html(self)
 
 
 # -- the merge ---------------------------------------------------------------------------------------
@@ -218,46 +228,15 @@ def _make_step(model: Model, plan: _Plan, k: int, reduce: str, chunk: int, mesh)
     return jit(sharded)
 
 
-# -- settings, checkpoints ---------------------------------------------------------------------------
-def _digest(tree: Any) -> str:
-    h = hashlib.sha256()
-    for leaf in jax.tree_util.tree_leaves(tree):
-        a = np.asarray(leaf)
-        h.update(str((a.shape, a.dtype)).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:16]
+class _State(NamedTuple):
+    """The job's running state: the devices' top-k per layer, the host's statistics (float64 sums,
+    int64 fire counts, images counted) and the last batch's reduced responses not yet counted."""
 
-
-def _settings_hash(model, params, plan, k, reduce, shape, paths, chunk, shard) -> str:
-    names = hashlib.sha256("\n".join(paths).encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    doc = {"model": model.name, "preprocessing": model.preprocessing, "params": _digest(params),
-           "layers": plan.layers, "units": plan.units, "k": k, "reduce": reduce, "shape": shape, "items": len(paths),
-           "names": names, "chunk": chunk, "shard": shard, "version": STATE_VERSION}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=list).encode()).hexdigest()[:24]
-
-
-def _ckpt_path(directory: str, shard: tuple[int, int]) -> str:
-    return os.path.join(directory, f"atlas-state-{shard[0]}of{shard[1]}")
-
-
-def _save(path: str, settings: str, position: int, state, sums, fires, count, failures) -> None:
-    arrays = {"position": np.array(position), "count": np.array(count)}
-    for n, (v, i, p) in enumerate(state):
-        arrays[f"{n}/values"], arrays[f"{n}/indices"], arrays[f"{n}/peaks"] = (np.asarray(a) for a in (v, i, p))
-        arrays[f"{n}/sums"], arrays[f"{n}/fires"] = sums[n], fires[n]
-    save_state(path, settings, arrays, failures)
-
-
-def _load(path: str, settings: str, layers: int, paths: list[str]):
-    z, failures = load_state(path, settings, paths, "model, weights, layers, units, k, reduce, input size, images "
-                                                    "or processes")
-    try:
-        state = [tuple(z[f"{n}/{a}"] for a in ("values", "indices", "peaks")) for n in range(layers)]
-        sums = [z[f"{n}/sums"] for n in range(layers)]
-        fires = [z[f"{n}/fires"] for n in range(layers)]
-        return int(z["position"]), state, sums, fires, int(z["count"]), failures
-    except KeyError as e:
-        raise JaxvizError(f"the checkpoint {path} cannot be read ({e.__class__.__name__}); remove it") from None
+    top: Any
+    sums: list
+    fires: list
+    count: int
+    pending: Any
 
 
 # -- the public function -----------------------------------------------------------------------------
@@ -360,83 +339,74 @@ def top_examples(
         raise JaxvizError(f"batch_size must be 1..65536, got {batch_size}")
     per_device = -(-per_device // chunk) * chunk
     shard = (jax.process_index(), jax.process_count())
-    coll = open_collection(images, shape, batch_size=per_device * d, shard=shard, workers=workers,
-                           max_failures=max_failures, interpolation=interpolation)
-    paths = coll.paths
-    settings = _settings_hash(model, params, plan, k, reduce, shape, paths, chunk, shard)
-    ckpt = _ckpt_path(os.fspath(checkpoint), shard) if checkpoint is not None else None
-
-    n_layers = len(plan.layers)
-    state = [(np.full((len(u), k), -np.inf, np.float32), np.full((len(u), k), NO_INDEX, np.int32),
-              np.zeros((len(u), k), np.int32)) for u in plan.units]
-    sums = [np.zeros(len(u), np.float64) for u in plan.units]
-    fires = [np.zeros(len(u), np.int64) for u in plan.units]
-    count, position, failures = 0, 0, []
-    if ckpt is not None and resume and exists(ckpt):
-        position, state, sums, fires, count, failures = _load(ckpt, settings, n_layers, paths)
-    if position:
-        coll = open_collection(images, shape, batch_size=per_device * d, shard=shard, start=position,
-                               workers=workers, max_failures=max_failures, interpolation=interpolation)
-        coll.failures[:] = failures
-
     step = _step_fn(model, plan, k, reduce, chunk, mesh)
     rep_params = replicate(mesh, params)
-    dev_state = replicate(mesh, [tuple(jnp.asarray(a) for a in s) for s in state])
-    total = coll.share_size
 
-    def save():
-        if ckpt is not None:
-            _save(ckpt, settings, position, [tuple(np.asarray(a) for a in s) for s in dev_state], sums, fires,
-                  count, coll.failures)
-
-    pending = None  # the previous batch's reduced responses: read after the next step is queued
-
-    def account(p):
-        nonlocal count
-        reduced, valid = p
+    def account(st: _State) -> _State:
+        """The pending batch's reduced responses added to the statistics (on the host, float64)."""
+        if st.pending is None:
+            return st
+        reduced, valid = st.pending
+        sums, fires = list(st.sums), list(st.fires)
         for n, r in enumerate(reduced):
             r = np.asarray(r)[valid]
-            sums[n] += r.astype(np.float64).sum(0)
-            fires[n] += (r > 0).sum(0)
-        count += int(valid.sum())
+            sums[n] = sums[n] + r.astype(np.float64).sum(0)
+            fires[n] = fires[n] + (r > 0).sum(0)
+        return _State(st.top, sums, fires, st.count + int(valid.sum()), None)
 
-    last_save, batches, consistent = time.monotonic(), 0, True
-    try:
-        for batch in coll:
-            idx = np.where(batch.valid, batch.indices, NO_INDEX).astype(np.int32)
-            x, i, v = shard_batch(mesh, batch.pixels, idx, batch.valid)
-            consistent = False  # until the state, the position and the statistics agree again
-            dev_state, reduced = step(rep_params, dev_state, x, i, v)
-            if pending is not None:
-                account(pending)
-            pending = (reduced, batch.valid)
-            position += int((batch.indices >= 0).sum())
-            consistent = True
-            batches += 1
-            if on_batch is not None:
-                on_batch(position, total)
-            if ckpt is not None and (batches % max(1, checkpoint_every) == 0
-                                     or time.monotonic() - last_save >= checkpoint_seconds):
-                account(pending)
-                pending = None
-                save()
-                last_save = time.monotonic()
-        if pending is not None:
-            account(pending)
-            pending = None
-    except BaseException:  # Ctrl-C, SIGTERM (the CLI raises it as KeyboardInterrupt) or a crash
-        if ckpt is not None and consistent:  # else the last periodic checkpoint stands
-            if pending is not None:
-                account(pending)
-            save()
-        raise
-    save()
-    paths = coll.paths  # an iterable of batches names its items as they are read
+    def init(ctx) -> _State:
+        top = [(np.full((len(u), k), -np.inf, np.float32), np.full((len(u), k), NO_INDEX, np.int32),
+                np.zeros((len(u), k), np.int32)) for u in plan.units]
+        return _State(replicate(mesh, [tuple(jnp.asarray(a) for a in s) for s in top]),
+                      [np.zeros(len(u), np.float64) for u in plan.units],
+                      [np.zeros(len(u), np.int64) for u in plan.units], 0, None)
 
-    state = [tuple(np.asarray(a) for a in s) for s in dev_state]
-    failures = list(coll.failures)
-    if shard[1] > 1:
-        state, sums, fires, count, failures = _gather_processes(state, sums, fires, count, failures, paths, k)
+    def update(st: _State, batch, ctx):
+        idx = np.where(batch.valid, batch.indices, NO_INDEX).astype(np.int32)
+        x, i, v = shard_batch(mesh, batch.pixels, idx, batch.valid)
+        top, reduced = step(rep_params, st.top, x, i, v)
+        # the previous batch's responses are read after this step is queued: the device stays busy
+        st = account(st)
+        return _State(top, st.sums, st.fires, st.count, (reduced, batch.valid)), None
+
+    def to_arrays(st: _State) -> dict:
+        st = account(st)
+        arrays = {"count": np.array(st.count)}
+        for n, (v, i, p) in enumerate(st.top):
+            arrays[f"{n}/values"], arrays[f"{n}/indices"], arrays[f"{n}/peaks"] = (np.asarray(a) for a in (v, i, p))
+            arrays[f"{n}/sums"], arrays[f"{n}/fires"] = st.sums[n], st.fires[n]
+        return arrays
+
+    def from_arrays(z, ctx) -> _State:
+        top = [tuple(z[f"{n}/{a}"] for a in ("values", "indices", "peaks")) for n in range(len(plan.layers))]
+        return _State(replicate(mesh, [tuple(jnp.asarray(a) for a in s) for s in top]),
+                      [z[f"{n}/sums"] for n in range(len(plan.layers))],
+                      [z[f"{n}/fires"] for n in range(len(plan.layers))], int(z["count"]), None)
+
+    def merge(parts, ctx) -> dict:
+        """Every process's state: the top-k merged, the statistics summed in process order."""
+        out = {"count": np.array(sum(int(p["count"]) for p in parts))}
+        for n in range(len(plan.layers)):
+            get = lambda name: [p[f"{n}/{name}"] for p in parts]  # noqa: B023
+            (out[f"{n}/values"], out[f"{n}/indices"], out[f"{n}/peaks"]) = merge_states(
+                list(zip(get("values"), get("indices"), get("peaks"))), k)
+            out[f"{n}/sums"] = np.stack(get("sums")).sum(0)
+            out[f"{n}/fires"] = np.stack(get("fires")).sum(0)
+        return out
+
+    job = engine.Job("atlas", {"model": model.name, "preprocessing": model.preprocessing,
+                               "params": engine.digest(params), "layers": plan.layers, "units": plan.units, "k": k,
+                               "reduce": reduce, "chunk": chunk, "version": STATE_VERSION},
+                     init=init, update=update, to_arrays=to_arrays, from_arrays=from_arrays, merge=merge)
+    res = engine.run_job(job, images, shape=shape, batch_size=per_device * d, devices=devices, checkpoint=checkpoint,
+                         resume=resume, checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
+                         workers=workers, max_failures=max_failures, interpolation=interpolation, on_batch=on_batch,
+                         what="model, weights, layers, units, k, reduce, input size, images or processes")
+    z, paths, failures = res.arrays, res.paths, res.failures
+    count = int(z["count"])
+    state = [tuple(z[f"{n}/{a}"] for a in ("values", "indices", "peaks")) for n in range(len(plan.layers))]
+    sums = [z[f"{n}/sums"] for n in range(len(plan.layers))]
+    fires = [z[f"{n}/fires"] for n in range(len(plan.layers))]
     out = {}
     asked_names = [layers] if isinstance(layers, str) else layers
     for (name, shown, grid), (v, i, p), s, f, asked in zip(zip(plan.layers, plan.units, plan.grids), state, sums,
@@ -455,22 +425,3 @@ def top_examples(
             fire_rate=(f / n).astype(np.float32), dead=f == 0, grid=grid, field=rf)
     return Atlas(out, paths, sorted(failures), count, shape, reduce)
 
-
-def _gather_processes(state, sums, fires, count, failures, paths, k):
-    """Every process's state, statistics and failures merged (the same on every process)."""
-    from jax.experimental.multihost_utils import process_allgather
-
-    def gather(a):
-        return np.asarray(process_allgather(a))
-
-    merged = []
-    for v, i, p in state:
-        gv, gi, gp = gather(v), gather(i), gather(p)
-        merged.append(merge_states([(gv[r], gi[r], gp[r]) for r in range(len(gv))], k))
-    # float64 and int64 travel as uint32 words (jax without x64 would narrow them); summed in process order
-    sums = [gather(s.view(np.uint32)).view(np.float64).sum(0) for s in sums]
-    fires = [gather(f.view(np.uint32)).view(np.int64).sum(0) for f in fires]
-    count = int(gather(np.array([count], np.int64).view(np.uint32)).view(np.int64).sum())
-    failures = sorted(Failure(int(j), paths[int(j)], str(r))
-                      for doc in allgather_json([[f.index, f.reason] for f in failures]) for j, r in doc)
-    return merged, sums, fires, count, failures
