@@ -1,6 +1,7 @@
-"""Every command shown to a user runs: each README code block and each `--help` example (issue 28).
+"""Every command shown to a user runs: each code block of the README and of the documentation pages
+(``docs/*.md``, the MkDocs site; issue 35) and each `--help` example (issue 28).
 
-How blocks run:
+How blocks run (the same rules for the README and every docs page, :data:`PAGES`):
 
 * **python** blocks run in a fresh interpreter, those of one ``## `` section together and in order (as a
   reader pastes them into one session: the API section's later blocks use the ``m`` and ``x`` of its
@@ -10,8 +11,12 @@ How blocks run:
   settings; the chain's other steps (``python3 -m venv``, ``pip install``) are the environment this suite
   already runs in and are not repeated. ``jaxviz demo`` is only parsed here: it runs in
   ``tests/test_gallery.py::test_demo_quick_logs_progress_while_it_runs`` (``--quick``).
-* A block after a ``<!-- skip: REASON -->`` line is not run; the README says why next to it (the test
-  suite itself; the full VGG16 atlas, which needs a download and hours).
+* **Not runnable blocks** are marked in the page itself, one of two ways, and the reason is shown to the
+  reader or kept in the source: a ``<!-- skip: REASON -->`` line right above the fence (an HTML comment,
+  invisible on the site), or ``skip="REASON"`` in the fence's info string (```` ```bash skip="needs torch" ````).
+  REASON says why (the test suite itself; the full VGG16 atlas, which needs a download and hours). Blocks
+  in another language (``text``, ``json``, none) are shown, not run.
+* Sections are the page's ``#``/``##`` headings: the python blocks of one section of one page run together.
 * The files the commands name are made in the working directory by :func:`workdir`: ``cat.png`` and
   ``photo.jpg`` (scikit-image's chelsea), ``photos/`` (four bundled photos), ``model.h5``/``model.keras`` (a
   small Keras CNN of an architecture jaxviz does not know) and ``my_net.py`` (the README's ``Net`` with a
@@ -30,6 +35,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+# The pages whose code blocks run: the README and the documentation site's pages (not the generated API pages).
+PAGES = [README] + sorted((ROOT / "docs").glob("*.md"))
 
 # (text, replacement) in python blocks: the same calls with fewer units and steps at a smaller size.
 PY_SMALL = [
@@ -46,29 +53,39 @@ class Block(NamedTuple):
     lang: str
     code: str
     line: int  # of the opening fence
-    section: str
+    section: str  # "PAGE: heading"
     skip: str | None
+    page: str = "README.md"
 
 
-def readme_blocks() -> list[Block]:
-    text = README.read_text()
+def page_blocks(path: pathlib.Path) -> list[Block]:
+    """The fenced code blocks of one Markdown page, with the skip rule of the module docstring."""
+    text = path.read_text(encoding="utf-8")
+    page = str(path.relative_to(ROOT))
     out, section = [], ""
     lines = text.splitlines()
     i = 0
     while i < len(lines):
-        if lines[i].startswith("## "):
-            section = lines[i][3:]
-        m = re.match(r"^```(\w*)\s*$", lines[i])
+        h = re.match(r"^#{1,2} (.+)", lines[i])
+        if h:
+            section = h[1]
+        m = re.match(r"^```(\w*)(.*)$", lines[i])
         if m:
             j = i + 1
             while not lines[j].startswith("```"):
                 j += 1
             prev = lines[i - 1].strip() if i else ""
-            skip = re.fullmatch(r"<!-- skip: (.+) -->", prev)
-            out.append(Block(m[1], "\n".join(lines[i + 1:j]) + "\n", i + 1, section, skip[1] if skip else None))
+            skip = re.fullmatch(r"<!-- skip: (.+) -->", prev) or re.search(r'skip="([^"]+)"', m[2])
+            label = section if path == README else f"{page}: {section}"
+            out.append(Block(m[1], "\n".join(lines[i + 1:j]) + "\n", i + 1, label, skip[1] if skip else None, page))
             i = j
         i += 1
     return out
+
+
+def readme_blocks() -> list[Block]:
+    """The blocks of every page of :data:`PAGES`, the README first."""
+    return [b for p in PAGES for b in page_blocks(p)]
 
 
 def python_groups() -> dict[str, list[Block]]:
@@ -91,7 +108,7 @@ def commands(script: str) -> list[list[str]]:
 
 
 def bash_commands() -> list[tuple[str, list[str]]]:
-    return [(f"README:{b.line}", argv) for b in readme_blocks() if b.lang == "bash" and b.skip is None
+    return [(f"{b.page}:{b.line}", argv) for b in readme_blocks() if b.lang == "bash" and b.skip is None
             for argv in commands(b.code)]
 
 
@@ -195,8 +212,8 @@ def test_python_blocks_run(section, workdir):
     env = dict(os.environ, KERAS_BACKEND="jax")
     r = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, env=env,
                        timeout=600)
-    lines = ", ".join(str(b.line) for b in python_groups()[section])
-    assert r.returncode == 0, f"README python blocks at lines {lines} ({section}):\n{r.stderr[-3000:]}"
+    lines = ", ".join(f"{b.page}:{b.line}" for b in python_groups()[section])
+    assert r.returncode == 0, f"python blocks at {lines} ({section}):\n{r.stderr[-3000:]}"
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str]:
@@ -243,10 +260,46 @@ def test_help_examples_run(workdir, capsys, monkeypatch):
 
 
 def test_the_methods_table_is_the_registry():
-    """The README's table of attribution methods lists exactly the registry's methods, in its order."""
+    """The docs' table of attribution methods (docs/attribution.md) lists exactly the registry's methods,
+    in its order."""
     from jaxviz.methods.attribution import REGISTRY
 
-    text = README.read_text(encoding="utf-8")
-    section = text.split("### Attribution methods", 1)[1].split("\n\n|", 1)[1].split("\n\n", 1)[0]
+    text = (ROOT / "docs" / "attribution.md").read_text(encoding="utf-8")
+    section = text.split("\n\n|", 1)[1].split("\n\n", 1)[0]
     names = [line.split("`")[1] for line in ("|" + section).splitlines()[2:]]
     assert names == [m.name for m in REGISTRY]
+
+
+def test_skip_markers_and_pages():
+    """Both skip forms are read, with their reason; the docs pages are among the pages run; the README stays
+    a short front page (issue 35: at most about 200 lines) whose links into docs/ name existing pages."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=ROOT) as d:
+        p = pathlib.Path(d) / "page.md"
+        p.write_text('# T\n\n<!-- skip: needs a download -->\n```bash\njaxviz x\n```\n\n'
+                     '```bash skip="needs torch"\njaxviz y\n```\n\n```python\nprint(1)\n```\n')
+        blocks = page_blocks(p)
+    assert [(b.lang, b.skip) for b in blocks] == [("bash", "needs a download"), ("bash", "needs torch"),
+                                                   ("python", None)]
+    assert ROOT / "docs" / "attribution.md" in PAGES
+    text = README.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 200
+    links = re.findall(r"\]\((docs/[^)#]+)", text)
+    assert len(links) >= 10 and all((ROOT / link).is_file() for link in links), links
+
+
+def test_the_api_reference_lists_every_public_name(tmp_path):
+    """`mkdocs build --strict` passes (no broken link, no missing reference) and the API page has an entry
+    with its signature for every name of ``jaxviz.__all__``."""
+    pytest.importorskip("mkdocstrings", reason="the docs extra is not installed: pip install -e '.[docs]'")
+    import jaxviz
+
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    page = (tmp_path / "site" / "api" / "index.html").read_text(encoding="utf-8")
+    missing = [n for n in jaxviz.__all__ if f'id="jaxviz.{n}"' not in page]
+    assert not missing, missing
+    assert page.count('class="doc-signature') >= 20
