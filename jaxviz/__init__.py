@@ -29,6 +29,7 @@ from jaxviz.nn.adapters import adapt
 from jaxviz.nn.preprocess import deprocess, preprocess
 from jaxviz.nn.protocol import Forward, Model
 from jaxviz.nn.receptive import RF, field_box, field_boxes, receptive_field
+from jaxviz.viz.display import show
 
 __version__ = "0.1.0"
 
@@ -36,5 +37,5 @@ __all__ = [
     "Atlas", "Cams", "Definitions", "Evaluation", "Forward", "JaxvizError", "LayerAtlas", "Loaded", "MODELS", "Model", "Patterns", "RF", "Recipe",
     "Sequential", "activations", "adapt", "count_compilations", "decode_predictions", "deprocess", "evaluate", "explain", "faithfulness",
     "field_box", "field_boxes", "filter_patterns", "get_model", "get_recipe", "imagenet_classes", "layer_weights",
-    "load_image", "load_model", "preprocess", "receptive_field", "sample_image", "top_examples",
+    "load_image", "load_model", "preprocess", "receptive_field", "sample_image", "show", "top_examples",
 ]

@@ -20,12 +20,28 @@ def default_layers(model: Model) -> list[str]:
     return policy.feature_layers(model)
 
 
+class Activations(dict):
+    """``{layer: activation}`` as :func:`activations` returns it: a plain dict (``acts[layer]``, ``.items()``,
+    a pytree for ``jax.tree``) that draws itself in a notebook (each layer's channel grid of the first
+    image, :func:`jaxviz.viz.display.html`)."""
+
+    def _repr_html_(self) -> str:
+        from jaxviz.viz.display import html
+
+        return html(self)
+
+
+jax.tree_util.register_pytree_with_keys(
+    Activations, lambda d: ([(jax.tree_util.DictKey(k), v) for k, v in d.items()], tuple(d)),
+    lambda keys, values: Activations(zip(keys, values)))
+
+
 @functools.lru_cache(maxsize=32)
 def _tap(model: Model, names: tuple[str, ...]):
     return jit(lambda params, x: model.run(params, x, taps=names, output=False).taps)
 
 
-def activations(model: Model, params: Any, x: jax.Array, layers: Sequence[str] | None = None) -> dict[str, jax.Array]:
+def activations(model: Model, params: Any, x: jax.Array, layers: Sequence[str] | None = None) -> Activations:
     """Activations of several layers for a batch, in one jitted pass.
 
     Args:
@@ -35,7 +51,7 @@ def activations(model: Model, params: Any, x: jax.Array, layers: Sequence[str] |
       x: a preprocessed batch, N x H x W x C.
       layers: layer names (default: :func:`default_layers`).
     Returns:
-      ``{layer: activation}`` in the order asked, N x h x w x C for spatial layers. The pass stops at
+      ``{layer: activation}`` (an :class:`Activations` dict) in the order asked, N x h x w x C for spatial layers. The pass stops at
       the deepest requested layer; a second call with the same shapes does not recompile.
     """
     x = check_batch(x)  # integers become float32; NaN/Inf, an empty batch or another rank are refused
@@ -45,4 +61,4 @@ def activations(model: Model, params: Any, x: jax.Array, layers: Sequence[str] |
     check_params(model, params, x.shape[1:])
     out = _tap(model, names)(params, x)
     keys = list(layers) if layers is not None else list(names)
-    return {k: out[n] for k, n in zip(keys, names)}  # jit returns dicts with sorted keys; keep the layer order
+    return Activations((k, out[n]) for k, n in zip(keys, names))  # jit returns dicts with sorted keys; keep the layer order

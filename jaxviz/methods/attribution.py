@@ -52,6 +52,11 @@ class Cams(NamedTuple):
     classes: np.ndarray  # N x K int
     probs: np.ndarray  # N x classes (the model's output)
 
+    def _repr_html_(self) -> str:
+        from jaxviz.viz.display import html
+
+        return html(self)
+
 
 class Setting(NamedTuple):
     """One knob of a method: a field of :class:`Settings` (and the CLI's ``--name``) with its default, its

@@ -95,6 +95,11 @@ class Evaluation(NamedTuple):
     failures: list[Failure]
     definitions: M.Definitions
 
+    def _repr_html_(self) -> str:
+        from jaxviz.viz.display import html
+
+        return html(self)
+
 
 # -- the jitted steps ---------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=64)

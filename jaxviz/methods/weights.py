@@ -24,6 +24,16 @@ class LayerWeights(NamedTuple):
     edges: np.ndarray  # bin edges (float64, ``bins + 1``)
     stats: np.ndarray  # float64, in the order of STAT_NAMES
 
+    def _repr_html_(self) -> str:
+        from jaxviz.viz.display import html
+
+        return html(self)
+
+    def _repr_png_(self) -> bytes | None:
+        from jaxviz.viz.display import png
+
+        return png(self)
+
 
 def weight_stats(w: np.ndarray, near_zero: float = 0.01) -> np.ndarray:
     """``[mean, std, min, max, fraction with |w| < near_zero]`` of all values of ``w`` (float64)."""

@@ -115,6 +115,11 @@ class Loaded:
     trained: bool
     source: str
 
+    def _repr_html_(self) -> str:
+        from jaxviz.viz.display import html
+
+        return html(self)
+
 
 def output_shape(model: Model, input_shape: Sequence[int] | None = None) -> Shape:
     """The shape (no batch axis) of the model's output."""

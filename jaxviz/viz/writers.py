@@ -105,17 +105,15 @@ def write_filters(stage: str, model: Model, params: Any, layer: str, filters: Se
     ``photos`` names the photos measured against). Returns the files and the Patterns. ``trained=False``:
     the caption says the weights are untrained (what the quality figures measure then is the architecture)."""
     from jaxviz.methods.features import PHOTOS, filter_patterns
-    from jaxviz.viz.render import fit_columns, stitch
+    from jaxviz.viz.display import patterns_png
 
     res = filter_patterns(model, params, layer, filters, recipe, key, batch_size=batch_size, on_chunk=on_chunk,
                           quality=quality)
     stem = file_stem(layer)
     _write_names(stage, prefix, {layer: stem})
     rel = f"{prefix}{stem}.png"
-    images = res.images[..., 0] if res.images.shape[-1] == 1 else res.images
-    per_unit = len(res.filters) // len(np.unique(res.filters))
-    cols = per_unit if per_unit > 1 else fit_columns(len(images))
-    save_png(_join(stage, rel), stitch(images, n_cols=cols, margin=5))
+    with open(_join(stage, rel), "wb") as f:  # the grid a notebook shows (Patterns._repr_png_), every pattern
+        f.write(patterns_png(res, limit=len(res.images)))
     save_npz(_join(stage, f"{prefix}{stem}.npz"), patterns=res.patterns, images=res.images, filters=res.filters,
              objective=res.objective, photo_best=res.photo_best, relative=res.relative, robustness=res.robustness,
              hf_energy=res.hf_energy, selectivity=res.selectivity, photos=np.array(PHOTOS))

@@ -71,6 +71,16 @@ class Patterns(NamedTuple):
     selectivity: np.ndarray | None = None  # N float32
     structured: np.ndarray | None = None  # N bool: :func:`structure`'s verdict on the shown picture
 
+    def _repr_html_(self) -> str:
+        from jaxviz.viz.display import html
+
+        return html(self)
+
+    def _repr_png_(self) -> bytes | None:
+        from jaxviz.viz.display import png
+
+        return png(self)
+
     @property
     def good(self) -> np.ndarray | None:
         """N bool: above the best photo *and* structured (see the module docstring); None unmeasured."""

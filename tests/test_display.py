@@ -1,0 +1,173 @@
+"""Results draw themselves (jaxviz.viz.display): every result type's ``_repr_html_`` holds an image, is
+self-contained (PNG data URIs, no script, no network), is bounded for large results, and the CLI's
+pattern grid is the notebook's picture byte for byte. One test runs the renderers in a real Jupyter kernel."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+import pytest
+
+import jaxviz
+from jaxviz.methods.atlas import Atlas, LayerAtlas
+from jaxviz.methods.evaluate import Evaluation
+from jaxviz.nn.receptive import RF
+
+SRC = re.compile(r"""<img[^>]*\bsrc=['"]([^'"]+)['"]""")
+
+
+def _self_contained(text: str) -> int:
+    """Number of images; every one a PNG data URI; no script, no external reference."""
+    srcs = SRC.findall(text)
+    assert srcs, "no <img> in the html"
+    assert all(s.startswith("data:image/png;base64,") for s in srcs), [s[:40] for s in srcs]
+    low = text.lower()
+    assert "<script" not in low and "http://" not in low and "https://" not in low
+    return len(srcs)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    loaded = jaxviz.load_model(weights="builtin:digits_cnn")
+    x = np.random.default_rng(0).random((3, 28, 28, 1)).astype(np.float32)
+    return loaded, x
+
+
+def _patterns(n: int, size: int = 28) -> jaxviz.Patterns:
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    z = np.zeros(n, np.float32)
+    return jaxviz.Patterns(imgs.astype(np.float32), imgs, np.arange(n, dtype=np.int32), z + 1, np.ones((n, 3), np.float32),
+                           np.zeros(n, bool), photo_best=z + 0.5, relative=z + 2, robustness=z + 0.9,
+                           hf_energy=z + 0.1, selectivity=z + 0.3, structured=np.ones(n, bool))
+
+
+def test_patterns_html_grid_and_quality_line():
+    res = _patterns(64)
+    t0 = time.perf_counter()
+    text = res._repr_html_()
+    print(f"64-pattern grid html: {time.perf_counter() - t0:.3f} s, {len(text)} bytes")
+    assert _self_contained(text) == 1
+    assert "good (above the best photo and structured): 64/64" in text  # the quality line
+    big = _patterns(100)._repr_html_()
+    assert "first 64 of 100 patterns shown; 36 more not shown" in big
+    png = res._repr_png_()
+    assert png.startswith(b"\x89PNG")
+
+
+def test_cli_pattern_grid_is_the_notebook_picture(tmp_path, digits):
+    """write_filters (the CLI's writer) saves exactly Patterns._repr_png_: one renderer, two outputs."""
+    from jaxviz.viz.writers import write_filters
+
+    loaded, _ = digits
+    recipe = jaxviz.get_recipe("dlwp1")._replace(steps=3) if hasattr(jaxviz.get_recipe("dlwp1"), "_replace") else None
+    import jax
+
+    files, res = write_filters(str(tmp_path), loaded.model, loaded.params, "conv2d", [0, 1, 2], recipe,
+                               jax.random.key(0), quality=False)
+    assert (tmp_path / files[0].path).read_bytes() == res._repr_png_()
+
+
+def test_activations_cams_weights_loaded(digits):
+    loaded, x = digits
+    m, p = loaded.model, loaded.params
+    acts = jaxviz.activations(m, p, x)
+    assert isinstance(acts, dict) and list(acts) == ["conv2d", "max_pooling2d", "conv2d_1", "max_pooling2d_1"]
+    np.testing.assert_array_equal(np.asarray(acts["conv2d"]), np.asarray(dict(acts)["conv2d"]))
+    import jax
+
+    assert jax.tree.map(lambda a: a.shape[0], acts) == {k: 3 for k in acts}  # still a pytree
+    assert _self_contained(acts._repr_html_()) == 4  # one grid per spatial layer
+    cams = jaxviz.explain(m, p, x)
+    text = cams._repr_html_()
+    assert _self_contained(text) == 3
+    c = int(cams.classes[0, 0])
+    assert f"image 0: class {c}, p={float(cams.probs[0, c]):.2f}" in text
+    lw = jaxviz.layer_weights(m, p, "conv2d")
+    assert _self_contained(lw._repr_html_()) == 1 and "kernel 3x3x1x32" in lw._repr_html_()
+    table = loaded._repr_html_()
+    for name in ("conv2d", "max_pooling2d_1", "dense_1"):
+        assert f"<td style='text-align:left'>{name}</td>" in table
+
+
+def _atlas(tmp_path, units: int, k: int = 9, n_images: int = 12) -> Atlas:
+    from PIL import Image
+
+    paths = []
+    for i in range(n_images):
+        f = tmp_path / f"img{i}.png"
+        Image.fromarray(np.full((28, 28), 20 * i, np.uint8)).save(f)
+        paths.append(str(f))
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, n_images, (units, k))
+    la = LayerAtlas(np.arange(units), idx, rng.random((units, k)).astype(np.float32), np.zeros((units, k, 2), np.int32),
+                    np.tile(np.array([0, 0, 10, 10], np.int32), (units, k, 1)), rng.random(units).astype(np.float32),
+                    rng.random(units).astype(np.float32), rng.random(units).astype(np.float32), np.zeros(units, bool),
+                    (4, 4), RF((3, 3), (1, 1), (0, 0)))
+    return Atlas({"conv2d": la}, paths, [], n_images, (28, 28, 1), "max")
+
+
+def test_atlas_html_bounded(tmp_path):
+    small = _atlas(tmp_path, 8)._repr_html_()
+    assert _self_contained(small) == 1 + 8 * 4  # the fire-rate plot and 4 exemplars per card
+    big = _atlas(tmp_path, 4096)._repr_html_()
+    print(f"4,096-unit atlas html: {len(big)} bytes")
+    assert len(big) < 2_000_000
+    assert "first 24 of 4096 units shown; 4072 more not shown" in big
+
+
+def test_evaluation_html():
+    curves = {"gradcam": {"deletion": np.linspace(1, 0, 5), "insertion": np.linspace(0, 1, 5)},
+              "random": {"deletion": np.linspace(1, .5, 5), "insertion": np.linspace(0, .5, 5)}}
+    board = [dict(method="gradcam", metric="deletion", higher_is_better=False, mean=0.25, low=0.2, high=0.3, n=4,
+                  beats_random=0.75),
+             dict(method="random", metric="deletion", higher_is_better=False, mean=0.5, low=0.4, high=0.6, n=4,
+                  beats_random=None)]
+    ev = Evaluation(["a", "b", "c", "d"], np.zeros(4, np.int64), {"gradcam": {}, "random": {}}, curves, board, [],
+                    None)
+    text = ev._repr_html_()
+    assert _self_contained(text) == 1
+    assert "<td>0.25</td><td>[0.2, 0.3]</td><td>4</td><td>75%</td>" in text
+
+
+def test_show_writes_a_page(tmp_path):
+    path = jaxviz.show(_patterns(4), tmp_path / "p.html")
+    text = open(path, encoding="utf-8").read()
+    assert text.startswith("<!doctype html>") and _self_contained(text) == 1
+
+
+KERNEL_CODE = r"""
+import time, numpy as np, jax, jaxviz
+from IPython.display import display
+L = jaxviz.load_model(weights="builtin:digits_cnn")
+x = np.random.default_rng(0).random((2, 28, 28, 1)).astype(np.float32)
+rng = np.random.default_rng(1); imgs = rng.integers(0, 256, (64, 28, 28, 3), dtype=np.uint8); z = np.zeros(64, np.float32)
+pats = jaxviz.Patterns(imgs.astype(np.float32), imgs, np.arange(64, dtype=np.int32), z, np.ones((64, 2), np.float32), np.zeros(64, bool))
+t0 = time.perf_counter(); pats._repr_html_(); print(f"grid64 {time.perf_counter() - t0:.3f}")
+for r in (L, jaxviz.activations(L.model, L.params, x), jaxviz.explain(L.model, L.params, x),
+          jaxviz.layer_weights(L.model, L.params, "conv2d"), pats):
+    display(r)
+"""
+
+
+@pytest.mark.slow
+def test_results_render_in_a_jupyter_kernel():
+    """A real ipykernel (started by jupyter_client) displays each result as text/html with an image."""
+    pytest.importorskip("ipykernel", reason="ipykernel (the test extra) is not installed")
+    jc = pytest.importorskip("jupyter_client", reason="jupyter_client (the test extra) is not installed")
+    km, kc = jc.manager.start_new_kernel(kernel_name="python3")
+    try:
+        outputs = []
+        reply = kc.execute_interactive(KERNEL_CODE, timeout=240, output_hook=outputs.append)
+        assert reply["content"]["status"] == "ok", reply["content"]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    htmls = [o["content"]["data"]["text/html"] for o in outputs if o["msg_type"] == "display_data"]
+    assert len(htmls) == 5
+    assert "<img" not in htmls[0] and "dense_1" in htmls[0]  # the layer table
+    for h in htmls[1:]:
+        _self_contained(h)
+    print("".join(o["content"].get("text", "") for o in outputs if o["msg_type"] == "stream"))
