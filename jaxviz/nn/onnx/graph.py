@@ -97,12 +97,15 @@ def _module_path(node) -> str | None:
     if not name.startswith("/"):
         return None
     parts = [p for p in name.split("/")[1:-1] if p]
-    path = ""
+    # each scope is named relative to its parent module, and a child of a container repeats the
+    # container's name: /layer4/layer4.1/conv2 -> layer4.1.conv2, /features/features.1/block/block.0 ->
+    # features.1.block.0
+    base, path, prev = "", "", None
     for part in parts:
-        if not path or part.startswith(path + "."):
-            path = part
-        else:
-            path = f"{path}.{part}"
+        if prev is None or not part.startswith(prev + "."):
+            base = path
+        path = f"{base}.{part}" if base else part
+        prev = part
     return path or None
 
 

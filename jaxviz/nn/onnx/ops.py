@@ -713,16 +713,15 @@ def _bn(node, ins, opset):
 
 @register("LayerNormalization", 17, ("axis", "epsilon", "stash_type"))
 def _layernorm(node, ins, opset):
-    if len([o for o in node.outputs if o]) > 1:
-        raise refuse(node, "the Mean and InvStdDev outputs (training-only) are not supported")
     x, scale = ins[0], ins[1]
     b = ins[2] if len(ins) > 2 else None
     a = _axis(node, node.attr("axis", -1), x.ndim)
     axes = tuple(range(a, x.ndim))
     mean = jnp.mean(x, axis=axes, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
-    y = (x - mean) * lax.rsqrt(var + jnp.float32(node.attr("epsilon", 1e-5))) * scale
-    return [y + b if b is not None else y]
+    inv = lax.rsqrt(var + jnp.float32(node.attr("epsilon", 1e-5)))
+    y = (x - mean) * inv * scale
+    return [y + b if b is not None else y, mean, inv][:max(1, len(node.outputs))]
 
 
 @register("InstanceNormalization", 6, ("epsilon",))
@@ -822,8 +821,9 @@ def _resize(node, ins, opset):
     x = ins[0]
     if node.attr("antialias", 0):
         raise refuse(node, "antialias=1 is not supported")
-    if node.attr("keep_aspect_ratio_policy", "stretch") != "stretch":
-        raise refuse(node, "keep_aspect_ratio_policy other than stretch is not supported")
+    policy = node.attr("keep_aspect_ratio_policy", "stretch")
+    if policy not in ("stretch", "not_larger", "not_smaller"):
+        raise refuse(node, f"keep_aspect_ratio_policy {show(policy, 40)!r} is not supported")
     ctm = node.attr("coordinate_transformation_mode", "half_pixel")
     if ctm == "tf_crop_and_resize":
         raise refuse(node, "coordinate_transformation_mode tf_crop_and_resize is not supported")
@@ -837,6 +837,10 @@ def _resize(node, ins, opset):
         sizes = ints(sizes)
         sc = [s / x.shape[a] for s, a in zip(sizes, axes)]
         outs = sizes
+        if policy != "stretch":  # one scale for every axis, the output sizes rounded from it
+            one = min(sc) if policy == "not_larger" else max(sc)
+            sc = [one] * len(axes)
+            outs = [int(math.floor(x.shape[a] * one + 0.5)) for a in axes]
     elif scales is not None:
         sc = [float(s) for s in scales.reshape(-1)]
         outs = [int(math.floor(x.shape[a] * s)) for a, s in zip(axes, sc)]
