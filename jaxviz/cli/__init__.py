@@ -11,7 +11,7 @@ import sys
 import time
 import warnings
 
-from jaxviz.cli import layers, predict, activations, filters, gradcam, weights, atlas, evaluate, demo  # noqa: F401,I001  (registers, in help order)
+from jaxviz.cli import layers, predict, activations, filters, gradcam, weights, atlas, evaluate, concepts, demo  # noqa: F401,I001  (registers, in help order)
 from jaxviz.errors import EscapingStream, JaxvizError, one_line, show
 from jaxviz.cli.common import COMMANDS, EPILOG_COMMON, Parser, add_common, run_guarded
 

@@ -1,0 +1,188 @@
+"""`jaxviz concepts`: what a layer has learned, as concepts over a collection — ``concepts.npz`` and a
+self-contained ``index.html`` (one card per concept: exemplars where it is strongest, its feature
+visualisation, its importance per class and prevalence; a few images' attribution maps)."""
+
+from __future__ import annotations
+
+import html
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+
+from jaxviz.cli.atlas import STYLE, _crop, _png
+from jaxviz.cli.common import add_model_args, at_least, input_shape, load, on_processes, register, say_preprocessing
+from jaxviz.cli.progress import Progress
+from jaxviz.errors import JaxvizError
+
+CHECKPOINT = ".concepts-checkpoint"
+METRICS = ("c-deletion", "c-insertion", "c-mufidelity")
+
+
+def cmd_concepts(args) -> None:
+    at_least("--concepts", args.concepts, 1, 4096)
+    at_least("--batch-size", args.batch_size, 1, 65536)
+    at_least("--iterations", args.iterations, 1, 100_000)
+    at_least("--checkpoint-every", args.checkpoint_every, 1)
+    at_least("--checkpoint-seconds", args.checkpoint_seconds, 1)
+    if args.crops is not None:
+        at_least("--crops", args.crops, 1)
+    on_processes(args, lambda stage: _run(args, stage))
+
+
+def _run(args, stage) -> None:
+    import jax
+
+    from jaxviz.concepts.job import find_concepts
+
+    loaded = load(args)
+    model = loaded.model
+    shape = input_shape(args, model)
+    say_preprocessing(args, model)
+    layer = model.resolve(args.layer)
+    if os.path.isdir(args.images) and os.path.realpath(args.images) == os.path.realpath(args.out):
+        raise JaxvizError(f"--out {args.out} is the --images folder; choose another --out")
+    classes = [int(c) for c in (args.cls or [])]
+    checkpoint = os.path.join(args.out, CHECKPOINT)
+    t0 = time.perf_counter()
+    with Progress("jaxviz concepts", unit="image") as bar:
+        res = find_concepts(model, loaded.params, args.images, layer, args.concepts, method=args.method,
+                            input_shape=shape, crops=args.crops, classes=classes, importance=args.importance,
+                            iterations=args.iterations, importance_images=args.importance_images,
+                            batch_size=args.batch_size or 32, checkpoint=checkpoint, resume=args.resume,
+                            checkpoint_every=args.checkpoint_every, checkpoint_seconds=args.checkpoint_seconds,
+                            workers=args.workers, max_failures=args.max_failures, on_batch=bar)
+    dt = time.perf_counter() - t0
+    for f in res.failures:
+        print(f"jaxviz concepts: warning: skipped {f.path!r}: {f.reason}", file=sys.stderr)
+    print(f"{len(res.paths)} images in {dt:.1f} s, {len(jax.devices())} {jax.devices()[0].platform} device(s), "
+          f"{jax.process_count()} process(es)")
+    q = res.quality
+    print(f"{layer}: {args.concepts} concepts ({args.method}); relative error {q['relative_error']:.3f}, "
+          f"R2 {q['r2']:.3f}, L0 {q['l0']:.2f}, {q['dead']} dead, stability {q['stability']:.3f}")
+    for c, f in res.faithfulness.items():
+        print(f"class {c}: C-Deletion {f.get('c-deletion', float('nan')):.3f} (random "
+              f"{f.get('c-deletion/random', float('nan')):.3f}), C-Insertion {f.get('c-insertion', float('nan')):.3f} "
+              f"(random {f.get('c-insertion/random', float('nan')):.3f})")
+    if stage is None:
+        return
+    write_npz(os.path.join(stage, "concepts.npz"), res, classes)
+    with open(os.path.join(stage, "index.html"), "w", encoding="utf-8") as fh:
+        fh.write(render_html(model, loaded.params, args.images, res, shape, args.patterns))
+    shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def write_npz(path: str, res, classes) -> None:
+    """The keys of the contract (module docstring of :mod:`jaxviz.concepts.job`)."""
+    K = res.dictionary.components.shape[0]
+    arrays = {"paths": np.array(res.paths, dtype=str), "layer": np.array(res.layer), "method": np.array(res.method),
+              "dictionary": np.asarray(res.dictionary.components, np.float32),
+              "mean_code": res.mean_code, "max_code": res.max_code}
+    for c in classes:
+        imp = res.importance.get(c)
+        arrays[f"importance/{c}"] = (imp["mean"] if imp is not None else np.full(K, np.nan)).astype(np.float32)
+        arrays[f"prevalence/{c}"] = (imp["prevalence"] if imp is not None else np.zeros(K)).astype(np.float32)
+        f = res.faithfulness.get(c, {})
+        for m in METRICS:
+            arrays[f"faithfulness/{m}/{c}"] = np.float32(f.get(m, np.nan))
+            arrays[f"faithfulness/{m}/{c}/random"] = np.float32(f.get(f"{m}/random", np.nan))
+    for name in ("relative_error", "r2", "r2_per_feature", "l0", "hoyer", "dead", "stability", "collinearity"):
+        if name in res.quality:
+            arrays[f"quality/{name}"] = np.asarray(res.quality[name])
+    for name, v in res.exemplars.items():
+        arrays[f"exemplars/{name}"] = v
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def _direction_pattern(model, params, layer, direction, shape) -> "np.ndarray | None":
+    try:
+        from jaxviz.methods.featurevis.objectives import direction as direction_objective  # noqa: F401
+    except ImportError:
+        return None
+    return None
+
+
+def render_html(model, params, images, res, shape, patterns: str = "none") -> str:
+    """One card per concept: the strongest exemplars (receptive-field box, code map overlaid), importance
+    per class and prevalence. Every name from a file or a model is escaped."""
+    import jax.numpy as jnp
+
+    from jaxviz.concepts.maps import code_maps
+    from jaxviz.io.collection import open_collection
+    from jaxviz.nn.preprocess import preprocess
+    from jaxviz.nn.receptive import field_boxes, receptive_field
+
+    esc = html.escape
+    coll = open_collection(images, shape, batch_size=1)
+    ex = res.exemplars
+    K = ex["indices"].shape[0]
+    rf = receptive_field(model, res.layer, shape, params=params)
+    boxes = field_boxes(rf, ex["peaks"], shape[:2])
+    used = sorted({int(i) for i in ex["indices"].ravel() if i >= 0})
+    pos = {i: n for n, i in enumerate(used)}
+    cmaps = None
+    if used:
+        pixels = np.stack([coll.read(i) for i in used]).astype(np.float32)
+        x = preprocess(jnp.asarray(pixels), model.preprocessing)
+        acts = model.run(params, x, taps=[res.layer], output=False).taps[res.layer]
+        cmaps = np.asarray(code_maps(res.dictionary, acts, shape[:2]))
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>jaxviz concepts: {esc(model.name)}</title>"
+             f"<style>{STYLE}</style></head><body>",
+             f"<h1>Concepts of {esc(res.layer)} in {esc(model.name)}</h1>",
+             f"<p>{len(res.paths)} images, {K} concepts by {esc(res.method)}; relative error "
+             f"{res.quality['relative_error']:.3f}, stability {res.quality['stability']:.3f}.</p><div class='cards'>"]
+    for c in range(K):
+        parts.append(f"<div class='card' id='concept{c}'><h3>concept {c}</h3>")
+        for cls, imp in res.importance.items():
+            parts.append(f"<p>class {cls}: importance {imp['mean'][c]:.3g}, prevalence {imp['prevalence'][c]:.0%}</p>")
+        parts.append(f"<p>mean code {res.mean_code[c]:.3g}, max {res.max_code[c]:.3g}</p><div class='row'>")
+        for j, i in enumerate(ex["indices"][c]):
+            if i < 0:
+                continue
+            m = cmaps[pos[int(i)], c]
+            heat = m / max(float(m.max()), 1e-12)
+            img = _png(_crop(pixels[pos[int(i)]], heat, boxes[c, j]))
+            parts.append(f"<figure title='{esc(res.paths[int(i)], quote=True)}'><img src='{img}' alt='exemplar'>"
+                         f"<figcaption>{ex['values'][c, j]:.3g}</figcaption></figure>")
+        parts.append("</div></div>")
+    parts.append("</div></body></html>")
+    return "".join(parts)
+
+
+@register("concepts", "what a layer has learned, as concepts over a collection: NMF / SAE dictionary, importance, "
+                      "faithfulness, an html page of concept cards",
+          "jaxviz concepts --weights builtin:digits_cnn --images digits --layer conv2d_1 --method nmf --concepts 8 "
+          "--class 3 --out out/concepts")
+def _setup_concepts(p):
+    add_model_args(p)
+    p.add_argument("--images", "-i", required=True, help="the collection (as jaxviz atlas --images)")
+    p.add_argument("--layer", "-l", required=True, help="layer name (spatial)")
+    p.add_argument("--method", choices=["nmf", "seminmf", "topk-sae", "batchtopk-sae"], default="nmf",
+                   help="the dictionary (default nmf; seminmf for signed activations)")
+    p.add_argument("--concepts", type=int, default=10, metavar="K", help="concepts, 1..4096 (default 10)")
+    p.add_argument("--crops", type=int, metavar="SIZE", help="CRAFT crops of SIZE pixels at stride 0.8 x SIZE "
+                                                             "(default: every position, holistic)")
+    p.add_argument("--class", dest="cls", action="append", type=int, metavar="C",
+                   help="class to explain (repeatable): importance and faithfulness")
+    p.add_argument("--importance", choices=["sobol", "gradient", "occlusion"], default="sobol",
+                   help="concept importance (default sobol: CRAFT's total indices)")
+    p.add_argument("--importance-images", type=int, default=64, metavar="N",
+                   help="importance and faithfulness on the first N images of each process (default 64)")
+    p.add_argument("--iterations", type=int, default=20, help="dictionary passes over the collection (default 20)")
+    p.add_argument("--patterns", default="none", help="feature visualisation of each concept (none)")
+    p.add_argument("--batch-size", type=int, help="images per step over all devices, 1..65536 (default 32)")
+    p.add_argument("--max-failures", type=float, default=0.05,
+                   help="the share of unreadable images that stops the run, 0..1 (default 0.05)")
+    p.add_argument("--workers", type=int, help="image-decoding threads (default: CPUs, at most 8)")
+    p.add_argument("--resume", action="store_true",
+                   help=f"continue an interrupted run from --out/{CHECKPOINT} (refused if the settings differ)")
+    p.add_argument("--checkpoint-every", type=int, default=100, metavar="N",
+                   help="write the resumable state every N batches (default 100; also on Ctrl-C and SIGTERM)")
+    p.add_argument("--checkpoint-seconds", type=float, default=60.0, metavar="S",
+                   help="... and at least every S seconds (default 60)")
+    p.add_argument("--coordinator", metavar="HOST:PORT", help="jax.distributed coordinator (process 0's address)")
+    p.add_argument("--process", metavar="I/N", help="this process's index and the process count, e.g. 0/2")
+    p.set_defaults(func=cmd_concepts)
