@@ -13,7 +13,7 @@ import numpy as np
 def convert(src: str, dest: str | None, arch: str | None = None, *, overwrite: bool = False) -> str:
     """Convert ``src`` and (unless ``dest`` is None) write a checkpoint; prints the layer table."""
     from jaxviz.io.checkpoint import check_replaceable, save_checkpoint
-    from jaxviz.errors import JaxvizError
+    from jaxviz.errors import JaxvizError, show
     from jaxviz.io.weightfile import load_model_file
 
     if dest is not None:  # checked before the (possibly long) read, and again when writing
@@ -22,14 +22,15 @@ def convert(src: str, dest: str | None, arch: str | None = None, *, overwrite: b
         check_replaceable(dest)
     model, params, fmt, version = load_model_file(src, arch)
     arch = model.name
-    print(f"{src}: {fmt}" + (f" (Keras {version})" if version else "") + f" -> {arch}")
+    # names and the version come from the file: escaped and cut (a 5 MB keras_version with terminal escapes)
+    print(f"{show(src, 300)}: {show(fmt)}" + (f" (Keras {show(version, 40)})" if version else "") + f" -> {show(arch)}")
     print(f"{'layer':22s} {'shapes':40s} {'params':>12s}")
     total = 0
     for name, p in params.items():
         n = sum(int(np.prod(a.shape)) for a in p.values())
         total += n
         shapes = ", ".join(f"{k} {tuple(a.shape)}" for k, a in p.items())
-        print(f"{name:22s} {shapes:40s} {n:>12,d}")
+        print(f"{show(name, 60):22s} {show(shapes, 200):40s} {n:>12,d}")
     print(f"{'total':22s} {'':40s} {total:>12,d}")
     if dest is None:
         print("dry run: nothing written")
@@ -37,7 +38,7 @@ def convert(src: str, dest: str | None, arch: str | None = None, *, overwrite: b
     path = save_checkpoint(dest, model, params, overwrite=overwrite, info={"converted_from": os.path.abspath(src),
                                                                              "source_format": fmt,
                                                                              "keras_version": version})
-    print(f"wrote {path}")
+    print(f"wrote {show(path, 300)}")
     return arch
 
 

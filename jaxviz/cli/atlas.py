@@ -16,6 +16,8 @@ from jaxviz.cli.progress import Progress
 from jaxviz.cli.common import (
     on_processes,
     add_model_args,
+    refuse_out_in_collection,
+    add_peer_timeout,
     at_least,
     input_shape,
     load,
@@ -57,6 +59,7 @@ def cmd_atlas(args) -> None:
     at_least("--checkpoint-every", args.checkpoint_every, 1)
     at_least("--checkpoint-seconds", args.checkpoint_seconds, 1)
     units = parse_units(args.units)
+    refuse_out_in_collection(args.out, args.images)
     on_processes(args, lambda stage: _run(args, units, stage))
 
 
@@ -72,8 +75,6 @@ def _run(args, units, stage) -> None:
     layers = list(dict.fromkeys(args.layer))
     for layer in layers:
         model.resolve(layer)
-    if os.path.isdir(args.images) and os.path.realpath(args.images) == os.path.realpath(args.out):
-        raise JaxvizError(f"--out {args.out} is the --images folder; choose another --out")
     checkpoint = os.path.join(args.out, CHECKPOINT)
     t0 = time.perf_counter()
     with Progress("jaxviz atlas", unit="image") as bar:
@@ -92,7 +93,8 @@ def _run(args, units, stage) -> None:
     write_npz(os.path.join(stage, "atlas.npz"), atlas)
     patterns = _patterns(args, model, loaded.params, atlas, shape)
     page = render_html(model, loaded.params, args.images, atlas, patterns, args.max_cards, loaded.trained)
-    with open(os.path.join(stage, "index.html"), "w", encoding="utf-8") as f:
+    # a file name that is not UTF-8 (surrogate escapes) is written escaped, never a crash; atlas.npz keeps it exactly
+    with open(os.path.join(stage, "index.html"), "w", encoding="utf-8", errors="backslashreplace") as f:
         f.write(page)
     for layer, la in atlas.layers.items():
         print(f"{layer}: {len(la.units)} units, {int(la.dead.sum())} dead, "
@@ -340,5 +342,6 @@ def _setup_atlas(p):
                    help="... and at least every S seconds, 1.. (default 60)")
     p.add_argument("--coordinator", metavar="HOST:PORT", help="jax.distributed coordinator (process 0's address)")
     p.add_argument("--process", metavar="I/N", help="this process's index and the process count, e.g. 0/2")
+    add_peer_timeout(p)
     p.add_argument("--out", "-o", required=True, help="output directory: atlas.npz and index.html")
     p.set_defaults(func=cmd_atlas)

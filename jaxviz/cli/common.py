@@ -199,16 +199,104 @@ def parse_process(text: str) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
-def join_processes(coordinator: str, process: str) -> None:
+PEER_TIMEOUT = 60  # seconds: how long a process waits for its peers to join (--peer-timeout)
+MAX_PEER_TIMEOUT = 86_400
+
+
+def add_peer_timeout(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--peer-timeout", type=float, default=PEER_TIMEOUT, metavar="S",
+                   help=f"seconds every process waits for its peers to join (--coordinator) before it stops with "
+                        f"one line, 1..{MAX_PEER_TIMEOUT} (default {PEER_TIMEOUT})")
+
+
+def parse_coordinator(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) -> (host, port), the host resolvable and the port 1..65535."""
+    import socket
+
+    m = re.fullmatch(r"\s*(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})\s*", text)
+    if not m or not 1 <= int(m[2]) <= 65535:
+        raise JaxvizError(f"--coordinator takes HOST:PORT with a port 1..65535, e.g. localhost:1234; got {show(text)}")
+    host = m[1].strip("[]")
+    try:
+        socket.getaddrinfo(host, int(m[2]), type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise JaxvizError(f"--coordinator {show(text)}: the host cannot be resolved ({e.strerror or e})") from None
+    return host, int(m[2])
+
+
+def _check_port(host: str, port: int, text: str) -> None:
+    """Process 0 listens on HOST:PORT: a port in use or an address not of this machine is one line here
+    (the runtime would end in a segmentation fault)."""
+    import errno
+    import socket
+
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family[0], socket.SOCK_STREAM) as s:
+        try:
+            s.bind(family[4])
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise JaxvizError(f"--coordinator {show(text)}: port {port} is in use; choose another port") from None
+            raise JaxvizError(f"--coordinator {show(text)}: process 0 cannot listen there ({e.strerror}); name an "
+                              "address of process 0's machine") from None
+
+
+def join_processes(coordinator: str, process: str, timeout: float = PEER_TIMEOUT) -> None:
     """``jax.distributed.initialize`` for ``--coordinator HOST:PORT --process I/N``. It must come before
     JAX starts its backend (the CLI skips its platform check with ``--coordinator``); a backend started
-    anyway holds nothing yet, so it is dropped and started again as part of the distributed run."""
+    anyway holds nothing yet, so it is dropped and started again as part of the distributed run.
+
+    The coordinator (process 0) listens only on the address given (not every interface); the wait for
+    the peers is bounded by ``timeout`` seconds; a port in use, a bad address or a peer that does not
+    come is one :class:`JaxvizError` line."""
     import jax
     from jax.extend.backend import clear_backends
 
     index, count = parse_process(process)
+    host, port = parse_coordinator(coordinator)
+    if index == 0:
+        _check_port(host, port, coordinator)
     clear_backends()
-    jax.distributed.initialize(coordinator, num_processes=count, process_id=index)
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        _initialize(coordinator.strip(), count, index, max(1, int(round(timeout))), bind)
+    except Exception as e:  # noqa: BLE001  (the runtime raises RuntimeError, XlaRuntimeError, even std::bad_cast)
+        _leave(f"process {index} of {count}: the peers did not all join {show(coordinator)} within {timeout:g} s "
+               f"(--peer-timeout) ({e.__class__.__name__})")
+
+
+def _initialize(coordinator: str, count: int, index: int, timeout: int, bind: str) -> None:
+    """What ``jax.distributed.initialize`` does, with one difference: the client gets an error callback
+    of its own, so that a peer that does not join within ``timeout`` is an exception from ``connect``
+    (the runtime's default callback aborts the interpreter with a C++ stack)."""
+    import jax
+    from jax._src import distributed as dist
+    from jax._src.lib import _jax
+
+    st = dist.global_state
+    if not all(hasattr(st, a) for a in ("client", "service", "process_id", "num_processes")):  # another JAX
+        jax.distributed.initialize(coordinator, num_processes=count, process_id=index, initialization_timeout=timeout,
+                                   coordinator_bind_address=bind)
+        return
+    st.coordinator_address, st.process_id, st.num_processes = coordinator, index, count
+    if index == 0:
+        st.service = _jax.get_distributed_runtime_service(bind, count, heartbeat_timeout=100, shutdown_timeout=60)
+
+    def lost(*_):  # called by the runtime's thread: stop this process with one line, now
+        _leave(f"process {index} of {count}: the coordinator {show(coordinator)} or a peer was lost")
+
+    st.client = _jax.get_distributed_runtime_client(coordinator, index, init_timeout=timeout, heartbeat_timeout=100,
+                                                    shutdown_timeout=60, use_compression=True,
+                                                    missed_heartbeat_callback=lost)
+    st.client.connect()
+
+
+def _leave(message: str) -> None:
+    """One line and exit status 2, now: a half-started distributed runtime aborts the interpreter when it
+    is torn down (a C++ terminate), so the usual unwinding is skipped (nothing was written yet)."""
+    print(f"jaxviz: error: {message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(2)
 
 
 def on_processes(args, run: Callable[["str | None"], object]) -> None:
@@ -218,7 +306,9 @@ def on_processes(args, run: Callable[["str | None"], object]) -> None:
     if args.coordinator or args.process:
         if not (args.coordinator and args.process):
             raise JaxvizError("--coordinator HOST:PORT and --process INDEX/COUNT go together")
-        join_processes(args.coordinator, args.process)
+        timeout = getattr(args, "peer_timeout", PEER_TIMEOUT)
+        at_least("--peer-timeout", timeout, 1, MAX_PEER_TIMEOUT)
+        join_processes(args.coordinator, args.process, timeout)
     import jax
 
     from jaxviz.io import output_dir
@@ -256,6 +346,17 @@ def batch(model, images: list[str], shape: tuple[int, ...] | None = None, interp
     h, w, c = shape or model.input_shape
     pixels = np.stack([load_image(src, (h, w), interpolation=interpolation, channels=c) for src in images])
     return preprocess(pixels.astype(np.float32), model.preprocessing)
+
+
+def refuse_out_in_collection(out: str, images: str) -> None:
+    """``--out`` may not be the ``--images`` folder or inside it: a rerun would read its own outputs
+    (and checkpoints) as images."""
+    if not isinstance(images, str) or not os.path.isdir(images):
+        return
+    root, target = os.path.realpath(images), os.path.realpath(out)
+    if target == root or target.startswith(root.rstrip(os.sep) + os.sep):
+        raise JaxvizError(f"--out {show(out)} is inside the --images folder {show(images)}; a rerun would read these "
+                          "outputs as images: choose another --out")
 
 
 def refuse_out_in_inputs(out: str, images: list[str]) -> None:

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from jaxviz.cli.common import on_processes, add_model_args, at_least, input_shape, load, register, say_preprocessing
+from jaxviz.cli.common import add_peer_timeout, refuse_out_in_collection, on_processes, add_model_args, at_least, input_shape, load, register, say_preprocessing
 from jaxviz.errors import JaxvizError
 
 CHECKPOINT = ".evaluate-checkpoint"  # inside --out: what --resume continues from
@@ -69,8 +69,7 @@ def cmd_evaluate(args) -> None:
         at_least(flag, getattr(args, flag[2:].replace("-", "_")), low, high)
     methods = _names(args.methods, METHODS, "--methods")
     metrics = _names(args.metrics, METRIC_NAMES, "--metrics")
-    if os.path.isdir(args.images) and os.path.realpath(args.images) == os.path.realpath(args.out):
-        raise JaxvizError(f"--out {args.out} is the --images folder; choose another --out")
+    refuse_out_in_collection(args.out, args.images)
     on_processes(args, lambda stage: _run(args, methods, metrics, stage))
 
 
@@ -196,6 +195,7 @@ def _setup_evaluate(p):
     p.add_argument("--coordinator", metavar="HOST:PORT", help="jax.distributed coordinator (process 0's address)")
     p.add_argument("--process", metavar="I/N", help="this process's index and the process count, e.g. 0/2; each "
                                                     "process reads its share, process 0 writes the files")
+    add_peer_timeout(p)
     p.add_argument("--out", "-o", required=True,
                    help="output directory: leaderboard.json, leaderboard.csv, scores.npz, curves.png")
     p.set_defaults(func=cmd_evaluate)

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from jaxviz.nn.finite import require_finite
-from jaxviz.errors import JaxvizError
+from jaxviz.errors import JaxvizError, show
 from jaxviz.io.files import read_bytes
 from jaxviz.io.images import IMAGE_EXTENSIONS, INTERPOLATIONS, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, SAMPLES, load_image
 
@@ -135,6 +135,8 @@ class _Array(_Source):
                               f"got shape {array.shape}")
         if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
             raise JaxvizError(f"{label}: an image array must hold numbers, got dtype {a.dtype}")
+        if len(a) == 0:
+            raise JaxvizError(f"{label}: the image array holds no image (shape {array.shape})")
         self.array, self.names = a, [f"{label}[{i}]" for i in range(len(a))]
 
     def read(self, i, shape, interpolation):
@@ -144,6 +146,8 @@ class _Array(_Source):
             require_finite(out, "image array contains NaN or Inf")
             return out  # pixels as given (0..255), no round trip through uint8
         if item.dtype != np.uint8:  # load_image would read floats <= 1 as 0..1; these are 0..255
+            # NaN or Inf would become 0 or 255 when resized: skipped and counted like an unreadable file
+            require_finite(item, "image array contains NaN or Inf")
             item = np.clip(np.nan_to_num(item.astype(np.float64)), 0, 255).round().astype(np.uint8)
         h, w, c = shape
         return load_image(item, (h, w), channels=c, interpolation=interpolation)
@@ -168,6 +172,27 @@ def _text_list(path: str) -> list[str]:
     return [l if l.startswith("sample:") or os.path.isabs(l) else os.path.join(base, l) for l in items]
 
 
+MAX_ARRAY_BYTES = 16 << 30  # an .npz member is read whole: its header's shape is checked against this first
+
+
+def _npz_header(path: str, key: str) -> None:
+    """The shape and dtype an ``.npz`` member declares, read from its header (never its data): a
+    gigantic declared size or an object dtype (a pickle) is refused before anything is allocated."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf, zf.open(key + ".npy") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+    if dtype.hasobject:
+        raise JaxvizError(f"image array {show(path)}: its member {show(key)} holds Python objects (a pickle); "
+                          "jaxviz reads only numbers")
+    size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if size > MAX_ARRAY_BYTES:
+        raise JaxvizError(f"image array {show(path)}: its member {show(key)} declares shape {shape} ({size:,} bytes), "
+                          f"more than {MAX_ARRAY_BYTES >> 30} GiB")
+
+
 def _load_array(path: str) -> np.ndarray:
     try:
         if path.lower().endswith(".npz"):
@@ -175,13 +200,15 @@ def _load_array(path: str) -> np.ndarray:
                 keys = list(z.keys())
                 key = "images" if "images" in keys else ("x" if "x" in keys else (keys[0] if len(keys) == 1 else None))
                 if key is None:
-                    raise JaxvizError(f"{path} holds several arrays ({', '.join(keys)}); name the images 'images'")
+                    raise JaxvizError(f"{show(path)} holds several arrays ({show(', '.join(keys))}); name the "
+                                      "images 'images'")
+                _npz_header(path, key)
                 return z[key]
         return np.load(path, mmap_mode="r", allow_pickle=False)  # memory-mapped: read item by item
     except JaxvizError:
         raise
-    except (OSError, ValueError, EOFError) as e:
-        raise JaxvizError(f"cannot read image array {path}: {_one_line(e)}") from None
+    except (OSError, ValueError, EOFError, KeyError, __import__("zipfile").BadZipFile) as e:
+        raise JaxvizError(f"cannot read image array {show(path)}: {_one_line(e)}") from None
 
 
 def _source(spec: Any) -> _Source | None:
