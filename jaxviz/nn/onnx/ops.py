@@ -103,7 +103,8 @@ def _unary(op, fn, since=1, attrs=()):
 
 
 _unary("Identity", lambda m, x, n: x)
-_unary("Relu", lambda m, x, n: m.maximum(x, m.zeros((), x.dtype)))
+# traced ReLUs are looked up as jax.nn.relu at run time, so guided backprop (jaxviz.nn.guided) guides them
+_unary("Relu", lambda m, x, n: m.maximum(x, m.zeros((), x.dtype)) if m is np else jax.nn.relu(x))
 _unary("Sigmoid", lambda m, x, n: jax.nn.sigmoid(x))
 _unary("Tanh", lambda m, x, n: m.tanh(x))
 _unary("Sqrt", lambda m, x, n: m.sqrt(x))
