@@ -136,3 +136,23 @@ def test_crop_boxes():
     assert b[0].tolist() == [0, 0, 10, 10] and b[-1].tolist() == [18, 18, 28, 28]
     starts = sorted(set(b[:, 0].tolist()))
     assert starts == [0, 8, 16, 18]
+
+
+@pytest.mark.slow
+def test_cli_writes_every_npz_key(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "c"
+    r = subprocess.run([sys.executable, "-m", "jaxviz.cli", "concepts", "--weights", "builtin:digits_cnn", "--images",
+                        "digits", "--layer", "conv2d_1", "--concepts", "4", "--class", "3", "--iterations", "2",
+                        "--importance-images", "16", "--importance", "gradient", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    z = np.load(out / "concepts.npz")
+    keys = {"paths", "layer", "method", "dictionary", "mean_code", "max_code", "importance/3", "quality/relative_error",
+            "quality/r2", "quality/l0", "quality/dead", "quality/stability"}
+    keys |= {f"faithfulness/{m}/3{s}" for m in ("c-deletion", "c-insertion", "c-mufidelity") for s in ("", "/random")}
+    assert keys <= set(z.keys())
+    assert z["dictionary"].shape == (4, 64) and z["dictionary"].dtype == np.float32
+    assert (out / "index.html").read_text().count("class='card'") == 4

@@ -185,4 +185,5 @@ def _setup_concepts(p):
                    help="... and at least every S seconds (default 60)")
     p.add_argument("--coordinator", metavar="HOST:PORT", help="jax.distributed coordinator (process 0's address)")
     p.add_argument("--process", metavar="I/N", help="this process's index and the process count, e.g. 0/2")
+    p.add_argument("--out", "-o", required=True, help="output directory: concepts.npz and index.html")
     p.set_defaults(func=cmd_concepts)

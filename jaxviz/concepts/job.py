@@ -232,7 +232,7 @@ def concepts_job(model, params, layer: str, k: int, *, method: str = "nmf", shap
         return {"H": np.zeros((3, K, C), dt), "gram": np.zeros((C, C), np.float64), "colsum": np.zeros(C, np.float64),
                 "n": np.float64(0), "min": np.float64(np.inf), "norms": np.zeros((3, 2, K), np.float64),
                 "WtW": np.zeros((3, K, K), np.float64), "WtA": np.zeros((3, K, C), np.float64),
-                "rows": np.zeros(3, np.float64), "res": np.zeros(3, np.float64),
+                "nrows": np.zeros(3, np.float64), "res": np.zeros(3, np.float64),
                 "S": np.zeros(K, dt), "V": np.zeros((K, C), dt)}
 
     def sae_template():
@@ -291,7 +291,7 @@ def concepts_job(model, params, layer: str, k: int, *, method: str = "nmf", shap
                 out = iter_step(x, valid, idx, [jnp.asarray(h) for h in st["H"]])
                 st["WtW"] = st["WtW"] + np.stack([np.asarray(o[0], np.float64) for o in out])
                 st["WtA"] = st["WtA"] + np.stack([np.asarray(o[1], np.float64) for o in out])
-                st["rows"] = st["rows"] + np.array([float(o[2]) for o in out])
+                st["nrows"] = st["nrows"] + np.array([float(o[2]) for o in out])
                 st["res"] = st["res"] + np.array([float(o[3]) for o in out])
         else:
             d = dictionary(st)
@@ -375,7 +375,7 @@ def concepts_job(model, params, layer: str, k: int, *, method: str = "nmf", shap
                 Hs.append(np.asarray(H0, dt))
             st["H"] = np.stack(Hs)
             return st
-        tot = engine.sum_arrays(ctx.gather({"WtW": st["WtW"], "WtA": st["WtA"], "rows": st["rows"], "res": st["res"]}))
+        tot = engine.sum_arrays(ctx.gather({"WtW": st["WtW"], "WtA": st["WtA"], "nrows": st["nrows"], "res": st["res"]}))
         Hs = []
         for f in range(3):
             WtW, WtA = jnp.asarray(tot["WtW"][f], dt), jnp.asarray(tot["WtA"][f], dt)
@@ -385,7 +385,7 @@ def concepts_job(model, params, layer: str, k: int, *, method: str = "nmf", shap
                 Hs.append(np.asarray(seminmf_dictionary_step(WtW, WtA, NMFReg(), 1), dt))
         st["H"] = np.stack(Hs)
         st["objective"] = 0.5 * tot["res"]
-        for name in ("WtW", "WtA", "rows", "res"):
+        for name in ("WtW", "WtA", "nrows", "res"):
             st[name] = np.zeros_like(st[name])
         return st
 
