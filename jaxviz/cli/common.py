@@ -302,7 +302,9 @@ def _leave(message: str) -> None:
 def on_processes(args, run: Callable[["str | None"], object]) -> None:
     """``run(stage)`` on this process of ``--coordinator HOST:PORT --process I/N`` (or alone): every process
     computes its share, process 0 writes into the staged ``--out`` (checked before any work), the
-    others get ``None``."""
+    others get ``None``. Every process holds its lock on ``--out`` throughout (process 0 through
+    :func:`~jaxviz.io.outputs.output_dir`, process I through ``.jaxviz.lock.I``): a second run on the same
+    ``--out`` is refused in one line while this one runs, so checkpoints and outputs never mix."""
     if args.coordinator or args.process:
         if not (args.coordinator and args.process):
             raise JaxvizError("--coordinator HOST:PORT and --process INDEX/COUNT go together")
@@ -313,11 +315,14 @@ def on_processes(args, run: Callable[["str | None"], object]) -> None:
 
     from jaxviz.io import output_dir
 
+    from jaxviz.io.outputs import locked_dir
+
     if jax.process_index() == 0:
         with output_dir(args.out) as stage:  # an unusable --out fails before any work
             run(stage)
     else:
-        run(None)
+        with locked_dir(args.out, jax.process_index()):
+            run(None)
 
 
 def conv_layers(model) -> list[str]:

@@ -15,6 +15,7 @@ marked invalid, and it is listed in :attr:`Collection.failures`. More failures t
 
 from __future__ import annotations
 
+import contextlib
 import glob as globlib
 import os
 import queue
@@ -63,12 +64,63 @@ def _one_line(e: BaseException) -> str:
     return text if isinstance(e, JaxvizError) else f"{e.__class__.__name__}: {text}"
 
 
+DECODE_MEMORY = 1 << 30  # bytes: what the decoding threads may hold at once (decoded pixels and their copies)
+
+
+class _Budget:
+    """A byte budget shared by the decoding threads: a decode takes its estimated bytes (at most the
+    whole budget, so one huge image still runs, alone) and gives them back when its pixels are resized;
+    decodes that would go over the budget wait. Memory is then bounded by the budget, not by the number
+    of workers times the largest image."""
+
+    def __init__(self, total: int):
+        self.total, self.used, self.peak = max(1, int(total)), 0, 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def take(self, nbytes: int):
+        n = min(max(int(nbytes), 0), self.total)
+        with self._cond:
+            while self.used and self.used + n > self.total:
+                self._cond.wait()
+            self.used += n
+            self.peak = max(self.peak, self.used)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= n
+                self._cond.notify_all()
+
+
+_NO_BUDGET = _Budget(1 << 62)
+
+
+def _decode_cost(width: int, height: int, bytes_per_pixel: int, file_bytes: int) -> int:
+    """Bytes a decode holds at its peak: the file, the decoded pixels and two copies of them at 8-bit
+    RGB or more (the colour conversion and the resize's input)."""
+    return int(file_bytes) + int(width) * int(height) * (int(bytes_per_pixel) + 2 * 4)
+
+
+def _header_cost(path: str) -> int:
+    """:func:`_decode_cost` from an image's header (Pillow reads only the header here); 0 if it has none
+    (the decode then fails, and says why)."""
+    try:
+        size = os.stat(path).st_size
+        with Image.open(path) as im:
+            bands = len(im.getbands())
+            depth = 4 if im.mode in ("I", "F") else (2 if ";16" in im.mode else 1)
+            return _decode_cost(im.width, im.height, bands * depth, size)
+    except Exception:  # noqa: BLE001  (any unreadable header: load_image reports it)
+        return 0
+
+
 class _Source:
     """Random access to items by global index: ``names`` (list) and ``read(i) -> uint8/float H x W x C``."""
 
     names: list[str]
 
-    def read(self, i: int, shape: tuple[int, int, int], interpolation: str) -> np.ndarray:
+    def read(self, i: int, shape: tuple[int, int, int], interpolation: str, budget: _Budget = _NO_BUDGET) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -76,29 +128,30 @@ class _Files(_Source):
     def __init__(self, names: list[str]):
         self.names = names
 
-    def read(self, i, shape, interpolation):
+    def read(self, i, shape, interpolation, budget=_NO_BUDGET):
         h, w, c = shape
         name = self.names[i]
-        if not name.startswith("sample:"):
-            img = _read_png(name, c)
-            if img is not None:
-                if img.shape[:2] != (h, w):  # Keras's load_img resize, as load_image does it
-                    img = np.asarray(Image.fromarray(img[..., 0] if c == 1 else img).resize(
-                        (w, h), INTERPOLATIONS[interpolation]), np.uint8).reshape(h, w, c)
-                return img
-        return load_image(name, (h, w), channels=c, interpolation=interpolation)
+        if name.startswith("sample:"):
+            return load_image(name, (h, w), channels=c, interpolation=interpolation)
+        img = _read_png(name, c, (h, w), interpolation, budget)
+        if img is not None:
+            return img
+        with budget.take(_header_cost(name) if budget is not _NO_BUDGET else 0):
+            return load_image(name, (h, w), channels=c, interpolation=interpolation)
 
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _read_png(path: str, channels: int) -> np.ndarray | None:
+def _read_png(path: str, channels: int, size: tuple[int, int], interpolation: str,
+              budget: _Budget = _NO_BUDGET) -> np.ndarray | None:
     """An 8-bit PNG decoded by OpenCV, which releases the GIL while it decodes (Pillow's per-image work
     in Python is what limited the decoding threads): uint8 H x W x ``channels``, the same pixels as
     :func:`~jaxviz.io.images.load_image` (PNG is lossless; alpha dropped; RGB to grey with Pillow's
     integer formula, L = (19595 R + 38470 G + 7471 B + 32768) >> 16). None for anything else (other
     formats, 16-bit or palette PNGs, files OpenCV cannot decode), which :func:`load_image` then reads
-    or refuses with its message. The file is read through the same opener, the same size and pixel caps."""
+    or refuses with its message. The file is read through the same opener, the same size and pixel caps;
+    the decode and the resize to ``size`` (H, W) run within ``budget``."""
     import cv2
 
     try:
@@ -108,11 +161,23 @@ def _read_png(path: str, channels: int) -> np.ndarray | None:
     # IHDR: width, height, bit depth, colour type (0 grey, 2 RGB, 4 grey + alpha, 6 RGBA; 3 is a palette)
     if len(data) < 33 or data[:8] != _PNG or data[12:16] != b"IHDR" or data[24] != 8 or data[25] not in (0, 2, 4, 6):
         return None
-    if int.from_bytes(data[16:20], "big") * int.from_bytes(data[20:24], "big") > MAX_IMAGE_PIXELS:
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if width * height > MAX_IMAGE_PIXELS:
         return None
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None or img.dtype != np.uint8:
-        return None
+    with budget.take(_decode_cost(width, height, (1, 0, 3, 0, 2, 0, 4)[data[25]], len(data))):
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        del data
+        if img is None or img.dtype != np.uint8:
+            return None
+        img = _png_channels(img, channels)
+        h, w = size
+        if img.shape[:2] != (h, w):  # Keras's load_img resize, as load_image does it
+            img = np.asarray(Image.fromarray(img[..., 0] if channels == 1 else img).resize(
+                (w, h), INTERPOLATIONS[interpolation]), np.uint8).reshape(h, w, channels)
+        return img
+
+
+def _png_channels(img: np.ndarray, channels: int) -> np.ndarray:
     if img.ndim == 2:
         img = img[..., None]
     if img.shape[-1] in (1, 2):  # grey (and alpha)
@@ -121,8 +186,11 @@ def _read_png(path: str, channels: int) -> np.ndarray | None:
     rgb = img[..., 2::-1]  # OpenCV's BGR(A) to RGB, alpha dropped
     if channels == 3:
         return np.ascontiguousarray(rgb)
-    r, g, b = (rgb[..., k].astype(np.uint32) for k in range(3))
-    return ((19595 * r + 38470 * g + 7471 * b + 32768) >> 16).astype(np.uint8)[..., None]
+    out = np.empty(rgb.shape[:2] + (1,), np.uint8)
+    for top in range(0, len(rgb), 256):  # in bands of rows: the uint32 temporaries stay small
+        r, g, b = (rgb[top:top + 256, :, k].astype(np.uint32) for k in range(3))
+        out[top:top + 256, :, 0] = (19595 * r + 38470 * g + 7471 * b + 32768) >> 16
+    return out
 
 
 class _Array(_Source):
@@ -139,7 +207,7 @@ class _Array(_Source):
             raise JaxvizError(f"{label}: the image array holds no image (shape {array.shape})")
         self.array, self.names = a, [f"{label}[{i}]" for i in range(len(a))]
 
-    def read(self, i, shape, interpolation):
+    def read(self, i, shape, interpolation, budget=_NO_BUDGET):  # items are in memory (or mapped) already
         item = np.asarray(self.array[i])
         if item.shape[:2] == tuple(shape[:2]) and item.shape[-1] == shape[-1]:
             out = item.astype(np.float32)
@@ -263,7 +331,8 @@ class Collection:
     :func:`open_collection`). ``paths`` names every item of the whole collection (for an iterable of
     batches: the items read so far); ``failures`` lists those of this share that could not be decoded."""
 
-    def __init__(self, spec, shape, batch_size, start, shard, workers, prefetch, max_failures, interpolation):
+    def __init__(self, spec, shape, batch_size, start, shard, workers, prefetch, max_failures, interpolation,
+                 decode_memory=DECODE_MEMORY):
         self.shape = tuple(int(v) for v in shape)
         if len(self.shape) != 3 or min(self.shape) < 1 or self.shape[-1] not in (1, 3):
             raise JaxvizError(f"shape must be (H, W, C) with C 1 or 3, got {tuple(shape)}")
@@ -278,6 +347,9 @@ class Collection:
         self.interpolation = interpolation
         self.workers = max(1, int(workers or min(8, os.cpu_count() or 1)))
         self.prefetch = max(1, int(prefetch))
+        if not int(decode_memory) >= 1:
+            raise JaxvizError(f"decode_memory must be a positive number of bytes, got {decode_memory}")
+        self.budget = _Budget(int(decode_memory))
         self.failures: list[Failure] = []
         self._src = _source(spec)
         self._iterable = spec if self._src is None else None
@@ -330,7 +402,7 @@ class Collection:
 
         def one(i: int):
             try:
-                return self._src.read(i, self.shape, self.interpolation), None
+                return self._src.read(i, self.shape, self.interpolation, self.budget), None
             except Exception as e:  # noqa: BLE001  (any undecodable file is skipped and listed, never fatal by itself)
                 return None, _one_line(e)
 
@@ -450,6 +522,7 @@ def open_collection(
     prefetch: int = 2,
     max_failures: float = 0.05,
     interpolation: str = "nearest",
+    decode_memory: int = DECODE_MEMORY,
 ) -> Collection:
     """Open an image collection for streaming (see the module docstring for what ``spec`` may be).
 
@@ -462,7 +535,12 @@ def open_collection(
       workers: decoding threads (default: the CPU count, at most 8).
       prefetch: batches decoded ahead (memory: ``prefetch + 1`` batches).
       max_failures: the share of undecodable items above which reading stops with a JaxvizError.
+      decode_memory: bytes the decoding threads may hold at once (default :data:`DECODE_MEMORY`, 1 GiB):
+        a decode takes its cost from the image's header (the file, the decoded pixels, two 8-bit RGBA
+        copies) and waits while the others hold the rest; one image over the budget is decoded alone.
+        Memory is then about ``decode_memory`` plus ``prefetch + 1`` batches, whatever ``workers``.
 
     Returns a :class:`Collection`: iterate it for batches; ``paths`` and ``failures`` describe it.
     """
-    return Collection(spec, shape, batch_size, start, shard, workers, prefetch, max_failures, interpolation)
+    return Collection(spec, shape, batch_size, start, shard, workers, prefetch, max_failures, interpolation,
+                      decode_memory)

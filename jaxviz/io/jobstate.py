@@ -77,6 +77,37 @@ def _check_dir(path: str) -> None:
                           "writes; remove it")
 
 
+def check_folder(folder: "str | os.PathLike") -> None:
+    """Refuse, in one line, a checkpoint folder jaxviz would not write into: ``folder`` (e.g.
+    ``--out/.atlas-checkpoint``) and every part of it below its parent (the job's ``NAME-state-IofN``)
+    must be real folders when they exist, never links: a link there would carry the checkpoints out of
+    ``--out``. What is not there yet is made as a real folder by :func:`save_state`."""
+    folder = os.path.abspath(os.fspath(folder))
+    _check_real(folder)
+    if os.path.isdir(folder) and not os.path.islink(folder):
+        for name in os.listdir(folder):
+            _check_real(os.path.join(folder, name))
+
+
+def _check_real(path: str) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise JaxvizError(f"cannot read the checkpoint folder {show(path)}: {e.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise JaxvizError(f"the checkpoint folder {show(path)} is a symbolic link (to {show(os.readlink(path))}); "
+                          "jaxviz writes checkpoints only into real folders inside --out: remove the link")
+    if not stat.S_ISDIR(st.st_mode):
+        raise JaxvizError(f"the checkpoint folder {show(path)} is not a folder; jaxviz writes checkpoints only into "
+                          "real folders inside --out: remove it")
+
+
+class CheckpointWriteError(JaxvizError):
+    """A checkpoint could not be written (disk full, quota, permission); the previous one is whole."""
+
+
 def exists(path: "str | os.PathLike") -> bool:
     """Whether anything is at ``path`` (what it is is checked when it is read)."""
     return os.path.lexists(path)
@@ -87,13 +118,40 @@ def save_state(path: "str | os.PathLike", settings: str, arrays: Mapping[str, np
     """Write ``arrays`` (names with ``/`` are nested) with ``settings`` and ``failures`` as the next
     generation of the checkpoint directory ``path`` (see the module docstring)."""
     path = os.path.abspath(os.fspath(path))  # orbax writes only to absolute paths
-    if os.path.lexists(path):
-        _check_dir(path)
-    os.makedirs(path, exist_ok=True)
-    done = _generations(path)
-    number = done[-1][0] + 1 if done else 1
-    # a fresh name each time: an interrupted write's threads may still be writing into the last one
-    stage = tempfile.mkdtemp(prefix=".stage-", dir=path)
+    _check_real(os.path.dirname(path))
+    _check_real(path)
+    stage = None
+    try:
+        os.makedirs(path, exist_ok=True)
+        done = _generations(path)
+        number = done[-1][0] + 1 if done else 1
+        # a fresh name each time: an interrupted write's threads may still be writing into the last one
+        stage = tempfile.mkdtemp(prefix=".stage-", dir=path)
+        final = _write_generation(path, stage, number, settings, arrays, failures)
+    except JaxvizError:
+        raise
+    except Exception as e:  # noqa: BLE001  (OSError; orbax and tensorstore raise ValueError and others)
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        raise CheckpointWriteError(f"cannot write the checkpoint {show(path)} ({_reason(e)}); the previous checkpoint "
+                                   "is kept: make room and continue with --resume") from None
+    for name in os.listdir(path):  # the new generation is in place: older ones and crashed writes go
+        if (_GENERATION.fullmatch(name) and name != os.path.basename(final)) or _STAGE.fullmatch(name):
+            shutil.rmtree(os.path.join(path, name), ignore_errors=True)
+
+
+def _reason(e: Exception) -> str:
+    """One short reason for a failed write: the OS's words for its error code where there is one."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    m = re.search(r"os_error_code='?(\d+)", str(e))  # tensorstore: ... Failed to write ... [os_error_code='28']
+    if m:
+        return os.strerror(int(m[1]))
+    return e.__class__.__name__
+
+
+def _write_generation(path: str, stage: str, number: int, settings: str, arrays: Mapping[str, np.ndarray],
+                      failures: Sequence[Failure]) -> str:
     tree: dict = {}
     specs = {}
     for name, a in arrays.items():
@@ -114,9 +172,7 @@ def save_state(path: "str | os.PathLike", settings: str, arrays: Mapping[str, np
         os.fsync(f.fileno())
     final = os.path.join(path, f"g{number:06d}")
     _commit(stage, final)
-    for name in os.listdir(path):  # the new generation is in place: older ones and crashed writes go
-        if (_GENERATION.fullmatch(name) and name != os.path.basename(final)) or _STAGE.fullmatch(name):
-            shutil.rmtree(os.path.join(path, name), ignore_errors=True)
+    return final
 
 
 def _write_arrays(stage: str, tree: dict, flat: dict) -> None:
@@ -128,10 +184,20 @@ def _write_arrays(stage: str, tree: dict, flat: dict) -> None:
             f.flush()
             os.fsync(f.fileno())
         return
+    import logging
+
     import orbax.checkpoint as ocp
 
-    with _checkpointer() as ck:
-        ck.save(os.path.join(stage, "state"), args=ocp.args.PyTreeSave(tree))
+    # orbax's writer threads log each failed write with its traceback (absl, ~140 lines on a full disk)
+    # before the error reaches us; the one line the caller prints says it all
+    log = logging.getLogger("absl")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        with _checkpointer() as ck:
+            ck.save(os.path.join(stage, "state"), args=ocp.args.PyTreeSave(tree))
+    finally:
+        log.setLevel(level)
 
 
 def _read_arrays(gen: str) -> dict:

@@ -18,11 +18,18 @@ from jaxviz.errors import JaxvizError, show
 
 @contextlib.contextmanager
 def output_dir(path: "str | os.PathLike") -> Iterator[str]:
-    """Stage outputs in a temporary sibling directory; move them into ``path`` only on success.
+    """Stage outputs in a temporary directory; move them into ``path`` only on success.
+
+    One run per ``path`` at a time: the run holds :func:`locked_dir`'s lock on ``path`` throughout, so a
+    second run on the same ``path`` is refused in one line while the first runs. The stage is a sibling
+    ``.NAME.partial-XXXXXXXX`` when this call creates ``path``, else a folder of that name inside ``path``
+    (a writable ``path`` in a read-only parent works; a ``path`` that is a mount point too). Stages that
+    a killed run (SIGKILL) left for this ``path`` are removed first: only folders of that name, owned by
+    this user, holding jaxviz's marker that names this very ``path`` (:data:`STAGE_MARKER`).
 
     Files already in ``path`` that the command does not write are left alone; nothing half-written
-    is ever left behind: on an error or an interrupt the stage is removed, and so are the parent
-    directories this call created.
+    is ever left behind: on an error or an interrupt the stage is removed, and so are ``path`` and the
+    parent directories this call created, if nothing else was put there.
     """
     raw = os.fspath(path)
     if not raw.strip():
@@ -48,31 +55,134 @@ def output_dir(path: "str | os.PathLike") -> Iterator[str]:
         probe = os.path.dirname(probe)
     if os.path.isdir(path) and not os.access(path, os.W_OK | os.X_OK):
         raise JaxvizError(f"output path {shown} is not writable; choose another out=")
-    parent = os.path.dirname(path)
-    created = _missing_dirs(parent)
+    existed = os.path.isdir(path)
+    with locked_dir(path) as _:
+        parent = os.path.dirname(path)
+        _remove_stale_stages(path, (parent, path))
+        prefix = f".{name[:40]}.partial-"
+        try:
+            stage = tempfile.mkdtemp(prefix=prefix, dir=path if existed else parent)
+            with open(os.path.join(stage, STAGE_MARKER), "wb") as f:
+                f.write(os.fsencode(path))
+        except OSError as e:
+            raise JaxvizError(f"output path {shown} is not writable: {e.strerror}; choose another out=") from None
+        try:
+            try:
+                yield stage
+                moves = _moves(stage, path)
+                for src, dst in moves:
+                    os.makedirs(os.path.dirname(dst), exist_ok=True)
+                    os.replace(src, dst)
+            except OSError as e:
+                if e.errno in _DISK_ERRORS or _within(e.filename, (stage, path)):
+                    raise JaxvizError(f"cannot write into {shown}: {e.strerror or e}; nothing was written") from None
+                raise
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+STAGE_MARKER = ".jaxviz-stage"  # in every stage: the absolute path of the output it is for (its bytes)
+LOCK = ".jaxviz.lock"  # in the output folder, while a run uses it (process I of several: .jaxviz.lock.I)
+
+
+@contextlib.contextmanager
+def locked_dir(path: "str | os.PathLike", process: int = 0) -> Iterator[str]:
+    """Hold the exclusive lock on the output folder ``path`` (created if missing) while the block runs.
+
+    The lock is ``fcntl.flock`` on ``path/.jaxviz.lock`` (``.jaxviz.lock.I`` for process ``I`` > 0 of a
+    ``jax.distributed`` run, which writes its own checkpoint there); the kernel drops it when the holder
+    ends, however it ends (SIGKILL too), so a lock file left behind never blocks anyone. A second run on
+    the same ``path`` is refused in one :class:`JaxvizError` line naming the holder's process id. On the
+    way out the lock file is removed (while still held) and ``path`` and its parents, when this call
+    created them and nothing else was put there."""
+    import fcntl
+
+    path = os.path.abspath(os.fspath(path))
+    created = _missing_dirs(path)
     try:
-        os.makedirs(parent, exist_ok=True)
-        stage = tempfile.mkdtemp(prefix=f".{name[:40]}.partial-", dir=parent)
+        os.makedirs(path, exist_ok=True)
     except OSError as e:
         _remove_empty(created)
-        raise JaxvizError(f"output path {shown} is not writable: {e.strerror}; choose another out=") from None
+        raise JaxvizError(f"output path {show(path)} is not writable: {e.strerror}; choose another out=") from None
+    lock = os.path.join(path, LOCK if not process else f"{LOCK}.{int(process)}")
+    fd = -1
+    ok = False
     try:
+        while True:  # the file may be removed by its last holder between our open and our flock: try again
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            except OSError as e:
+                raise JaxvizError(f"output path {show(path)}: cannot make its lock file {show(LOCK)}: "
+                                  f"{e.strerror}; choose another out=") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 64).decode("ascii", "replace").strip()
+                os.close(fd)
+                fd = -1
+                who = f" (process {holder})" if holder.isdigit() else ""
+                raise JaxvizError(f"output path {show(path)} is in use by another jaxviz run{who}; wait until it "
+                                  "ends, or choose another out=") from None
+            try:
+                same = os.path.samestat(os.fstat(fd), os.lstat(lock))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+            fd = -1
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        ok = True
         try:
-            yield stage
-            moves = _moves(stage, path)
-            os.makedirs(path, exist_ok=True)
-            for src, dst in moves:
-                os.makedirs(os.path.dirname(dst), exist_ok=True)
-                os.replace(src, dst)
-        except OSError as e:
-            if e.errno in _DISK_ERRORS or _within(e.filename, (stage, path)):
-                raise JaxvizError(f"cannot write into {shown}: {e.strerror or e}; nothing was written") from None
+            yield path
+        except BaseException:
+            ok = False
             raise
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        _remove_empty(created)
-        raise
-    shutil.rmtree(stage, ignore_errors=True)
+    finally:
+        if fd >= 0:
+            try:
+                os.unlink(lock)  # still held: a run waiting on this file sees it gone and opens a new one
+            except OSError:
+                pass
+            os.close(fd)
+        if not ok:  # a run that failed leaves no folder it made (one holding a checkpoint stays)
+            _remove_empty(created)
+
+
+_STAGE_NAME = "[a-z0-9_]{8}"  # tempfile.mkdtemp's random part
+
+
+def _remove_stale_stages(path: str, folders: tuple[str, ...]) -> None:
+    """Remove the stages of ``path`` that a killed run left in ``folders`` (called with the lock held:
+    no live run uses them). Only a real folder named ``.NAME.partial-XXXXXXXX``, owned by this user,
+    whose :data:`STAGE_MARKER` names ``path`` exactly; anything else is left alone."""
+    import stat
+
+    name = re.compile(re.escape(f".{os.path.basename(path)[:40]}.partial-") + _STAGE_NAME)
+    want = os.fsencode(path)
+    for folder in folders:
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for n in names:
+            if not name.fullmatch(n):
+                continue
+            stage = os.path.join(folder, n)
+            try:
+                st = os.lstat(stage)
+                if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                    continue
+                fd = os.open(os.path.join(stage, STAGE_MARKER), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    mark = os.read(fd, len(want) + 1)
+                finally:
+                    os.close(fd)
+            except OSError:
+                continue
+            if mark == want:
+                shutil.rmtree(stage, ignore_errors=True)
 
 
 NAME_MAX = 255
@@ -110,6 +220,10 @@ def _moves(stage: str, path: str) -> list[tuple[str, str]]:
     for root, _, files in os.walk(stage):
         rel = os.path.relpath(root, stage)
         for f in files:
+            if rel == "." and f == STAGE_MARKER:
+                continue
+            if rel == "." and f.startswith(LOCK):  # never replace a run's lock file
+                raise JaxvizError(f"refusing to write {show(f)}: jaxviz's lock file has that name")
             dst = os.path.normpath(os.path.join(path, rel, f))
             if not _within(os.path.realpath(os.path.dirname(dst)), (os.path.realpath(path),)) and \
                     os.path.dirname(dst) != path:

@@ -13,7 +13,9 @@ A job is a :class:`Job`: a few pure functions over an explicit state, as an opta
   rows kept so far, the pass, the position in the share and the failed items, written atomically every
   ``checkpoint_every`` batches or ``checkpoint_seconds`` seconds, at the end of each pass and on any
   interruption (Ctrl-C, SIGTERM, an error, a dead peer); with ``resume=True`` the job continues from
-  there and ends with exactly the uninterrupted result. A checkpoint written with other settings (the
+  there and ends with exactly the uninterrupted result. The checkpoint folder must be a real folder (a
+  symbolic link there is refused before any work: checkpoints are written only where they are named);
+  a checkpoint that cannot be written (disk full, quota) is one line and leaves the previous one whole. A checkpoint written with other settings (the
   digest of :attr:`Job.settings`, the collection's names, the process count) is refused in one line;
 - the processes (``jax.distributed``, the CLI's ``--coordinator HOST:PORT --process I/N``): at the end
   of each pass and at the end, every process's arrays are gathered through the coordinator's key-value
@@ -220,6 +222,7 @@ def run_job(
     interpolation: str = "nearest",
     on_batch: Callable[[int, int], None] | None = None,
     what: str = "settings",
+    decode_memory: int | None = None,
 ) -> Outcome:
     """Run ``job`` over the collection ``images`` (see the module docstring).
 
@@ -232,7 +235,8 @@ def run_job(
       checkpoint: a folder for the resumable state (one ``NAME-state-IofN`` per process);
         ``resume`` continues from it.
       checkpoint_every, checkpoint_seconds: how often the state is written.
-      workers, max_failures, interpolation: for the collection reader.
+      workers, max_failures, interpolation, decode_memory: for the collection reader (decode_memory:
+        bytes the decoding threads may hold at once; default 1 GiB, whatever the number of workers).
       on_batch: ``on_batch(items_done, items_total)`` after each batch (over all passes; total -1 for
         an iterable of batches); an exception it raises interrupts the run as Ctrl-C does.
       what: the settings a refused checkpoint names in its message.
@@ -241,10 +245,16 @@ def run_job(
     """
     if int(job.passes) < 1:
         raise JaxvizError(f"passes must be at least 1, got {job.passes}")
+    from jaxviz.io.jobstate import CheckpointWriteError, check_folder, exists, load_state, save_state
+
+    if checkpoint is not None:  # before any work: a link there would carry the checkpoints out of --out
+        check_folder(checkpoint)
     mesh = local_mesh(devices)
     shard = (jax.process_index(), jax.process_count())
     opened = dict(batch_size=int(batch_size), shard=shard, workers=workers, max_failures=max_failures,
                   interpolation=interpolation)
+    if decode_memory is not None:
+        opened["decode_memory"] = int(decode_memory)
     coll = open_collection(images, shape, **opened)
     paths = coll.paths
     counter = [0]
@@ -260,8 +270,6 @@ def run_job(
     ckpt = checkpoint_path(checkpoint, job, shard) if checkpoint is not None else None
     ctx = ctx_for(0, coll)
     state, rows, pass_index, position, failures = job.init(ctx), _Rows(), 0, 0, []
-    from jaxviz.io.jobstate import exists, load_state, save_state
-
     if ckpt is not None and resume and exists(ckpt):
         z, failures = load_state(ckpt, settings, paths, what)
         try:
@@ -302,6 +310,8 @@ def run_job(
                                          or time.monotonic() - last_save >= checkpoint_seconds):
                     save(state, n_rows, pass_index, position, coll.failures)
                     last_save = time.monotonic()
+        except CheckpointWriteError:  # the previous checkpoint is whole; another try would fail the same way
+            raise
         except BaseException:  # Ctrl-C, SIGTERM (the CLI raises it as KeyboardInterrupt), a crash, a dead peer
             if ckpt is not None:
                 save(state, n_rows, pass_index, position, coll.failures)
