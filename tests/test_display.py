@@ -85,6 +85,17 @@ def test_activations_cams_weights_loaded(digits):
     assert _self_contained(text) == 3
     c = int(cams.classes[0, 0])
     assert f"image 0: class {c}, p={float(cams.probs[0, c]):.2f}" in text
+    # the maps carry their method and layer (the default: the last conv layer) and show them
+    assert (cams.method, cams.layer) == ("gradcam", "conv2d_1")
+    assert "Cams: gradcam at conv2d_1; 3 images x 1 classes, maps 14x14" in text
+    assert text.count("title='gradcam at conv2d_1'") == 3
+    first = jaxviz.explain(m, p, x, method="layercam", layer="conv2d")
+    assert (first.method, first.layer) == ("layercam", "conv2d") and "layercam at conv2d;" in first._repr_html_()
+    sal = jaxviz.explain(m, p, x, method="saliency")
+    assert sal.layer is None and "Cams: saliency at the input pixels; 3 images x 1 classes, maps 28x28" in \
+        sal._repr_html_()
+    old = jaxviz.Cams(cams.heatmaps, cams.classes, cams.probs)  # built as before the fields existed
+    assert (old.method, old.layer) == ("", None) and "Cams: unknown method; 3 images" in old._repr_html_()
     lw = jaxviz.layer_weights(m, p, "conv2d")
     assert _self_contained(lw._repr_html_()) == 1 and "kernel 3x3x1x32" in lw._repr_html_()
     table = loaded._repr_html_()

@@ -201,6 +201,7 @@ h2{margin-top:2em;border-bottom:1px solid #ccc}
 .cards{display:flex;flex-wrap:wrap;gap:10px}
 .card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:6px;max-width:100%;box-sizing:border-box}
 .card.dead{opacity:.55}
+.card .none{font-size:11px;max-width:150px;margin:0 4px}
 .card .head{font-size:12px;margin-bottom:4px}
 .row{display:flex;flex-wrap:wrap;gap:3px;align-items:flex-end}
 figure{margin:0;font-size:10px;text-align:center}
@@ -248,6 +249,12 @@ def _is_iterable(images) -> bool:
     return not isinstance(images, (str, os.PathLike, list, tuple, np.ndarray))
 
 
+def _all_zero(la, u: int) -> bool:
+    """A dead unit whose top values are all 0 (after a ReLU): its exemplars are ties, arbitrary images.
+    A dead unit of a layer read before its activation (all values negative) keeps its ranked exemplars."""
+    return bool(la.dead[u]) and not np.any(la.values[u][la.indices[u] >= 0])
+
+
 def _layer_html(n, layer, la, model, params, coll, atlas, pats, max_cards) -> str:
     esc = html.escape
     rf = la.field
@@ -266,7 +273,7 @@ def _layer_html(n, layer, la, model, params, coll, atlas, pats, max_cards) -> st
            "<option value='fire'>fire rate</option></select>"
            + (f" (first {len(shown)} of {len(la.units)} units shown)" if len(shown) < len(la.units) else "")
            + "</p><div class='cards'>"]
-    idx = sorted({int(i) for u in shown for i in la.indices[u] if i >= 0})
+    idx = sorted({int(i) for u in shown if not _all_zero(la, u) for i in la.indices[u] if i >= 0})
     crops = {}
     if coll is not None and idx:
         pixels = np.stack([coll.read(i) for i in idx])
@@ -275,7 +282,7 @@ def _layer_html(n, layer, la, model, params, coll, atlas, pats, max_cards) -> st
         import cv2
 
         h, w = atlas.input_shape[:2]
-        for u in shown:
+        for u in (u for u in shown if not _all_zero(la, u)):
             unit = int(la.units[u])
             top = max(float(la.values[u, 0]), 1e-12)
             for j, i in enumerate(la.indices[u]):
@@ -297,6 +304,9 @@ def _layer_html(n, layer, la, model, params, coll, atlas, pats, max_cards) -> st
         if unit in pats:
             out.append(f"<figure><img class='pattern' src='{_png(pats[unit])}' alt='pattern'>"
                        "<figcaption>pattern</figcaption></figure>")
+        if _all_zero(la, u):
+            out.append(f"<p class='none'>never above 0 on the {atlas.count} images: its top {len(la.indices[u])} "
+                       "are ties at 0, so none is drawn</p>")
         for j, i in enumerate(la.indices[u]):
             if i < 0 or (u, j) not in crops:
                 continue

@@ -1,6 +1,6 @@
 """`jaxviz evaluate`: attribution methods ranked by faithfulness metrics over an image collection —
-``leaderboard.json``, ``leaderboard.csv``, ``scores.npz`` and ``curves.png`` (mean deletion and
-insertion curves)."""
+``leaderboard.json``, ``leaderboard.csv``, ``scores.npz``, ``curves.png`` (mean deletion and
+insertion curves) and ``index.html`` (the leaderboard and the curves, self-contained)."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def _run(args, methods, metrics, stage) -> None:
         print(f"jaxviz evaluate: warning: skipped {f.path!r}: {f.reason}", file=sys.stderr)
     n = int((ev.classes >= 0).sum())
     if stage is not None:
-        write(stage, ev)
+        write(stage, ev, f"jaxviz evaluate: {model.name}")
         print(_table(ev.leaderboard))
     print(f"{n} images ({len(ev.failures)} unreadable) in {dt:.1f} s ({dt / max(n, 1):.2f} s/image), "
           f"{len(jax.devices())} {jax.devices()[0].platform} device(s), {jax.process_count()} process(es)")
@@ -113,8 +113,13 @@ def _run(args, methods, metrics, stage) -> None:
     shutil.rmtree(os.path.join(args.out, CHECKPOINT), ignore_errors=True)  # done: nothing left to resume
 
 
-def write(stage: str, ev) -> None:
-    """``leaderboard.json``, ``leaderboard.csv``, ``scores.npz`` and ``curves.png`` into ``stage``."""
+def write(stage: str, ev, title: str = "jaxviz evaluate") -> None:
+    """``leaderboard.json``, ``leaderboard.csv``, ``scores.npz``, ``curves.png`` and ``index.html`` into
+    ``stage``. The page is the :class:`~jaxviz.Evaluation`'s own HTML (:func:`jaxviz.viz.display.page`: the
+    leaderboard and the curves a notebook shows); ``curves.png`` is that page's picture
+    (:func:`jaxviz.viz.display.curves_png`)."""
+    from jaxviz.viz.display import curves_png, page
+
     with open(os.path.join(stage, "leaderboard.json"), "w", encoding="utf-8") as f:
         json.dump(ev.leaderboard, f, indent=1)
     fields = ["method", "metric", "higher_is_better", "mean", "low", "high", "n", "beats_random"]
@@ -130,29 +135,10 @@ def write(stage: str, ev) -> None:
         for name, v in per.items():
             arrays[f"curves/{m}/{name}"] = v
     np.savez(os.path.join(stage, "scores.npz"), **arrays)
-    plot_curves(ev.curves, os.path.join(stage, "curves.png"))
-
-
-def plot_curves(curves: dict, path: str) -> None:
-    """The mean deletion and insertion curves of every method (the random map dashed), side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, kind in zip(axes, ("deletion", "insertion")):
-        for m, per in curves.items():
-            if kind in per:
-                c = per[kind]
-                ax.plot(np.linspace(0, 1, len(c)), c, "--" if m == "random" else "-", label=m)
-        ax.set_title(f"{kind} (mean over images)")
-        ax.set_xlabel("share of pixels changed")
-        ax.set_ylabel("class probability")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with open(os.path.join(stage, "curves.png"), "wb") as f:  # the picture of the page, byte for byte
+        f.write(curves_png(ev))
+    with open(os.path.join(stage, "index.html"), "w", encoding="utf-8", errors="backslashreplace") as f:
+        f.write(page(ev, title))
 
 
 def _table(board: list[dict]) -> str:
@@ -197,5 +183,5 @@ def _setup_evaluate(p):
                                                     "process reads its share, process 0 writes the files")
     add_peer_timeout(p)
     p.add_argument("--out", "-o", required=True,
-                   help="output directory: leaderboard.json, leaderboard.csv, scores.npz, curves.png")
+                   help="output directory: leaderboard.json, leaderboard.csv, scores.npz, curves.png, index.html")
     p.set_defaults(func=cmd_evaluate)

@@ -48,9 +48,16 @@ from jaxviz.methods.sharding import batch_mesh, chunks, gather, pad_to, replicat
 from jaxviz.nn.jit import jit
 
 class Cams(NamedTuple):
-    heatmaps: np.ndarray  # N x K x h x w float32 in [0, 1]: layer resolution (CAMs) or input resolution
-    classes: np.ndarray  # N x K int
-    probs: np.ndarray  # N x classes (the model's output)
+    """The maps of :func:`explain`: ``heatmaps`` N x K x h x w float32 in [0, 1] (the layer's resolution for
+    layer maps, the input's for input maps), ``classes`` N x K int, ``probs`` N x classes (the model's
+    output), the ``method`` that drew them (its registry name; ``""`` when not known) and the ``layer`` of
+    layer maps (None for input maps or when not known): ``Cams(heatmaps, classes, probs)`` still builds one."""
+
+    heatmaps: np.ndarray
+    classes: np.ndarray
+    probs: np.ndarray
+    method: str = ""
+    layer: str | None = None
 
     def _repr_html_(self) -> str:
         from jaxviz.viz.display import html
@@ -319,6 +326,7 @@ def explain(
     check_params(model, params, x.shape[1:])
     top1 = classes is None
     run = compiled_explain(model, x.shape[1:], method, layer, score, settings, top1)  # checks every argument
+    used_layer = cam_layer(model, layer, x.shape[1:]) if record.family == "layer" else None
     n_classes = output_shape(model, x.shape[1:])[0]
     cls = np.zeros((x.shape[0], 1), np.int32) if top1 else resolve_classes(model, x.shape[0], n_classes, classes)
     key = jax.random.key(0) if key is None else key
@@ -336,7 +344,7 @@ def explain(
     heat = np.asarray(heat, np.float32)
     if np.any(heat.reshape(heat.shape[0] * heat.shape[1], -1).max(axis=1) == 0):
         warnings.warn(f"some {method} maps are all zero ({record.zero_cause}); returned as zeros")
-    return Cams(heat, np.asarray(cls), np.asarray(probs, np.float32))
+    return Cams(heat, np.asarray(cls), np.asarray(probs, np.float32), record.name, used_layer)
 
 
 def check_classifier(model: Model, input_shape: Sequence[int], method: str = "gradcam") -> int:

@@ -106,22 +106,36 @@ def patterns_html(res, limit: int = LIMIT) -> str:
                  + _more(min(n, limit), n, "patterns"))
 
 
+def cams_what(res) -> str:
+    """``"gradcam at conv2d_1"``, ``"saliency at the input pixels"``, or what the :class:`~jaxviz.Cams`
+    records of its method and layer (``"unknown method"`` when it records neither)."""
+    from jaxviz.methods.attribution import INPUT_METHODS
+
+    if res.layer:
+        return f"{res.method or 'unknown method'} at {res.layer}"
+    if res.method in INPUT_METHODS:
+        return f"{res.method} at the input pixels"
+    return res.method or "unknown method"
+
+
 def cams_html(res, limit: int = 16, size: int = 128) -> str:
     """Each image's map in the overlay's JET colours (:func:`jaxviz.viz.render.plain_map`), with class and
-    probability. ``Cams`` records no photos; the CLI's ``explain`` draws the overlays on them."""
+    probability; the title names the method and the layer. ``Cams`` records no photos; the CLI's
+    ``explain`` draws the overlays on them."""
     from jaxviz.viz.render import plain_map
 
     n, k = res.heatmaps.shape[:2]
+    what = cams_what(res)
     figs = []
     for i in range(min(n, limit)):
         for j in range(k):
             c = int(res.classes[i, j])
             p = float(np.asarray(res.probs)[i, c]) if 0 <= c < np.shape(res.probs)[-1] else float("nan")
             png = png_bytes(plain_map(res.heatmaps[i, j], (size, size)))
-            figs.append(f"<figure>{img_tag(png, 'heatmap')}<figcaption>image {i}: class {c}, p={p:.2f}"
+            figs.append(f"<figure>{img_tag(png, f'{what} map', what)}<figcaption>image {i}: class {c}, p={p:.2f}"
                         f"</figcaption></figure>")
-    return _wrap(f"Cams: {n} images x {k} classes, maps {res.heatmaps.shape[2]}x{res.heatmaps.shape[3]} in [0, 1]",
-                 "".join(figs) + _more(min(n, limit), n, "images"))
+    return _wrap(f"Cams: {cams_what(res)}; {n} images x {k} classes, maps {res.heatmaps.shape[2]}x"
+                 f"{res.heatmaps.shape[3]} in [0, 1]", "".join(figs) + _more(min(n, limit), n, "images"))
 
 
 def activations_html(acts, limit: int = 16, per_row: int = 16) -> str:
@@ -158,7 +172,7 @@ def weights_html(lw) -> str:
 
 
 def _layer_atlas_html(layer: str, la, paths, input_shape, units: int, k: int) -> str:
-    from jaxviz.cli.atlas import _crop
+    from jaxviz.cli.atlas import _all_zero, _crop
 
     shown = list(range(min(len(la.units), units)))
     head = (f"<p><b>{esc(layer)}</b>: grid {la.grid[0]}x{la.grid[1]}, {len(la.units)} units, "
@@ -175,7 +189,7 @@ def _layer_atlas_html(layer: str, la, paths, input_shape, units: int, k: int) ->
     for u in shown:
         figs = []
         for j, i in enumerate(la.indices[u][:k]):
-            if i < 0 or coll is None:
+            if i < 0 or coll is None or _all_zero(la, u):  # a dead unit's top images are ties at 0
                 continue
             try:
                 crop = _crop(coll.read(int(i)), None, la.boxes[u, j])
@@ -207,9 +221,15 @@ def atlas_html(atlas, units: int = ATLAS_UNITS, k: int = ATLAS_EXEMPLARS) -> str
     return _wrap(f"Atlas of {len(atlas.layers)} layers", body)
 
 
-def evaluation_html(ev) -> str:
+def curves_png(ev) -> bytes:
+    """The mean deletion and insertion curves of an :class:`~jaxviz.Evaluation` (the random map dashed),
+    at 100 dpi: the picture of its HTML and the CLI's ``curves.png``, the same bytes."""
     from jaxviz.viz.plotting import curves_figure
 
+    return figure_png(curves_figure(ev.curves), dpi=100)
+
+
+def evaluation_html(ev) -> str:
     fmt = lambda v: "" if v is None else f"{v:.4g}"  # noqa: E731
     beats = lambda r: "" if r["beats_random"] is None else f"{100 * r['beats_random']:.0f}%"  # noqa: E731
     rows = "".join(f"<tr><td style='text-align:left'>{esc(r['method'])}</td><td style='text-align:left'>"
@@ -218,8 +238,10 @@ def evaluation_html(ev) -> str:
                    for r in ev.leaderboard)
     table = ("<table><tr><th>method</th><th>metric</th><th>mean</th><th>95% interval</th><th>n</th>"
              f"<th>beats random</th></tr>{rows}</table>")
-    curves = img_tag(figure_png(curves_figure(ev.curves)), "curves") if ev.curves else ""
-    return _wrap(f"Evaluation of {len(ev.scores)} maps over {len(ev.paths)} images", table + curves)
+    curves = img_tag(curves_png(ev), "mean deletion and insertion curves") if ev.curves else ""
+    methods = [m for m in ev.scores if m != "random"]
+    against = " against the random map" if "random" in ev.scores else ""
+    return _wrap(f"Evaluation of {', '.join(methods)}{against} over {len(ev.paths)} images", table + curves)
 
 
 def loaded_html(loaded, limit: int = 200) -> str:
@@ -283,8 +305,9 @@ def png(result: Any) -> bytes | None:
 
 def page(result: Any, title: str = "jaxviz") -> str:
     """A whole HTML page holding :func:`html` of the result."""
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title></head><body>"
-            f"{html(result)}</body></html>")
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
+            "<style>body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}h1{font-size:1.4em}</style>"
+            f"</head><body><h1>{esc(title)}</h1>{html(result)}</body></html>")
 
 
 def show(result: Any, path: "str | os.PathLike | None" = None, open_browser: bool = False) -> str | None:
