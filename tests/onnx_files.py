@@ -7,10 +7,10 @@ import os
 import numpy as np
 
 
-def small_cnn(seed: int = 0, external: str | None = None, folder: str | None = None):
-    """A channels-first CNN (Conv-Relu-MaxPool-Conv-Relu-GlobalAveragePool-Flatten-Gemm) on 1x3x32x32,
+def small_cnn(seed: int = 0, external: str | None = None, folder: str | None = None, batch: int | str = 1):
+    """A channels-first CNN (Conv-Relu-MaxPool-Conv-Relu-GlobalAveragePool-Flatten-Gemm) on batch x 3x32x32,
     named like a torch export (``/conv1/Conv``); ``external``: store the weights as external data in that
-    file of ``folder``."""
+    file of ``folder``; ``batch``: the input's first dimension (a name such as ``"N"`` leaves it open)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -33,8 +33,8 @@ def small_cnn(seed: int = 0, external: str | None = None, folder: str | None = N
         helper.make_node("Gemm", ["f", "fc.weight", "fc.bias"], ["logits"], name="/fc/Gemm", transB=1),
     ]
     graph = helper.make_graph(nodes, "small_cnn", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                                [1, 3, 32, 32])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5])], inits)
+                                                                                [batch, 3, 32, 32])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 5])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     if external:

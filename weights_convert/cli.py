@@ -1,5 +1,5 @@
-"""``weights_convert SRC DEST [--arch NAME] [--overwrite] [--dry-run]``: Keras file or PyTorch state dict
--> jaxviz checkpoint."""
+"""``weights_convert SRC DEST [--arch NAME] [--overwrite] [--dry-run]``: Keras file, PyTorch state dict or
+ONNX file -> jaxviz checkpoint."""
 
 from __future__ import annotations
 
@@ -24,12 +24,14 @@ def convert(src: str, dest: str | None, arch: str | None = None, *, overwrite: b
     arch = model.name
     # names and the version come from the file: escaped and cut (a 5 MB keras_version with terminal escapes)
     print(f"{show(src, 300)}: {show(fmt)}" + (f" (Keras {show(version, 40)})" if version else "") + f" -> {show(arch)}")
-    print(f"{'layer':22s} {'shapes':40s} {'params':>12s}")
+    flat = fmt == "onnx"  # {initialiser: array}, not {layer: {name: array}}
+    print(f"{'initialiser' if flat else 'layer':22s} {'shapes':40s} {'params':>12s}")
     total = 0
     for name, p in params.items():
+        p = {"": p} if flat else p
         n = sum(int(np.prod(a.shape)) for a in p.values())
         total += n
-        shapes = ", ".join(f"{k} {tuple(a.shape)}" for k, a in p.items())
+        shapes = ", ".join(f"{k} {tuple(a.shape)}".strip() for k, a in p.items())
         print(f"{show(name, 60):22s} {show(shapes, 200):40s} {n:>12,d}")
     print(f"{'total':22s} {'':40s} {total:>12,d}")
     if dest is None:
@@ -48,14 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     p = Parser(
         prog="weights_convert",
         description="Convert a Keras weight file (published .h5, Keras 2 model.save .h5, Keras 3 .keras or "
-        ".weights.h5) or a PyTorch state dict (.pth, zip or legacy; torch not needed) into a self-describing "
-        "jaxviz checkpoint (orbax). Nothing in the file is executed.",
+        ".weights.h5), a PyTorch state dict (.pth, zip or legacy; torch not needed) or an ONNX model (.onnx: "
+        "its graph is stored beside the weights) into a self-describing jaxviz checkpoint (orbax). Nothing in "
+        "the file is executed.",
         epilog="example:\n  weights_convert vgg16_weights_tf_dim_ordering_tf_kernels.h5 ckpt/vgg16\n"
         "  weights_convert model.keras ckpt/fashion --arch fashion_cnn --dry-run\n"
-        "  weights_convert efficientnet-lite0-57934424.pth ckpt/lite0",
+        "  weights_convert efficientnet-lite0-57934424.pth ckpt/lite0\n"
+        "  weights_convert resnet18.onnx ckpt/resnet18",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("src", help="Keras file or PyTorch .pth state dict")
+    p.add_argument("src", help="Keras file, PyTorch .pth state dict or ONNX file")
     p.add_argument("dest", nargs="?", help="checkpoint directory to create (not needed with --dry-run)")
     p.add_argument("--arch", help="architecture name (default: detected from the file)")
     p.add_argument("--overwrite", action="store_true",

@@ -1,7 +1,10 @@
 """Self-describing parameter checkpoints with orbax-checkpoint.
 
 A checkpoint is a directory: ``params/`` (orbax) and ``jaxviz.json`` (architecture name, input
-shape, preprocessing, labels, provenance), so the directory alone is enough to rebuild the model.
+shape, preprocessing, labels, provenance), so the directory alone is enough to rebuild the model. An
+imported ONNX model adds ``graph.onnx``: its ``ModelProto`` without the initialisers that are parameters,
+re-opened by the same reader as any ONNX file (:func:`jaxviz.io.onnx.read_onnx`), the parameters put back
+as initialisers (their names and shapes are listed in ``jaxviz.json``) and imported again.
 It is written into a temporary sibling directory and renamed into place; an existing checkpoint
 is never replaced unless ``overwrite=True``, and nothing but a checkpoint (or an empty directory) is
 ever replaced. Parameters that are not finite are refused on saving and on loading.
@@ -28,6 +31,8 @@ FORMAT = "jaxviz-checkpoint"
 META = "jaxviz.json"
 MAX_META_BYTES = 16 << 20  # jaxviz.json, graph included (NASNetLarge's: ~0.3 MB)
 MAX_PARAMS_BYTES = 5 << 30  # the orbax files (weights are capped at 4 GiB where they are read)
+ONNX_GRAPH = "graph.onnx"
+MAX_ONNX_PARAMS = 1_000_000  # initialisers listed in jaxviz.json
 
 
 def is_checkpoint(path: "str | os.PathLike") -> bool:
@@ -50,7 +55,7 @@ def check_replaceable(path: "str | os.PathLike") -> None:
     entries = sorted(os.listdir(path))
     if not entries:
         return
-    extra = [e for e in entries if e not in (META, "params")]
+    extra = [e for e in entries if e not in (META, "params", ONNX_GRAPH)]
     if not is_checkpoint(path) or extra:
         what = f"it holds {extra[0]!r}" if extra else f"it has no {META}"
         raise JaxvizError(f"{path} is a directory but not a jaxviz checkpoint ({what}); overwrite=True replaces only "
@@ -67,8 +72,33 @@ def check_finite(params: Mapping[str, Mapping[str, Any]], where: str) -> None:
                               "unusable")
 
 
+def _is_onnx(model) -> bool:
+    from jaxviz.nn.onnx import OnnxModel
+
+    return isinstance(model, OnnxModel)
+
+
+def _check_onnx_params(model, params: Mapping[str, Any], where: str) -> None:
+    """Raise unless ``params`` (``{initialiser: array}``) are exactly the ONNX model's, finite, right shapes."""
+    want = dict(model._param_shapes)
+    for name, shape in want.items():
+        found = getattr(params.get(name), "shape", None)
+        if found is None or tuple(found) != tuple(shape):
+            raise JaxvizError(f"{where}: weights do not fit {show(model.name)}: initialiser {show(repr(name), 120)} "
+                              f"expected shape {tuple(shape)}, found {None if found is None else tuple(found)}")
+        require_finite(params[name], f"{where}: initialiser {show(repr(name), 120)} contains NaN or Inf; the "
+                                     "weights are unusable")
+    extra = [n for n in params if n not in want]
+    if extra:
+        raise JaxvizError(f"{where}: weights do not fit {show(model.name)}: unexpected initialiser "
+                          f"{show(repr(extra[0]), 120)}")
+
+
 def check_params(model: Sequential, params: Mapping[str, Mapping[str, Any]], input_shape=None) -> None:
     """Raise an error naming the first layer whose parameters do not fit ``model``."""
+    if _is_onnx(model):
+        _check_onnx_params(model, params, "checkpoint")
+        return
     expected = model.param_shapes(input_shape)
     for name, shapes in expected.items():
         if name not in params:
@@ -100,8 +130,18 @@ def save_checkpoint(
     if os.path.lexists(path) and not overwrite:
         raise JaxvizError(f"{path} already exists; choose another destination or pass overwrite=True")
     check_replaceable(path)
-    check_params(model, params)
-    check_finite(params, f"refusing to save {model.name}")
+    onnx_model = _is_onnx(model)
+    if onnx_model:
+        if not model.graph_bytes:
+            raise JaxvizError(f"{show(model.name)} holds no ONNX graph to store (a run_graph model); import the file "
+                              "with jaxviz.load_model or jaxviz.nn.onnx.from_onnx")
+        _check_onnx_params(model, params, f"refusing to save {show(model.name)}")
+        names = list(model._param_shapes)
+        stored = {_onnx_key(i): params[n] for i, n in enumerate(names)}  # orbax keys need plain names
+    else:
+        check_params(model, params)
+        check_finite(params, f"refusing to save {model.name}")
+        stored = params
     parent = os.path.dirname(path)
     try:
         os.makedirs(parent, exist_ok=True)
@@ -109,7 +149,7 @@ def save_checkpoint(
     except OSError as e:
         raise JaxvizError(f"cannot write to {parent}: {e.strerror}") from None
     try:
-        host = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
+        host = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), stored)
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(os.path.join(tmp, "params"), host)
             ckptr.wait_until_finished()
@@ -121,8 +161,13 @@ def save_checkpoint(
             "preprocessing": model.preprocessing,
             "labels": model.labels,
             "info": dict(info or {}),
-            "graph": stored_graph(model),  # an imported architecture travels with its parameters
+            "graph": None if onnx_model else stored_graph(model),  # an imported architecture travels with it
         }
+        if onnx_model:
+            with open(os.path.join(tmp, ONNX_GRAPH), "wb") as f:
+                f.write(model.graph_bytes)
+            meta["onnx"] = {"graph": ONNX_GRAPH, "params": [[n, list(model._param_shapes[n])] for n in names],
+                            "input_hw": list(model.input_shape[:2]) if len(model.input_shape) == 3 else None}
         with open(os.path.join(tmp, META), "w") as f:
             json.dump(meta, f, indent=2)
         old = None
@@ -171,21 +216,103 @@ def read_meta(path: "str | os.PathLike") -> dict[str, Any]:
 
 def load_checkpoint(path: "str | os.PathLike") -> tuple[Sequential, Params, dict[str, Any]]:
     """``(model, params, meta)`` from a checkpoint directory written by :func:`save_checkpoint`."""
-    import orbax.checkpoint as ocp
-
     path = os.path.abspath(os.fspath(path))
     meta = read_meta(path)
     check_tree(os.path.join(path, "params"), "checkpoint", max_bytes=MAX_PARAMS_BYTES)  # before orbax opens a file
+    if meta.get("onnx") is not None:
+        return _load_onnx(path, meta)
     model = graph_from_spec(meta["graph"], path) if meta.get("graph") else get_model(meta["architecture"])
     shapes = model.param_shapes()
     target = {
         n: {p: jax.ShapeDtypeStruct(s, np.float32) for p, s in ps.items()} for n, ps in shapes.items()
     }
-    try:
-        with ocp.StandardCheckpointer() as ckptr:
-            params = ckptr.restore(os.path.join(path, "params"), target)
-    except Exception as e:  # orbax raises many types for a damaged or mismatched tree
-        raise JaxvizError(f"cannot restore {show(path)} as {show(model.name)}: {show(e, 300)}") from None
+    params = _restore(path, target, model.name)
     check_params(model, params)
     check_finite(params, path)
+    return model, params, meta
+
+
+def _restore(path: str, target: Mapping[str, Any], arch: str) -> Any:
+    """The orbax tree under ``path/params`` restored into ``target`` (a tree of ``ShapeDtypeStruct``), after
+    checking that the stored arrays have exactly the target's names and shapes: orbax itself restores an
+    array into a target of another shape without a word (cut or padded)."""
+    import orbax.checkpoint as ocp
+
+    where = f"cannot restore {show(path)} as {show(arch)}"
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            tree = ckptr.metadata(os.path.join(path, "params")).item_metadata.tree
+            want = jax.tree_util.tree_flatten_with_path(target)[0]
+            have = dict(jax.tree_util.tree_flatten_with_path(
+                tree, is_leaf=lambda v: hasattr(v, "shape") and not isinstance(v, Mapping))[0])
+            for key, t in want:
+                found = getattr(have.get(key), "shape", None)
+                if found is None or tuple(found) != tuple(t.shape):
+                    raise JaxvizError(f"{where}: {jax.tree_util.keystr(key)} is stored with shape "
+                                      f"{None if found is None else tuple(found)}, the model needs {tuple(t.shape)}")
+            if len(have) != len(want):
+                raise JaxvizError(f"{where}: it stores {len(have)} arrays, the model has {len(want)}")
+            return ckptr.restore(os.path.join(path, "params"), target)
+    except JaxvizError:
+        raise
+    except Exception as e:  # orbax raises many types for a damaged or mismatched tree
+        raise JaxvizError(f"{where}: {show(e, 300)}") from None
+
+
+def _onnx_key(i: int) -> str:
+    return f"t{i:06d}"
+
+
+def _load_onnx(path: str, meta: dict[str, Any]):
+    """An ONNX checkpoint: ``graph.onnx`` through :func:`jaxviz.io.onnx.read_onnx`, the parameters restored
+    from orbax and put back as initialisers, then :func:`jaxviz.nn.onnx.from_onnx` as for the file itself."""
+    import dataclasses
+
+    from onnx import numpy_helper
+
+    from jaxviz.io.onnx import read_onnx
+    from jaxviz.nn.onnx import from_onnx
+    from jaxviz.nn.preprocess import PREPROCESSORS
+
+    where = show(path)
+    bad = JaxvizError(f"{where}: its {META} describes the ONNX graph badly; the checkpoint is damaged")
+    spec = meta["onnx"]
+    try:
+        names = [str(n) for n, _ in spec["params"]]
+        shapes = [tuple(int(d) for d in s) for _, s in spec["params"]]
+        hw = spec.get("input_hw")
+        hw = None if hw is None else (int(hw[0]), int(hw[1]))
+        ok = spec.get("graph") == ONNX_GRAPH and len(names) == len(set(names)) and len(names) <= MAX_ONNX_PARAMS and \
+            all(0 <= d < 2 ** 40 for s in shapes for d in s) and meta.get("preprocessing") in PREPROCESSORS
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError):
+        raise bad from None
+    if not ok:
+        raise bad
+    file = os.path.join(path, ONNX_GRAPH)
+    if os.path.islink(file):  # the checkpoint's own file, never one it points to
+        raise JaxvizError(f"{where}: {ONNX_GRAPH} is a symbolic link; a checkpoint holds its own files")
+    proto = read_onnx(file)
+    have = {t.name for t in proto.graph.initializer}
+    clash = [n for n in names if n in have]
+    if clash:
+        raise JaxvizError(f"{where}: {ONNX_GRAPH} already holds the parameter {show(repr(clash[0]), 120)}; the "
+                          "checkpoint is damaged")
+    target = {_onnx_key(i): jax.ShapeDtypeStruct(s, np.float32) for i, s in enumerate(shapes)}
+    stored = _restore(path, target, meta["architecture"])
+    for i, n in enumerate(names):
+        proto.graph.initializer.append(numpy_helper.from_array(np.asarray(stored[_onnx_key(i)], np.float32), n))
+    del stored
+    try:
+        model, params = from_onnx(proto, input_hw=hw, name=meta["architecture"])
+    except JaxvizError as e:
+        raise JaxvizError(f"{where}: {e}") from e
+    except Exception as e:  # a graph the importer did not foresee; --debug shows it
+        raise JaxvizError(f"{where}: cannot import its ONNX graph ({type(e).__name__}: {show(e, 200)})") from e
+    if set(params) != set(names):
+        raise JaxvizError(f"{where}: its parameters are not the graph's weights (e.g. "
+                          f"{show(repr(sorted(set(params) ^ set(names))[0]), 120)}); the checkpoint is damaged")
+    _check_onnx_params(model, params, where)
+    labels = meta.get("labels")
+    model = dataclasses.replace(model, preprocessing=meta["preprocessing"],
+                                labels=labels if labels is None else str(labels))
     return model, params, meta

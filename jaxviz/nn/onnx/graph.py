@@ -128,6 +128,8 @@ class OnnxModel:
       channels_first: the input is N x C x H x W (transposed from N x H x W x C inside).
       layer_values: ``(layer, tensor)`` in call order, one per node output.
       aliases: ``(alias, layer)``: node names and tensor names.
+      graph_bytes: the serialised ``ModelProto`` without the initialisers that became parameters (what a
+        checkpoint stores beside them; empty for :func:`run_graph`).
     """
 
     name: str
@@ -142,6 +144,7 @@ class OnnxModel:
     opset: int
     preprocessing: str = "none"
     labels: str | None = None
+    graph_bytes: bytes = dataclasses.field(default=b"", repr=False)
 
     # -- names --------------------------------------------------------------------------
     @property
@@ -318,6 +321,66 @@ class OnnxModel:
 
     def with_preprocessing(self, mode: str) -> "OnnxModel":
         return dataclasses.replace(self, preprocessing=mode)
+
+    # -- fresh parameters ------------------------------------------------------------------
+    @functools.cached_property
+    def _reader(self) -> dict[str, tuple[O.Node, int]]:
+        """``{parameter: (first node reading it, input position)}``."""
+        out: dict[str, tuple[O.Node, int]] = {}
+        for n in self.nodes:
+            for k, i in enumerate(n.inputs):
+                if i in self._params_used and i not in out:
+                    out[i] = (n, k)
+        return out
+
+    def _fresh(self, key: jax.Array, names: Sequence[str]) -> dict[str, jax.Array]:
+        """PyTorch's default initialisation of the parameters ``names`` (each drawn from
+        ``fold_in(key, its index)``, so a subset equals the same entries of the whole): convolution and
+        dense weights and their biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)); batch/layer/instance norm scale
+        and variance 1, shift and mean 0; PReLU slopes 0.25; anything else (embeddings, class tokens, layer
+        scales) N(0, 0.02^2)."""
+        index = {n: k for k, n in enumerate(self._param_names)}
+        out = {}
+        for name in names:
+            shape = tuple(self._param_shapes[name])
+            k = jax.random.fold_in(key, index[name])
+            node, slot = self._reader[name]
+            fan_in = None
+            if node.op in ("Conv", "ConvTranspose", "Gemm") and len(node.inputs) > 1 and node.inputs[1] in index:
+                w = tuple(self._param_shapes[node.inputs[1]])
+                if node.op == "Conv":
+                    fan_in = int(np.prod(w[1:]))
+                elif node.op == "ConvTranspose":
+                    fan_in = int(w[1] * np.prod(w[2:]))
+                else:
+                    fan_in = w[1] if node.attrs.get("transB", 0) else w[0]
+            elif node.op == "MatMul" and slot == 1 and len(shape) >= 2:
+                fan_in = shape[-2]
+            if fan_in is not None and slot in (1, 2):
+                b = 1.0 / max(fan_in, 1) ** 0.5
+                out[name] = jax.random.uniform(k, shape, jnp.float32, -b, b)
+            elif node.op == "BatchNormalization" and slot in (1, 2, 3, 4):
+                out[name] = jnp.full(shape, 1.0 if slot in (1, 4) else 0.0, jnp.float32)
+            elif node.op in ("LayerNormalization", "InstanceNormalization") and slot in (1, 2):
+                out[name] = jnp.full(shape, 1.0 if slot == 1 else 0.0, jnp.float32)
+            elif node.op == "PRelu" and slot == 1:
+                out[name] = jnp.full(shape, 0.25, jnp.float32)
+            else:
+                out[name] = 0.02 * jax.random.normal(k, shape, jnp.float32)
+        return out
+
+    def init(self, key: jax.Array, input_shape: Sequence[int] | None = None) -> dict[str, jax.Array]:
+        """Fresh, untrained parameters (PyTorch's default initialisation, see :meth:`_fresh`): the ONNX
+        file records no initialiser, so this is what a freshly built PyTorch module would hold."""
+        return self._fresh(key, self._param_names)
+
+    def reinit(self, params: Mapping, key: jax.Array, layers: Sequence[str],
+               input_shape: Sequence[int] | None = None) -> dict[str, jax.Array]:
+        """``params`` with the weights that the nodes of ``layers`` read drawn afresh as :meth:`init` draws
+        them (a weight shared with a node outside ``layers`` is redrawn too)."""
+        redo = [i for n in layers for i in self.node_of(n).inputs if i in self._params_used]
+        fresh = self._fresh(key, list(dict.fromkeys(redo)))
+        return {k: fresh.get(k, v) for k, v in params.items()}
 
     def layer_params(self, params: Mapping, name: str) -> dict[str, jax.Array]:
         """The weights a layer's node reads: Conv ``kernel`` (H x W x in x out) and ``bias``; Gemm/MatMul
@@ -515,9 +578,42 @@ def from_onnx(proto: Any, *, input_hw: tuple[int, int] | None = None,
         channels_first=c_first, layer_values=tuple(layers), aliases=tuple(aliases), opset=opset,
         _param_shapes={k: tuple(v.shape) for k, v in params.items()},
         _fixed_hw=tuple(fixed) if len(dims) == 4 else (None, None),
+        graph_bytes=without_initialisers(proto, set(params)).SerializeToString(),
     )
     model.shapes()  # traced once now: shape arithmetic resolved, bad ops and sizes refused at import
     return model, params
+
+
+def _repeated(field) -> bool:
+    rep = getattr(field, "is_repeated", None)  # protobuf >= 6.31; older ones have only .label
+    return bool(rep) if rep is not None else field.label == field.LABEL_REPEATED
+
+
+def without_initialisers(proto: Any, drop: set[str]) -> Any:
+    """A copy of ``proto`` whose graph lacks the initialisers named in ``drop``; the dropped tensors are
+    never copied (a ViT-B's 330 MB of weights stay where they are)."""
+    graph = type(proto.graph)()
+    for field, value in proto.graph.ListFields():
+        if field.name == "initializer":
+            graph.initializer.extend(t for t in value if t.name not in drop)
+        elif _repeated(field):
+            getattr(graph, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(graph, field.name).CopyFrom(value)
+        else:
+            setattr(graph, field.name, value)
+    out = type(proto)()
+    for field, value in proto.ListFields():
+        if field.name == "graph":
+            continue
+        if _repeated(field):
+            getattr(out, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(out, field.name).CopyFrom(value)
+        else:
+            setattr(out, field.name, value)
+    out.graph.CopyFrom(graph)
+    return out
 
 
 def _proto_nodes(g, nodes):

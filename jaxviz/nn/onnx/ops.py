@@ -657,8 +657,10 @@ def _maxpool(node, ins, opset):
     if len(node.outputs) > 1:
         raise refuse(node, "the Indices output is not supported")
     kernel, strides, dil, pads = _window(node, x)
-    init = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
-    y = lax.reduce_window(x, jnp.array(init, x.dtype), lax.max, (1, 1, *kernel), (1, 1, *strides),
+    init = -np.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
+    # a concrete NumPy identity, so that JAX picks its differentiable max-pool (a traced init is a generic
+    # reduce_window, which has no reverse-mode rule)
+    y = lax.reduce_window(x, np.array(init, x.dtype), lax.max, (1, 1, *kernel), (1, 1, *strides),
                           [(0, 0), (0, 0)] + [(b, e + ex) for b, e, ex in pads], window_dilation=(1, 1, *dil))
     return [y]
 
@@ -669,7 +671,7 @@ def _avgpool(node, ins, opset):
     kernel, strides, dil, pads = _window(node, x)
     padding = [(0, 0), (0, 0)] + [(b, e + ex) for b, e, ex in pads]
     win, st, wd = (1, 1, *kernel), (1, 1, *strides), (1, 1, *dil)
-    total = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, win, st, padding, window_dilation=wd)
+    total = lax.reduce_window(x, np.array(0, x.dtype), lax.add, win, st, padding, window_dilation=wd)
     spatial = x.shape[2:]
     if node.attr("count_include_pad", 0):  # explicit pads count, ceil_mode's extra end does not
         ones = jnp.ones(tuple(d + b + e for d, (b, e, _) in zip(spatial, pads)), x.dtype)
@@ -677,7 +679,7 @@ def _avgpool(node, ins, opset):
     else:
         ones = jnp.ones(spatial, x.dtype)
         cpad = [(b, e + ex) for b, e, ex in pads]
-    count = lax.reduce_window(ones, jnp.array(0, x.dtype), lax.add, tuple(kernel), tuple(strides), cpad,
+    count = lax.reduce_window(ones, np.array(0, x.dtype), lax.add, tuple(kernel), tuple(strides), cpad,
                               window_dilation=tuple(dil))
     return [total / count]
 
