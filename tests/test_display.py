@@ -94,6 +94,10 @@ def test_activations_cams_weights_loaded(digits):
     sal = jaxviz.explain(m, p, x, method="saliency")
     assert sal.layer is None and "Cams: saliency at the input pixels; 3 images x 1 classes, maps 28x28" in \
         sal._repr_html_()
+    heat = np.zeros((2, 1, 4, 4), np.float32)
+    heat[1, 0, 2, 2] = 1
+    two = jaxviz.Cams(heat, np.zeros((2, 1), np.int64), np.full((2, 10), 0.1, np.float32), "gradcam", "conv2d")
+    assert two._repr_html_().count("blank: all zero") == 1  # only the all-zero map says so
     old = jaxviz.Cams(cams.heatmaps, cams.classes, cams.probs)  # built as before the fields existed
     assert (old.method, old.layer) == ("", None) and "Cams: unknown method; 3 images" in old._repr_html_()
     lw = jaxviz.layer_weights(m, p, "conv2d")

@@ -230,6 +230,9 @@ def test_result_pages(browser, tmp_path):
 def test_demo_gallery_page(browser, gallery_dir, tmp_path):
     problems = page_problems(browser, gallery_dir / "index.html", screenshot=tmp_path / "gallery.png")
     assert problems == []
+    leaderboard = gallery_dir / "lite0" / "evaluate" / "index.html"  # the Evaluation's own page, as the CLI's
+    if leaderboard.exists():  # efficientnet_lite0's weights are there
+        assert page_problems(browser, leaderboard, screenshot=tmp_path / "gallery_evaluate.png") == []
 
 
 # -------------------------------------------------------------------------------- the checker fails

@@ -4,7 +4,6 @@ insertion curves) and ``index.html`` (the leaderboard and the curves, self-conta
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
@@ -115,30 +114,10 @@ def _run(args, methods, metrics, stage) -> None:
 
 def write(stage: str, ev, title: str = "jaxviz evaluate") -> None:
     """``leaderboard.json``, ``leaderboard.csv``, ``scores.npz``, ``curves.png`` and ``index.html`` into
-    ``stage``. The page is the :class:`~jaxviz.Evaluation`'s own HTML (:func:`jaxviz.viz.display.page`: the
-    leaderboard and the curves a notebook shows); ``curves.png`` is that page's picture
-    (:func:`jaxviz.viz.display.curves_png`)."""
-    from jaxviz.viz.display import curves_png, page
+    ``stage`` (:func:`jaxviz.viz.writers.write_evaluation`, which the demo gallery calls too)."""
+    from jaxviz.viz.writers import write_evaluation
 
-    with open(os.path.join(stage, "leaderboard.json"), "w", encoding="utf-8") as f:
-        json.dump(ev.leaderboard, f, indent=1)
-    fields = ["method", "metric", "higher_is_better", "mean", "low", "high", "n", "beats_random"]
-    with open(os.path.join(stage, "leaderboard.csv"), "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fields)
-        w.writeheader()
-        w.writerows(ev.leaderboard)
-    arrays = {"paths": np.array(ev.paths, dtype=str), "classes": ev.classes}
-    for m, per in ev.scores.items():
-        for name, v in per.items():
-            arrays[f"{m}/{name}"] = v
-    for m, per in ev.curves.items():
-        for name, v in per.items():
-            arrays[f"curves/{m}/{name}"] = v
-    np.savez(os.path.join(stage, "scores.npz"), **arrays)
-    with open(os.path.join(stage, "curves.png"), "wb") as f:  # the picture of the page, byte for byte
-        f.write(curves_png(ev))
-    with open(os.path.join(stage, "index.html"), "w", encoding="utf-8", errors="backslashreplace") as f:
-        f.write(page(ev, title))
+    write_evaluation(stage, ev, title)
 
 
 def _table(board: list[dict]) -> str:

@@ -527,7 +527,7 @@ def _evaluate_job(state, quick: bool) -> Job:
     def run(ctx: Context) -> list[Section]:
         from jaxviz.methods.evaluate import evaluate
         from jaxviz.methods.metrics import Definitions
-        from jaxviz.viz.plotting import curves_figure, save_figure
+        from jaxviz.viz.writers import write_evaluation
 
         lite = state["lite"]
         os.makedirs(os.path.join(ctx.stage, os.path.dirname(PHOTO_LIST)), exist_ok=True)
@@ -536,11 +536,9 @@ def _evaluate_job(state, quick: bool) -> Job:
         ev = evaluate(lite.model, lite.params, os.path.join(ctx.stage, PHOTO_LIST), methods, metrics,
                       key=jax.random.key(ctx.seed), definitions=Definitions(steps=steps))
         n = int((ev.classes >= 0).sum())
-        rel = "lite0/evaluate/curves.png"
-        save_figure(curves_figure(ev.curves, f"{_weights_word(lite)}efficientnet_lite0, {n} photos, {steps} steps"),
-                    os.path.join(ctx.stage, rel), dpi=100)
-        with open(os.path.join(ctx.stage, "lite0", "evaluate", "leaderboard.json"), "w", encoding="utf-8") as f:
-            json.dump(ev.leaderboard, f, indent=1)
+        # the files `jaxviz evaluate` writes, by the same writer: the curves are the Evaluation's own picture
+        files = write_evaluation(ctx.stage, ev, f"{_weights_word(lite)}efficientnet_lite0: {n} photos, {steps} steps",
+                                 prefix="lite0/evaluate/")
         fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
         table = [("method", "metric", "mean", "95% interval", "n", "beats the random map")]
         for r in ev.leaderboard:
@@ -553,9 +551,9 @@ def _evaluate_job(state, quick: bool) -> Job:
                         f"{PHOTO_LIST}), each for its top-1 class: deletion removes the most attributed pixels "
                         f"first (lower is better), insertion restores them onto a blurred canvas (higher is "
                         f"better), {steps} steps; the random map is smooth noise on a 7x7 grid. {n} photos make "
-                        f"wide intervals: run it on a folder of photos for a ranking.",
-                        [Written(rel, "mean deletion and insertion curves per method (random map dashed)")],
-                        table=tuple(table))]
+                        f"wide intervals: run it on a folder of photos for a ranking. The result's own page: "
+                        f"lite0/evaluate/index.html.",
+                        _untrained(files, lite), table=tuple(table))]
 
     return Job("efficientnet_lite0: faithfulness leaderboard", len(methods) * (13.0 if quick else 16.0), run,
                cmd("jaxviz", "evaluate", "--model", "efficientnet_lite0", "--images", f"{GALLERY}/{PHOTO_LIST}",

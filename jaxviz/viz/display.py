@@ -36,7 +36,7 @@ STYLE = ("<style>.jaxviz{font-family:sans-serif;font-size:13px;max-width:100%;ov
          "vertical-align:top;text-align:center}.jaxviz figcaption{font-size:11px}"
          ".jaxviz table{border-collapse:collapse}.jaxviz td,.jaxviz th{padding:2px 6px;border-bottom:1px solid #ddd;"
          "text-align:right}.jaxviz .card{display:inline-block;border:1px solid #ccc;margin:3px;padding:3px;"
-         "vertical-align:top}</style>")
+         "vertical-align:top}.jaxviz .title{margin:4px 0}</style>")
 
 
 # -- pictures ----------------------------------------------------------------------------------------
@@ -78,7 +78,7 @@ def _more(shown: int, total: int, what: str) -> str:
 
 
 def _wrap(title: str, body: str) -> str:
-    return f"{STYLE}<div class='jaxviz'><b>{esc(title)}</b>{body}</div>"
+    return f"{STYLE}<div class='jaxviz'><div class='title'><b>{esc(title)}</b></div>{body}</div>"
 
 
 # -- one renderer per result type ---------------------------------------------------------------------
@@ -132,8 +132,9 @@ def cams_html(res, limit: int = 16, size: int = 128) -> str:
             c = int(res.classes[i, j])
             p = float(np.asarray(res.probs)[i, c]) if 0 <= c < np.shape(res.probs)[-1] else float("nan")
             png = png_bytes(plain_map(res.heatmaps[i, j], (size, size)))
+            blank = "<br>blank: all zero" if not np.any(res.heatmaps[i, j]) else ""  # else it reads as "cold"
             figs.append(f"<figure>{img_tag(png, f'{what} map', what)}<figcaption>image {i}: class {c}, p={p:.2f}"
-                        f"</figcaption></figure>")
+                        f"{blank}</figcaption></figure>")
     return _wrap(f"Cams: {cams_what(res)}; {n} images x {k} classes, maps {res.heatmaps.shape[2]}x"
                  f"{res.heatmaps.shape[3]} in [0, 1]", "".join(figs) + _more(min(n, limit), n, "images"))
 

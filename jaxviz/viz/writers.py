@@ -205,3 +205,35 @@ def write_weights(stage: str, model: Model, params: Any, layers: Sequence[str], 
         rows += [(layer, k, w.stats) for k, w in sets.items()]
     save_npz(_join(stage, f"{prefix}weights.npz"), **arrays)
     return files, rows
+
+
+def write_evaluation(stage: str, ev, title: str = "jaxviz evaluate", prefix: str = "") -> list[Written]:
+    """``<prefix>leaderboard.json``, ``leaderboard.csv``, ``scores.npz``, ``curves.png`` and ``index.html``
+    of an :class:`~jaxviz.Evaluation`. The page is the result's own HTML (:func:`jaxviz.viz.display.page`:
+    the leaderboard and the curves a notebook shows) and ``curves.png`` is that page's picture, byte for
+    byte (:func:`jaxviz.viz.display.curves_png`). Returns ``curves.png``."""
+    import csv
+
+    from jaxviz.viz.display import curves_png, page
+
+    with open(_join(stage, f"{prefix}leaderboard.json"), "w", encoding="utf-8") as f:
+        json.dump(ev.leaderboard, f, indent=1)
+    fields = ["method", "metric", "higher_is_better", "mean", "low", "high", "n", "beats_random"]
+    with open(_join(stage, f"{prefix}leaderboard.csv"), "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        w.writerows(ev.leaderboard)
+    arrays = {"paths": np.array(ev.paths, dtype=str), "classes": ev.classes}
+    for m, per in ev.scores.items():
+        for name, v in per.items():
+            arrays[f"{m}/{name}"] = v
+    for m, per in ev.curves.items():
+        for name, v in per.items():
+            arrays[f"curves/{m}/{name}"] = v
+    with open(_join(stage, f"{prefix}scores.npz"), "wb") as f:
+        np.savez(f, **arrays)
+    with open(_join(stage, f"{prefix}curves.png"), "wb") as f:
+        f.write(curves_png(ev))
+    with open(_join(stage, f"{prefix}index.html"), "w", encoding="utf-8", errors="backslashreplace") as f:
+        f.write(page(ev, title))
+    return [Written(f"{prefix}curves.png", "mean deletion and insertion curves per method (random map dashed)")]
