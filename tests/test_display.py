@@ -80,6 +80,15 @@ def test_activations_cams_weights_loaded(digits):
 
     assert jax.tree.map(lambda a: a.shape[0], acts) == {k: 3 for k in acts}  # still a pytree
     assert _self_contained(acts._repr_html_()) == 4  # one grid per spatial layer
+    import base64
+    import io
+
+    from PIL import Image
+
+    grids = [Image.open(io.BytesIO(base64.b64decode(s.split(",", 1)[1]))) for s in SRC.findall(acts._repr_html_())]
+    # 16 maps a row, each enlarged to at least 40 px by an integer factor: 28 -> 2x, 14 -> 3x, 7 -> 6x
+    assert [g.size for g in grids] == [(16 * 56, 2 * 56), (16 * 42, 2 * 42), (16 * 42, 4 * 42), (16 * 42, 4 * 42)]
+    assert re.search(r"conv2d_1 3x14x14x64: \d+ dead, drawn 3x<", acts._repr_html_())
     cams = jaxviz.explain(m, p, x)
     text = cams._repr_html_()
     assert _self_contained(text) == 3

@@ -29,6 +29,7 @@ import numpy as np
 LIMIT = 64  # items (patterns, images, units per layer) drawn; the rest are counted
 ATLAS_UNITS = 24  # atlas cards drawn per layer
 ATLAS_EXEMPLARS = 4  # exemplars per atlas card
+MIN_TILE = 40  # activation maps smaller than this many pixels are enlarged (nearest, an integer factor)
 esc = _html.escape
 
 STYLE = ("<style>.jaxviz{font-family:sans-serif;font-size:13px;max-width:100%;overflow-x:auto}"
@@ -140,7 +141,8 @@ def cams_html(res, limit: int = 16, size: int = 128) -> str:
 
 
 def activations_html(acts, limit: int = 16, per_row: int = 16) -> str:
-    """The first image's grid per layer, as the CLI's ``write_activations`` draws it (normalised channels)."""
+    """The first image's grid per layer, as the CLI's ``write_activations`` draws it (normalised channels),
+    each map enlarged by the integer factor that makes it at least :data:`MIN_TILE` pixels (nearest)."""
     from jaxviz.viz.render import activation_grid
 
     rows, names = [], list(acts)
@@ -150,7 +152,10 @@ def activations_html(acts, limit: int = 16, per_row: int = 16) -> str:
         if a.ndim == 4:
             g = activation_grid(a[0][..., :256], per_row)
             extra = f" (first 256 of {a.shape[-1]} channels)" if a.shape[-1] > 256 else ""
-            rows.append(f"<figure>{img_tag(png_bytes(g.image), name)}<figcaption>{esc(name)} {shape}: {g.dead} dead"
+            zoom = max(1, -(-MIN_TILE // min(a.shape[1:3])))  # a 7x7 map drawn 42 px: visible at its own size
+            img = np.repeat(np.repeat(g.image, zoom, 0), zoom, 1)
+            extra += f", drawn {zoom}x" if zoom > 1 else ""
+            rows.append(f"<figure>{img_tag(png_bytes(img), name)}<figcaption>{esc(name)} {shape}: {g.dead} dead"
                         f"{extra}</figcaption></figure><br>")
         else:
             rows.append(f"<p>{esc(name)} {shape} (not spatial)</p>")
