@@ -4,11 +4,14 @@ pattern grid is the notebook's picture byte for byte. One test runs the renderer
 
 from __future__ import annotations
 
+import base64
+import io
 import re
 import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import jaxviz
 from jaxviz.methods.atlas import Atlas, LayerAtlas
@@ -80,11 +83,6 @@ def test_activations_cams_weights_loaded(digits):
 
     assert jax.tree.map(lambda a: a.shape[0], acts) == {k: 3 for k in acts}  # still a pytree
     assert _self_contained(acts._repr_html_()) == 4  # one grid per spatial layer
-    import base64
-    import io
-
-    from PIL import Image
-
     grids = [Image.open(io.BytesIO(base64.b64decode(s.split(",", 1)[1]))) for s in SRC.findall(acts._repr_html_())]
     # 16 maps a row, each enlarged to at least 40 px by an integer factor: 28 -> 2x, 14 -> 3x, 7 -> 6x
     assert [g.size for g in grids] == [(16 * 56, 2 * 56), (16 * 42, 2 * 42), (16 * 42, 4 * 42), (16 * 42, 4 * 42)]
@@ -101,8 +99,13 @@ def test_activations_cams_weights_loaded(digits):
     first = jaxviz.explain(m, p, x, method="layercam", layer="conv2d")
     assert (first.method, first.layer) == ("layercam", "conv2d") and "layercam at conv2d;" in first._repr_html_()
     sal = jaxviz.explain(m, p, x, method="saliency")
-    assert sal.layer is None and "Cams: saliency at the input pixels; 3 images x 1 classes, maps 28x28" in \
-        sal._repr_html_()
+    assert sal.layer is None and "Cams: saliency at the input pixels; 3 images x 1 classes, maps 28x28 in [0, 1], " \
+        "drawn from their 1st to 99th percentile" in sal._repr_html_()
+    # the picture is the CLI overlay's colouring of the scaled map (write_cams: display_map, then JET)
+    from jaxviz.viz.render import display_map, plain_map
+
+    first = np.asarray(Image.open(io.BytesIO(base64.b64decode(SRC.findall(sal._repr_html_())[0].split(",", 1)[1]))))
+    np.testing.assert_array_equal(first, plain_map(display_map(sal.heatmaps[0, 0]), (128, 128)))
     heat = np.zeros((2, 1, 4, 4), np.float32)
     heat[1, 0, 2, 2] = 1
     two = jaxviz.Cams(heat, np.zeros((2, 1), np.int64), np.full((2, 10), 0.1, np.float32), "gradcam", "conv2d")
@@ -117,8 +120,6 @@ def test_activations_cams_weights_loaded(digits):
 
 
 def _atlas(tmp_path, units: int, k: int = 9, n_images: int = 12) -> Atlas:
-    from PIL import Image
-
     paths = []
     for i in range(n_images):
         f = tmp_path / f"img{i}.png"

@@ -121,23 +121,28 @@ def cams_what(res) -> str:
 
 def cams_html(res, limit: int = 16, size: int = 128) -> str:
     """Each image's map in the overlay's JET colours (:func:`jaxviz.viz.render.plain_map`), with class and
-    probability; the title names the method and the layer. ``Cams`` records no photos; the CLI's
+    probability; the title names the method and the layer. Pixel-level maps are scaled as the CLI's
+    overlays scale them (:func:`jaxviz.viz.render.display_map`). ``Cams`` records no photos; the CLI's
     ``explain`` draws the overlays on them."""
-    from jaxviz.viz.render import plain_map
+    from jaxviz.methods.attribution import INPUT_METHODS
+    from jaxviz.viz.render import display_map, plain_map
 
     n, k = res.heatmaps.shape[:2]
     what = cams_what(res)
+    pixel = res.method in INPUT_METHODS  # as the CLI's overlays: a pixel-level map from its 1st to 99th percentile
     figs = []
     for i in range(min(n, limit)):
         for j in range(k):
             c = int(res.classes[i, j])
             p = float(np.asarray(res.probs)[i, c]) if 0 <= c < np.shape(res.probs)[-1] else float("nan")
-            png = png_bytes(plain_map(res.heatmaps[i, j], (size, size)))
+            heat = display_map(res.heatmaps[i, j]) if pixel else res.heatmaps[i, j]
+            png = png_bytes(plain_map(heat, (size, size)))
             blank = "<br>blank: all zero" if not np.any(res.heatmaps[i, j]) else ""  # else it reads as "cold"
             figs.append(f"<figure>{img_tag(png, f'{what} map', what)}<figcaption>image {i}: class {c}, p={p:.2f}"
                         f"{blank}</figcaption></figure>")
+    scale = ", drawn from their 1st to 99th percentile" if pixel else ""
     return _wrap(f"Cams: {cams_what(res)}; {n} images x {k} classes, maps {res.heatmaps.shape[2]}x"
-                 f"{res.heatmaps.shape[3]} in [0, 1]", "".join(figs) + _more(min(n, limit), n, "images"))
+                 f"{res.heatmaps.shape[3]} in [0, 1]{scale}", "".join(figs) + _more(min(n, limit), n, "images"))
 
 
 def activations_html(acts, limit: int = 16, per_row: int = 16) -> str:
