@@ -279,3 +279,42 @@ def test_a_writable_out_in_a_read_only_parent_works(tmp_path):
             assert len(z["paths"]) == 12
     finally:
         os.chmod(parent, 0o755)
+
+
+# -- 7. a peer killed mid-run ------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_peer_killed_mid_run_ends_the_survivor_with_one_line_and_resume_is_exact(tmp_path, reference):
+    import socket
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("localhost", 0))
+            return s.getsockname()[1]
+
+    out = tmp_path / "out"
+    args = DIGITS + ["--checkpoint-every", "1", "--coordinator", f"localhost:{free_port()}", "--peer-timeout", "10",
+                     "--out", str(out)]
+    ps = [_start(args + ["--process", f"{i}/2"]) for i in range(2)]
+    try:
+        _wait_for(lambda: glob.glob(str(out / ".atlas-checkpoint" / "atlas-state-1of2" / "g*")), ps[1], timeout=300)
+        t0 = time.monotonic()
+        ps[1].send_signal(signal.SIGKILL)
+        _, err = ps[0].communicate(timeout=120)  # was: the survivor waited, then SIGABRT
+        waited = time.monotonic() - t0
+    finally:
+        for p in ps:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    r = subprocess.CompletedProcess(ps[0].args, ps[0].returncode, "", err)
+    line = _one_line(r)  # exit 2, not SIGABRT (-6): was a Gloo traceback, a std::bad_cast and an abort
+    assert "process 0 of 2" in line and "--resume" in line, err
+    print(f"the survivor ended {waited:.1f} s after the kill (--peer-timeout 10)")
+    assert not (out / "atlas.npz").exists()
+    args[args.index("--coordinator") + 1] = f"localhost:{free_port()}"  # the old port may linger in TIME_WAIT
+    ps = [_start(args + ["--resume", "--process", f"{i}/2"]) for i in range(2)]
+    for p in ps:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    _assert_same(_arrays(out), reference)  # two processes after the kill equal one uninterrupted
+    assert _leftovers(tmp_path) == []

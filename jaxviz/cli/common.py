@@ -205,8 +205,9 @@ MAX_PEER_TIMEOUT = 86_400
 
 def add_peer_timeout(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peer-timeout", type=float, default=PEER_TIMEOUT, metavar="S",
-                   help=f"seconds every process waits for its peers to join (--coordinator) before it stops with "
-                        f"one line, 1..{MAX_PEER_TIMEOUT} (default {PEER_TIMEOUT})")
+                   help=f"seconds every process waits for its peers to join (--coordinator), or for a peer that "
+                        f"stopped answering mid-run, before it stops with one line (exit status 2; --resume "
+                        f"continues), 1..{MAX_PEER_TIMEOUT} (default {PEER_TIMEOUT})")
 
 
 def parse_coordinator(text: str) -> tuple[str, int]:
@@ -279,16 +280,62 @@ def _initialize(coordinator: str, count: int, index: int, timeout: int, bind: st
                                    coordinator_bind_address=bind)
         return
     st.coordinator_address, st.process_id, st.num_processes = coordinator, index, count
-    if index == 0:
-        st.service = _jax.get_distributed_runtime_service(bind, count, heartbeat_timeout=100, shutdown_timeout=60)
 
     def lost(*_):  # called by the runtime's thread: stop this process with one line, now
         _leave(f"process {index} of {count}: the coordinator {show(coordinator)} or a peer was lost")
 
-    st.client = _jax.get_distributed_runtime_client(coordinator, index, init_timeout=timeout, heartbeat_timeout=100,
+    # the runtime's own heartbeat ends a process by a signal (its error callback cannot even be called: a
+    # std::bad_cast); it must come after our watch below, which ends it with one line
+    beat = max(100, timeout + 40)
+    if index == 0:
+        st.service = _jax.get_distributed_runtime_service(bind, count, heartbeat_timeout=beat, shutdown_timeout=60)
+    st.client = _jax.get_distributed_runtime_client(coordinator, index, init_timeout=timeout, heartbeat_timeout=beat,
                                                     shutdown_timeout=60, use_compression=True,
                                                     missed_heartbeat_callback=lost)
     st.client.connect()
+    _watch_peers(st.client, index, count, timeout, coordinator)
+
+
+def _watch_peers(client, index: int, count: int, timeout: float, coordinator: str) -> None:
+    """A thread that ends this process with one line (exit status 2) when a peer stops answering for
+    ``timeout`` seconds or the coordinator is gone: every second each process bumps its counter in the
+    coordinator's key-value store and reads the others'. Without it a process whose peer was killed
+    waits in a collective, then the runtime aborts it (SIGABRT). The checkpoints already written stay
+    whole (each generation is committed by a rename), so ``--resume`` continues."""
+    import atexit
+    import threading
+    import time
+
+    stop = threading.Event()
+    atexit.register(stop.set)  # before JAX's own shutdown (atexit runs last-registered first)
+
+    def watch():
+        seen: dict[int, tuple] = {}
+        beats = 0
+        while not stop.wait(1.0):
+            beats += 1
+            try:
+                client.key_value_set(f"jaxviz/alive/{index}", str(beats), allow_overwrite=True)
+            except Exception:  # noqa: BLE001  (the coordinator is gone)
+                if not stop.is_set():
+                    _leave(f"process {index} of {count}: the coordinator {show(coordinator)} (process 0) is gone; "
+                           "rerun every process with --resume")
+                return
+            now = time.monotonic()
+            for p in range(count):
+                if p == index:
+                    continue
+                try:
+                    value = client.key_value_try_get(f"jaxviz/alive/{p}")
+                except Exception:  # noqa: BLE001  (not set yet)
+                    value = None
+                if seen.get(p, (object(),))[0] != value:
+                    seen[p] = (value, now)
+                elif now - seen[p][1] > timeout and not stop.is_set():
+                    _leave(f"process {index} of {count}: process {p} stopped answering for {timeout:g} s "
+                           "(--peer-timeout); rerun every process with --resume")
+
+    threading.Thread(target=watch, name="jaxviz-peers", daemon=True).start()
 
 
 def _leave(message: str) -> None:
@@ -433,13 +480,24 @@ def run_guarded(func: Callable[[], object], debug: bool, prog: str) -> int:
         if debug:
             raise
         print(f"{prog}: error: {as_flags(one_line(e))}", file=sys.stderr)  # one line, whatever it holds
-        return 2
+        return _end(2)
     except Terminated:
         print(f"{prog}: terminated (SIGTERM); no partial output was left", file=sys.stderr)
-        return 128 + signal.SIGTERM
+        return _end(128 + signal.SIGTERM)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; no partial output was left", file=sys.stderr)
-        return 130
+        return _end(130)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _end(status: int) -> int:
+    """``status``; in a ``jax.distributed`` run, the process ends here, now: its peers may be gone, and
+    the runtime's shutdown would wait for them at a barrier, then abort the interpreter (SIGABRT)."""
+    dist = sys.modules.get("jax._src.distributed")
+    if dist is not None and getattr(getattr(dist, "global_state", None), "client", None) is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status

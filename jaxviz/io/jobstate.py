@@ -21,6 +21,7 @@ through the one opener.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -184,20 +185,59 @@ def _write_arrays(stage: str, tree: dict, flat: dict) -> None:
             f.flush()
             os.fsync(f.fileno())
         return
-    import logging
-
     import orbax.checkpoint as ocp
 
-    # orbax's writer threads log each failed write with its traceback (absl, ~140 lines on a full disk)
-    # before the error reaches us; the one line the caller prints says it all
-    log = logging.getLogger("absl")
-    level = log.level
-    log.setLevel(logging.CRITICAL)
+    with _quiet_writer(), _checkpointer() as ck:
+        ck.save(os.path.join(stage, "state"), args=ocp.args.PyTreeSave(tree))
+
+
+@contextlib.contextmanager
+def _quiet_writer():
+    """Hold back what orbax's writer threads print while it writes: on a failed write (disk full) they
+    log each error with its traceback (absl), tensorstore's callbacks print tracebacks into the closed
+    event loop and asyncio reports the futures nobody retrieved: hundreds of lines before the one line
+    the caller prints, which says it all. What is printed meanwhile goes to a temporary file (file
+    descriptor 2: the C++ threads print there too) and is passed on when the write succeeds; after a
+    failed write, the ``absl`` and ``asyncio`` loggers stay quiet (the job is ending with its one line)."""
+    import gc
+    import logging
+    import sys
+    import time
+
+    loggers = [logging.getLogger(n) for n in ("absl", "asyncio")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.CRITICAL)
     try:
-        with _checkpointer() as ck:
-            ck.save(os.path.join(stage, "state"), args=ocp.args.PyTreeSave(tree))
+        held = tempfile.TemporaryFile()
+        saved = os.dup(2)
+    except OSError:  # no room even for that: nothing is held back
+        held, saved = None, -1
+    if held is not None:
+        sys.stderr.flush()
+        os.dup2(held.fileno(), 2)
+    failed = False
+    try:
+        yield
+    except Exception:
+        failed = True
+        time.sleep(0.2)  # the writes still in flight end (each prints into the closed loop), then their futures go
+        gc.collect()
+        raise
     finally:
-        log.setLevel(level)
+        if held is not None:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not failed:
+                held.seek(0)
+                text = held.read(1 << 20)
+                if text:
+                    sys.stderr.write(text.decode("utf-8", "replace"))
+            held.close()
+        if not failed:
+            for log, level in zip(loggers, levels):
+                log.setLevel(level)
 
 
 def _read_arrays(gen: str) -> dict:

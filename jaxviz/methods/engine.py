@@ -261,7 +261,14 @@ def run_job(
 
     def gather(arrays: Arrays) -> list:
         counter[0] += 1
-        return allgather_arrays(arrays, f"{job.name}/{counter[0]}")
+        try:
+            return allgather_arrays(arrays, f"{job.name}/{counter[0]}")
+        except JaxvizError:
+            raise
+        except Exception as e:  # noqa: BLE001  (the runtime's collectives raise XlaRuntimeError on a lost peer)
+            raise JaxvizError(f"process {shard[0]} of {shard[1]}: gathering the results of every process failed "
+                              f"({e.__class__.__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); a "
+                              "peer was lost: rerun every process with --resume") from None
 
     def ctx_for(p: int, c: Collection) -> Context:
         return Context(mesh, shard, p, c, gather)
