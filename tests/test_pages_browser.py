@@ -232,6 +232,7 @@ def test_demo_gallery_page(browser, gallery_dir, tmp_path):
     assert problems == []
     leaderboard = gallery_dir / "lite0" / "evaluate" / "index.html"  # the Evaluation's own page, as the CLI's
     if leaderboard.exists():  # efficientnet_lite0's weights are there
+        assert "<a href='lite0/evaluate/index.html'>" in (gallery_dir / "index.html").read_text()
         assert page_problems(browser, leaderboard, screenshot=tmp_path / "gallery_evaluate.png") == []
 
 

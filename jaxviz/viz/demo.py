@@ -55,6 +55,7 @@ class Section(NamedTuple):
     files: list[Written]
     command: str = ""  # the complete command that makes these figures (filled in from the job)
     table: tuple[tuple[str, ...], ...] = ()  # a table shown under the figures: header row first
+    page: str = ""  # the result's own page (its HTML, as the CLI writes it), relative to the gallery: linked
 
 
 class Context(NamedTuple):
@@ -551,9 +552,8 @@ def _evaluate_job(state, quick: bool) -> Job:
                         f"{PHOTO_LIST}), each for its top-1 class: deletion removes the most attributed pixels "
                         f"first (lower is better), insertion restores them onto a blurred canvas (higher is "
                         f"better), {steps} steps; the random map is smooth noise on a 7x7 grid. {n} photos make "
-                        f"wide intervals: run it on a folder of photos for a ranking. The result's own page: "
-                        f"lite0/evaluate/index.html.",
-                        _untrained(files, lite), table=tuple(table))]
+                        f"wide intervals: run it on a folder of photos for a ranking.",
+                        _untrained(files, lite), table=tuple(table), page="lite0/evaluate/index.html")]
 
     return Job("efficientnet_lite0: faithfulness leaderboard", len(methods) * (13.0 if quick else 16.0), run,
                cmd("jaxviz", "evaluate", "--model", "efficientnet_lite0", "--images", f"{GALLERY}/{PHOTO_LIST}",
@@ -924,6 +924,9 @@ def render_index(sections: list[Section], title: str, footer: str, stage: str | 
                 size = f" width='{w}' height='{h}'"
             parts.append(f"<figure><img src='{esc(f.path)}'{size} alt='{esc(f.caption)}'>"
                          f"<figcaption>{esc(f.caption)}</figcaption></figure>")
+        if s.page:
+            parts.append(f"<p class='settings'><a href='{esc(s.page)}'>the result's own page</a> (what "
+                         "<code>jaxviz.show</code> and a notebook show of it)</p>")
         if s.table:
             head, *body = s.table
             parts.append("<table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in head) + "</tr>"
