@@ -3,8 +3,10 @@
 
 The node tests feed raw arrays in the op's own layout, and compare with ONNX's expected outputs at the
 test's own tolerance (rtol 1e-3, atol 1e-7 unless the case says otherwise). INCLUDE names the tests of
-the implemented ops; EXCLUDE lists, with the reason, the cases out of scope. ``python
-tests/test_onnx_backend.py`` prints the counts (included, excluded and why).
+the implemented ops; EXCLUDE lists, with the reason, the cases out of scope. BackendTest collects the
+simple, PyTorch-converted and real-model tests as well as the node tests, and a few of their names match
+INCLUDE (``expand_shape_model1``, ``softmax_lastdim``): they run too. ``python
+tests/test_onnx_backend.py`` prints the counts per kind (included, excluded and why).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ INCLUDE = [
     "reshape_.*", "transpose_.*", "concat_.*", "split_.*", "slice.*", "gather_.*", "squeeze.*",
     "unsqueeze.*", "expand_.*", "constant_pad.*", "edge_pad", "reflect_pad", "wrap_pad", "resize_.*",
     "shape.*", "constantofshape_.*", "constant", "cast_.*", "identity", "where_.*", "equal.*",
-    "range_.*", "reduce_mean_.*", "reduce_sum_.*",
+    "range_.*", "reduce_mean_.*", "reduce_sum_.*", "upsample_.*",
 ]
 
 # Excluded cases, each with the reason (regex over the name without test_ and _cpu).
@@ -78,6 +80,7 @@ EXCLUDE = {
     r"split_zero_size_splits.*|slice_start_out_of_bounds": "zero-size tensors: no image model makes them",
     r"clip_default_int8.*|clip_.*int8.*": "int8 clipping: inputs are float32",
     r"softmax_cross_entropy.*|sce_.*": "SoftmaxCrossEntropyLoss is a training loss",
+    r"squeezenet": "a real-model test: its model is downloaded at run time, and CI has no network",
 }
 
 
@@ -94,26 +97,37 @@ backend_test = _load()
 globals().update(backend_test.test_cases)
 
 
-def _counts() -> dict:
-    """(included, excluded by reason) over the node tests of the ops named in INCLUDE."""
-    from onnx.backend.test.loader import load_node_model_tests
+KINDS = ("node", "real", "simple", "pytorch-converted", "pytorch-operator")
 
-    names = [c.name[len("test_"):] for c in load_node_model_tests()]
-    inc = [n for n in names if any(re.fullmatch(p, n) for p in INCLUDE)]
-    reasons: dict[str, list[str]] = {}
-    kept = []
-    for n in inc:
-        why = next((r for p, r in EXCLUDE.items() if re.fullmatch(p, n)), None)
-        if why:
-            reasons.setdefault(why, []).append(n)
-        else:
-            kept.append(n)
-    return {"matched": len(inc), "run": kept, "excluded": reasons}
+
+def _counts() -> dict:
+    """Over every kind of ONNX backend test (node tests, and the simple, PyTorch-converted, PyTorch-operator
+    and real-model tests that BackendTest also collects: a name such as ``expand_shape_model1`` or
+    ``softmax_lastdim`` matches INCLUDE too): per kind the tests matched by INCLUDE, and those run (not
+    EXCLUDEd); excluded ones by reason."""
+    from onnx.backend.test.loader import load_model_tests
+
+    out = {"matched": {}, "run": {}, "excluded": {}}
+    for kind in KINDS:
+        names = [c.name[len("test_"):] for c in load_model_tests(kind=kind)]
+        inc = [n for n in names if any(re.fullmatch(p, n) for p in INCLUDE)]
+        out["matched"][kind] = len(inc)
+        for n in inc:
+            why = next((r for p, r in EXCLUDE.items() if re.fullmatch(p, n)), None)
+            if why:
+                out["excluded"].setdefault(why, []).append(n)
+            else:
+                out["run"].setdefault(kind, []).append(n)
+    return out
 
 
 if __name__ == "__main__":  # the counts for the docs
     c = _counts()
-    print(f"matched {c['matched']}, run {len(c['run'])}, excluded {sum(map(len, c['excluded'].values()))}")
+    run = sum(map(len, c["run"].values()))
+    print(f"matched {sum(c['matched'].values())}, run {run}, excluded {sum(map(len, c['excluded'].values()))}")
+    for kind in KINDS:
+        print(f"  {kind}: matched {c['matched'][kind]}, run {len(c['run'].get(kind, []))}"
+              + (f" ({' '.join(c['run'][kind])})" if kind != "node" and c["run"].get(kind) else ""))
     for why, ns in c["excluded"].items():
         print(f"  {len(ns):3d} {why}: {' '.join(ns)[:300]}")
     sys.exit(0)

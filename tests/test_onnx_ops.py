@@ -327,6 +327,12 @@ def test_dynamo_name_scopes_metadata():
     p.key, p.value = "pkg.torch.onnx.name_scopes", "['', 'features', 'features.0', 'features.0.0']"
     model, _ = from_onnx(m)
     assert model.layer_names[0] == "features.0.0" and model.resolve("conv2d") == "features.0.0"
+    # as torch 2.14's dynamo exporter writes it: the list ends with the FX node, which is no module
+    p.value = "['', 'layer4', 'layer4.1', 'layer4.1.conv1', 'convolution_18']"
+    q = node.metadata_props.add()
+    q.key, q.value = "pkg.torch.onnx.fx_node", "%convolution_18 : [num_users=1] = call_function[...]"
+    model, _ = from_onnx(m)
+    assert model.layer_names[0] == "layer4.1.conv1" and model.resolve("conv2d") == "layer4.1.conv1"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -453,3 +459,22 @@ def test_opset_dispatch_falls_back_to_the_nearest_older_handler():
     assert O.handler(node).__qualname__.endswith("new")  # axes input from 13 on, still at 21
     node = O.Node("ReduceMean", "r", ("x",), ("y",), {"axes": [1]}, 17)
     assert O.handler(node).__qualname__.endswith("old")  # ReduceMean's axes became an input only at 18
+
+
+@pytest.mark.parametrize("opset,mode,scales", [(9, "nearest", [1, 1, 2, 2]), (9, "linear", [1, 1, 2, 3]),
+                                               (9, "nearest", [1, 1, 1.5, 2.5]), (7, "nearest", [1.0, 1, 3, 2]),
+                                               (8, "linear", [1.0, 1, 1.5, 2])])
+def test_upsample_equals_onnxruntime(opset, mode, scales):
+    """The deprecated Upsample (opsets 7-9), scales as attribute (7, 8) or input (9), against ONNX Runtime."""
+    if opset >= 9:
+        node = h.make_node("Upsample", ["x", "sc"], ["y"], name="/up/Upsample", mode=mode)
+        inits = [nh.from_array(np.asarray(scales, np.float32), "sc")]
+    else:
+        node = h.make_node("Upsample", ["x"], ["y"], name="/up/Upsample", mode=mode, scales=[float(s) for s in scales])
+        inits = []
+    m = _model([node], inits, [1, 2, 6, 8], opset=opset)
+    m.ir_version = 4 if opset < 9 else 8
+    x = _x((1, 6, 8, 2))
+    worst, model, _ = check_every_node(m, x)
+    assert model.layer_names == ["up"] and worst <= TOL
+    assert model.shapes()[-1][1] == tuple(int(d * s) for d, s in zip((6, 8, 2), (scales[2], scales[3], 1)))

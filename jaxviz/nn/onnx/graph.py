@@ -84,15 +84,21 @@ class _Unsupported:
 
 def _module_path(node) -> str | None:
     """The PyTorch module path the exporter recorded for ``node``, or None."""
-    for p in node.metadata_props if hasattr(node, "metadata_props") else ():
-        if p.key == "pkg.torch.onnx.name_scopes":
-            try:
-                scopes = ast.literal_eval(p.value)
-            except (ValueError, SyntaxError, MemoryError, RecursionError):
-                scopes = []
-            scopes = [s for s in scopes if isinstance(s, str) and s]
-            if scopes:
-                return scopes[-1]
+    meta = {p.key: p.value for p in node.metadata_props} if hasattr(node, "metadata_props") else {}
+    if "pkg.torch.onnx.name_scopes" in meta:
+        try:
+            scopes = ast.literal_eval(meta["pkg.torch.onnx.name_scopes"])
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            scopes = []
+        scopes = [s for s in scopes if isinstance(s, str)] if isinstance(scopes, list) else []
+        # the dynamo exporter ends the list with the FX node's own name (['', 'layer4', 'layer4.1',
+        # 'layer4.1.relu', 'relu_16']): that is an op, not a module
+        fx = meta.get("pkg.torch.onnx.fx_node", "")
+        if scopes and len(scopes) > 1 and fx.startswith(f"%{scopes[-1]} "):
+            scopes = scopes[:-1]
+        scopes = [s for s in scopes if s]
+        if scopes:
+            return scopes[-1]
     name = node.name
     if not name.startswith("/"):
         return None

@@ -863,3 +863,28 @@ def _resize(node, ins, opset):
             y = jnp.moveaxis(jnp.tensordot(jnp.asarray(m), jnp.moveaxis(y, a, 0), axes=(1, 0),
                                            precision=lax.Precision.HIGHEST), 0, a)
     return [y]
+
+
+@register("Upsample", 7, ("mode", "scales"))
+def _upsample(node, ins, opset):
+    """The deprecated Upsample (opsets 7-9; old Keras, Paddle and TorchScript exports): Resize with
+    ``asymmetric`` coordinates and nearest rounding down (ONNX Runtime's rule), scales (each at least 1)
+    from the attribute (opsets 7-8) or the second input (opset 9)."""
+    x = ins[0]
+    if opset >= 9 or node.attr("scales") is None:
+        scales = need_static(node, ins[1] if len(ins) > 1 else None, "scales")
+        if scales is None:
+            raise refuse(node, "no scales given")
+    else:
+        scales = node.attr("scales")
+    scales = np.asarray(scales, np.float64).reshape(-1)
+    if scales.size != x.ndim or not (scales >= 1).all():
+        raise refuse(node, f"scales {scales.tolist()} do not fit a rank-{x.ndim} input (each at least 1)")
+    mode = node.attr("mode", "nearest")
+    if mode == "bilinear":
+        mode = "linear"
+    if mode not in ("nearest", "linear"):
+        raise refuse(node, f"mode {show(mode, 40)!r} is not supported")
+    as_resize = dataclasses.replace(node, op="Resize", attrs={
+        "mode": mode, "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"})
+    return _resize(as_resize, [x, None, scales.astype(np.float32)], 11)
