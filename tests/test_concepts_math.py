@@ -95,6 +95,7 @@ def _streamed(X, W0, H0, T, batch):
     return H, jnp.concatenate(W)
 
 
+@pytest.mark.slow
 def test_streamed_pieces_equal_in_memory_fit():
     X = _data(n=250)
     W0, H0 = _initialize_nmf(X, 5, init="nndsvda")

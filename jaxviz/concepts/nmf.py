@@ -37,6 +37,7 @@ Gram, a singular vector loses accuracy in proportion to (σ₀/σⱼ)² x machin
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -330,12 +331,36 @@ def _devices(devices):
     return list(devices)
 
 
-def _fit(method, a, k, *, init, W, H, reg, max_iter, tol, key, batch_size, keep_codes, devices,
-         solve_iter=1000, solve_tol=1e-7):
+@functools.lru_cache(maxsize=32)
+def _compiled(method, k, reg, init, keep_codes, solve_iter, solve_tol, devs):
+    """The jitted whole fit for these static settings and devices (cached: a second fit of the same
+    shapes reuses the compiled program; ``n_rows``, ``max_iter`` and ``tol`` are traced)."""
     from jax.sharding import Mesh, PartitionSpec as P
 
     from jaxviz.nn.jit import jit
 
+    kw = dict(method=method, k=k, reg=reg, init=init, keep_codes=keep_codes, solve_iter=solve_iter,
+              solve_tol=solve_tol)
+    if len(devs) == 1:
+        def one(A, m, W, H, n_rows, max_iter, tol):
+            Wo, Ho, info = _fit_body(A[0], m[0], W[0], H, n_rows=n_rows, max_iter=max_iter, tol=tol,
+                                     axis_name=None, **kw)
+            return Wo[None], Ho, info
+
+        return jit(one)
+    mesh = Mesh(np.array(devs), ("rows",))
+
+    def body(A, m, W, H, n_rows, max_iter, tol):
+        Wo, Ho, info = _fit_body(A[0], m[0], W[0], H, n_rows=n_rows, max_iter=max_iter, tol=tol,
+                                 axis_name="rows", **kw)
+        return Wo[None], Ho, info
+
+    return jit(jax.shard_map(body, mesh=mesh, in_specs=(P("rows"), P("rows"), P("rows"), P(), P(), P(), P()),
+                             out_specs=(P("rows"), P(), P()), check_vma=False))
+
+
+def _fit(method, a, k, *, init, W, H, reg, max_iter, tol, key, batch_size, keep_codes, devices,
+         solve_iter=1000, solve_tol=1e-7):
     a = jnp.asarray(a)
     if a.ndim != 2:
         raise JaxvizError(f"a must be a rows x channels matrix, got shape {tuple(a.shape)}")
@@ -353,8 +378,12 @@ def _fit(method, a, k, *, init, W, H, reg, max_iter, tol, key, batch_size, keep_
     nd = len(devs)
     B = int(max(1, min(batch_size, -(-N // nd))))
     nb = -(-N // (nd * B))
+    B = -(-N // (nd * nb))  # the same number of batches, as little padding as possible
     total = nd * nb * B
-    pad = lambda x: jnp.concatenate([x, jnp.zeros((total - N, *x.shape[1:]), x.dtype)])  # noqa: E731
+
+    def pad(x):
+        return x if total == N else jnp.concatenate([x, jnp.zeros((total - N, *x.shape[1:]), x.dtype)])
+
     mask = (jnp.arange(total) < N).reshape(nd, nb, B)
     Ap = pad(a).reshape(nd, nb, B, C)
     if init == "custom":
@@ -374,22 +403,8 @@ def _fit(method, a, k, *, init, W, H, reg, max_iter, tol, key, batch_size, keep_
     else:
         W, H = jnp.zeros((N, k), a.dtype), jnp.zeros((k, C), a.dtype)
     Wp = pad(W).reshape(nd, nb, B, k)
-    kw = dict(method=method, k=k, reg=reg, n_rows=N, max_iter=max_iter, tol=tol, init=init,
-              keep_codes=keep_codes, solve_iter=solve_iter, solve_tol=solve_tol)
-    if nd == 1:
-        fn = jit(lambda A, m, W, H: _fit_body(A[0], m[0], W[0], H, axis_name=None, **kw))
-        Wo, Ho, info = fn(Ap, mask, Wp, H)
-        Wo = Wo[None]
-    else:
-        mesh = Mesh(np.array(devs), ("rows",))
-
-        def body(A, m, W, H):
-            Wo, Ho, info = _fit_body(A[0], m[0], W[0], H, axis_name="rows", **kw)
-            return Wo[None], Ho, info
-
-        fn = jit(jax.shard_map(body, mesh=mesh, in_specs=(P("rows"), P("rows"), P("rows"), P()),
-                               out_specs=(P("rows"), P(), P()), check_vma=False))
-        Wo, Ho, info = fn(Ap, mask, Wp, H)
+    fn = _compiled(method, k, reg, init, keep_codes, int(solve_iter), float(solve_tol), tuple(devs))
+    Wo, Ho, info = fn(Ap, mask, Wp, H, N, max_iter, tol)
     codes = Wo.reshape(total, k)[:N]
     d = Dictionary(method, Ho, alpha_W=float(reg.alpha_W), l1_ratio=float(reg.l1_ratio))
     return d, codes, info
