@@ -267,9 +267,11 @@ def join_processes(coordinator: str, process: str, timeout: float = PEER_TIMEOUT
 
 
 def _initialize(coordinator: str, count: int, index: int, timeout: int, bind: str) -> None:
-    """What ``jax.distributed.initialize`` does, with one difference: the client gets an error callback
-    of its own, so that a peer that does not join within ``timeout`` is an exception from ``connect``
-    (the runtime's default callback aborts the interpreter with a C++ stack)."""
+    """What ``jax.distributed.initialize`` does, with bounded waits: a peer that does not join within
+    ``timeout`` is an exception from ``connect`` (the default path waited five minutes, then aborted
+    with a C++ stack), and the runtime's own heartbeat is set past this module's peer watch, so a peer
+    lost mid-run ends the process with the watch's one line first. The coordinator's loss still reaches
+    the runtime's error callback, which the binding cannot call (``std::bad_cast``): SIGABRT."""
     import jax
     from jax._src import distributed as dist
     from jax._src.lib import _jax

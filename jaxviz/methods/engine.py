@@ -15,13 +15,15 @@ A job is a :class:`Job`: a few pure functions over an explicit state, as an opta
   interruption (Ctrl-C, SIGTERM, an error, a dead peer); with ``resume=True`` the job continues from
   there and ends with exactly the uninterrupted result. The checkpoint folder must be a real folder (a
   symbolic link there is refused before any work: checkpoints are written only where they are named);
-  a checkpoint that cannot be written (disk full, quota) is one line and leaves the previous one whole. A checkpoint written with other settings (the
-  digest of :attr:`Job.settings`, the collection's names, the process count) is refused in one line;
+  a checkpoint that cannot be written (disk full, quota) is one line and leaves the previous one whole.
+  A checkpoint written with other settings (the digest of :attr:`Job.settings`, the collection's names, the process count) is refused in one line;
 - the processes (``jax.distributed``, the CLI's ``--coordinator HOST:PORT --process I/N``): at the end
-  of each pass and at the end, every process's arrays are gathered through the coordinator's key-value
-  store with a bounded wait (:func:`jaxviz.methods.sharding.allgather_arrays`: a missing or dead peer
-  is one :class:`~jaxviz.errors.JaxvizError` line, never an abort) and merged by :attr:`Job.merge`
-  in process order, so every process returns the same result.
+  of each pass and at the end, every process's arrays are gathered by a collective
+  (:func:`jaxviz.methods.sharding.allgather_arrays`, the arrays as ``.npz`` bytes) and merged by
+  :attr:`Job.merge` in process order, so every process returns the same result. A gather that fails is
+  one :class:`~jaxviz.errors.JaxvizError` line; a peer that stops answering for ``--peer-timeout`` is
+  caught by the CLI's watch (:mod:`jaxviz.cli.common`) with one line, except the coordinator itself,
+  whose loss the runtime still ends with SIGABRT (docs/long-jobs.md).
 
 The contract of a job (``S`` is any pytree the job likes; never mutate it in place: the engine keeps
 the last state that agrees with the position, and that is what an interruption checkpoints)::
