@@ -16,7 +16,8 @@ A job is a :class:`Job`: a few pure functions over an explicit state, as an opta
   there and ends with exactly the uninterrupted result. The checkpoint folder must be a real folder (a
   symbolic link there is refused before any work: checkpoints are written only where they are named);
   a checkpoint that cannot be written (disk full, quota) is one line and leaves the previous one whole.
-  A checkpoint written with other settings (the digest of :attr:`Job.settings`, the collection's names, the process count) is refused in one line;
+  A checkpoint written with other settings (the digest of :attr:`Job.settings`, the collection's
+  names, the process count) is refused in one line;
 - the processes (``jax.distributed``, the CLI's ``--coordinator HOST:PORT --process I/N``): at the end
   of each pass and at the end, every process's arrays are gathered by a collective
   (:func:`jaxviz.methods.sharding.allgather_arrays`, the arrays as ``.npz`` bytes) and merged by
