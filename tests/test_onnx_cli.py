@@ -258,3 +258,22 @@ def test_evaluate(capsys, files, tmp_path):
     assert all(r["n"] == 6 for r in board.values()) and 0 <= board["gradcam", "deletion"]["mean"] <= 1
     assert board["random", "randomization"]["mean"] == 1  # a random map does not depend on the weights
     assert board["gradcam", "randomization"]["mean"] < 1  # re-initialised weights change Grad-CAM's maps
+
+
+def test_init_and_reinit_follow_pytorch_defaults(tmp_path):
+    """Fresh parameters: the file's shapes; a conv weight U(-b, b) with b = 1/sqrt(fan_in) (its spread
+    b/sqrt(3)); reinit redraws exactly the weights the named layers read, as init draws them."""
+    import jax
+
+    loaded = load_model(None, OF.save(OF.small_cnn(), tmp_path / "m.onnx"))
+    model, params = loaded.model, loaded.params
+    fresh = model.init(jax.random.key(0))
+    assert {k: v.shape for k, v in fresh.items()} == {k: v.shape for k, v in params.items()}
+    w, b = np.asarray(fresh["conv2.weight"]), 1 / np.sqrt(8 * 3 * 3)
+    assert np.abs(w).max() <= b and abs(w.std() - b / np.sqrt(3)) < 0.1 * b
+    assert np.abs(np.asarray(fresh["conv1.bias"])).max() <= 1 / np.sqrt(27)
+    redone = model.reinit(params, jax.random.key(0), ["conv2", "fc"])
+    changed = {k for k in params if not np.array_equal(np.asarray(redone[k]), np.asarray(params[k]))}
+    assert changed == {"conv2.weight", "conv2.bias", "fc.weight", "fc.bias"}
+    for k in changed:
+        np.testing.assert_array_equal(np.asarray(redone[k]), np.asarray(fresh[k]))
