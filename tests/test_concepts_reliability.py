@@ -1,0 +1,123 @@
+"""`jaxviz concepts` as a job: resume after SIGKILL at a random moment ends with exactly the uninterrupted
+result; 4 simulated devices give the 1-device dictionary; semi-NMF and the sparse autoencoders run
+through the job and produce real dictionaries."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxviz
+from jaxviz.concepts import encode
+from jaxviz.concepts.job import find_concepts
+from jaxviz.concepts.rows import layer_rows
+from jaxviz.io import datasets
+from jaxviz.nn.preprocess import preprocess
+
+LAYER = "conv2d_1"
+
+
+def _digits_npy(tmp_path, n):
+    x, _ = datasets.digits()
+    path = tmp_path / "digits.npy"
+    np.save(path, x[:n])
+    return str(path)
+
+
+def _cli(images, out, *extra, env=None):
+    return [sys.executable, "-m", "jaxviz.cli", "concepts", "--weights", "builtin:digits_cnn", "--images", images,
+            "--layer", LAYER, "--concepts", "4", "--class", "3", "--iterations", "3", "--importance", "gradient",
+            "--importance-images", "16", "--batch-size", "16", "--out", str(out), *extra]
+
+
+def _npz(path):
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
+    images = _digits_npy(tmp_path, 320)
+    ref = subprocess.run(_cli(images, tmp_path / "ref"), capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    expect = _npz(tmp_path / "ref" / "concepts.npz")
+
+    out = tmp_path / "killed"
+    ckpt = out / ".concepts-checkpoint"
+    delay = float(np.random.default_rng().uniform(0.0, 2.0))  # a random moment after the first checkpoint
+    p = subprocess.Popen(_cli(images, out, "--checkpoint-every", "1"), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    t = time.monotonic()
+    while not ckpt.exists() and p.poll() is None and time.monotonic() - t < 300:
+        time.sleep(0.05)
+    time.sleep(delay)
+    assert p.poll() is None, f"the job ended before the kill (delay {delay:.2f} s): nothing was interrupted"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    p.stderr.close()
+    assert p.returncode == -signal.SIGKILL
+    assert ckpt.exists() and not (out / "concepts.npz").exists()
+
+    r = subprocess.run(_cli(images, out, "--checkpoint-every", "1", "--resume"), capture_output=True, text=True)
+    assert r.returncode == 0, f"delay {delay:.2f} s: " + r.stderr[-2000:]
+    got = _npz(out / "concepts.npz")
+    assert set(got) == set(expect)
+    for k in expect:
+        np.testing.assert_array_equal(got[k], expect[k], err_msg=f"{k} (killed {delay:.2f} s after a checkpoint)")
+
+
+@pytest.mark.slow
+def test_four_simulated_devices_equal_one(tmp_path):
+    images = _digits_npy(tmp_path, 320)
+    runs = {}
+    for n in (1, 4):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+        r = subprocess.run(_cli(images, tmp_path / f"d{n}"), capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert f"{n} cpu device(s)" in r.stdout
+        runs[n] = _npz(tmp_path / f"d{n}" / "concepts.npz")
+    one, four = runs[1]["dictionary"], runs[4]["dictionary"]
+    # the same sums in another order (per device, then psum): float32 rounding only
+    np.testing.assert_allclose(four, one, rtol=0, atol=1e-4 * np.abs(one).max())
+    np.testing.assert_allclose(runs[4]["quality/relative_error"], runs[1]["quality/relative_error"], rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def digits_rows():
+    L = jaxviz.load_model("digits_cnn", "builtin")
+    x, _ = datasets.digits()
+    x = x[:256]
+    a = layer_rows(L.model, L.params, LAYER, preprocess(jnp.asarray(x, jnp.float32), L.model.preprocessing))
+    return L, x, np.asarray(a).reshape(-1, np.asarray(a).shape[-1])
+
+
+def _r2(a, z, d):
+    rec = np.asarray(z) @ np.asarray(d.components) + (0 if d.pre_bias is None else np.asarray(d.pre_bias))
+    return 1 - np.sum((a - rec) ** 2) / np.sum((a - a.mean()) ** 2)  # one scalar mean: quality's r2_global
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,min_r2", [("seminmf", 0.8), ("topk-sae", 0.5), ("batchtopk-sae", 0.5)])
+def test_seminmf_and_saes_through_the_job(digits_rows, method, min_r2):
+    L, x, a = digits_rows
+    K = 16
+    res = find_concepts(L.model, L.params, x, LAYER, K, method=method, iterations=8, batch_size=32,
+                        importance_images=0)
+    d = res.dictionary
+    assert d.method == method and d.components.shape == (K, a.shape[1])
+    z = np.asarray(encode(d, jnp.asarray(a)))
+    assert z.min() >= 0  # codes are non-negative for every method
+    r2 = _r2(a, z, d)
+    assert r2 > min_r2, r2
+    assert abs(res.quality["r2"] - r2) < 0.02, (res.quality["r2"], r2)  # the job's streamed R² is this one
+    if method == "seminmf":
+        assert (np.asarray(d.components) < 0).any()  # signed dictionary: what semi-NMF is for
+    else:
+        np.testing.assert_allclose(np.linalg.norm(np.asarray(d.components), axis=1), 1, atol=1e-4)  # unit decoder
+        l0 = np.mean(np.sum(z > 0, 1))
+        assert l0 <= K // 4 + (0 if method == "topk-sae" else 2), l0  # sae_k default K // 4 active latents
