@@ -478,3 +478,33 @@ def test_upsample_equals_onnxruntime(opset, mode, scales):
     worst, model, _ = check_every_node(m, x)
     assert model.layer_names == ["up"] and worst <= TOL
     assert model.shapes()[-1][1] == tuple(int(d * s) for d, s in zip((6, 8, 2), (scales[2], scales[3], 1)))
+
+
+@pytest.mark.parametrize("attrs,shapes", [
+    ({}, [(2, 3, 5, 4)] * 3), ({"is_causal": 1}, [(1, 2, 4, 8), (1, 2, 6, 8), (1, 2, 6, 8)]),
+    ({"q_num_heads": 4, "kv_num_heads": 2, "scale": 0.3}, [(2, 5, 16), (2, 7, 8), (2, 7, 8)]),
+    ({"softcap": 2.0}, [(1, 4, 3, 6), (1, 2, 5, 6), (1, 2, 5, 6)])])
+def test_attention_op_equals_onnxruntime(attrs, shapes):
+    """Opset 23's Attention (torch's dynamo export of ViT writes it): 4-D and 3-D heads, grouped K/V heads,
+    causal, softcap, against ONNX Runtime."""
+    g = h.make_graph([h.make_node("Attention", ["q", "k", "v"], ["y"], **attrs)], "g",
+                     [h.make_tensor_value_info(n, T.FLOAT, None) for n in "qkv"], [h.make_tensor_value_info("y", T.FLOAT, None)])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 23)])
+    m.ir_version = 10
+    feeds = [_x(s, seed=i) for i, s in enumerate(shapes)]
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, dict(zip("qkv", feeds)))
+    assert _rel(run_graph(m, feeds)[0], ref[0]) <= TOL
+
+
+def test_mod_equals_onnxruntime():
+    for fmod, dtype in ((1, np.float32), (0, np.int32), (1, np.int32)):
+        g = h.make_graph([h.make_node("Mod", ["a", "b"], ["y"], fmod=fmod)], "g",
+                         [h.make_tensor_value_info(n, nh.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), None)
+                          for n in "ab"], [h.make_tensor_value_info("y", nh.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), None)])
+        m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+        m.ir_version = 8
+        a = (_x((3, 4), 1) * 7).astype(dtype)
+        b = (_x((3, 4), 2) * 3).astype(dtype)
+        b[b == 0] = 1
+        ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"a": a, "b": b})[0]
+        np.testing.assert_allclose(run_graph(m, [a, b])[0], ref, rtol=1e-6, err_msg=f"fmod={fmod} {dtype}")

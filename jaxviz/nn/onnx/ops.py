@@ -888,3 +888,58 @@ def _upsample(node, ins, opset):
     as_resize = dataclasses.replace(node, op="Resize", attrs={
         "mode": mode, "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"})
     return _resize(as_resize, [x, None, scales.astype(np.float32)], 11)
+
+
+@register("Mod", 10, ("fmod",))
+def _mod(node, ins, opset):
+    """Integer remainder with the divisor's sign (``fmod=0``) or C's fmod (``fmod=1``, required for floats);
+    torch's MultiheadAttention export computes head sizes with it."""
+    a, b = ins
+    m = xp(a, b)
+    fmod = node.attr("fmod", 0)
+    if not fmod and any(np.issubdtype(getattr(v, "dtype", np.float32), np.floating) for v in (a, b)):
+        raise refuse(node, "fmod=0 on floating-point inputs is not defined")
+    out = m.fmod(a, b) if fmod else m.mod(a, b)
+    return [np.asarray(out).astype(np.result_type(a, b)) if m is np else out]
+
+
+@register("Attention", 23, ("is_causal", "kv_num_heads", "q_num_heads", "qk_matmul_output_mode", "scale",
+                            "softcap", "softmax_precision"))
+def _attention(node, ins, opset):
+    """Scaled dot-product attention (opset 23; torch's dynamo exporter writes it for
+    ``F.scaled_dot_product_attention``): Q, K, V as B x heads x S x D, or B x S x (heads * D) with
+    ``q_num_heads``/``kv_num_heads``; grouped K/V heads repeated; boolean (keep) or additive mask; causal;
+    softcap. The KV-cache inputs and outputs are refused."""
+    q, k, v = ins[:3]
+    mask = ins[3] if len(ins) > 3 else None
+    if any(i is not None for i in ins[4:]) or any(o for o in node.outputs[1:]):
+        raise refuse(node, "the KV cache (past/present key and value) and the qk_matmul output are not supported")
+    three = q.ndim == 3
+    if three:
+        hq, hk = node.attr("q_num_heads"), node.attr("kv_num_heads")
+        if not hq or not hk:
+            raise refuse(node, "3-D inputs need q_num_heads and kv_num_heads")
+        split = lambda t, h: jnp.transpose(t.reshape(t.shape[0], t.shape[1], h, -1), (0, 2, 1, 3))  # noqa: E731
+        q, k, v = split(q, hq), split(k, hk), split(v, hk)
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise refuse(node, f"inputs of rank {q.ndim}, {k.ndim}, {v.ndim} are not supported")
+    if q.shape[1] != k.shape[1]:
+        if q.shape[1] % k.shape[1]:
+            raise refuse(node, f"{q.shape[1]} query heads are not a multiple of {k.shape[1]} key heads")
+        rep = q.shape[1] // k.shape[1]
+        k, v = jnp.repeat(k, rep, axis=1), jnp.repeat(v, rep, axis=1)
+    scale = node.attr("scale")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    s = jnp.einsum("bhqd,bhkd->bhqk", q, k, precision=lax.Precision.HIGHEST) * scale
+    if node.attr("is_causal", 0):
+        keep = np.tril(np.ones((s.shape[-2], s.shape[-1]), bool))  # aligned top-left, as the spec says
+        s = jnp.where(keep, s, -jnp.inf)
+    if mask is not None:
+        s = jnp.where(mask, s, -jnp.inf) if getattr(mask, "dtype", None) == np.bool_ else s + mask
+    cap = float(node.attr("softcap", 0.0))
+    if cap > 0:
+        s = cap * jnp.tanh(s / cap)
+    y = jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(s, axis=-1), v, precision=lax.Precision.HIGHEST)
+    if three:
+        y = jnp.transpose(y, (0, 2, 1, 3)).reshape(y.shape[0], y.shape[2], -1)
+    return [y]
