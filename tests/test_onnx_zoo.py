@@ -42,7 +42,7 @@ def test_every_node_equals_onnxruntime(path):
 
     loaded = load_model(None, path)
     res = compare_nodes(loaded.model, loaded.params, onnx.load(path), _input(loaded.model))
-    assert res["nodes_compared"] == len(loaded.model.layer_names)
+    assert res["nodes_compared"] + res["int64_taps_skipped"] == len(loaded.model.layer_names)
     assert res["worst_node_err"] <= 1e-5, res
     assert res["logits_err"] <= 1e-5 and res["top1_equal"], res
 
