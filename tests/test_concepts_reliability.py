@@ -121,3 +121,19 @@ def test_seminmf_and_saes_through_the_job(digits_rows, method, min_r2):
         np.testing.assert_allclose(np.linalg.norm(np.asarray(d.components), axis=1), 1, atol=1e-4)  # unit decoder
         l0 = np.mean(np.sum(z > 0, 1))
         assert l0 <= K // 4 + (0 if method == "topk-sae" else 2), l0  # sae_k default K // 4 active latents
+
+
+@pytest.mark.slow
+def test_concept_patterns_follow_their_direction(digits_rows):
+    from jaxviz.cli.concepts import concept_patterns
+
+    L, x, a = digits_rows
+    d, _, _ = jaxviz.concepts.fit_nmf(a, 4, max_iter=50)
+    imgs = concept_patterns(L.model, L.params, LAYER, d.components, "dlwp1", L.model.input_shape)
+    assert len(imgs) == 4 and imgs[0].dtype == np.uint8
+    acts = layer_rows(L.model, L.params, LAYER, preprocess(jnp.asarray(np.stack(imgs), jnp.float32),
+                                                           L.model.preprocessing))
+    mean = np.asarray(acts).reshape(4, -1, a.shape[1]).mean(1)  # each pattern's mean activation
+    score = mean @ np.asarray(d.components).T  # score[p, c]: pattern p on concept c's direction objective
+    # each concept's direction is raised most by its own pattern (among the patterns of all concepts)
+    np.testing.assert_array_equal(np.argmax(score, axis=0), np.arange(4), err_msg=str(score))

@@ -68,9 +68,15 @@ def _run(args, stage) -> None:
               f"(random {f.get('c-insertion/random', float('nan')):.3f})")
     if stage is None:
         return
+    try:
+        patterns = concept_patterns(model, loaded.params, res.layer, res.dictionary.components, args.patterns, shape,
+                                    args.seed)
+    except JaxvizError as e:
+        print(f"jaxviz concepts: warning: no patterns: {e}", file=sys.stderr)
+        patterns = []
     write_npz(os.path.join(stage, "concepts.npz"), res, classes)
     with open(os.path.join(stage, "index.html"), "w", encoding="utf-8") as fh:
-        fh.write(render_html(model, loaded.params, args.images, res, shape, args.patterns))
+        fh.write(render_html(model, loaded.params, args.images, res, shape, patterns))
     shutil.rmtree(checkpoint, ignore_errors=True)
 
 
@@ -97,17 +103,43 @@ def write_npz(path: str, res, classes) -> None:
         np.savez(fh, **arrays)
 
 
-def _direction_pattern(model, params, layer, direction, shape) -> "np.ndarray | None":
-    try:
-        from jaxviz.methods.featurevis.objectives import direction as direction_objective  # noqa: F401
-    except ImportError:
-        return None
-    return None
+def concept_patterns(model, params, layer: str, components, recipe_name: str, shape, seed: int = 0) -> list:
+    """Feature visualisation of each concept's direction (K x C dictionary rows) at ``layer``: one
+    uint8 image per concept, by :func:`jaxviz.filter_patterns` with the ``direction`` objective (lucid's
+    recipe for directions: ``cossim_pow`` 1) reading concept ``i``'s row for unit ``i``. ``recipe_name``:
+    ``none`` (no patterns: ``[]``), ``auto`` (``lucid`` for inputs of 64 pixels or more, else ``dlwp1``)
+    or a recipe name. Units are vmapped, so all the concepts share one compiled program per chunk of at
+    most C concepts."""
+    if recipe_name == "none":
+        return []
+    import jax
+    import jax.numpy as jnp
+
+    from jaxviz import filter_patterns, get_recipe
+    from jaxviz.methods.featurevis.objectives import Objective, direction
+
+    name = recipe_name if recipe_name != "auto" else ("lucid" if min(shape[:2]) >= 64 else "dlwp1")
+    base = get_recipe(name)
+    D = jnp.asarray(components, jnp.float32)
+    K, C = D.shape
+    images = []
+    for start in range(0, K, C):  # unit indices must be channels of the layer: chunks of at most C concepts
+        rows = D[start:start + C]
+        obj = Objective(lambda t, i, rows=rows: direction(None, rows[i], cossim_pow=1.0)(t, i), (None,),
+                        name="direction(concept)")
+        recipe = get_recipe(name, size=min(base.size, max(shape[:2])), objective=obj)
+        res = filter_patterns(model, params, layer, list(range(len(rows))), recipe, jax.random.key(seed),
+                              single_channel=False, quality=False)
+        per = len(res.images) // len(rows)
+        images += [res.images[i * per] for i in range(len(rows))]
+    return images
 
 
-def render_html(model, params, images, res, shape, patterns: str = "none") -> str:
-    """One card per concept: the strongest exemplars (receptive-field box, code map overlaid), importance
-    per class and prevalence. Every name from a file or a model is escaped."""
+def render_html(model, params, images, res, shape, patterns: "list | None" = None) -> str:
+    """One card per concept: the strongest exemplars (receptive-field box, code map overlaid), the
+    feature visualisation of its direction (``patterns``: one uint8 image per concept, from
+    :func:`concept_patterns`; empty: none shown), importance per class and prevalence. Every name from
+    a file or a model is escaped."""
     import jax.numpy as jnp
 
     from jaxviz.concepts.maps import code_maps
@@ -139,6 +171,9 @@ def render_html(model, params, images, res, shape, patterns: str = "none") -> st
         for cls, imp in res.importance.items():
             parts.append(f"<p>class {cls}: importance {imp['mean'][c]:.3g}, prevalence {imp['prevalence'][c]:.0%}</p>")
         parts.append(f"<p>mean code {res.mean_code[c]:.3g}, max {res.max_code[c]:.3g}</p><div class='row'>")
+        if patterns:
+            parts.append(f"<figure class='pattern'><img src='{_png(patterns[c])}' alt='direction of concept {c}'>"
+                         "<figcaption>direction</figcaption></figure>")
         for j, i in enumerate(ex["indices"][c]):
             if i < 0:
                 continue
@@ -172,7 +207,9 @@ def _setup_concepts(p):
     p.add_argument("--importance-images", type=int, default=64, metavar="N",
                    help="importance and faithfulness on the first N images of each process (default 64)")
     p.add_argument("--iterations", type=int, default=20, help="dictionary passes over the collection (default 20)")
-    p.add_argument("--patterns", default="none", help="feature visualisation of each concept (none)")
+    p.add_argument("--patterns", default="none", metavar="RECIPE",
+                   help="feature visualisation of each concept's direction: none (default), auto, or a recipe "
+                        "name (as jaxviz filter-patterns)")
     p.add_argument("--batch-size", type=int, help="images per step over all devices, 1..65536 (default 32)")
     p.add_argument("--max-failures", type=float, default=0.05,
                    help="the share of unreadable images that stops the run, 0..1 (default 0.05)")

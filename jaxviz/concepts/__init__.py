@@ -16,3 +16,4 @@ from jaxviz.concepts.quality import (QualityStats, collinearity, match_cosine, q
                                      quality_stats, stability)
 from jaxviz.concepts.sae import (SAEParams, SAEState, batchtopk_codes, fit_sae, sae_dictionary, sae_init,
                                  sae_loss, sae_pre_codes, sae_train_step)
+from jaxviz.concepts.job import ConceptsResult, find_concepts  # noqa: E402  (the job builds on the pieces above)
