@@ -37,7 +37,7 @@ def weights_help() -> str:
     from jaxviz.io.models import BUILTIN, PRETRAINED
 
     return (f"where the weights come from: a jaxviz checkpoint directory; a Keras file (.h5, .keras, .weights.h5); "
-            f"a PyTorch state dict (.pth); builtin or builtin:NAME for the trained weights that ship with jaxviz "
+            f"a PyTorch state dict (.pth); an ONNX model (.onnx: the whole network, no --model needed); builtin or builtin:NAME for the trained weights that ship with jaxviz "
             f"({', '.join(BUILTIN)}); pretrained for published ImageNet weights ({', '.join(PRETRAINED)}); random "
             f"for untrained weights. Omitted: pretrained for {', '.join(PRETRAINED)} when its package is "
             f"installed, else UNTRAINED random weights")
