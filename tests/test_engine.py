@@ -5,6 +5,7 @@ uninterrupted result; a checkpoint of other settings is refused in one line."""
 
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -135,3 +136,21 @@ def test_sigkill_at_random_moments_then_resume_on_two_devices_equals_uninterrupt
     got = np.load(ck / "out.npz")
     for k in want.files:
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_other_files_in_the_checkpoint_folder_are_left_alone_but_a_state_file_is_refused(tmp_path):
+    # a result saved beside the state (as the SIGKILL test's child does) must not block the next --resume;
+    # a regular file where the job's NAME-state-IofN folder goes is refused in one line
+    x = images()
+    kw = dict(shape=(6, 5, 1), batch_size=8, checkpoint=tmp_path)
+    whole = engine.run_job(pixel_sum_job(engine.local_mesh()), x, **kw)
+    (tmp_path / "out.npz").write_bytes(b"mine")
+    again = engine.run_job(pixel_sum_job(engine.local_mesh()), x, resume=True, **kw)
+    assert again.arrays["sum"] == whole.arrays["sum"] and (tmp_path / "out.npz").read_bytes() == b"mine"
+    for d in tmp_path.iterdir():
+        if "-state-" in d.name:
+            shutil.rmtree(d)
+            d.write_bytes(b"not a folder")
+    with pytest.raises(JaxvizError, match="is not a folder") as e:
+        engine.run_job(pixel_sum_job(engine.local_mesh()), x, resume=True, **kw)
+    assert "\n" not in str(e.value)

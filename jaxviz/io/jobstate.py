@@ -86,11 +86,11 @@ def check_folder(folder: "str | os.PathLike") -> None:
     folder = os.path.abspath(os.fspath(folder))
     _check_real(folder)
     if os.path.isdir(folder) and not os.path.islink(folder):
-        for name in os.listdir(folder):
-            _check_real(os.path.join(folder, name))
+        for name in os.listdir(folder):  # other files there (a user's notes, a result) are left alone
+            _check_real(os.path.join(folder, name), folder_only="-state-" in name)
 
 
-def _check_real(path: str) -> None:
+def _check_real(path: str, folder_only: bool = True) -> None:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -100,7 +100,7 @@ def _check_real(path: str) -> None:
     if stat.S_ISLNK(st.st_mode):
         raise JaxvizError(f"the checkpoint folder {show(path)} is a symbolic link (to {show(os.readlink(path))}); "
                           "jaxviz writes checkpoints only into real folders inside --out: remove the link")
-    if not stat.S_ISDIR(st.st_mode):
+    if folder_only and not stat.S_ISDIR(st.st_mode):
         raise JaxvizError(f"the checkpoint folder {show(path)} is not a folder; jaxviz writes checkpoints only into "
                           "real folders inside --out: remove it")
 
