@@ -170,10 +170,10 @@ def torch_module_of(module, model, proto, layer: str) -> str | None:
     """The PyTorch module whose output is jaxviz's ``layer``: the outermost module path (a prefix of the
     layer's recorded path) whose last node is the layer's node (``layer4.1.relu_1`` -> ``layer4``: a ReLU
     module called twice in a block cannot be hooked for one call); None when there is none."""
-    from jaxviz.nn.onnx.graph import _module_path
+    from jaxviz.nn.onnx import module_path
 
     value = dict(model.layer_values)[model.resolve(layer)]
-    paths = [(_module_path(n), list(n.output)) for n in proto.graph.node]
+    paths = [(module_path(n), list(n.output)) for n in proto.graph.node]
     i = next(k for k, (_, outs) in enumerate(paths) if value in outs)
     parts = (paths[i][0] or "").split(".")
     for k in range(1, len(parts) + 1):
@@ -274,6 +274,18 @@ def timings(model, params, path: str) -> dict:
     return out
 
 
+def zoo_files(out: str, only=None):
+    """``(name, opset, path of the .onnx, path of its results .json)`` of the exported files in ``out``, model by
+    model (``only``: these models)."""
+    for name in MODELS:
+        if only and name not in only:
+            continue
+        for opset in OPSETS:
+            path = os.path.join(out, file_name(name, opset))
+            if os.path.exists(path):
+                yield name, opset, path, path[:-5] + ".json"
+
+
 def check(out: str, only=None) -> None:
     import jax
     import jax.numpy as jnp
@@ -283,40 +295,37 @@ def check(out: str, only=None) -> None:
     from jaxviz.nn import policy
     from jaxviz.nn.preprocess import preprocess
 
-    for name in MODELS:
-        if only and name not in only:
+    module, last = None, None
+    for name, opset, path, res_path in zoo_files(out, only):
+        if name != last:
+            module, last = None, name
+        if os.path.exists(res_path):
             continue
-        module = None
-        for opset in OPSETS:
-            path = os.path.join(out, file_name(name, opset))
-            res_path = path[:-5] + ".json"
-            if not os.path.exists(path) or os.path.exists(res_path):
-                continue
-            proto = onnx.load(path)
-            res = {"model": name, "opset": opset, "exporter": "dynamo" if opset > 20 else "torchscript",
-                   "nodes": len(proto.graph.node), "ops": len({n.op_type for n in proto.graph.node}),
-                   "file_mb": os.path.getsize(path) / 2 ** 20}
-            t = time.perf_counter()
-            loaded = jaxviz.load_model(None, path)
-            res["load_s"] = time.perf_counter() - t
-            model, params = loaded.model, loaded.params
-            pixels = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3)).astype(np.float32)
-            x = np.asarray(preprocess(jnp.asarray(pixels), "torch"))
-            t = time.perf_counter()
-            jax.block_until_ready(jax.jit(lambda p, x: model.run(p, x).logits)(params, jnp.asarray(x[:1])))
-            res["first_predict_s"] = time.perf_counter() - t
-            res.update(compare_nodes(model, params, proto, x))
-            if module is None:
-                module = build(name)
-            layer = policy.cam_layer(model)
-            torch_layer = torch_module_of(module, model, proto, layer)
-            del proto
-            res.update(gradcam_vs_torch(module, model, params, x, layer, torch_layer))
-            res.update(timings(model, params, path))
-            with open(res_path, "w") as f:
-                json.dump(res, f, indent=1)
-            print(json.dumps(res), flush=True)
-            jax.clear_caches()
+        proto = onnx.load(path)
+        res = {"model": name, "opset": opset, "exporter": "dynamo" if opset > 20 else "torchscript",
+               "nodes": len(proto.graph.node), "ops": len({n.op_type for n in proto.graph.node}),
+               "file_mb": os.path.getsize(path) / 2 ** 20}
+        t = time.perf_counter()
+        loaded = jaxviz.load_model(None, path)
+        res["load_s"] = time.perf_counter() - t
+        model, params = loaded.model, loaded.params
+        pixels = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3)).astype(np.float32)
+        x = np.asarray(preprocess(jnp.asarray(pixels), "torch"))
+        t = time.perf_counter()
+        jax.block_until_ready(jax.jit(lambda p, x: model.run(p, x).logits)(params, jnp.asarray(x[:1])))
+        res["first_predict_s"] = time.perf_counter() - t
+        res.update(compare_nodes(model, params, proto, x))
+        if module is None:
+            module = build(name)
+        layer = policy.cam_layer(model)
+        torch_layer = torch_module_of(module, model, proto, layer)
+        del proto
+        res.update(gradcam_vs_torch(module, model, params, x, layer, torch_layer))
+        res.update(timings(model, params, path))
+        with open(res_path, "w") as f:
+            json.dump(res, f, indent=1)
+        print(json.dumps(res), flush=True)
+        jax.clear_caches()
 
 
 def regrade(out: str, only=None) -> None:
@@ -328,28 +337,25 @@ def regrade(out: str, only=None) -> None:
     from jaxviz.nn import policy
     from jaxviz.nn.preprocess import preprocess
 
-    for name in MODELS:
-        if only and name not in only:
+    module, last = None, None
+    for name, opset, path, res_path in zoo_files(out, only):
+        if name != last:
+            module, last = None, name
+        if not os.path.exists(res_path):
             continue
-        module = None
-        for opset in OPSETS:
-            path = os.path.join(out, file_name(name, opset))
-            res_path = path[:-5] + ".json"
-            if not os.path.exists(res_path):
-                continue
-            res = json.load(open(res_path))
-            loaded = jaxviz.load_model(None, path)
-            module = module or build(name)
-            import jax.numpy as jnp
+        res = json.load(open(res_path))
+        loaded = jaxviz.load_model(None, path)
+        module = module or build(name)
+        import jax.numpy as jnp
 
-            pixels = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3)).astype(np.float32)
-            x = np.asarray(preprocess(jnp.asarray(pixels), "torch"))
-            layer = policy.cam_layer(loaded.model)
-            torch_layer = torch_module_of(module, loaded.model, onnx.load(path, load_external_data=False), layer)
-            res.update(gradcam_vs_torch(module, loaded.model, loaded.params, x, layer, torch_layer, time16=False))
-            with open(res_path, "w") as f:
-                json.dump(res, f, indent=1)
-            print(name, opset, res["gradcam_layer"], res["gradcam_err"], flush=True)
+        pixels = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3)).astype(np.float32)
+        x = np.asarray(preprocess(jnp.asarray(pixels), "torch"))
+        layer = policy.cam_layer(loaded.model)
+        torch_layer = torch_module_of(module, loaded.model, onnx.load(path, load_external_data=False), layer)
+        res.update(gradcam_vs_torch(module, loaded.model, loaded.params, x, layer, torch_layer, time16=False))
+        with open(res_path, "w") as f:
+            json.dump(res, f, indent=1)
+        print(name, opset, res["gradcam_layer"], res["gradcam_err"], flush=True)
 
 
 def table(out: str) -> str:

@@ -82,7 +82,7 @@ class _Unsupported:
     type: int
 
 
-def _module_path(node) -> str | None:
+def module_path(node) -> str | None:
     """The PyTorch module path the exporter recorded for ``node``, or None."""
     meta = {p.key: p.value for p in node.metadata_props} if hasattr(node, "metadata_props") else {}
     if "pkg.torch.onnx.name_scopes" in meta:
@@ -576,7 +576,7 @@ def from_onnx(proto: Any, *, input_hw: tuple[int, int] | None = None,
     for d in input_shape:
         if not 0 < int(d) <= 2 ** 20:
             raise JaxvizError(f"the ONNX graph's input has a dimension out of range ({d})")
-    paths = {id(n): _module_path(pn) for n, pn in zip(nodes, _proto_nodes(g, nodes))}
+    paths = {id(n): module_path(pn) for n, pn in zip(nodes, _proto_nodes(g, nodes))}
     layers, aliases = _names(nodes, paths)
     model = OnnxModel(
         name=name or g.name or "onnx_model", input_shape=tuple(int(s) for s in input_shape), nodes=tuple(nodes),
@@ -598,28 +598,26 @@ def _repeated(field) -> bool:
 def without_initialisers(proto: Any, drop: set[str]) -> Any:
     """A copy of ``proto`` whose graph lacks the initialisers named in ``drop``; the dropped tensors are
     never copied (a ViT-B's 330 MB of weights stay where they are)."""
-    graph = type(proto.graph)()
-    for field, value in proto.graph.ListFields():
-        if field.name == "initializer":
-            graph.initializer.extend(t for t in value if t.name not in drop)
-        elif _repeated(field):
-            getattr(graph, field.name).extend(value)
-        elif field.message_type is not None:
-            getattr(graph, field.name).CopyFrom(value)
-        else:
-            setattr(graph, field.name, value)
-    out = type(proto)()
-    for field, value in proto.ListFields():
-        if field.name == "graph":
-            continue
-        if _repeated(field):
-            getattr(out, field.name).extend(value)
-        elif field.message_type is not None:
-            getattr(out, field.name).CopyFrom(value)
-        else:
-            setattr(out, field.name, value)
+    graph = _copy_fields(proto.graph, type(proto.graph)(), {
+        "initializer": lambda dst, ts: dst.initializer.extend(t for t in ts if t.name not in drop)})
+    out = _copy_fields(proto, type(proto)(), {"graph": lambda dst, g: None})
     out.graph.CopyFrom(graph)
     return out
+
+
+def _copy_fields(src, dst, special: dict):
+    """Every set field of ``src`` onto ``dst`` (repeated extended, messages copied, scalars set), except
+    the fields named in ``special``, which go through their function ``(dst, value)``."""
+    for field, value in src.ListFields():
+        if field.name in special:
+            special[field.name](dst, value)
+        elif _repeated(field):
+            getattr(dst, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+    return dst
 
 
 def _proto_nodes(g, nodes):
