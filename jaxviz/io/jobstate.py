@@ -78,16 +78,19 @@ def _check_dir(path: str) -> None:
                           "writes; remove it")
 
 
-def check_folder(folder: "str | os.PathLike") -> None:
+def check_folder(folder: "str | os.PathLike", state: "str | os.PathLike | None" = None) -> None:
     """Refuse, in one line, a checkpoint folder jaxviz would not write into: ``folder`` (e.g.
     ``--out/.atlas-checkpoint``) and every part of it below its parent (the job's ``NAME-state-IofN``)
     must be real folders when they exist, never links: a link there would carry the checkpoints out of
-    ``--out``. What is not there yet is made as a real folder by :func:`save_state`."""
+    ``--out``. ``state``: the job's own state folder in it, which must be a folder if it exists; other
+    files there are left alone. What is not there yet is made as a real folder by :func:`save_state`."""
     folder = os.path.abspath(os.fspath(folder))
     _check_real(folder)
     if os.path.isdir(folder) and not os.path.islink(folder):
-        for name in os.listdir(folder):  # other files there (a user's notes, a result) are left alone
-            _check_real(os.path.join(folder, name), folder_only="-state-" in name)
+        for name in os.listdir(folder):  # no links; other files (a note, a saved result) are left alone
+            _check_real(os.path.join(folder, name), folder_only=False)
+    if state is not None:  # the job's own state folder (``NAME-state-IofN``) must be a folder
+        _check_real(os.path.abspath(os.fspath(state)))
 
 
 def _check_real(path: str, folder_only: bool = True) -> None:

@@ -250,10 +250,10 @@ def run_job(
         raise JaxvizError(f"passes must be at least 1, got {job.passes}")
     from jaxviz.io.jobstate import CheckpointWriteError, check_folder, exists, load_state, save_state
 
-    if checkpoint is not None:  # before any work: a link there would carry the checkpoints out of --out
-        check_folder(checkpoint)
     mesh = local_mesh(devices)
     shard = (jax.process_index(), jax.process_count())
+    if checkpoint is not None:  # before any work: a link there would carry the checkpoints out of --out
+        check_folder(checkpoint, checkpoint_path(checkpoint, job, shard))
     opened = dict(batch_size=int(batch_size), shard=shard, workers=workers, max_failures=max_failures,
                   interpolation=interpolation)
     if decode_memory is not None:
