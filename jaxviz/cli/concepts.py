@@ -63,7 +63,12 @@ def _run(args, stage) -> None:
     print(f"{layer}: {args.concepts} concepts ({args.method}); relative error {q['relative_error']:.3f}, "
           f"R2 {q['r2']:.3f}, L0 {q['l0']:.2f}, {q['dead']} dead, stability {q['stability']:.3f}")
     for c, f in res.faithfulness.items():
-        print(f"class {c}: C-Deletion {f.get('c-deletion', float('nan')):.3f} (random "
+        if c not in res.importance:
+            print(f"class {c}: no image of this class (none of the first {args.importance_images} images per "
+                  "process is predicted as it): no importance, no faithfulness")
+            continue
+        n = len(res.importance[c]["images"])
+        print(f"class {c} ({n} images): C-Deletion {f.get('c-deletion', float('nan')):.3f} (random "
               f"{f.get('c-deletion/random', float('nan')):.3f}), C-Insertion {f.get('c-insertion', float('nan')):.3f} "
               f"(random {f.get('c-insertion/random', float('nan')):.3f})")
     if stage is None:
@@ -76,7 +81,7 @@ def _run(args, stage) -> None:
         patterns = []
     write_npz(os.path.join(stage, "concepts.npz"), res, classes)
     with open(os.path.join(stage, "index.html"), "w", encoding="utf-8") as fh:
-        fh.write(render_html(model, loaded.params, args.images, res, shape, patterns))
+        fh.write(render_html(model, loaded.params, args.images, res, shape, patterns, classes))
     shutil.rmtree(checkpoint, ignore_errors=True)
 
 
@@ -90,6 +95,7 @@ def write_npz(path: str, res, classes) -> None:
         imp = res.importance.get(c)
         arrays[f"importance/{c}"] = (imp["mean"] if imp is not None else np.full(K, np.nan)).astype(np.float32)
         arrays[f"prevalence/{c}"] = (imp["prevalence"] if imp is not None else np.zeros(K)).astype(np.float32)
+        arrays[f"importance_images/{c}"] = np.int64(len(imp["images"]) if imp is not None else 0)
         f = res.faithfulness.get(c, {})
         for m in METRICS:
             arrays[f"faithfulness/{m}/{c}"] = np.float32(f.get(m, np.nan))
@@ -135,11 +141,45 @@ def concept_patterns(model, params, layer: str, components, recipe_name: str, sh
     return images
 
 
-def render_html(model, params, images, res, shape, patterns: "list | None" = None) -> str:
-    """One card per concept: the strongest exemplars (receptive-field box, code map overlaid), the
-    feature visualisation of its direction (``patterns``: one uint8 image per concept, from
-    :func:`concept_patterns`; empty: none shown), importance per class and prevalence. Every name from
-    a file or a model is escaped."""
+CARD_STYLE = """
+.card h3{font-size:14px;margin:0 0 3px}
+.card .stats{font-size:11px;color:#555;margin:0 0 3px}
+.card table.imp{font-size:11px;border-collapse:collapse;margin:0 0 4px}
+.card table.imp td,.card table.imp th{padding:0 6px 0 0;text-align:left;font-weight:normal}
+.card table.imp th{color:#555}
+.card .absent{color:#999;font-style:italic}
+figure figcaption{max-width:96px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+"""
+
+
+def _short(path: str) -> str:
+    """An item's name as a caption: the file name (``digits[12]`` as it is)."""
+    return os.path.basename(path) or path
+
+
+def _class_names(model, classes) -> dict:
+    """``{class: "954 banana"}`` from the model's label set (the bare index without one)."""
+    from jaxviz.io.labels import label_set
+
+    names = {}
+    try:
+        labels = label_set(model.labels) if getattr(model, "labels", None) is not None else None
+    except JaxvizError:
+        labels = None
+    for c in classes:
+        name = labels[c][1] if labels is not None and 0 <= c < len(labels) else None
+        names[c] = f"{c} {name}" if name is not None and name != str(c) else str(c)
+    return names
+
+
+def render_html(model, params, images, res, shape, patterns: "list | None" = None,
+                classes: "list | None" = None) -> str:
+    """One card per concept: the strongest exemplars (receptive-field box, code map overlaid, the item's
+    name and the concept's code under each), the feature visualisation of its direction (``patterns``:
+    one uint8 image per concept, from :func:`concept_patterns`; empty: none shown), importance and
+    prevalence per class asked (``classes``; default those with importances) over the images predicted
+    as that class — "no image of this class" where none was. Every name from a file or a model is
+    escaped."""
     import jax.numpy as jnp
 
     from jaxviz.concepts.maps import code_maps
@@ -148,6 +188,8 @@ def render_html(model, params, images, res, shape, patterns: "list | None" = Non
     from jaxviz.nn.receptive import field_boxes, receptive_field
 
     esc = html.escape
+    classes = list(classes if classes is not None else res.importance)
+    names = _class_names(model, classes)
     coll = open_collection(images, shape, batch_size=1)
     ex = res.exemplars
     K = ex["indices"].shape[0]
@@ -161,18 +203,39 @@ def render_html(model, params, images, res, shape, patterns: "list | None" = Non
         x = preprocess(jnp.asarray(pixels), model.preprocessing)
         acts = model.run(params, x, taps=[res.layer], output=False).taps[res.layer]
         cmaps = np.asarray(code_maps(res.dictionary, acts, shape[:2]))
+    counts = {c: len(res.importance[c]["images"]) if c in res.importance else 0 for c in classes}
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>jaxviz concepts: {esc(model.name)}</title>"
-             f"<style>{STYLE}</style></head><body>",
+             f"<style>{STYLE}{CARD_STYLE}</style></head><body>",
              f"<h1>Concepts of {esc(res.layer)} in {esc(model.name)}</h1>",
              f"<p>{len(res.paths)} images, {K} concepts by {esc(res.method)}; relative error "
-             f"{res.quality['relative_error']:.3f}, stability {res.quality['stability']:.3f}.</p><div class='cards'>"]
+             f"{res.quality['relative_error']:.3f}, stability {res.quality['stability']:.3f}."]
+    if classes:
+        parts.append(" Importance and prevalence over the images predicted as each class: "
+                     + ", ".join(f"{esc(names[c])} ({counts[c]} images)" for c in classes) + ".")
+    for c in classes:
+        f = res.faithfulness.get(c, {})
+        if counts[c]:
+            parts.append(f"<br>{esc(names[c])}: C-Deletion {f.get('c-deletion', np.nan):.3g} (random order "
+                         f"{f.get('c-deletion/random', np.nan):.3g}), C-Insertion {f.get('c-insertion', np.nan):.3g} "
+                         f"(random {f.get('c-insertion/random', np.nan):.3g}).")
+    parts.append("</p><div class='cards'>")
     for c in range(K):
-        parts.append(f"<div class='card' id='concept{c}'><h3>concept {c}</h3>")
-        for cls, imp in res.importance.items():
-            parts.append(f"<p>class {cls}: importance {imp['mean'][c]:.3g}, prevalence {imp['prevalence'][c]:.0%}</p>")
-        parts.append(f"<p>mean code {res.mean_code[c]:.3g}, max {res.max_code[c]:.3g}</p><div class='row'>")
+        parts.append(f"<div class='card' id='concept{c}'><h3>concept {c}</h3>"
+                     f"<p class='stats'>mean code {res.mean_code[c]:.3g}, max {res.max_code[c]:.3g}</p>")
+        if classes:
+            parts.append("<table class='imp'><tr><th>class</th><th>importance</th><th>prevalence</th></tr>")
+            for cls in classes:
+                if counts[cls]:
+                    imp = res.importance[cls]
+                    parts.append(f"<tr><td>{esc(names[cls])}</td><td>{imp['mean'][c]:.3g}</td>"
+                                 f"<td>{imp['prevalence'][c]:.0%}</td></tr>")
+                else:
+                    parts.append(f"<tr><td>{esc(names[cls])}</td><td colspan='2' class='absent'>no image of this "
+                                 "class</td></tr>")
+            parts.append("</table>")
+        parts.append("<div class='row'>")
         if patterns:
-            parts.append(f"<figure class='pattern'><img src='{_png(patterns[c])}' alt='direction of concept {c}'>"
+            parts.append(f"<figure><img class='pattern' src='{_png(patterns[c])}' alt='direction of concept {c}'>"
                          "<figcaption>direction</figcaption></figure>")
         for j, i in enumerate(ex["indices"][c]):
             if i < 0:
@@ -180,8 +243,9 @@ def render_html(model, params, images, res, shape, patterns: "list | None" = Non
             m = cmaps[pos[int(i)], c]
             heat = m / max(float(m.max()), 1e-12)
             img = _png(_crop(pixels[pos[int(i)]], heat, boxes[c, j]))
+            name = esc(_short(res.paths[int(i)]))
             parts.append(f"<figure title='{esc(res.paths[int(i)], quote=True)}'><img src='{img}' alt='exemplar'>"
-                         f"<figcaption>{ex['values'][c, j]:.3g}</figcaption></figure>")
+                         f"<figcaption>{name}</figcaption><figcaption>{ex['values'][c, j]:.3g}</figcaption></figure>")
         parts.append("</div></div>")
     parts.append("</div></body></html>")
     return "".join(parts)

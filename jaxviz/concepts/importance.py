@@ -99,22 +99,47 @@ def occlusion_importance(head: Callable[[Array], Array], codes: Array, chunk: in
 IMPORTANCE = {"sobol": sobol_total, "gradient": gradient_importance, "occlusion": occlusion_importance}
 
 
+def _tail(model, layer: str):
+    """``model`` after ``layer`` (a :class:`~jaxviz.nn.graph.Sequential` split there), or None for a
+    model that cannot be split (adapted modules, wrappers): then the head runs the whole network with
+    the layer perturbed, the same function at several times the cost."""
+    from jaxviz.nn.graph import Sequential
+
+    if not isinstance(model, Sequential):
+        return None
+    try:
+        return model.split(layer)[1]
+    except Exception:  # a layer the graph cannot cut at: the whole network, perturbed
+        return None
+
+
 def concept_head(model, params, layer: str, d, x: Array, cls: Array) -> Callable[[Array], Array]:
     """The concept head of images ``x`` (B x H x W x C, preprocessed) for classes ``cls`` (B): codes
     (B*m, ..., K) -> class probability with ``layer`` replaced by ``decode(d, codes)`` (m copies of each
-    image, image-major). The forward to the layer is run once; the rest of the network per copy."""
+    image, image-major). The forward to the layer is run once; per copy only the network after the layer
+    runs (a graph split at ``layer``, fed the residual branches it reads), or, for a model that cannot be
+    split, the whole network with the layer's output perturbed to ``decode(d, codes)``."""
     from jaxviz.concepts.dictionary import decode
 
-    acts = jax.lax.stop_gradient(model.run(params, x, taps=[layer], output=False).taps[layer])
+    tail = _tail(model, layer)
+    reads = tuple(tail.context_names) if tail is not None else ()
+    fwd = model.run(params, x, taps=[layer, *reads], output=False).taps
+    acts = jax.lax.stop_gradient(fwd[layer])
+    ctx = {n: jax.lax.stop_gradient(fwd[n]) for n in reads}
     B = x.shape[0]
+
+    def probability(logits, m):
+        p = jax.nn.softmax(logits.astype(jnp.float32), -1)
+        return jnp.take_along_axis(p, jnp.repeat(cls, m)[:, None], -1)[:, 0]
 
     def head(u):
         m = u.shape[0] // B
-        xs = jnp.repeat(x, m, 0)
-        pert = decode(d, u).astype(acts.dtype) - jnp.repeat(acts, m, 0)
-        out = model.run(params, xs, perturb={layer: pert})
-        p = jax.nn.softmax(out.logits.astype(jnp.float32), -1)
-        return jnp.take_along_axis(p, jnp.repeat(cls, m)[:, None], -1)[:, 0]
+        a = decode(d, u).astype(acts.dtype)
+        if tail is not None:
+            out = tail.run(params, a, context={n: jnp.repeat(v, m, 0) for n, v in ctx.items()})
+        else:
+            out = model.run(params, jnp.repeat(x, m, 0), perturb={layer: a - jnp.repeat(acts, m, 0)})
+        return probability(out.logits, m)
 
     return head
 

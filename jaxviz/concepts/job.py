@@ -59,8 +59,9 @@ class ConceptsResult(NamedTuple):
         (scikit-learn's), ``l0``, ``hoyer``, ``dead``, ``collinearity``, ``stability``.
       importance: ``{class: {"per_image": N_c x K, "images": N_c indices, "mean", "prevalence",
         "reliability"}}`` over the images predicted as that class (among the first
-        ``importance_images`` of each process).
-      faithfulness: ``{class: {"c-deletion": mean, "c-deletion/random": mean, ...}}``.
+        ``importance_images`` of each process); a class no such image is predicted as is absent.
+      faithfulness: ``{class: {"c-deletion": mean, "c-deletion/random": mean, ...}}`` over the same
+        images (NaN where there is none).
       exemplars: ``indices`` (K x k item indices, -1 none), ``values`` (K x k), ``peaks`` (K x k x 2
         grid row, column) of each concept's strongest images.
       failures: undecodable items.
@@ -445,9 +446,9 @@ def find_concepts(model, params, images: Any, layer: str, k: int, *, method: str
         sel_all = rows["imp_mask"].astype(bool)
         for c in classes:
             sel = sel_all & (rows["pred"] == c)
-            per = rows[f"imp/{c}"][sel]
-            s = cimp.summarise(per)
-            imp[c] = {"per_image": per, "images": rows["index"][sel], **s}
+            if sel.any():  # a class no image is predicted as has no importance (not zeros)
+                per = rows[f"imp/{c}"][sel]
+                imp[c] = {"per_image": per, "images": rows["index"][sel], **cimp.summarise(per)}
             faith[c] = {name[len("faith/"):-len(f"/{c}")]: float(np.mean(rows[name][sel])) if sel.any() else float("nan")
                         for name in rows if name.startswith("faith/") and name.endswith(f"/{c}")}
     ex = _exemplars(rows, K, exemplars, model, layer, shape)
