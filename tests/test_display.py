@@ -113,10 +113,56 @@ def test_activations_cams_weights_loaded(digits):
     old = jaxviz.Cams(cams.heatmaps, cams.classes, cams.probs)  # built as before the fields existed
     assert (old.method, old.layer) == ("", None) and "Cams: unknown method; 3 images" in old._repr_html_()
     lw = jaxviz.layer_weights(m, p, "conv2d")
-    assert _self_contained(lw._repr_html_()) == 1 and "kernel 3x3x1x32" in lw._repr_html_()
+    assert _self_contained(lw._repr_html_()) == 2 and "kernel 3x3x1x32" in lw._repr_html_()  # histogram, mosaic
+    assert _self_contained(jaxviz.layer_weights(m, p, "dense")._repr_html_()) == 1  # no mosaic of a dense kernel
     table = loaded._repr_html_()
     for name in ("conv2d", "max_pooling2d_1", "dense_1"):
         assert f"<td style='text-align:left'>{name}</td>" in table
+
+
+def _decode(src: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB"))
+
+
+def test_cams_on_photos_are_the_opencv_blend():
+    """CamsOnPhotos draws each map over its photo as the CLI and the gallery do: the map resized to the
+    photo by OpenCV, JET, 0.4 x map + photo (cv2.addWeighted, saturated): within rounding (1 level),
+    and unlike both the bare photo and the bare map."""
+    import cv2
+
+    from jaxviz.viz.display import CamsOnPhotos
+
+    yy, xx = np.mgrid[0:128, 0:128]
+    photo = np.stack([xx * 2 % 256, yy * 2 % 256, np.full_like(xx, 90)], -1).astype(np.uint8)
+    heat = np.zeros((1, 1, 8, 8), np.float32)
+    heat[0, 0] = np.outer(np.linspace(0, 1, 8), np.linspace(1, 0, 8))
+    cams = jaxviz.Cams(heat, np.array([[3]]), np.full((1, 10), 0.1, np.float32), "gradcam", "conv2d")
+    text = CamsOnPhotos(cams, photo[None])._repr_html_()
+    assert _self_contained(text) == 1 and "gradcam at conv2d over the photos" in text
+    shown = _decode(SRC.findall(text)[0]).astype(int)
+    assert shown.shape == photo.shape
+    m = cv2.resize(heat[0, 0], (128, 128))
+    jet = cv2.cvtColor(cv2.applyColorMap(np.uint8(255 * np.clip(m, 0, 1)), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    blend = cv2.addWeighted(jet, 0.4, photo, 1.0, 0).astype(int)
+    assert np.abs(shown - blend).max() <= 1
+    assert np.abs(shown - photo.astype(int)).mean() > 20 and np.abs(shown - jet.astype(int)).mean() > 20
+    plain = _decode(SRC.findall(cams._repr_html_())[0]).astype(int)  # without photos: the map alone, as before
+    assert np.abs(plain - jet.astype(int)).max() <= 1
+
+
+def test_comparison_and_predictions(digits):
+    from jaxviz.viz.display import Comparison, Predictions, png_size
+
+    loaded, x = digits
+    photos = (x[..., 0] * 255).astype(np.uint8)[..., None]
+    cams = {m: jaxviz.explain(loaded.model, loaded.params, x, method=m) for m in ("gradcam", "saliency")}
+    text = Comparison(photos, cams, ["a", "b", "c"], ["0", "1", "2"])._repr_html_()
+    assert _self_contained(text) == 1 and "Comparison of 2 attribution methods on 3 photos" in text
+    probs = np.asarray(cams["gradcam"].probs)
+    pr = Predictions(photos, probs, probs.argmax(1), [str(c) for c in probs.argmax(1)], ["a", "b", "c"])
+    text = pr._repr_html_()
+    w, h = png_size(base64.b64decode(SRC.findall(text)[0].split(",", 1)[1]))
+    assert _self_contained(text) == 1 and f"width='{w}' height='{h}'" in text and w <= 1152
 
 
 def _atlas(tmp_path, units: int, k: int = 9, n_images: int = 12) -> Atlas:

@@ -116,14 +116,64 @@ def test_map_views_share_one_colour_map():
 
 def test_png_size_and_the_page_shows_pictures_at_their_size(tmp_path):
     from jaxviz.io import save_png
-    from jaxviz.viz.writers import Written
+    from jaxviz.viz.display import Predictions
 
     save_png(str(tmp_path / "a.png"), np.zeros((105, 303, 3), np.uint8))
     assert D.png_size(str(tmp_path / "a.png")) == (303, 105)
-    page = D.render_index([D.Section("t", "s", [Written("a.png", "c")], command="jaxviz layers --model x")],
+    pr = Predictions(np.zeros((2, 64, 64, 3), np.uint8), np.eye(2, 3, dtype=np.float32), [0, 1], ["a", "b"], ["x", "y"])
+    page = D.render_index([D.Section("t", "s", (D.Shown(pr, "p/"),), command="jaxviz layers --model x")],
                           "title", "f", str(tmp_path))
-    assert "width='303' height='105'" in page and "min-height" not in page
+    w, h = D.png_size(str(tmp_path / "p" / "predictions.png"))
+    assert f"src='p/predictions.png' width='{w}' height='{h}'" in page and "min-height" not in page
     assert "<pre class='cmd'>jaxviz layers --model x</pre>" in page
+
+
+SRC = re.compile(r"src='([^']*)'")
+
+
+def test_gallery_sections_are_the_results_own_html(tmp_path):
+    """A section of the page is its title, settings and command, then each result's ``_repr_html_``
+    with only the ``src`` of its pictures changed: files beside the page holding the data URIs' bytes
+    (one renderer, two outputs), named where the gallery promises them."""
+    import base64
+
+    import jax
+
+    import jaxviz
+    from jaxviz.viz.display import Comparison, ImageFiles
+
+    L = jaxviz.load_model(weights="builtin:digits_cnn")
+    from jaxviz.io import datasets
+
+    digits = datasets.load("digits")[0][:3]
+    x = jaxviz.preprocess(digits.astype(np.float32), L.model.preprocessing)
+    pats = jaxviz.filter_patterns(L.model, L.params, "conv2d_1", [0, 1], jaxviz.get_recipe("dlwp1", size=28, steps=2),
+                                  jax.random.key(0), quality=False)
+    cams = {m: jaxviz.explain(L.model, L.params, x, method=m) for m in ("gradcam", "saliency")}
+    results = [D.Shown(pats, "digits/filters/", {"patterns": "conv2d_1"}, "conv2d_1 caption"),
+               D.Shown(Comparison(digits, cams, ["a", "b", "c"], ["0", "1", "2"]), "digits/"),
+               D.Shown(jaxviz.layer_weights(L.model, L.params, "conv2d"), "digits/weights/"),
+               D.Shown(jaxviz.activations(L.model, L.params, x), "digits/activations/")]
+    section = D.Section("digits", "settings", tuple(results), command="jaxviz filters")
+    fragment = D.section_html(section, ImageFiles(tmp_path))
+    page = D.render_index([section], "title", "FIGURES figures", str(tmp_path))
+    assert fragment in page
+    files = SRC.findall(fragment)
+    assert files[:2] == ["digits/filters/conv2d_1.png", "digits/compare.png"]
+    assert "digits/weights/conv2d_hist.png" in files and "digits/activations/conv2d_1.png" in files
+    rest = fragment
+    for shown in results:
+        own = shown.result._repr_html_()
+        uris = SRC.findall(own)
+        assert uris and all(u.startswith("data:image/png;base64,") for u in uris)
+        mine = [files.pop(0) for _ in uris]
+        for uri, rel in zip(uris, mine):
+            assert (tmp_path / rel).read_bytes() == base64.b64decode(uri.split(",", 1)[1]), rel
+            own = own.replace(f"src='{uri}'", f"src='{rel}'", 1)
+        assert own in rest  # the result's own HTML, verbatim but for the src
+        rest = rest[rest.index(own) + len(own):]
+    assert not files
+    assert len(SRC.findall(page)) == int(re.search(r"(\d+) figures", page)[1])
 
 
 def test_every_registry_method_is_in_the_full_grids():

@@ -7,14 +7,18 @@ the photos' classes as class visualisations, activations, an atlas of what drive
 the sample photos and the faithfulness leaderboard of the methods. Then the small CNNs trained here
 (``digits_cnn``, ``fruits_cnn``), seed 004's trained Fashion CNN when ``../shared/fixtures`` (or
 ``$JAXVIZ_FIXTURES``) is present, and VGG16: trained with ``--weights``, else untrained and shown only
-as a contrast. Nothing is downloaded. Like the other subcommands this is a thin layer over
-:mod:`jaxviz.viz.writers` and the library; the page is self-contained (inline CSS, relative image
-paths, no scripts).
+as a contrast. Nothing is downloaded.
 
 The gallery is a :class:`Plan`: a list of :class:`Job` s, each one unit of real work (a model's
 predictions, one attribution method's maps, one layer's patterns, ...) with a rough cost for an
-honest ETA and the complete command that reproduces its section (:func:`reproduce_commands`). The CLI
-shows a progress reporter per job (:mod:`jaxviz.cli.progress`); this module never prints.
+honest ETA and the complete command that reproduces its section (:func:`reproduce_commands`). A job
+returns the :class:`Section` s it completes, and a section holds *results* (:class:`Shown`): the
+library's own (``Patterns``, ``Activations``, ``LayerWeights``, ``Atlas``, ``Evaluation``) and the display
+layer's (``Comparison``, ``Predictions``). The page is a title, the settings and the command of each
+section, then each result's own HTML (:func:`jaxviz.viz.display.html`, what a notebook shows), its
+pictures written as PNG files beside ``index.html`` (:class:`jaxviz.viz.display.ImageFiles`) instead of
+data URIs: self-contained (inline CSS, relative image paths, no scripts). The CLI shows a progress
+reporter per job (:mod:`jaxviz.cli.progress`); this module never prints.
 """
 
 from __future__ import annotations
@@ -26,20 +30,19 @@ import re
 import struct
 import time
 import warnings
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import numpy as np
 
 from jaxviz.methods.attribution import REGISTRY, method_record
 from jaxviz.nn import policy
-from jaxviz.viz.writers import Written
 from jaxviz.nn.jit import jit
+from jaxviz.viz.writers import Written
 
 PHOTOS = ("sample:chelsea", "sample:coffee", "sample:rocket")  # scikit-image's; all three are ImageNet classes
 QUICK_METHODS = ("gradcam", "saliency")  # one layer map, one pixel map: both kinds of view in --quick
 OUT = "reproduce"  # the reproduce commands write under ./reproduce/<name>
-PAGE_PX = 1330  # the widest figure the page shows at its own size (body 1400 px less margins)
 
 
 def all_methods(per_channel: bool = True) -> tuple[str, ...]:
@@ -49,12 +52,22 @@ def all_methods(per_channel: bool = True) -> tuple[str, ...]:
     return tuple(m.name for m in REGISTRY if per_channel or not m.per_channel)
 
 
+class Shown(NamedTuple):
+    """One result on the page: its own HTML (:func:`jaxviz.viz.display.html`) under an optional
+    ``caption``; its pictures are files ``<prefix><name>.png`` in the gallery, ``names`` mapping a
+    picture's name to the file stem the gallery promises (``{"patterns": layer}``)."""
+
+    result: Any
+    prefix: str = ""
+    names: Mapping[str, str] | None = None
+    caption: str = ""
+
+
 class Section(NamedTuple):
     title: str
     settings: str  # how it was made: model, weights, recipe
-    files: list[Written]
+    shown: tuple[Shown, ...] = ()  # the results, in page order
     command: str = ""  # the complete command that makes these figures (filled in from the job)
-    table: tuple[tuple[str, ...], ...] = ()  # a table shown under the figures: header row first
     page: str = ""  # the result's own page (its HTML, as the CLI writes it), relative to the gallery: linked
 
 
@@ -105,13 +118,19 @@ def _top1(model, probs) -> list[tuple[int, str, float]]:
     return [(int(np.argmax(p)), n[0][1], float(n[0][2])) for p, n in zip(probs, names)]
 
 
-def _save(stage: str, rel: str, image: np.ndarray) -> str:
-    from jaxviz.io import save_png
+def _predictions(model, probs, images, names, what: str = "top-1"):
+    """:class:`jaxviz.viz.display.Predictions` of each row's top-1 class, named by the model's label set."""
+    from jaxviz.viz.display import Predictions
 
-    path = os.path.join(stage, rel)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_png(path, image)
-    return rel
+    top = _top1(model, probs)
+    return Predictions(np.asarray(images), np.asarray(probs), [c for c, _, _ in top], [n for _, n, _ in top],
+                       list(names), what)
+
+
+def _shown(files: list[Written], results, prefix: str, name: str = "patterns") -> tuple[Shown, ...]:
+    """Each result of a writer with its file's caption, its picture ``name`` written where the writer wrote
+    it (the same bytes: one renderer)."""
+    return tuple(Shown(r, prefix, {name: os.path.basename(f.path)[:-4]}, f.caption) for f, r in zip(files, results))
 
 
 def _weights_word(loaded) -> str:
@@ -124,6 +143,33 @@ def _untrained(files: list[Written], loaded) -> list[Written]:
     if loaded.trained:
         return files
     return [f if "UNTRAINED" in f.caption else f._replace(caption=f"UNTRAINED weights: {f.caption}") for f in files]
+
+
+def _activations(ctx: Context, loaded, x, layers, prefix: str, caption: str = "") -> Shown:
+    """The first image's :class:`~jaxviz.methods.activations.Activations` (and ``<prefix>activations.npz``,
+    as ``jaxviz activations`` writes it); its grids are ``<prefix><layer>.png``."""
+    from jaxviz.io import save_npz
+    from jaxviz.methods.activations import activations
+
+    acts = activations(loaded.model, loaded.params, x[:1], layers)
+    os.makedirs(os.path.join(ctx.stage, prefix), exist_ok=True)
+    save_npz(os.path.join(ctx.stage, f"{prefix}activations.npz"), **{k: np.asarray(v)[0] for k, v in acts.items()})
+    return Shown(acts, prefix, caption=f"{_weights_word(loaded)}{caption}")
+
+
+def _weights(loaded, layers, untrained, prefix: str) -> tuple[Shown, ...]:
+    """:class:`~jaxviz.methods.weights.LayerWeights` per layer (10 bins, as ``jaxviz weights``), each beside
+    the same layer of ``untrained`` parameters (a fresh initialisation) when given."""
+    from jaxviz.methods.weights import layer_weights
+
+    out = []
+    for layer in layers:
+        out.append(Shown(layer_weights(loaded.model, loaded.params, layer), prefix,
+                         caption=f"{layer}: {'trained' if loaded.trained else 'UNTRAINED weights'}"))
+        if untrained is not None:
+            out.append(Shown(layer_weights(loaded.model, untrained, layer), f"{prefix}untrained_",
+                             caption=f"{layer}: UNTRAINED (fresh init)"))
+    return tuple(out)
 
 
 def _knobs(method: str, cfg) -> str:
@@ -172,16 +218,15 @@ def method_flags(method: str, cfg) -> list[str]:
 
 def compare_jobs(name: str, get, methods, prefix: str, quick: bool, command: Callable[[str, list[str]], str] | None
                  = None, settings_note: str = "", side: int = 224) -> list[Job]:
-    """One job per attribution method (its maps for every photo), the last one drawing the grid: a column
-    per photo (its top-1 class and probability), a row per method. Layer maps are drawn over the photo
-    (JET, alpha 0.4, as ``jaxviz gradcam`` draws them); pixel maps, which read as speckle over a photo,
-    as the plain map (scaled to their 99th percentile); a colour bar under the grid. A blank map is a grey
-    cell that says why. ``get()`` returns ``(loaded, photos uint8, x preprocessed, photo names,
-    top-1)``; ``command(method, flags)``: the command that draws one method's maps (the first method's
-    is printed). ``<prefix>compare.npz`` holds every method's heatmaps; ``side``: the images' side."""
+    """One job per attribution method (its :class:`~jaxviz.Cams` for every photo), the last one completing
+    the section: a :class:`jaxviz.viz.display.Comparison` of them all (its grid: a column per photo with
+    its top-1 class and probability, a row per method; ``<prefix>compare.png``). A blank map is said
+    (``ctx.warn``, with the model, the photo and the method) and drawn as a grey cell that says why.
+    ``get()`` returns ``(loaded, photos uint8, x preprocessed, photo names, top-1)``; ``command(method,
+    flags)``: the command that draws one method's maps (the first method's is printed).
+    ``<prefix>compare.npz`` holds every method's heatmaps; ``side``: the images' side."""
     cfg = gallery_settings(quick, side)
-    maps: dict[str, np.ndarray] = {}
-    blank: dict[tuple[int, str], str] = {}
+    cams: dict[str, Any] = {}
 
     def one(method: str, last: bool) -> Callable[[Context], list[Section]]:
         def run(ctx: Context) -> list[Section]:
@@ -190,14 +235,13 @@ def compare_jobs(name: str, get, methods, prefix: str, quick: bool, command: Cal
             loaded, photos, x, names, top = get()
             with warnings.catch_warnings():  # said per photo below, with the model, the photo and the method
                 warnings.filterwarnings("ignore", message=r"some .* maps are all zero")
-                cams = explain(loaded.model, loaded.params, x, method=method, key=jax.random.key(0), settings=cfg)
-            maps[method] = cams.heatmaps[:, 0]
-            for i, h in enumerate(maps[method]):
+                cams[method] = explain(loaded.model, loaded.params, x, method=method, key=jax.random.key(0),
+                                       settings=cfg)
+            for i, h in enumerate(cams[method].heatmaps[:, 0]):
                 if not np.any(h > 0):
                     why = method_record(method).zero_cause
-                    blank[(i, method)] = why
                     ctx.warn(f"{loaded.model.name}, image {names[i]}, {method} (class {top[i][1]}): blank map, {why}")
-            return _compare_section(ctx, loaded, photos, names, top, methods, maps, blank, prefix, cfg, quick,
+            return _compare_section(ctx, loaded, photos, names, top, methods, cams, prefix, cfg,
                                     settings_note) if last else []
         return run
 
@@ -214,45 +258,17 @@ def _method_cost(model: str, method: str, quick: bool) -> float:
     return base * heavy * (0.5 if quick else 1.0) * (3.0 if rec.per_channel else 1.0)
 
 
-def _compare_section(ctx, loaded, photos, names, top, methods, maps, blank, prefix, cfg, quick, note) -> list[Section]:
-    from jaxviz.viz.render import (colour_bar, display_map, labelled_grid, plain_map, side_by_side, stack_rows,
-                                   superimpose, text_cell)
+def _compare_section(ctx, loaded, photos, names, top, methods, cams, prefix, cfg, note) -> list[Section]:
+    from jaxviz.viz.display import Comparison
 
     model = loaded.model
     layer = policy.cam_layer(model)
     at_layer = [m for m in methods if method_record(m).family == "layer"]
-    cell = 128 if min(photos.shape[1:3]) >= 64 else 84  # small digits: 3x, nearest, still crisp
-
-    def block(group: list[str]) -> np.ndarray:
-        cells, rows = [list(photos)], ["photo"]
-        for m in group:
-            rows.append(f"{m}\nat {layer}" if m in at_layer else f"{m}\nplain map at the input")
-            row = []
-            for i, p in enumerate(photos):
-                h = maps[m][i]
-                if (i, m) in blank:
-                    row.append(text_cell(f"blank {m} map: {blank[(i, m)]}", cell))
-                elif m in at_layer:
-                    row.append(superimpose(p, h))
-                else:
-                    row.append(plain_map(display_map(h), (cell, cell)))
-            cells.append(row)
-        cols = [f"{n}\nclass: {name}\np = {p:.2f}" for n, (_, name, p) in zip(names, top)]
-        return labelled_grid(cells, cols, rows, cell=cell, label_width=150)
-
-    # many methods: the layer maps and the pixel maps side by side, each block under its photos
-    groups = [g for g in ([m for m in methods if m in at_layer], [m for m in methods if m not in at_layer]) if g]
-    fits = 2 * (150 + len(photos) * (cell + 4)) + 16 <= PAGE_PX  # two blocks side by side within the page
-    groups = groups if len(methods) > 6 and fits else [list(methods)]
-    grid = side_by_side(*[block(g) for g in groups])
-    grid = stack_rows(grid, colour_bar(max(grid.shape[1], 340), "JET: layer maps over the photo at alpha 0.4; "
-                                                                 "pixel maps alone, scaled from their 1st to their "
-                                                                 "99th percentile"))
-    rel = _save(ctx.stage, f"{prefix}compare.png", grid)
+    cmp = Comparison(np.asarray(photos), {m: cams[m] for m in methods}, list(names), [t[1] for t in top])
+    os.makedirs(os.path.join(ctx.stage, prefix), exist_ok=True)
     np.savez_compressed(os.path.join(ctx.stage, f"{prefix}compare.npz"), classes=np.array([t[0] for t in top]),
-                        **{m.replace("+", "p"): maps[m] for m in methods})
+                        **{m.replace("+", "p"): cams[m].heatmaps[:, 0] for m in methods})
     knobs = "; ".join(k for k in (_knobs(m, cfg) for m in methods) if k)
-    blanks = "".join(f" Blank: {names[i]}, {m}: {why}." for (i, m), why in sorted(blank.items()))
     caption = (f"{_weights_word(loaded)}{model.name}: columns: photos with the class explained (the model's "
                f"top-1) and its probability; rows: {', '.join(methods)}")
     return [Section(f"{model.name}: every attribution method side by side" if len(methods) > 2 else
@@ -262,8 +278,8 @@ def _compare_section(ctx, loaded, photos, names, top, methods, maps, blank, pref
                     f"{layer}, "
                     f"drawn over the photo; the pixel maps at the input, drawn alone (over a photo they read as "
                     f"speckle), scaled from their 1st to their 99th percentile; one JET colour scale for all."
-                    + (f" Settings: {knobs}." if knobs else "") + blanks + note,
-                    [Written(rel, caption)])]
+                    + (f" Settings: {knobs}." if knobs else "") + note,
+                    (Shown(cmp, prefix, caption=caption),))]
 
 
 # ------------------------------------------------------------------------------- the real network
@@ -295,22 +311,21 @@ def _lite0_jobs(quick: bool, seed: int) -> list[Job]:
         from jaxviz.io import load_model
         from jaxviz.io.images import image_stem, load_image
         from jaxviz.nn.preprocess import preprocess
-        from jaxviz.viz.render import labelled_grid
 
         lite = load_model("efficientnet_lite0", seed=seed)
         m = lite.model
         names = [image_stem(p) for p in photos]
         shots = np.stack([load_image(p, m.input_shape[:2]) for p in photos])
         x = preprocess(shots.astype(np.float32), m.preprocessing)
-        top = _top1(m, _predict(m, lite.params, x))
+        probs = _predict(m, lite.params, x)
+        top = _top1(m, probs)
         state.update(lite=lite, shots=shots, x=x, names=names, top=top)
-        labels = [f"{n}\ntop-1: {c}\np = {p:.2f}" for n, (_, c, p) in zip(names, top)]
-        rel = _save(ctx.stage, "lite0/predictions.png", labelled_grid([list(shots)], labels, [""], cell=160))
         return [Section("efficientnet_lite0 (ImageNet, published weights): predictions on photos",
                         f"{_weights_word(lite)}{lite.source}; {m.input_shape[0]}x{m.input_shape[1]}, preprocessing "
                         f"'{m.preprocessing}'.",
-                        [Written(rel, f"{_weights_word(lite)}efficientnet_lite0: top-1 class and probability per "
-                                      f"photo")])]
+                        (Shown(_predictions(m, probs, shots, names), "lite0/",
+                               caption=f"{_weights_word(lite)}efficientnet_lite0: top-1 class and probability per "
+                                       f"photo"),))]
 
     jobs = [Job("efficientnet_lite0: load, predict", 3.0, predictions, cmd("jaxviz", "predict", *M, *photos))]
     get = lambda: (state["lite"], state["shots"], state["x"], state["names"], state["top"])  # noqa: E731
@@ -324,7 +339,7 @@ def _lite0_jobs(quick: bool, seed: int) -> list[Job]:
 
     # filter patterns at several depths, lucid's recipe through the model's own preprocessing
     size, steps, count = (64, 32, 4) if quick else (112, 96, 8)
-    files: list[Written] = []
+    made: list[Shown] = []
     layers = lite0_layers(quick)
 
     def patterns(layer: str, last: bool) -> Callable[[Context], list[Section]]:
@@ -336,8 +351,7 @@ def _lite0_jobs(quick: bool, seed: int) -> list[Job]:
             f, res = write_filters(ctx.stage, lite.model, lite.params, layer, range(count),
                                    get_recipe("lucid", size=size, steps=steps), ctx.key, prefix="lite0/filters/",
                                    trained=lite.trained)
-            state.setdefault("patterns", {})[layer] = res.images
-            files.extend(_untrained(f, lite))
+            made.extend(_shown(_untrained(f, lite), [res], "lite0/filters/"))
             if not last:
                 return []
             return [Section("efficientnet_lite0: filter patterns at several depths (recipe lucid)",
@@ -350,7 +364,7 @@ def _lite0_jobs(quick: bool, seed: int) -> list[Job]:
                             f"pixel-level noise; see jaxviz.methods.featurevis.quality); robustness to jitter and "
                             f"zoom; high-frequency energy (noise: 0.75); how many excite their own unit more than "
                             f"the other units' patterns do (all read before the unit's ReLU6, as the recipe reads "
-                            f"it).", list(files))]
+                            f"it).", tuple(made))]
         return run
 
     for i, layer in enumerate(layers):
@@ -367,12 +381,12 @@ def _lite0_jobs(quick: bool, seed: int) -> list[Job]:
 
             lite = state["lite"]
             div = get_recipe("lucid", size=size, steps=steps, per_filter=4, diversity=4.0)
-            f, _ = write_filters(ctx.stage, lite.model, lite.params, "block4b_expand_activation", [5], div, ctx.key,
-                                 prefix="lite0/diversity/", trained=lite.trained)
+            f, res = write_filters(ctx.stage, lite.model, lite.params, "block4b_expand_activation", [5], div,
+                                   ctx.key, prefix="lite0/diversity/", trained=lite.trained)
             return [Section("efficientnet_lite0: four different patterns of one unit (diversity)",
                             "block4b_expand_activation unit 5: four images optimised together, their Gram matrices "
                             "pushed apart (diversity 4, relative to the objective), so each shows another facet of "
-                            "what excites the unit", _untrained(f, lite))]
+                            "what excites the unit", _shown(_untrained(f, lite), [res], "lite0/diversity/"))]
 
         jobs.append(Job("efficientnet_lite0: four diverse patterns of one unit", 10.0 + 4 * steps * 0.08, diversity,
                         cmd("jaxviz", "filters", *M, "--layer", "block4b_expand_activation", "--filters", "5",
@@ -386,20 +400,17 @@ def _lite0_jobs(quick: bool, seed: int) -> list[Job]:
     else:
         def classes_note(ctx: Context) -> list[Section]:
             return [Section("efficientnet_lite0: class visualisations", "in the full gallery (jaxviz demo without "
-                            "--quick): the photos' classes drawn by the lucid_class recipe", [])]
+                            "--quick): the photos' classes drawn by the lucid_class recipe")]
 
         jobs.append(Job("efficientnet_lite0: class visualisations (full gallery only)", 0.1, classes_note))
 
     act_layers = ["stem_activation", "block2b_expand_activation", "block4b_expand_activation"]
 
     def acts(ctx: Context) -> list[Section]:
-        from jaxviz.viz.writers import write_activations
-
         lite = state["lite"]
-        f, _ = write_activations(ctx.stage, lite.model, lite.params, state["x"][:1], act_layers, 16,
-                                 prefix="lite0/activations/", trained=lite.trained)
-        return [Section(f"efficientnet_lite0: activations of {photos[0]}", "every channel of each layer, the seeds' "
-                        "display recipe (each channel: mean removed, / std, x64, +128; viridis)", _untrained(f, lite))]
+        return [Section(f"efficientnet_lite0: activations of {photos[0]}", "every channel of each layer (the first "
+                        "256), the seeds' display recipe (each channel: mean removed, / std, x64, +128, grey)",
+                        (_activations(ctx, lite, state["x"], act_layers, "lite0/activations/"),))]
 
     jobs.append(Job("efficientnet_lite0: activations", 2.0, acts,
                     cmd("jaxviz", "activations", *M, "--image", photos[0], "--layers", *act_layers,
@@ -419,7 +430,7 @@ def _class_section(ctx: Context, state) -> list[Section]:
     from jaxviz.io.labels import imagenet_classes
     from jaxviz.methods.features import get_recipe
     from jaxviz.nn.preprocess import preprocess
-    from jaxviz.viz.render import labelled_grid
+    from jaxviz.viz.display import Predictions
     from jaxviz.viz.writers import write_filters
 
     lite = state["lite"]
@@ -431,76 +442,39 @@ def _class_section(ctx: Context, state) -> list[Section]:
     big = jax.image.resize(pats.patterns, (len(classes),) + m.input_shape, "bilinear")
     probs = _predict(m, params, preprocess(np.asarray(big) * 255.0, m.preprocessing))
     names = imagenet_classes()
-    labels = [f"class {c}: {names[c][1]}\np = {probs[i, c]:.2f} at {m.input_shape[0]}" for i, c in enumerate(classes)]
-    rel = _save(ctx.stage, "lite0/classes/classes.png", labelled_grid([list(pats.images)], labels, [""], cell=160))
+    pr = Predictions(pats.images, probs, classes, [f"class {c}: {names[c][1]}" for c in classes],
+                     [f"at {m.input_shape[0]} px" for _ in classes], what="")
     return [Section("efficientnet_lite0: class visualisations of the photos' classes (recipe lucid_class)",
                     f"the ImageNet class each photo shows; {CLASS_SIZE}x{CLASS_SIZE}, {CLASS_STEPS} steps on the "
                     f"class logit plus 5x its log-probability, zooms 1..1.75 while it forms; p: the model's "
                     f"probability for the class when the picture is resized to {m.input_shape[0]}.",
-                    [Written(rel, f"{_weights_word(lite)}class visualisations; p at the model's input size")])]
-
-
-def _crop(pixels: np.ndarray, box, size: int) -> np.ndarray:
-    """The receptive-field box (top, left, bottom, right) with half its size of context, a yellow frame
-    on the box, resized to ``size`` x ``size``."""
-    from PIL import Image, ImageDraw
-
-    h, w = pixels.shape[:2]
-    t, l, b, r = (int(v) for v in box)
-    mh, mw = max(1, (b - t) // 2), max(1, (r - l) // 2)
-    ct, cl, cb, cr = max(0, t - mh), max(0, l - mw), min(h, max(b, t + 1) + mh), min(w, max(r, l + 1) + mw)
-    im = Image.fromarray(np.ascontiguousarray(pixels[ct:cb, cl:cr])).convert("RGB")
-    sy, sx = size / im.size[1], size / im.size[0]
-    im = im.resize((size, size), Image.BILINEAR)
-    ImageDraw.Draw(im).rectangle([(l - cl) * sx, (t - ct) * sy, (r - cl) * sx - 1, (b - ct) * sy - 1],
-                                 outline=(255, 220, 0))
-    return np.asarray(im)
+                    (Shown(pr, "lite0/classes/", {"predictions": "classes"},
+                           f"{_weights_word(lite)}class visualisations; p at the model's input size"),))]
 
 
 def _atlas_job(state, layer: str, count: int, quick: bool) -> Job:
-    """The atlas of ``layer``'s units over the bundled sample photos, read before their ReLU6 as the lucid
-    recipe reads them (``..._expand_bn``: after the cap every strong response ties at 6): per unit its
-    pattern (made by the filter job of ``layer``) beside its top-k exemplar crops (receptive field,
-    framed)."""
+    """The :class:`~jaxviz.Atlas` of ``layer``'s units over the bundled sample photos, read before their
+    ReLU6 as the lucid recipe reads them (``..._expand_bn``: after the cap every strong response ties at
+    6): per unit its top-k exemplar crops (receptive field, framed), as a notebook shows it."""
     k = ATLAS_K if not quick else 3
     pre = layer.replace("_expand_activation", "_expand_bn")
 
     def run(ctx: Context) -> list[Section]:
-        from jaxviz.io.images import image_stem, load_image
         from jaxviz.methods.atlas import top_examples
-        from jaxviz.viz.render import labelled_grid
 
         lite = state["lite"]
-        m = lite.model
-        atlas = top_examples(m, lite.params, "samples", [pre], k, units=list(range(count)))
+        atlas = top_examples(lite.model, lite.params, "samples", [pre], k, units=list(range(count)))
         la = atlas.layers[pre]
-        pats = state.get("patterns", {}).get(layer)
-        cache: dict[int, np.ndarray] = {}
-        cells, rows = [], []
-        for u in range(len(la.units)):
-            row = [pats[u]] if pats is not None else []
-            for j, i in enumerate(la.indices[u]):
-                if i < 0:
-                    continue
-                if int(i) not in cache:
-                    cache[int(i)] = load_image(atlas.paths[int(i)], atlas.input_shape[:2])
-                row.append(_crop(cache[int(i)], la.boxes[u, j], 112))
-            cells.append(row)
-            best = ", ".join(f"{image_stem(atlas.paths[int(i)])} {v:.2g}" for i, v in zip(la.indices[u], la.values[u])
-                             if i >= 0)
-            rows.append(f"unit {int(la.units[u])}: above 0 on {la.fire_rate[u]:.0%} of the photos; top: {best}")
-        cols = (["pattern"] if pats is not None else []) + [f"top {j + 1}" for j in range(k)]
-        rel = _save(ctx.stage, "lite0/atlas/atlas.png", labelled_grid(cells, cols, rows, cell=112, label_width=190))
         return [Section(f"efficientnet_lite0: atlas of {pre} (the units of {layer} before their ReLU6) over the "
                         f"sample photos",
                         f"{_weights_word(lite)}{atlas.count} photos bundled with scikit-image (jaxviz's 'samples'); "
-                        f"per unit, its lucid pattern from the section above and the {k} photos whose maximum "
+                        f"per unit (its lucid pattern is in the section above) the {k} photos whose maximum "
                         f"response ({atlas.reduce} over the map) is largest, cropped around the receptive field of "
                         f"the peak ({la.field.size[0]}x{la.field.size[1]} px, framed in yellow) with half of it as "
-                        f"context. Row labels: the unit, the share of photos on which its strongest response is "
-                        f"above 0, each exemplar's photo and response.",
-                        [Written(rel, f"{_weights_word(lite)}units 0..{count - 1} of {pre}: pattern and top-{k} "
-                                      f"exemplars")])]
+                        f"context, each with its response; the fire rate is the share of photos on which the "
+                        f"unit's strongest response is above 0.",
+                        (Shown(atlas, "lite0/atlas/", caption=f"{_weights_word(lite)}units 0..{count - 1} of {pre}: "
+                                                              f"top-{k} exemplars"),))]
 
     return Job(f"efficientnet_lite0: atlas of {pre}", 3.0, run,
                cmd("jaxviz", "atlas", "--model", "efficientnet_lite0", "--images", "samples", "--layer", pre,
@@ -540,20 +514,14 @@ def _evaluate_job(state, quick: bool) -> Job:
         # the files `jaxviz evaluate` writes, by the same writer: the curves are the Evaluation's own picture
         files = write_evaluation(ctx.stage, ev, f"{_weights_word(lite)}efficientnet_lite0: {n} photos, {steps} steps",
                                  prefix="lite0/evaluate/")
-        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-        table = [("method", "metric", "mean", "95% interval", "n", "beats the random map")]
-        for r in ev.leaderboard:
-            beats = "" if r["beats_random"] is None else f"{100 * r['beats_random']:.0f}%"
-            better = " (higher is better)" if r["higher_is_better"] else " (lower is better)"
-            table.append((r["method"], r["metric"] + better, fmt(r["mean"]), f"[{fmt(r['low'])}, {fmt(r['high'])}]",
-                          str(r["n"]), beats))
         return [Section("efficientnet_lite0: faithfulness leaderboard of the attribution methods",
                         f"{_weights_word(lite)}jaxviz.evaluate on {n} photos ({', '.join(photos)}; listed in "
                         f"{PHOTO_LIST}), each for its top-1 class: deletion removes the most attributed pixels "
                         f"first (lower is better), insertion restores them onto a blurred canvas (higher is "
                         f"better), {steps} steps; the random map is smooth noise on a 7x7 grid. {n} photos make "
                         f"wide intervals: run it on a folder of photos for a ranking.",
-                        _untrained(files, lite), table=tuple(table), page="lite0/evaluate/index.html")]
+                        _shown(_untrained(files, lite), [ev], "lite0/evaluate/", "curves"),
+                        page="lite0/evaluate/index.html")]
 
     return Job("efficientnet_lite0: faithfulness leaderboard", len(methods) * (13.0 if quick else 16.0), run,
                cmd("jaxviz", "evaluate", "--model", "efficientnet_lite0", "--images", f"{GALLERY}/{PHOTO_LIST}",
@@ -584,7 +552,6 @@ def _digits_jobs(quick: bool, seed: int) -> list[Job]:
     def predictions(ctx: Context) -> list[Section]:
         from jaxviz.io import load_model
         from jaxviz.nn.preprocess import preprocess
-        from jaxviz.viz.render import labelled_grid
 
         digits = load_model(None, "builtin:digits_cnn", seed=seed)
         m = digits.model
@@ -592,13 +559,13 @@ def _digits_jobs(quick: bool, seed: int) -> list[Job]:
         x = preprocess(imgs.astype(np.float32), "scale255")
         probs = _predict(m, digits.params, x)
         top = _top1(m, probs)
-        state.update(digits=digits, imgs=imgs, x=x, names=[f"true {t}" for t in labels], top=top, labels=labels)
-        titles = [f"true {t}\npred {p.argmax()}\np = {p.max():.2f}" for t, p in zip(labels, probs)]
-        rel = _save(ctx.stage, "digits/predictions.png", labelled_grid([list(255 - imgs)], titles, [""], cell=84))
+        names = [f"true {t}" for t in labels]
+        state.update(digits=digits, imgs=imgs, x=x, names=names, top=top, labels=labels)
         return [Section("digits_cnn (trained here, ships with jaxviz): predictions on held-out digits",
                         f"{_weights_word(digits)}{digits.source}; held-out accuracy {info['test_accuracy']:.1%} "
                         f"({info['n_test']} images).",
-                        [Written(rel, "held-out digits (dark on light), true and predicted class")])]
+                        (Shown(_predictions(m, probs, 255 - imgs, names, "pred"), "digits/",
+                               caption="held-out digits (dark on light), true and predicted class"),))]
 
     jobs = [Job("digits_cnn: load, predict", 4.0, predictions)]
     get = lambda: (state["digits"], state["imgs"], state["x"], state["names"], state["top"])  # noqa: E731
@@ -611,13 +578,9 @@ def _digits_jobs(quick: bool, seed: int) -> list[Job]:
                          f"(--methods all for every method).")
 
     def acts(ctx: Context) -> list[Section]:
-        from jaxviz.viz.writers import write_activations
-
         d = state["digits"]
-        f, _ = write_activations(ctx.stage, d.model, d.params, state["x"][:1], None, 16, prefix="digits/activations/",
-                                 trained=d.trained)
         return [Section("digits_cnn: intermediate activations", f"digit {state['labels'][0]}; every conv and pool "
-                        "layer, seed Listing 5.31 grids", _untrained(f, d))]
+                        "layer, seed Listing 5.31 grids", (_activations(ctx, d, state["x"], None, "digits/activations/"),))]
 
     jobs.append(Job("digits_cnn: activations", 0.5, acts))
     # seed 001's recipe (dlwp1, gradient ascent in the input space) at the digits' own size: the recipe that
@@ -625,7 +588,7 @@ def _digits_jobs(quick: bool, seed: int) -> list[Job]:
     # Fourier prior are made for photos and draw patterns the photos beat here
     steps = 20 if quick else 40
     layers = (("conv2d_1", 16),) if quick else (("conv2d", 32), ("conv2d_1", 64))
-    files: list[Written] = []
+    made: list[Shown] = []
 
     def patterns(layer: str, count: int, last: bool):
         def run(ctx: Context) -> list[Section]:
@@ -633,16 +596,16 @@ def _digits_jobs(quick: bool, seed: int) -> list[Job]:
             from jaxviz.viz.writers import write_filters
 
             d = state["digits"]
-            f, _ = write_filters(ctx.stage, d.model, d.params, layer, range(count),
-                                 get_recipe("dlwp1", size=28, steps=steps), ctx.key, prefix="digits/filters/",
-                                 trained=d.trained)
-            files.extend(_untrained(f, d))
+            f, res = write_filters(ctx.stage, d.model, d.params, layer, range(count),
+                                   get_recipe("dlwp1", size=28, steps=steps), ctx.key, prefix="digits/filters/",
+                                   trained=d.trained)
+            made.extend(_shown(_untrained(f, d), [res], "digits/filters/"))
             if not last:
                 return []
             return [Section("digits_cnn: filter patterns (recipe dlwp1, seed 001)", f"28x28, {steps} steps of "
                             "L2-normalised gradient ascent in the model's input space from grey plus noise; all "
                             "filters of a layer in one compiled call. The first layer's 3x3 filters have no "
-                            "structure to show: the quality figures say so.", list(files))]
+                            "structure to show: the quality figures say so.", tuple(made))]
         return run
 
     for i, (layer, count) in enumerate(layers):
@@ -654,13 +617,10 @@ def _digits_jobs(quick: bool, seed: int) -> list[Job]:
                         if last else ""))
 
     def weights(ctx: Context) -> list[Section]:
-        from jaxviz.viz.writers import write_weights
-
         d = state["digits"]
-        f, _ = write_weights(ctx.stage, d.model, d.params, ["conv2d", "conv2d_1"], True, policy.init(d.model, ctx.key),
-                             prefix="digits/weights/")
         return [Section("digits_cnn: weights, trained vs UNTRAINED (fresh init)", "seed 004: histogram (10 bins) and "
-                        "kernel[:, :, 0, i] mosaics of the trained network beside a fresh initialisation", f)]
+                        "kernel[:, :, 0, i] mosaics of the trained network beside a fresh initialisation",
+                        _weights(d, ["conv2d", "conv2d_1"], policy.init(d.model, ctx.key), "digits/weights/"))]
 
     jobs.append(Job("digits_cnn: weights", 5.0, weights,
                     cmd("jaxviz", "weights", *DIGITS, "--layer", "conv2d", "--layer", "conv2d_1",
@@ -678,13 +638,12 @@ def _fixture_jobs(quick: bool, seed: int) -> list[Job]:
 
     def fashion(ctx: Context) -> list[Section]:
         from jaxviz.io import load_model
-        from jaxviz.viz.writers import write_weights
 
         fa = load_model(None, "builtin:fashion_cnn", seed=seed)
         state["fashion"] = fa
-        f, _ = write_weights(ctx.stage, fa.model, fa.params, ["conv2d", "conv2d_1", "dense"], True,
-                             policy.init(fa.model, ctx.key), prefix="fashion/weights/")
-        return [Section("fashion_cnn (seed 004's trained Keras model): weights", f"{fa.source}", f)]
+        return [Section("fashion_cnn (seed 004's trained Keras model): weights", f"{fa.source}",
+                        _weights(fa, ["conv2d", "conv2d_1", "dense"], policy.init(fa.model, ctx.key),
+                                 "fashion/weights/"))]
 
     jobs = [Job("fashion_cnn: weights", 4.0, fashion,
                 cmd("jaxviz", "weights", "--weights", "builtin:fashion_cnn", "--layer", "conv2d", "--layer",
@@ -694,19 +653,17 @@ def _fixture_jobs(quick: bool, seed: int) -> list[Job]:
         from jaxviz.io import load_model
         from jaxviz.io.datasets import fruits
         from jaxviz.nn.preprocess import preprocess
-        from jaxviz.viz.writers import write_activations
 
         fx, _ = fruits()
         shots = fx[[0, 100, 200]]
         xf = preprocess(shots.astype(np.float32), "scale255")
         fa = state["fashion"]
-        f, _ = write_activations(ctx.stage, fa.model, fa.params, xf[:1], None, 8, prefix="fashion/activations/",
-                                 trained=fa.trained)
+        shown = _activations(ctx, fa, xf, None, "fashion/activations/")
         fr = load_model(None, "builtin:fruits_cnn", seed=seed)
         top = _top1(fr.model, _predict(fr.model, fr.params, xf))
         state.update(fruits=fr, shots=shots, x=xf, top=top)
         return [Section("fashion_cnn: activations of a real photo", "an apple from fruits_300.npy, 28x28; seed 004's "
-                        "figure", _untrained(f, fa))]
+                        "figure", (shown,))]
 
     jobs.append(Job("fashion_cnn: activations of a fruit", 1.0, fruit_acts))
     get = lambda: (state["fruits"], state["shots"], state["x"], ["apple", "pineapple", "banana"],  # noqa: E731
@@ -739,16 +696,14 @@ def _vgg_jobs(weights: str | None, quick: bool, seed: int) -> list[Job]:
         vgg = load_model(None if weights else "vgg16_notop", weights, seed=seed)  # untrained: no 120M-weight top
         state["vgg"] = vgg
         m = vgg.model
-        from jaxviz.viz.writers import write_weights
-
         first = _convs(m)[0]
-        f, _ = write_weights(ctx.stage, m, vgg.params, [first], vgg.trained, prefix="vgg16/weights/")
+        shown = _weights(vgg, [first], None, "vgg16/weights/")
         if vgg.trained:
-            return [Section(f"{m.name}: {first} weights as colour tiles", f"trained, {vgg.source}", f)]
+            return [Section(f"{m.name}: {first} weights as colour tiles", f"trained, {vgg.source}", shown)]
         return [Section("Contrast: VGG16 UNTRAINED (random init): block1_conv1 weights",
                         "no ImageNet weights given (jaxviz demo --weights takes converted VGG16 weights): these "
                         "kernels are He-uniform noise, unlike the trained kernels above; compare them with "
-                        "digits_cnn's trained vs untrained weights", _untrained(f, vgg))]
+                        "digits_cnn's trained vs untrained weights", shown)]
 
     jobs = [Job("vgg16: load, weights", 15.0, load,
                 cmd("jaxviz", "weights", *W, "--layer", "block1_conv1", "--out", f"{OUT}/vgg16_weights"))]
@@ -758,15 +713,16 @@ def _vgg_jobs(weights: str | None, quick: bool, seed: int) -> list[Job]:
             from jaxviz.viz.writers import write_filters
 
             vgg = state["vgg"]
-            f, _ = write_filters(ctx.stage, vgg.model, vgg.params, "block3_conv1", range(8),
-                                 get_recipe("lucid", size=64, steps=48), ctx.key, prefix="vgg16/filters/",
-                                 trained=vgg.trained)
+            f, res = write_filters(ctx.stage, vgg.model, vgg.params, "block3_conv1", range(8),
+                                   get_recipe("lucid", size=64, steps=48), ctx.key, prefix="vgg16/filters/",
+                                   trained=vgg.trained)
             return [Section("Contrast: VGG16 UNTRAINED (random init): filter patterns (recipe lucid)",
                             "the recipe of EfficientNet-Lite0's patterns above (64x64, 48 steps) on random weights: "
                             "random convolutions still prefer some textures, and the Fourier image prior shapes "
                             "them, but there are no eyes, fur, scales or weaves: those come from training. Compare "
                             "the quality figures with the trained network's: a pattern that beats the photos and "
-                            "has structure is necessary, not proof, of a learned feature.", _untrained(f, vgg))]
+                            "has structure is necessary, not proof, of a learned feature.",
+                            _shown(_untrained(f, vgg), [res], "vgg16/filters/"))]
 
         jobs.append(Job("vgg16 (untrained): 8 patterns of block3_conv1", 60.0, contrast,
                         cmd("jaxviz", "filters", *W, "--layer", "block3_conv1", "--count", "8", "--recipe", "lucid",
@@ -788,14 +744,11 @@ def _vgg_jobs(weights: str | None, quick: bool, seed: int) -> list[Job]:
         return state["vgg"], state["shots"], state["x"], state["names"], state["top"]
 
     def acts(ctx: Context) -> list[Section]:
-        from jaxviz.viz.writers import write_activations
-
         inputs(ctx)
         vgg = state["vgg"]
         layers = [n for n in _convs(vgg.model) if n.endswith("_conv1")][: 2 if quick else 3]
-        f, _ = write_activations(ctx.stage, vgg.model, vgg.params, state["x"][:1], layers, 16,
-                                 prefix="vgg16/activations/", trained=vgg.trained)
-        return [Section(f"{vgg.model.name}: activations of {PHOTOS[0]}", f"trained, {vgg.source}", f)]
+        return [Section(f"{vgg.model.name}: activations of {PHOTOS[0]}", f"trained, {vgg.source}",
+                        (_activations(ctx, vgg, state["x"], layers, "vgg16/activations/"),))]
 
     jobs.append(Job("vgg16: activations", 10.0, acts,
                     cmd("jaxviz", "activations", *W, "--image", PHOTOS[0], "--out", f"{OUT}/vgg16_activations")))
@@ -810,12 +763,13 @@ def _vgg_jobs(weights: str | None, quick: bool, seed: int) -> list[Job]:
         from jaxviz.viz.writers import write_filters
 
         vgg = state["vgg"]
-        files = []
+        shown: list[Shown] = []
         for layer in ("block3_conv1",) if quick else ("block2_conv1", "block4_conv1"):
-            files += write_filters(ctx.stage, vgg.model, vgg.params, layer, range(4 if quick else 8),
+            f, res = write_filters(ctx.stage, vgg.model, vgg.params, layer, range(4 if quick else 8),
                                    get_recipe("lucid", size=size, steps=steps), ctx.key, prefix="vgg16/filters/",
-                                   trained=vgg.trained)[0]
-        return [Section(f"{vgg.model.name}: filter patterns (recipe lucid)", f"trained, {vgg.source}", files)]
+                                   trained=vgg.trained)
+            shown += _shown(f, [res], "vgg16/filters/")
+        return [Section(f"{vgg.model.name}: filter patterns (recipe lucid)", f"trained, {vgg.source}", tuple(shown))]
 
     jobs.append(Job("vgg16: patterns", 120.0, patterns,
                     cmd("jaxviz", "filters", *W, "--layer", "block3_conv1", "--count", "4", "--recipe", "lucid",
@@ -889,66 +843,74 @@ def public(text: str) -> str:
 
 def png_size(path: str) -> tuple[int, int]:
     """(width, height) of a PNG file, read from its header."""
+    from jaxviz.viz.display import png_size as size
+
     with open(path, "rb") as f:
         head = f.read(24)
-    if head[:8] != b"\x89PNG\r\n\x1a\n":
-        raise ValueError(f"{path} is not a PNG")
-    return struct.unpack(">II", head[16:24])
+    try:
+        return size(head)
+    except ValueError:
+        raise ValueError(f"{path} is not a PNG") from None
 
 
-def render_index(sections: list[Section], title: str, footer: str, stage: str | None = None) -> str:
-    """A single self-contained HTML page (inline CSS, no scripts, no external resources). With ``stage``,
-    each picture carries its pixel size, so it is shown at the size it was drawn (narrower only where
-    the window is, never enlarged)."""
+STYLE = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}"
+         "section{margin-bottom:2.5em}img{max-width:100%;height:auto;border:1px solid #ddd}"
+         ".settings{color:#555;font-size:.9em}.caption{font-size:.85em;margin:.8em 0 .2em}"
+         "pre.cmd{background:#f4f4f4;padding:.4em .6em;white-space:pre-wrap;font-size:.85em}")
+
+
+def section_html(section: Section, files) -> str:
+    """One section of the page: its title, settings and command, then each result's own HTML
+    (:func:`jaxviz.viz.display.html`) with its pictures written by ``files``
+    (:class:`jaxviz.viz.display.ImageFiles`), each under its caption."""
+    from jaxviz.viz.display import html as result_html
+
     esc = lambda s: html.escape(public(s))  # noqa: E731
-    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title><style>"
-             "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}"
-             "section{margin-bottom:2.5em}figure{display:inline-block;margin:.5em;vertical-align:top;max-width:100%}"
-             "img{max-width:100%;height:auto;border:1px solid #ddd}"
-             "figcaption{font-size:.8em;max-width:640px}.settings{color:#555;font-size:.9em}"
-             "pre.cmd{background:#f4f4f4;padding:.4em .6em;white-space:pre-wrap;font-size:.85em}"
-             "table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;padding:.2em .5em;"
-             "text-align:left}</style></head><body>",
-             f"<h1>{esc(title)}</h1><nav><ul>"]
+    parts = [f"<h2>{esc(section.title)}</h2><p class='settings'>{esc(section.settings)}</p>"]
+    if section.command:
+        # as is: a command names the gallery where its user put it (public() would cut that path)
+        parts.append(f"<p class='settings'>Reproduce:</p><pre class='cmd'>{html.escape(section.command)}</pre>")
+    for s in section.shown:
+        if s.caption:
+            parts.append(f"<p class='caption'>{esc(s.caption)}</p>")
+        parts.append(public(result_html(s.result, images=files.at(s.prefix, s.names))))
+    if section.page:
+        parts.append(f"<p class='settings'><a href='{esc(section.page)}'>the result's own page</a> (what "
+                     "<code>jaxviz.show</code> and a notebook show of it)</p>")
+    return "".join(parts)
+
+
+def render_index(sections: list[Section], title: str, footer: str, stage: str) -> str:
+    """A single self-contained HTML page (inline CSS, no scripts, no external resources): a contents list,
+    then each section (:func:`section_html`), its pictures written as PNG files into ``stage`` (where the
+    page goes) and shown at the size they were drawn."""
+    from jaxviz.viz.display import ImageFiles
+
+    esc = lambda s: html.escape(public(s))  # noqa: E731
+    files = ImageFiles(stage)
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title><style>{STYLE}"
+             f"</style></head><body><h1>{esc(title)}</h1><nav><ul>"]
     parts += [f"<li><a href='#s{i}'>{esc(s.title)}</a></li>" for i, s in enumerate(sections)]
     parts.append("</ul></nav>")
-    for i, s in enumerate(sections):
-        parts.append(f"<section id='s{i}'><h2>{esc(s.title)}</h2><p class='settings'>{esc(s.settings)}</p>")
-        if s.command:
-            # as is: a command names the gallery where its user put it (public() would cut that path)
-            parts.append(f"<p class='settings'>Reproduce:</p><pre class='cmd'>{html.escape(s.command)}</pre>")
-        for f in s.files:
-            size = ""
-            if stage is not None:
-                w, h = png_size(os.path.join(stage, f.path))
-                size = f" width='{w}' height='{h}'"
-            parts.append(f"<figure><img src='{esc(f.path)}'{size} alt='{esc(f.caption)}'>"
-                         f"<figcaption>{esc(f.caption)}</figcaption></figure>")
-        if s.page:
-            parts.append(f"<p class='settings'><a href='{esc(s.page)}'>the result's own page</a> (what "
-                         "<code>jaxviz.show</code> and a notebook show of it)</p>")
-        if s.table:
-            head, *body = s.table
-            parts.append("<table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in head) + "</tr>"
-                         + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in body)
-                         + "</table>")
-        parts.append("</section>")
-    parts.append(f"<footer class='settings'>{esc(footer)}</footer></body></html>")
+    parts += [f"<section id='s{i}'>{section_html(s, files)}</section>" for i, s in enumerate(sections)]
+    parts.append(f"<footer class='settings'>{esc(footer.replace('FIGURES', str(len(files.written))))}</footer>"
+                 "</body></html>")
     return "\n".join(parts)
 
 
 def write_demo(out: str, plan: Plan, progress=None) -> tuple[str, int]:
     """Run ``plan`` (:func:`demo_plan`) into ``out`` atomically; returns the path of ``index.html`` and the
-    figure count."""
+    count of pictures on the page."""
     from jaxviz.io import output_dir
 
     t0 = time.perf_counter()
     with output_dir(out) as stage:
         sections = run_demo(stage, plan, progress)
-        n = sum(len(s.files) for s in sections)
-        footer = (f"jaxviz demo{' --quick' if plan.quick else ''} --seed {plan.seed}; {n} figures in "
+        footer = (f"jaxviz demo{' --quick' if plan.quick else ''} --seed {plan.seed}; FIGURES figures in "
                   f"{time.perf_counter() - t0:.0f} s on {jax.devices()[0].device_kind}")
         sections = [s._replace(command=_in_gallery(s.command, out)) for s in sections]
+        text = render_index(sections, "jaxviz gallery: what convnets learn", footer, stage)
         with open(os.path.join(stage, "index.html"), "w", encoding="utf-8") as f:
-            f.write(render_index(sections, "jaxviz gallery: what convnets learn", footer, stage))
+            f.write(text)
+        n = len(re.findall(r"<img ", text))
     return os.path.join(os.path.abspath(out), "index.html"), n
