@@ -16,6 +16,7 @@ from jaxviz.cli.atlas import STYLE, _crop, _png
 from jaxviz.cli.common import add_model_args, at_least, input_shape, load, on_processes, register, say_preprocessing
 from jaxviz.cli.progress import Progress
 from jaxviz.errors import JaxvizError
+from jaxviz.io.images import IMAGE_EXTENSIONS
 
 CHECKPOINT = ".concepts-checkpoint"
 METRICS = ("c-deletion", "c-insertion", "c-mufidelity")
@@ -148,13 +149,16 @@ CARD_STYLE = """
 .card table.imp td,.card table.imp th{padding:0 6px 0 0;text-align:left;font-weight:normal}
 .card table.imp th{color:#555}
 .card .absent{color:#999;font-style:italic}
-figure figcaption{max-width:96px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+figure figcaption{max-width:72px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;line-height:1.35}
 """
 
 
 def _short(path: str) -> str:
-    """An item's name as a caption: the file name (``digits[12]`` as it is)."""
-    return os.path.basename(path) or path
+    """An item's name as a caption: the file name without its extension (``digits[12]`` as it is); the
+    whole path is the figure's title."""
+    name = os.path.basename(path) or path
+    stem, ext = os.path.splitext(name)
+    return stem if stem and ext.lower() in IMAGE_EXTENSIONS else name
 
 
 def _class_names(model, classes) -> dict:
