@@ -102,10 +102,11 @@ def _free_port():
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one(tmp_path):
+@pytest.mark.parametrize("devices", [1, 2])  # 2: 4 simulated devices over the two processes
+def test_two_processes_equal_one(tmp_path, devices):
     images = _digits_npy(tmp_path, 320)  # two contiguous shares of 160 = 10 batches of 16 each
     extra = ("--importance-images", "320")  # each process's first N: every image on both sides
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     port = _free_port()
     procs = [subprocess.Popen(_cli(images, tmp_path / "two", *extra, "--coordinator", f"localhost:{port}",
                                    "--process", f"{i}/2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -114,12 +115,14 @@ def test_two_processes_equal_one(tmp_path):
     for p in procs:
         out, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-2000:]
+        assert f"{2 * devices} cpu device(s)" in out, out  # the global devices: both processes joined
     assert one.returncode == 0, one.stderr[-2000:]
     a, b = _npz(tmp_path / "one" / "concepts.npz"), _npz(tmp_path / "two" / "concepts.npz")
     assert set(a) == set(b) and "importance/3" in a and "quality/stability" in a
-    # every batch is the same compiled program on the same 16 images on both sides; only the float64
-    # sums of the batches' statistics are added in another order (each share's, then the two shares),
-    # which can move a float32 dictionary entry by an ulp: rtol 1e-5 (measured: exactly equal)
+    # every batch is the same compiled program on the same 16 images (split over the same number of
+    # local devices) on both sides; only the float64 sums of the batches' statistics are added in
+    # another order (each share's, then the two shares), which can move a float32 dictionary entry by an
+    # ulp: rtol 1e-5 (measured: exactly equal, 1 and 2 devices per process)
     for k in a:
         if a[k].dtype.kind in "fc":
             np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6 * max(1.0, np.abs(a[k]).max()), err_msg=k)
