@@ -11,7 +11,8 @@ the fixture maker). On this project's machines they live in a separate venv::
     /work/torchenv/bin/python benchmarks/onnx_zoo.py table --out /tmp/onnx_zoo           # the markdown table
 
 Every model gets random weights from ``torch.manual_seed(0)`` (batch-norm running statistics and affine
-parameters drawn too, so that folding them is tested) and is exported twice: at opset 17 by the TorchScript
+parameters drawn too, so that folding them is tested; a Linear initialised to zero, as torchvision's ViT
+head, drawn N(0, 0.02^2), so that its logits and gradients are not all zero) and is exported twice: at opset 17 by the TorchScript
 exporter (``dynamo=False``, the files most people have) and at the newest opset torch writes (23, the dynamo
 exporter with its ``pkg.torch.onnx.name_scopes``). ``tests/test_onnx_zoo.py`` re-checks the files of
 ``$JAXVIZ_ONNX_ZOO`` against ONNX Runtime.
@@ -36,6 +37,7 @@ import time
 import numpy as np
 
 NEWEST = 23
+TOP_CLASSES = 3  # Grad-CAM is compared for each image's 3 highest classes
 OPSETS = (17, NEWEST)
 MODELS = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf",
           "convnext_tiny", "vit_b_16", "timm:resnet18", "timm:convnext_nano")
@@ -63,6 +65,9 @@ def build(name: str):
                 mod.running_var.copy_(torch.rand(n, generator=g) + 0.5)
                 mod.weight.copy_(torch.rand(n, generator=g) + 0.5)
                 mod.bias.copy_(torch.randn(n, generator=g) * 0.1)
+        for mod in m.modules():  # torchvision's ViT zero-initialises its head: every logit 0, every gradient 0
+            if isinstance(mod, torch.nn.Linear) and not mod.weight.any():
+                mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) * 0.02)
     return m.eval()
 
 
@@ -76,7 +81,7 @@ def model_of(file: str) -> str | None:
     return next((n for n in MODELS for o in OPSETS if file_name(n, o) == base), None)
 
 
-def export(out: str, only=None) -> None:
+def export(out: str, only=None, opsets=OPSETS) -> None:
     import torch
 
     os.makedirs(out, exist_ok=True)
@@ -85,7 +90,7 @@ def export(out: str, only=None) -> None:
             continue
         m = build(name)
         x = torch.randn(1, 3, 224, 224)
-        for opset in OPSETS:
+        for opset in opsets:
             path = os.path.join(out, file_name(name, opset))
             if os.path.exists(path):
                 continue
@@ -147,12 +152,11 @@ def compare_nodes(model, params, proto, x_nhwc) -> dict:
         if value not in ref:
             continue
         r, a = ref[value], np.asarray(out.taps[layer])
-        if model.channels_first and r.ndim == 4:
-            r = np.transpose(r, (0, 2, 3, 1))
         if np.issubdtype(r.dtype, np.integer) and r.size and (r.max() > 2 ** 31 - 1 or r.min() < -2 ** 31):
             wide += 1  # an int64 constant such as Slice's end INT64_MAX: folded exactly inside the forward, but
             continue  # a tap is a JAX array, int32 with x64 off, so it cannot show the value
         n += 1
+        r = np.asarray(model.view(layer, r))  # as the model shows it (a map N x H x W x C)
         if np.issubdtype(r.dtype, np.floating):
             e = scaled(a, r)
         else:
@@ -190,7 +194,9 @@ def torch_module_of(module, model, proto, layer: str) -> str | None:
 
 def gradcam_vs_torch(module, model, params, x_nhwc, layer: str, torch_layer: str | None, time16: bool = True) -> dict:
     """jaxviz's Grad-CAM at ``layer`` against pytorch-grad-cam on ``module.get_submodule(torch_layer)`` for
-    the top-1 class, both at the layer's resolution and min-max normalised; and the time for 16 images."""
+    each image's :data:`TOP_CLASSES` highest classes, both at the layer's resolution and min-max
+    normalised (a token layer through pytorch-grad-cam's ViT ``reshape_transform``), with the number of
+    maps that are not all zero; and the time for 16 images (top-1 class)."""
     import jax.numpy as jnp
     import torch
     from pytorch_grad_cam import GradCAM
@@ -201,6 +207,12 @@ def gradcam_vs_torch(module, model, params, x_nhwc, layer: str, torch_layer: str
     if torch_layer is None:
         return {"gradcam_layer": layer, "gradcam_err": None, "gradcam_note": "no PyTorch module outputs that layer"}
     target = module.get_submodule(torch_layer)
+    h, w = model.shapes()[model.layer_names.index(model.resolve(layer))][1][:2]
+
+    def tokens_to_map(t):  # pytorch-grad-cam's ViT recipe: drop the class token, 196 tokens -> 14 x 14
+        if t.ndim != 3:
+            return t
+        return t[:, t.shape[1] - h * w:, :].reshape(t.shape[0], h, w, t.shape[2]).permute(0, 3, 1, 2)
 
     class AtLayer(GradCAM):
         def get_target_width_height(self, input_tensor):  # no resize: compare at the layer's resolution
@@ -208,17 +220,23 @@ def gradcam_vs_torch(module, model, params, x_nhwc, layer: str, torch_layer: str
 
     xt = torch.from_numpy(np.ascontiguousarray(np.transpose(x_nhwc, (0, 3, 1, 2))))
     with torch.no_grad():
-        classes = module(xt).argmax(-1).tolist()
+        ranked = torch.argsort(module(xt), dim=-1, descending=True)
+    classes = ranked[:, 0].tolist()
+    # the top TOP_CLASSES classes of each image: with random weights every top-1 map of a model can be
+    # negative everywhere, all zero after Grad-CAM's ReLU on both sides, which would compare nothing
+    top = ranked[:, :TOP_CLASSES].numpy()
     # the reference in float64 (pytorch-grad-cam on a double copy of the module): the comparison then
     # measures jaxviz's float32 error, not the sum of two float32 errors
     import copy
 
     module64 = copy.deepcopy(module).double()
-    with AtLayer(model=module64, target_layers=[module64.get_submodule(torch_layer)]) as cam:
-        ref = cam(input_tensor=xt.double(), targets=[ClassifierOutputTarget(c) for c in classes])
+    with AtLayer(model=module64, target_layers=[module64.get_submodule(torch_layer)],
+                 reshape_transform=tokens_to_map) as cam:
+        ref = np.stack([cam(input_tensor=xt.double(), targets=[ClassifierOutputTarget(int(c)) for c in top[:, k]])
+                        for k in range(top.shape[1])], axis=1)
     del module64
-    got = explain(model, params, jnp.asarray(x_nhwc), np.asarray(classes)[:, None], method="gradcam", layer=layer)
-    got = np.asarray(got.heatmaps)[:, 0]
+    got = explain(model, params, jnp.asarray(x_nhwc), top, method="gradcam", layer=layer)
+    got = np.asarray(got.heatmaps)  # N x TOP_CLASSES x h x w
 
     def norm(h):
         h = np.asarray(h, np.float64)
@@ -226,8 +244,11 @@ def gradcam_vs_torch(module, model, params, x_nhwc, layer: str, torch_layer: str
         return (h - lo) / np.where(hi > lo, hi - lo, 1)
 
     err = scaled(norm(got), norm(ref)) if got.shape == ref.shape else float("inf")
+    nonzero = int((np.asarray(ref).reshape(len(ref) * top.shape[1], -1).max(-1) > 0).sum())
+    out = {"gradcam_layer": layer, "gradcam_torch_module": torch_layer, "gradcam_err": err,
+           "gradcam_maps": int(top.size), "gradcam_nonzero_maps": nonzero}
     if not time16:
-        return {"gradcam_layer": layer, "gradcam_torch_module": torch_layer, "gradcam_err": err}
+        return out
     # 16 images, both sides warm
     x16 = np.repeat(x_nhwc, 8, axis=0)
     x16t = torch.from_numpy(np.ascontiguousarray(np.transpose(x16, (0, 3, 1, 2))))
@@ -236,13 +257,12 @@ def gradcam_vs_torch(module, model, params, x_nhwc, layer: str, torch_layer: str
     t = time.perf_counter()
     np.asarray(explain(model, params, jnp.asarray(x16), cls16[:, None], method="gradcam", layer=layer).heatmaps)
     t_jax = time.perf_counter() - t
-    with AtLayer(model=module, target_layers=[target]) as cam:
+    with AtLayer(model=module, target_layers=[target], reshape_transform=tokens_to_map) as cam:
         cam(input_tensor=x16t, targets=[ClassifierOutputTarget(int(c)) for c in cls16])
         t = time.perf_counter()
         cam(input_tensor=x16t, targets=[ClassifierOutputTarget(int(c)) for c in cls16])
         t_torch = time.perf_counter() - t
-    return {"gradcam_layer": layer, "gradcam_torch_module": torch_layer, "gradcam_err": err,
-            "gradcam16_jaxviz_s": t_jax, "gradcam16_torch_s": t_torch}
+    return {**out, "gradcam16_jaxviz_s": t_jax, "gradcam16_torch_s": t_torch}
 
 
 def timings(model, params, path: str) -> dict:
@@ -329,8 +349,8 @@ def check(out: str, only=None) -> None:
 
 
 def regrade(out: str, only=None) -> None:
-    """Recompute only the Grad-CAM error of the JSON files already written (after a change of the
-    reference), keeping their other figures."""
+    """Recompute the node comparison and the Grad-CAM error of the JSON files already written (after a
+    change of the reference or of the importer's layouts), keeping their times."""
     import onnx
 
     import jaxviz
@@ -351,11 +371,15 @@ def regrade(out: str, only=None) -> None:
         pixels = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3)).astype(np.float32)
         x = np.asarray(preprocess(jnp.asarray(pixels), "torch"))
         layer = policy.cam_layer(loaded.model)
-        torch_layer = torch_module_of(module, loaded.model, onnx.load(path, load_external_data=False), layer)
+        proto = onnx.load(path)
+        res.update(compare_nodes(loaded.model, loaded.params, proto, x))
+        torch_layer = torch_module_of(module, loaded.model, proto, layer)
+        del proto
+        res.pop("gradcam_note", None)
         res.update(gradcam_vs_torch(module, loaded.model, loaded.params, x, layer, torch_layer, time16=False))
         with open(res_path, "w") as f:
             json.dump(res, f, indent=1)
-        print(name, opset, res["gradcam_layer"], res["gradcam_err"], flush=True)
+        print(name, opset, res["worst_node_err"], res["gradcam_layer"], res["gradcam_err"], flush=True)
 
 
 def table(out: str) -> str:

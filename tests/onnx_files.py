@@ -48,3 +48,22 @@ def save(model, path) -> str:
     with open(path, "wb") as f:
         f.write(model.SerializeToString())
     return os.fspath(path)
+
+
+def resnet18_file(folder) -> tuple[str | None, str]:
+    """A real torchvision ResNet-18 export (random weights, opset 17, TorchScript exporter, batch-norm
+    folded into the convolutions as torch exports it): ``$JAXVIZ_ONNX_ZOO/resnet18_opset17.onnx`` when
+    that folder has it, else exported into ``folder`` now where torch and torchvision are installed (by
+    ``benchmarks/onnx_zoo.py``, a few seconds). Returns ``(path, "")``, or ``(None, why)`` without either."""
+    import importlib.util
+
+    from benchmarks.onnx_zoo import export, file_name
+
+    zoo = os.environ.get("JAXVIZ_ONNX_ZOO")
+    if zoo and os.path.isfile(os.path.join(zoo, file_name("resnet18", 17))):
+        return os.path.join(zoo, file_name("resnet18", 17)), ""
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("torchvision") is None:
+        return None, ("no ResNet-18 ONNX file: set JAXVIZ_ONNX_ZOO to a folder made by `python -m benchmarks.onnx_zoo "
+                      "export`, or install torch and torchvision to export one at test time")
+    export(os.fspath(folder), only=["resnet18"], opsets=(17,))
+    return os.path.join(os.fspath(folder), file_name("resnet18", 17)), ""

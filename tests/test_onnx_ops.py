@@ -72,9 +72,7 @@ def check_every_node(m, x_nhwc, input_hw=None):
     out = model.run(params, jnp.asarray(x_nhwc), taps=model.layer_names)
     worst = 0.0
     for layer, value in model.layer_values:
-        r = ref[value]
-        if model.channels_first and r.ndim == 4:
-            r = np.transpose(r, (0, 2, 3, 1))
+        r = np.asarray(model.view(layer, ref[value]))
         if np.issubdtype(r.dtype, np.floating):
             err = _rel(out.taps[layer], r)
             assert err <= TOL, f"{layer} ({value}): {err:.2e}"
@@ -82,7 +80,7 @@ def check_every_node(m, x_nhwc, input_hw=None):
         else:
             np.testing.assert_array_equal(np.asarray(out.taps[layer]), r, err_msg=layer)
     r = ref[model.output_names[0]]
-    assert _rel(out.output, np.transpose(r, (0, 2, 3, 1)) if model.channels_first and r.ndim == 4 else r) <= TOL
+    assert _rel(out.output, np.asarray(model.view(model.output_names[0], r))) <= TOL
     return worst, model, params
 
 
@@ -133,9 +131,11 @@ def cnn_graph(opset=17):
     return _model(nodes, inits, [1, 3, 19, 19], opset=opset)
 
 
-def vit_graph(gelu_op=False, opset=17):
+def vit_graph(gelu_op=False, opset=17, cls_token=False):
     """A ViT-like block as torch.onnx writes it: patch embedding, Shape -> Gather -> Concat -> Reshape,
-    Transpose, LayerNormalization, attention (MatMul, Div, Softmax), Erf-GELU (or the Gelu op), a mean head."""
+    Transpose, LayerNormalization, attention (MatMul, Div, Softmax), Erf-GELU (or the Gelu op), a mean head;
+    ``cls_token``: a class token (Expand, Concat in front of the 16 patch tokens) that the head reads
+    alone (Gather on the token axis), as torchvision's ViT."""
     rng = np.random.default_rng(1)
     n = h.make_node
     D, heads = 8, 2
@@ -148,7 +148,13 @@ def vit_graph(gelu_op=False, opset=17):
         n("Unsqueeze", ["s1", "ax0"], ["u1"], name="/Unsqueeze_1"),
         n("Concat", ["u0", "u1", "m1"], ["shp"], name="/Concat", axis=0),
         n("Reshape", ["pe", "shp"], ["tok0"], name="/Reshape"),
-        n("Transpose", ["tok0"], ["tok"], name="/Transpose", perm=[0, 2, 1]),
+        n("Transpose", ["tok0"], ["tok"] if not cls_token else ["patches"], name="/Transpose", perm=[0, 2, 1]),
+    ]
+    if cls_token:
+        nodes += [n("Concat", ["u0", "one_i", "dim"], ["clsshape"], name="/Concat_1", axis=0),
+                  n("Expand", ["cls", "clsshape"], ["clsb"], name="/Expand"),
+                  n("Concat", ["clsb", "patches"], ["tok"], name="/Concat_2", axis=1)]
+    nodes += [
         n("LayerNormalization", ["tok", "ln1g", "ln1b"], ["ln1"], name="/blocks/blocks.0/norm1/LayerNormalization",
           epsilon=1e-6, axis=-1),
         n("MatMul", ["ln1", "wqkv"], ["qkv0"], name="/blocks/blocks.0/attn/qkv/MatMul"),
@@ -185,6 +191,7 @@ def vit_graph(gelu_op=False, opset=17):
     nodes += [
         n("MatMul", ["h4", "wfc2"], ["h5"], name="/blocks/blocks.0/mlp/fc2/MatMul"),
         n("Add", ["h5", "r1"], ["r2"], name="/blocks/blocks.0/Add_1"),
+        n("Gather", ["r2", "i0"], ["pooled"], name="/Gather_2", axis=1) if cls_token else
         n("ReduceMean", ["r2", "ax1"] if opset >= 18 else ["r2"], ["pooled"], name="/ReduceMean", keepdims=0,
           **({} if opset >= 18 else {"axes": [1]})),
         n("Gemm", ["pooled", "wh", "bh"], ["y"], name="/head/Gemm", transB=1),
@@ -200,7 +207,7 @@ def vit_graph(gelu_op=False, opset=17):
         nh.from_array(f32(np.sqrt(D // heads)), "sqrtd"), _w(rng, "wfc1", (D, 16)), _w(rng, "wfc2", (16, D)),
         nh.from_array(f32(np.sqrt(2)), "sqrt2"), nh.from_array(f32(1), "one"), nh.from_array(f32(0.5), "half"),
         _w(rng, "wh", (4, D)), _w(rng, "bh", (4,)),
-    ]
+    ] + ([_w(rng, "cls", (1, 1, D)), _c("one_i", [1]), _c("dim", [D])] if cls_token else [])
     return _model(nodes, inits, [1, 3, 16, 16], opset=opset)
 
 
@@ -222,7 +229,40 @@ def test_vit_block_every_node_equals_onnxruntime(gelu_op, opset):
     worst, model, params = check_every_node(vit_graph(gelu_op, opset), _x((2, 16, 16, 3)))
     # shape arithmetic folded at import: the Reshape's shape is static, none of it is a parameter
     assert "qkvshape" not in params and "i0" not in params and "wqkv" in params
-    assert dict(model.shapes())["blocks.0.norm1"] == (16, 8)
+    # the 16 tokens (flattened from the 4 x 4 patch grid, transposed to N x T x C) are shown as the grid
+    assert dict(model.shapes())["blocks.0.norm1"] == (4, 4, 8)
+    from jaxviz.nn import policy
+
+    assert dict(model.shapes())[policy.cam_layer(model)] == (4, 4, 8)
+
+
+def test_token_grid_with_class_token():
+    """A class token in front of the 16 patch tokens: every token layer is shown as the 4 x 4 grid without
+    it (equal to ONNX Runtime's tokens 1..16, unflattened); the block's last maps, of which the head
+    reads only the class token, are no CAM candidates, so the default CAM layer is the last map read at
+    its grid, inside the attention; a perturbation at a grid token moves the output as
+    one at that token of the graph, and the gradient there is the gradient at the token."""
+    import jax
+
+    from jaxviz.nn import policy
+
+    m = vit_graph(cls_token=True)
+    worst, model, params = check_every_node(m, _x((2, 16, 16, 3)))
+    shapes = dict(model.shapes())
+    assert shapes["/Concat_2"] == shapes["blocks.0.norm1"] == shapes["blocks.0"] == (4, 4, 8)
+    # the qkv projection reads the tokens directly (as timm's ViT; torchvision's attention transposes them to
+    # T x N x C first, so there the default is ln_1): it is the last map the head reads at its grid
+    assert policy.cam_layer(model) == "blocks.0.attn.qkv"
+    assert "blocks.0" not in model.maps_hint() and "blocks.0.norm2" not in model.maps_hint()
+    assert "blocks.0.norm1" in model.maps_hint()
+    x = jnp.asarray(_x((1, 16, 16, 3)))
+    g = jax.grad(lambda d: model.run(params, x, perturb={"blocks.0.norm1": d}).logits[0, 1])(jnp.zeros((1, 4, 4, 8)))
+    assert float(jnp.abs(g).max()) > 0  # the class token attends to the patch tokens
+    # token 1 + 4 * 2 + 3 of the graph is grid cell (2, 3): a bump there is a bump at that cell
+    d = jnp.zeros((1, 4, 4, 8)).at[0, 2, 3, 5].set(1e-2)
+    moved = model.run(params, x, perturb={"blocks.0.norm1": d}).logits - model.run(params, x).logits
+    assert_close = np.testing.assert_allclose
+    assert_close(np.asarray(moved[0, 1]), 1e-2 * float(g[0, 2, 3, 5]), rtol=2e-2, atol=1e-7)
 
 
 @pytest.mark.parametrize("kernel,stride,pads,ceil,include", [

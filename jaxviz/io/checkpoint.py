@@ -31,7 +31,8 @@ FORMAT = "jaxviz-checkpoint"
 META = "jaxviz.json"
 MAX_META_BYTES = 16 << 20  # jaxviz.json, graph included (NASNetLarge's: ~0.3 MB)
 MAX_PARAMS_BYTES = 5 << 30  # the orbax files (weights are capped at 4 GiB where they are read)
-ONNX_GRAPH = "graph.onnx"
+ONNX_GRAPH = "graph.onnx"  # = jaxviz.nn.onnx.graph.STORED_GRAPH
+FILES = (ONNX_GRAPH,)  # what a model's stored_hint may write beside params/ and jaxviz.json
 MAX_ONNX_PARAMS = 1_000_000  # initialisers listed in jaxviz.json
 
 
@@ -55,7 +56,7 @@ def check_replaceable(path: "str | os.PathLike") -> None:
     entries = sorted(os.listdir(path))
     if not entries:
         return
-    extra = [e for e in entries if e not in (META, "params", ONNX_GRAPH)]
+    extra = [e for e in entries if e not in (META, "params", *FILES)]
     if not is_checkpoint(path) or extra:
         what = f"it holds {extra[0]!r}" if extra else f"it has no {META}"
         raise JaxvizError(f"{path} is a directory but not a jaxviz checkpoint ({what}); overwrite=True replaces only "
@@ -72,32 +73,12 @@ def check_finite(params: Mapping[str, Mapping[str, Any]], where: str) -> None:
                               "unusable")
 
 
-def _is_onnx(model) -> bool:
-    from jaxviz.nn.onnx import OnnxModel
-
-    return isinstance(model, OnnxModel)
-
-
-def _check_onnx_params(model, params: Mapping[str, Any], where: str) -> None:
-    """Raise unless ``params`` (``{initialiser: array}``) are exactly the ONNX model's, finite, right shapes."""
-    want = dict(model._param_shapes)
-    for name, shape in want.items():
-        found = getattr(params.get(name), "shape", None)
-        if found is None or tuple(found) != tuple(shape):
-            raise JaxvizError(f"{where}: weights do not fit {show(model.name)}: initialiser {show(repr(name), 120)} "
-                              f"expected shape {tuple(shape)}, found {None if found is None else tuple(found)}")
-        require_finite(params[name], f"{where}: initialiser {show(repr(name), 120)} contains NaN or Inf; the "
-                                     "weights are unusable")
-    extra = [n for n in params if n not in want]
-    if extra:
-        raise JaxvizError(f"{where}: weights do not fit {show(model.name)}: unexpected initialiser "
-                          f"{show(repr(extra[0]), 120)}")
-
-
 def check_params(model: Sequential, params: Mapping[str, Mapping[str, Any]], input_shape=None) -> None:
-    """Raise an error naming the first layer whose parameters do not fit ``model``."""
-    if _is_onnx(model):
-        _check_onnx_params(model, params, "checkpoint")
+    """Raise an error naming the first layer whose parameters do not fit ``model`` (a model with its own
+    ``check_weights``, such as an imported ONNX graph, checks them itself, finiteness included)."""
+    own = getattr(model, "check_weights", None)
+    if own is not None:
+        own(params, "checkpoint")
         return
     expected = model.param_shapes(input_shape)
     for name, shapes in expected.items():
@@ -115,6 +96,22 @@ def check_params(model: Sequential, params: Mapping[str, Mapping[str, Any]], inp
         raise JaxvizError(f"weights do not fit {model.name}: unexpected layer {extra[0]!r}")
 
 
+def _stored(model, params: Any) -> tuple[Any, dict[str, Any], dict[str, bytes]]:
+    """What a checkpoint writes for ``model``: ``(the parameter tree for orbax, entries of jaxviz.json,
+    {file name: bytes} beside params/)``. A model that carries its own graph says so itself with a
+    ``stored_hint(params)`` (an imported ONNX graph: its graph file and its weights under plain keys);
+    a graph of layers stores its parameters and, for an imported architecture, its graph spec."""
+    hint = getattr(model, "stored_hint", None)
+    if hint is not None:
+        stored, meta, files = hint(params)
+        if any(n not in FILES for n in files):  # only what check_replaceable knows as a checkpoint's own
+            raise JaxvizError(f"{show(model.name)} asks to store a file a checkpoint cannot hold")
+        return stored, meta, files
+    check_params(model, params)
+    check_finite(params, f"refusing to save {model.name}")
+    return params, {"graph": stored_graph(model)}, {}  # an imported architecture travels with it
+
+
 def save_checkpoint(
     path: "str | os.PathLike",
     model: Sequential,
@@ -130,18 +127,7 @@ def save_checkpoint(
     if os.path.lexists(path) and not overwrite:
         raise JaxvizError(f"{path} already exists; choose another destination or pass overwrite=True")
     check_replaceable(path)
-    onnx_model = _is_onnx(model)
-    if onnx_model:
-        if not model.graph_bytes:
-            raise JaxvizError(f"{show(model.name)} holds no ONNX graph to store (a run_graph model); import the file "
-                              "with jaxviz.load_model or jaxviz.nn.onnx.from_onnx")
-        _check_onnx_params(model, params, f"refusing to save {show(model.name)}")
-        names = list(model._param_shapes)
-        stored = {_onnx_key(i): params[n] for i, n in enumerate(names)}  # orbax keys need plain names
-    else:
-        check_params(model, params)
-        check_finite(params, f"refusing to save {model.name}")
-        stored = params
+    stored, extra_meta, files = _stored(model, params)
     parent = os.path.dirname(path)
     try:
         os.makedirs(parent, exist_ok=True)
@@ -161,13 +147,11 @@ def save_checkpoint(
             "preprocessing": model.preprocessing,
             "labels": model.labels,
             "info": dict(info or {}),
-            "graph": None if onnx_model else stored_graph(model),  # an imported architecture travels with it
+            **extra_meta,
         }
-        if onnx_model:
-            with open(os.path.join(tmp, ONNX_GRAPH), "wb") as f:
-                f.write(model.graph_bytes)
-            meta["onnx"] = {"graph": ONNX_GRAPH, "params": [[n, list(model._param_shapes[n])] for n in names],
-                            "input_hw": list(model.input_shape[:2]) if len(model.input_shape) == 3 else None}
+        for name, data in files.items():
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(data)
         with open(os.path.join(tmp, META), "w") as f:
             json.dump(meta, f, indent=2)
         old = None
@@ -259,10 +243,6 @@ def _restore(path: str, target: Mapping[str, Any], arch: str) -> Any:
         raise JaxvizError(f"{where}: {show(e, 300)}") from None
 
 
-def _onnx_key(i: int) -> str:
-    return f"t{i:06d}"
-
-
 def _load_onnx(path: str, meta: dict[str, Any]):
     """An ONNX checkpoint: ``graph.onnx`` through :func:`jaxviz.io.onnx.read_onnx`, the parameters restored
     from orbax and put back as initialisers, then :func:`jaxviz.nn.onnx.from_onnx` as for the file itself."""
@@ -272,6 +252,7 @@ def _load_onnx(path: str, meta: dict[str, Any]):
 
     from jaxviz.io.onnx import read_onnx
     from jaxviz.nn.onnx import from_onnx
+    from jaxviz.nn.onnx.graph import stored_key
     from jaxviz.nn.preprocess import PREPROCESSORS
 
     where = show(path)
@@ -297,10 +278,10 @@ def _load_onnx(path: str, meta: dict[str, Any]):
     if clash:
         raise JaxvizError(f"{where}: {ONNX_GRAPH} already holds the parameter {show(repr(clash[0]), 120)}; the "
                           "checkpoint is damaged")
-    target = {_onnx_key(i): jax.ShapeDtypeStruct(s, np.float32) for i, s in enumerate(shapes)}
+    target = {stored_key(i): jax.ShapeDtypeStruct(s, np.float32) for i, s in enumerate(shapes)}
     stored = _restore(path, target, meta["architecture"])
     for i, n in enumerate(names):
-        proto.graph.initializer.append(numpy_helper.from_array(np.asarray(stored[_onnx_key(i)], np.float32), n))
+        proto.graph.initializer.append(numpy_helper.from_array(np.asarray(stored[stored_key(i)], np.float32), n))
     del stored
     try:
         model, params = from_onnx(proto, input_hw=hw, name=meta["architecture"])
@@ -311,7 +292,7 @@ def _load_onnx(path: str, meta: dict[str, Any]):
     if set(params) != set(names):
         raise JaxvizError(f"{where}: its parameters are not the graph's weights (e.g. "
                           f"{show(repr(sorted(set(params) ^ set(names))[0]), 120)}); the checkpoint is damaged")
-    _check_onnx_params(model, params, where)
+    model.check_weights(params, where)
     labels = meta.get("labels")
     model = dataclasses.replace(model, preprocessing=meta["preprocessing"],
                                 labels=labels if labels is None else str(labels))

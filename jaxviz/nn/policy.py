@@ -10,7 +10,9 @@ written once here over that core, so every capability asks the same question the
 * :func:`init` / :func:`reinit` — fresh parameters, all or for some layers (the randomisation check).
 
 A model that knows better overrides a policy with a *hint*: a method named ``<policy>_hint`` with the
-policy's arguments less the model (``cam_layer_hint()``, ``feature_layers_hint()``, ``guided_hint()``).
+policy's arguments less the model (``cam_layer_hint()``, ``feature_layers_hint()``, ``guided_hint()``);
+``maps_hint()`` names the layers that are spatial maps, where a shape alone cannot say (both defaults
+then choose among those by the same rules).
 :func:`init` and :func:`reinit` are mechanisms only some models have (a module that can re-create its
 parameters): they call the model's own ``init``/``reinit`` and raise a clear error for a model without.
 """
@@ -34,8 +36,11 @@ FEATURE_CAP = 24  # the most layers feature_layers picks by default; more are sp
 
 
 def _maps(model: Model) -> list[tuple[str, Shape]]:
-    """``(layer, shape)`` of every layer with a spatial map (H x W x C) at the model's input size, in call order."""
-    names = set(model.layer_names)
+    """``(layer, shape)`` of every layer with a spatial map (H x W x C) at the model's input size, in call
+    order; a model's ``maps_hint()`` narrows the candidates to the layers it knows to be maps (an ONNX
+    graph, whose 3-D shapes may be an attention's heads x tokens x width)."""
+    hint = _hint(model, "maps")
+    names = set(hint()) if hint is not None else set(model.layer_names)
     return [(n, s) for n, s in model.shapes() if n in names and is_spatial(s)]
 
 

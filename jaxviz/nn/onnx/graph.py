@@ -20,7 +20,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,7 @@ import numpy as np
 
 from jaxviz.errors import JaxvizError, show, unknown
 from jaxviz.nn.protocol import Forward
+from jaxviz.nn.onnx import layout as L
 from jaxviz.nn.onnx import ops as O
 
 Shape = tuple[int, ...]
@@ -122,6 +123,21 @@ def _dims(vi) -> list[int | None]:
     return [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
 
 
+STORED_GRAPH = "graph.onnx"  # a checkpoint's copy of the graph, beside params/
+
+
+def stored_key(i: int) -> str:
+    """The checkpoint key of the ``i``-th parameter (orbax keys need plain names)."""
+    return f"t{i:06d}"
+
+
+class _Traced(NamedTuple):
+    shapes: dict[str, Shape]
+    statics: dict[str, np.ndarray]
+    layouts: dict[str, L.Layout]
+    grid: set[str]
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class OnnxModel:
     """An imported ONNX graph (see the module docstring); implements :class:`jaxviz.nn.protocol.Model`.
@@ -209,23 +225,53 @@ class OnnxModel:
 
     _param_shapes: Mapping[str, Shape] = dataclasses.field(default_factory=dict)
 
-    # -- shapes --------------------------------------------------------------------------
-    def _nhwc_shape(self, shape: Shape) -> Shape:
-        return (*shape[2:], shape[1]) if self.channels_first and len(shape) == 4 else tuple(shape)
-
+    # -- shapes and layouts ------------------------------------------------------------------
     @functools.lru_cache(maxsize=16)
-    def _value_shapes(self, input_shape: Shape) -> dict[str, Shape]:
+    def _traced(self, input_shape: Shape) -> "_Traced":
+        """Every tensor's shape for a batch of 1 of ``input_shape``, the tensors folded at import, each
+        tensor's layout and the maps read at their grid (:mod:`jaxviz.nn.onnx.layout`)."""
         params = {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in self._param_shapes.items()}
         x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-        want = tuple(v for _, v in self.layer_values)
-        out = jax.eval_shape(lambda p, x: self._forward(p, self._to_graph(x), set(want)), params, x)
-        return {k: tuple(v.shape[1:]) if v.ndim else () for k, v in out.items()}
+        want = {v for _, v in self.layer_values}
+        statics: dict[str, np.ndarray] = {}
+
+        def trace(p, x):
+            env = self._forward(p, self._to_graph(x), want)
+            statics.update({k: v for k, v in env.items() if O.static(v)})
+            return env
+
+        out = jax.eval_shape(trace, params, x)
+        shapes = {k: tuple(v.shape) for k, v in out.items()}
+        shapes[self.input_name] = (1, input_shape[-1], *input_shape[:-1]) if self.channels_first and \
+            len(input_shape) == 3 else (1, *input_shape)
+        weights = set(self._param_shapes) | set(self.constants)
+        start = ("cf" if self.channels_first else "cl") if len(input_shape) == 3 else None
+        lay = L.infer(self.nodes, shapes, statics, self.input_name, start, weights)
+        grid = L.grid_read(self.nodes, lay, shapes, statics, self.constants, self.output_names, weights)
+        return _Traced(shapes, statics, lay, grid)
+
+    def _layout(self, value: str, input_shape: Shape | None = None) -> "L.Layout | None":
+        return self._traced(tuple(input_shape or self.input_shape)).layouts.get(value)
+
+    def view(self, layer: str, value: Any, input_shape: Sequence[int] | None = None):
+        """``value``, layer ``layer``'s tensor in the graph's own layout (batch first; NumPy or JAX), as
+        the model shows it: a map N x H x W x C, a token grid without its prefix tokens (see
+        :mod:`jaxviz.nn.onnx.layout`), anything else unchanged."""
+        return L.view(self._layout(self._value_of[self.resolve(layer)], input_shape), value)
+
+    def maps_hint(self) -> list[str]:
+        """The layers whose tensor is a map (N x C x H x W, N x H x W x C or a token grid) that the
+        output reads at its grid positions, at the model's input size: the policy's candidates for the
+        CAM and feature layers (a 4-D tensor of an attention is no map; a ViT's last token maps, of
+        which the head reads only the class token, are passed over)."""
+        t = self._traced(tuple(self.input_shape))
+        return [n for n, v in self.layer_values if v in t.grid]
 
     def shapes(self, input_shape: Sequence[int] | None = None, until: str | None = None) -> list[tuple[str, Shape]]:
         shape = tuple(int(s) for s in (input_shape or self.input_shape))
         self._check_shape(shape)
         try:
-            vs = self._value_shapes(shape)
+            t = self._traced(shape)
         except JaxvizError as e:
             raise JaxvizError(f"{self.name} cannot take a {'x'.join(map(str, shape))} input: {e}") from None
         except (TypeError, ValueError) as e:
@@ -233,8 +279,8 @@ class OnnxModel:
                               f"{show(str(e).splitlines()[0] if str(e) else e, 300)}") from None
         out = []
         for n, v in self.layer_values:
-            s = vs[v]
-            out.append((n, self._nhwc_shape((1, *s)) if len(s) == 3 else s))
+            s = t.shapes[v]
+            out.append((n, L.view_shape(t.layouts.get(v), s)[1:] if s else s))
             if until is not None and n == self.resolve(until):
                 return out
         return out
@@ -257,12 +303,6 @@ class OnnxModel:
     # -- running -------------------------------------------------------------------------
     def _to_graph(self, x):
         return jnp.moveaxis(x, -1, 1) if self.channels_first and x.ndim == 4 else x
-
-    def _to_view(self, v):
-        return jnp.moveaxis(v, 1, -1) if self.channels_first and getattr(v, "ndim", 0) == 4 else v
-
-    def _from_view(self, v):
-        return jnp.moveaxis(v, -1, 1) if self.channels_first and getattr(v, "ndim", 0) == 4 else v
 
     def _needed(self, values: set[str]) -> list[O.Node]:
         need, todo = set(), list(values)
@@ -302,20 +342,22 @@ class OnnxModel:
             channel: tuple[str, jax.Array] | None = None) -> Forward:
         """One forward pass of ``x`` (N x H x W x C); see :meth:`jaxviz.nn.protocol.Model.run`."""
         keep = {n: self._value_of[self.resolve(n)] for n in taps}
-        pert = {self._value_of[self.resolve(n)]: self._from_view(jnp.asarray(d)) for n, d in (perturb or {}).items()}
+        lay = self._traced(tuple(int(s) for s in x.shape[1:])).layouts
+        pert = {v: L.unview(lay.get(v), jnp.asarray(d))
+                for v, d in ((self._value_of[self.resolve(n)], d) for n, d in (perturb or {}).items())}
         out_v = self.output_names[0]
         logit_v = self._logits_value
         want = set(keep.values()) | ({out_v, logit_v} if output else set())
         env = self._forward(params, self._to_graph(jnp.asarray(x, jnp.float32)), want, pert)
         tapped = {}
         for n, v in keep.items():
-            t = self._to_view(jnp.asarray(env[v]))
+            t = L.view(lay.get(v), jnp.asarray(env[v]))
             if channel is not None and self.resolve(channel[0]) == self.resolve(n):
                 t = jax.lax.dynamic_slice_in_dim(t, channel[1], 1, axis=-1)
             tapped[n] = t
         if not output:
             return Forward(None, None, tapped)
-        return Forward(self._to_view(env[out_v]), self._to_view(env[logit_v]), tapped)
+        return Forward(L.view(lay.get(out_v), env[out_v]), L.view(lay.get(logit_v), env[logit_v]), tapped)
 
     @functools.cached_property
     def _logits_value(self) -> str:
@@ -327,6 +369,39 @@ class OnnxModel:
 
     def with_preprocessing(self, mode: str) -> "OnnxModel":
         return dataclasses.replace(self, preprocessing=mode)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def check_weights(self, params: Mapping[str, Any], where: str) -> None:
+        """Raise unless ``params`` are exactly this graph's weights (``{initialiser: array}``): every one
+        there with its shape, finite, no other (``where``: the subject of the message)."""
+        from jaxviz.nn.finite import require_finite
+
+        for name, shape in self._param_shapes.items():
+            found = getattr(params.get(name), "shape", None)
+            if found is None or tuple(found) != tuple(shape):
+                raise JaxvizError(f"{where}: weights do not fit {show(self.name)}: initialiser {show(repr(name), 120)} "
+                                  f"expected shape {tuple(shape)}, found {None if found is None else tuple(found)}")
+            require_finite(params[name], f"{where}: initialiser {show(repr(name), 120)} contains NaN or Inf; the "
+                                         "weights are unusable")
+        extra = [n for n in params if n not in self._param_shapes]
+        if extra:
+            raise JaxvizError(f"{where}: weights do not fit {show(self.name)}: unexpected initialiser "
+                              f"{show(repr(extra[0]), 120)}")
+
+    def stored_hint(self, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, bytes]]:
+        """How a checkpoint stores this model (:func:`jaxviz.io.checkpoint.save_checkpoint`): the parameters
+        under plain keys (``t000000``... in the graph's order), the ``onnx`` entry of ``jaxviz.json``
+        (the graph file, each initialiser's name and shape, the input size) and ``graph.onnx``, the graph
+        without those initialisers; the checkpoint reader puts them back and imports the graph again."""
+        if not self.graph_bytes:
+            raise JaxvizError(f"{show(self.name)} holds no ONNX graph to store (a run_graph model); import the file "
+                              "with jaxviz.load_model or jaxviz.nn.onnx.from_onnx")
+        self.check_weights(params, f"refusing to save {show(self.name)}")
+        names = list(self._param_shapes)
+        hw = list(self.input_shape[:2]) if len(self.input_shape) == 3 else None
+        meta = {"graph": None, "onnx": {"graph": STORED_GRAPH, "input_hw": hw,
+                                        "params": [[n, list(self._param_shapes[n])] for n in names]}}
+        return {stored_key(i): params[n] for i, n in enumerate(names)}, meta, {STORED_GRAPH: self.graph_bytes}
 
     # -- fresh parameters ------------------------------------------------------------------
     @functools.cached_property
