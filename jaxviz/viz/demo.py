@@ -580,7 +580,8 @@ def _digits_jobs(quick: bool, seed: int) -> list[Job]:
     def acts(ctx: Context) -> list[Section]:
         d = state["digits"]
         return [Section("digits_cnn: intermediate activations", f"digit {state['labels'][0]}; every conv and pool "
-                        "layer, seed Listing 5.31 grids", (_activations(ctx, d, state["x"], None, "digits/activations/"),))]
+                        "layer, seed Listing 5.31 grids",
+                        (_activations(ctx, d, state["x"], None, "digits/activations/"),))]
 
     jobs.append(Job("digits_cnn: activations", 0.5, acts))
     # seed 001's recipe (dlwp1, gradient ascent in the input space) at the digits' own size: the recipe that

@@ -49,7 +49,8 @@ ImageSink = Callable[[bytes, str], str]
 ``"compare"``), a file stem for sinks that write files."""
 
 STYLE = ("<style>.jaxviz{font-family:sans-serif;font-size:13px;max-width:100%;overflow-x:auto}"
-         ".jaxviz img{image-rendering:pixelated;max-width:100%;height:auto}.jaxviz figure{display:inline-block;margin:3px;"
+         ".jaxviz img{image-rendering:pixelated;max-width:100%;height:auto}"
+         ".jaxviz figure{display:inline-block;margin:3px;"
          "vertical-align:top;text-align:center}.jaxviz figcaption{font-size:11px}"
          ".jaxviz table{border-collapse:collapse}.jaxviz td,.jaxviz th{padding:2px 6px;border-bottom:1px solid #ddd;"
          "text-align:right}.jaxviz .card{display:inline-block;border:1px solid #ccc;margin:3px;padding:3px;"
@@ -438,7 +439,8 @@ def _layer_atlas_html(layer: str, la, paths, input_shape, units: int, k: int, im
                 crop = _crop(coll.read(int(i)), None, la.boxes[u, j])
             except Exception:  # noqa: BLE001
                 continue
-            tag = img_tag(png_bytes(crop), "exemplar", str(paths[int(i)]), f"{layer}_unit{int(la.units[u])}_{j}", images)
+            tag = img_tag(png_bytes(crop), "exemplar", str(paths[int(i)]), f"{layer}_unit{int(la.units[u])}_{j}",
+                          images)
             figs.append(f"<figure>{tag}<figcaption>{la.values[u, j]:.3g}</figcaption></figure>")
         cards.append(f"<div class='card'><div>unit {int(la.units[u])} · max {la.max[u]:.3g} · mean {la.mean[u]:.3g}"
                      f" · fires {la.fire_rate[u]:.1%}{' · <b>dead</b>' if la.dead[u] else ''}</div>{''.join(figs)}</div>")

@@ -1,8 +1,9 @@
 """Library results turned into files (PNG, npz) inside a staging directory.
 
-Shared by the ``jaxviz`` subcommands and ``jaxviz demo``, so a picture in the gallery is made by
-exactly the code that makes it on the command line. Each writer returns the files it wrote as
-:class:`Written` (path relative to the stage, caption) plus what the caller prints.
+Shared by the ``jaxviz`` subcommands and ``jaxviz demo`` (which keeps their data files and shows each
+result's own HTML, :mod:`jaxviz.viz.display`, whose renderers draw the writers' grids and curves: one
+renderer, two outputs). Each writer returns the files it wrote as :class:`Written` (path relative to
+the stage, caption) plus what the caller prints.
 """
 
 from __future__ import annotations
