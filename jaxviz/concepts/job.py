@@ -4,8 +4,8 @@ collection in passes, then one pass for codes, quality, importance, faithfulness
 Passes (each a stream of the collection, jitted per batch and sharded over the local devices with the
 sums ``psum``-ed; at each pass's end the sums are reduced over the processes with ``ctx.gather``):
 
-- NMF / semi-NMF: pass 0 the streamed SVD statistics (Gram, column sums, count); NMF pass 1 the
-  ``nndsvda`` norms (semi-NMF starts from :func:`~jaxviz.concepts.seminmf_init` and pass 1 is an
+- NMF / semi-NMF: pass 0 the streamed SVD statistics (Gram, column sums, count) of each fit's
+  rows; NMF pass 1 the ``nndsvda`` norms (semi-NMF starts from :func:`~jaxviz.concepts.seminmf_init` and pass 1 is an
   iteration); then ``iterations`` passes, each re-solving every batch's codes from the current
   dictionary (:func:`~jaxviz.concepts.nnls_solve`, the memory rule: codes are never kept) and summing
   ``ZᵀZ`` and ``ZᵀA`` for the dictionary step. Two more dictionaries are fitted beside, on the
@@ -136,22 +136,25 @@ def concepts_job(model, params, layer: str, k: int, *, method: str = "nmf", shap
         return jit(jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=P(), check_vma=False))
 
     # ---- steps (each one jit, psum over the devices)
-    def svd_local(x, valid, idx):
-        a, m = rows_of(x, valid)
-        st = svd_stats(a, m)
-        return jax.tree.map(lambda v: jax.lax.psum(v, AXIS), (st.gram, st.colsum, st.n, jnp.min(jnp.where(m[:, None], a, 0.0))))
-
-    svd_step = sharded(svd_local, 0)
-
     def half_masks(m, idx):
         per = m.reshape(idx.shape[0], -1)
         ev = (idx % 2 == 0)[:, None] & per
         od = (idx % 2 == 1)[:, None] & per
         return (m, ev.reshape(-1), od.reshape(-1))
 
+    def svd_local(x, valid, idx):
+        """The SVD statistics of each fit's rows (full, even, odd): each half starts from its own
+        ``nndsvda``, so the stability compares two independent fits."""
+        a, m = rows_of(x, valid)
+        sts = [svd_stats(a, mm) for mm in half_masks(m, idx)]
+        return jax.tree.map(lambda v: jax.lax.psum(v, AXIS), ([(q.gram, q.colsum, q.n) for q in sts],
+                                                               jnp.min(jnp.where(m[:, None], a, 0.0))))
+
+    svd_step = sharded(svd_local, 0)
+
     def norms_local(x, valid, idx, S, V):
         a, m = rows_of(x, valid)
-        out = [nndsvda_norms(S, V, a, mm) for mm in half_masks(m, idx)]
+        out = [nndsvda_norms(S[f], V[f], a, mm) for f, mm in enumerate(half_masks(m, idx))]
         return jax.tree.map(lambda v: jax.lax.psum(v, AXIS), out)
 
     norms_step = sharded(norms_local, 2)
@@ -230,11 +233,12 @@ def concepts_job(model, params, layer: str, k: int, *, method: str = "nmf", shap
     dt = np.float32
 
     def nmf_init_state():
-        return {"H": np.zeros((3, K, C), dt), "gram": np.zeros((C, C), np.float64), "colsum": np.zeros(C, np.float64),
-                "n": np.float64(0), "min": np.float64(np.inf), "norms": np.zeros((3, 2, K), np.float64),
+        return {"H": np.zeros((3, K, C), dt), "gram": np.zeros((3, C, C), np.float64),
+                "colsum": np.zeros((3, C), np.float64), "n3": np.zeros(3, np.float64), "n": np.float64(0),
+                "min": np.float64(np.inf), "norms": np.zeros((3, 2, K), np.float64),
                 "WtW": np.zeros((3, K, K), np.float64), "WtA": np.zeros((3, K, C), np.float64),
                 "nrows": np.zeros(3, np.float64), "res": np.zeros(3, np.float64),
-                "S": np.zeros(K, dt), "V": np.zeros((K, C), dt)}
+                "S": np.zeros((3, K), dt), "V": np.zeros((3, K, C), dt)}
 
     def sae_template():
         p, s = sae_init(key, C, K)
@@ -272,10 +276,10 @@ def concepts_job(model, params, layer: str, k: int, *, method: str = "nmf", shap
                 st["sum"] = st["sum"] + np.asarray(s, np.float64)
                 st["n"] = st["n"] + float(n)
             else:
-                g, cs, n, mn = svd_step(x, valid, idx)
-                st["gram"] = st["gram"] + np.asarray(g, np.float64)
-                st["colsum"] = st["colsum"] + np.asarray(cs, np.float64)
-                st["n"] = st["n"] + float(n)
+                sts, mn = svd_step(x, valid, idx)
+                st["gram"] = st["gram"] + np.stack([np.asarray(q[0], np.float64) for q in sts])
+                st["colsum"] = st["colsum"] + np.stack([np.asarray(q[1], np.float64) for q in sts])
+                st["n3"] = st["n3"] + np.array([float(q[2]) for q in sts])
                 st["min"] = min(float(st["min"]), float(mn))
         elif p < fit_passes:
             if sae:
@@ -351,28 +355,33 @@ def concepts_job(model, params, layer: str, k: int, *, method: str = "nmf", shap
                     st[k_] = (np.mean([q[k_] for q in parts], 0)).astype(parts[0][k_].dtype)
             return st
         if p == 0:
-            tot = engine.sum_arrays(ctx.gather({"gram": st["gram"], "colsum": st["colsum"],
-                                                "n": np.asarray(st["n"])}))
+            tot = engine.sum_arrays(ctx.gather({"gram": st["gram"], "colsum": st["colsum"], "n3": st["n3"]}))
             mins = [float(q["min"]) for q in ctx.gather({"min": np.asarray(st["min"])})]
             check_positive(min(mins), method, layer)
             from jaxviz.concepts import SVDStats
 
-            stats = SVDStats(jnp.asarray(tot["gram"], jnp.float32), jnp.asarray(tot["colsum"], jnp.float32),
-                             jnp.asarray(tot["n"], jnp.float32))
-            S, V = top_singular(stats, K)
-            st["S"], st["V"] = np.asarray(S, dt), np.asarray(V, dt)
-            st["n_all"] = np.float64(tot["n"])
-            st["mean_all"] = np.float64(tot["colsum"].sum() / max(float(tot["n"]) * C, 1.0))
+            Ss, Vs, Hs = [], [], []
+            for f in range(3):  # each fit (full, even, odd) from its own rows' SVD
+                stats = SVDStats(jnp.asarray(tot["gram"][f], jnp.float32), jnp.asarray(tot["colsum"][f], jnp.float32),
+                                 jnp.asarray(tot["n3"][f], jnp.float32))
+                S, V = top_singular(stats, K)
+                Ss.append(np.asarray(S, dt))
+                Vs.append(np.asarray(V, dt))
+                if method == "seminmf":
+                    Hs.append(np.asarray(seminmf_init(S, V, stats.colsum), dt))
+            st["S"], st["V"] = np.stack(Ss), np.stack(Vs)
+            st["n_all"] = np.float64(tot["n3"][0])
+            st["mean_all"] = (tot["colsum"].sum(1) / np.maximum(tot["n3"] * C, 1.0)).astype(np.float64)
             if method == "seminmf":
-                H0 = np.asarray(seminmf_init(S, V, stats.colsum), dt)
-                st["H"] = np.stack([H0] * 3)
+                st["H"] = np.stack(Hs)
             return st
         if method == "nmf" and p == 1:
             norms = engine.sum_arrays(ctx.gather({"norms": st["norms"]}))["norms"]
             Hs = []
             for f in range(3):
-                H0, _ = nndsvda_dictionary(jnp.asarray(st["S"]), jnp.asarray(st["V"]), jnp.asarray(norms[f, 0], dt),
-                                           jnp.asarray(norms[f, 1], dt), jnp.asarray(st["mean_all"], dt))
+                H0, _ = nndsvda_dictionary(jnp.asarray(st["S"][f]), jnp.asarray(st["V"][f]),
+                                           jnp.asarray(norms[f, 0], dt), jnp.asarray(norms[f, 1], dt),
+                                           jnp.asarray(st["mean_all"][f], dt))
                 Hs.append(np.asarray(H0, dt))
             st["H"] = np.stack(Hs)
             return st
