@@ -270,8 +270,12 @@ def _initialize(coordinator: str, count: int, index: int, timeout: int, bind: st
     """What ``jax.distributed.initialize`` does, with bounded waits: a peer that does not join within
     ``timeout`` is an exception from ``connect`` (the default path waited five minutes, then aborted
     with a C++ stack), and the runtime's own heartbeat is set past this module's peer watch, so a peer
-    lost mid-run ends the process with the watch's one line first. The coordinator's loss still reaches
-    the runtime's error callback, which the binding cannot call (``std::bad_cast``): SIGABRT."""
+    lost mid-run ends the process with the watch's one line first.
+
+    Process 0 runs the coordination service in a process of its own (:func:`serve_coordination`), not
+    in itself: when the service's process dies, every client's runtime calls its error callback, which
+    the binding cannot call (``std::bad_cast``), and the interpreter aborts (SIGABRT). With the service
+    apart, killing process 0 leaves the service up, and the survivors end with one line."""
     import jax
     from jax._src import distributed as dist
     from jax._src.lib import _jax
@@ -290,12 +294,63 @@ def _initialize(coordinator: str, count: int, index: int, timeout: int, bind: st
     # std::bad_cast); it must come after our watch below, which ends it with one line
     beat = max(100, timeout + 40)
     if index == 0:
-        st.service = _jax.get_distributed_runtime_service(bind, count, heartbeat_timeout=beat, shutdown_timeout=60)
+        _start_service(bind, count, beat, grace=timeout + 20)  # the survivors' watch ends them within timeout
     st.client = _jax.get_distributed_runtime_client(coordinator, index, init_timeout=timeout, heartbeat_timeout=beat,
                                                     shutdown_timeout=60, use_compression=True,
                                                     missed_heartbeat_callback=lost)
     st.client.connect()
     _watch_peers(st.client, index, count, timeout, coordinator)
+
+
+def _start_service(bind: str, count: int, beat: int, grace: float) -> None:
+    """Start :func:`serve_coordination` on ``bind`` in a new session (a Ctrl-C at the terminal reaches the
+    job's processes, not the service) and wait until it listens. A normal end of this process says
+    ``done`` to it (at exit, before JAX's shutdown barrier); any other end leaves it ``grace`` seconds."""
+    import atexit
+    import select
+    import subprocess
+
+    code = "from jaxviz.cli.common import serve_coordination; serve_coordination()"
+    proc = subprocess.Popen([sys.executable, "-c", code, bind, str(count), str(beat), str(grace)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    ready = select.select([proc.stdout], [], [], 120)[0]
+    said = proc.stdout.readline().decode("ascii", "replace").strip() if ready else "no answer in 120 s"
+    if said != "ready":
+        proc.kill()
+        _leave(f"process 0 of {count}: the coordination service did not start on {show(bind)} ({show(said)})")
+
+    def done():  # only a normal exit runs it: _leave and _end end the process without atexit
+        try:
+            proc.stdin.write(b"done\n")
+            proc.stdin.flush()
+        except OSError:
+            pass
+
+    atexit.register(done)
+
+
+def serve_coordination() -> None:
+    """The coordination service of a ``--coordinator`` run, in a process of its own (argv: bind address,
+    process count, heartbeat timeout, grace seconds). It says ``ready`` once it listens, then lives until
+    process 0 ends (its standard input closes): at once after a normal end (process 0 said ``done``;
+    every process has passed JAX's shutdown barrier), else ``grace`` seconds later, so the surviving
+    processes end by their own peer watch, with one line, before the service goes."""
+    import time
+
+    bind, count, beat, grace = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    from jax._src.lib import _jax
+
+    try:
+        service = _jax.get_distributed_runtime_service(bind, count, heartbeat_timeout=beat, shutdown_timeout=60)
+    except Exception as e:  # noqa: BLE001  (the runtime raises XlaRuntimeError and others)
+        print(f"{e.__class__.__name__}: {one_line(e)}", flush=True)
+        os._exit(2)
+    print("ready", flush=True)
+    said = sys.stdin.buffer.read()
+    time.sleep(1.0 if b"done" in said else grace)
+    del service
+    os._exit(0)
 
 
 def _watch_peers(client, index: int, count: int, timeout: float, coordinator: str) -> None:

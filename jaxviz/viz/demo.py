@@ -157,17 +157,22 @@ def _activations(ctx: Context, loaded, x, layers, prefix: str, caption: str = ""
     return Shown(acts, prefix, caption=f"{_weights_word(loaded)}{caption}")
 
 
-def _weights(loaded, layers, untrained, prefix: str) -> tuple[Shown, ...]:
+def _weights(ctx: Context, loaded, layers, untrained, prefix: str) -> tuple[Shown, ...]:
     """:class:`~jaxviz.methods.weights.LayerWeights` per layer (10 bins, as ``jaxviz weights``), each beside
-    the same layer of ``untrained`` parameters (a fresh initialisation) when given."""
+    the same layer of ``untrained`` parameters (a fresh initialisation) when given. The files ``jaxviz
+    weights`` writes stay under ``prefix`` as before (``weights.npz``, ``<layer>_hist.png`` trained vs
+    untrained, ``<layer>_kernels[_untrained].png``); the results' own pictures go under ``prefix/page/``."""
     from jaxviz.methods.weights import layer_weights
+    from jaxviz.viz.writers import write_weights
 
+    write_weights(ctx.stage, loaded.model, loaded.params, layers, loaded.trained, untrained, prefix=prefix)
+    page = f"{prefix}page/"
     out = []
     for layer in layers:
-        out.append(Shown(layer_weights(loaded.model, loaded.params, layer), prefix,
+        out.append(Shown(layer_weights(loaded.model, loaded.params, layer), page,
                          caption=f"{layer}: {'trained' if loaded.trained else 'UNTRAINED weights'}"))
         if untrained is not None:
-            out.append(Shown(layer_weights(loaded.model, untrained, layer), f"{prefix}untrained_",
+            out.append(Shown(layer_weights(loaded.model, untrained, layer), f"{page}untrained_",
                              caption=f"{layer}: UNTRAINED (fresh init)"))
     return tuple(out)
 
@@ -351,6 +356,7 @@ def _lite0_jobs(quick: bool, seed: int) -> list[Job]:
             f, res = write_filters(ctx.stage, lite.model, lite.params, layer, range(count),
                                    get_recipe("lucid", size=size, steps=steps), ctx.key, prefix="lite0/filters/",
                                    trained=lite.trained)
+            state.setdefault("patterns", {})[layer] = res.images  # the atlas picture's first column
             made.extend(_shown(_untrained(f, lite), [res], "lite0/filters/"))
             if not last:
                 return []
@@ -452,6 +458,57 @@ def _class_section(ctx: Context, state) -> list[Section]:
                            f"{_weights_word(lite)}class visualisations; p at the model's input size"),))]
 
 
+def _save(stage: str, rel: str, image: np.ndarray) -> str:
+    from jaxviz.io import save_png
+
+    path = os.path.join(stage, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_png(path, image)
+    return rel
+
+
+def _crop(pixels: np.ndarray, box, size: int) -> np.ndarray:
+    """The receptive-field box (top, left, bottom, right) with half its size of context, a yellow frame
+    on the box, resized to ``size`` x ``size``."""
+    from PIL import Image, ImageDraw
+
+    h, w = pixels.shape[:2]
+    t, l, b, r = (int(v) for v in box)
+    mh, mw = max(1, (b - t) // 2), max(1, (r - l) // 2)
+    ct, cl, cb, cr = max(0, t - mh), max(0, l - mw), min(h, max(b, t + 1) + mh), min(w, max(r, l + 1) + mw)
+    im = Image.fromarray(np.ascontiguousarray(pixels[ct:cb, cl:cr])).convert("RGB")
+    sy, sx = size / im.size[1], size / im.size[0]
+    im = im.resize((size, size), Image.BILINEAR)
+    ImageDraw.Draw(im).rectangle([(l - cl) * sx, (t - ct) * sy, (r - cl) * sx - 1, (b - ct) * sy - 1],
+                                 outline=(255, 220, 0))
+    return np.asarray(im)
+
+
+def _atlas_picture(ctx: Context, atlas, pre: str, pats, k: int) -> None:
+    """``lite0/atlas/atlas.png``, the gallery's one-picture atlas (kept for scripts that read it): per
+    unit its pattern (when the filter job made one) beside its top-k framed exemplar crops."""
+    from jaxviz.io.images import image_stem, load_image
+    from jaxviz.viz.render import labelled_grid
+
+    la = atlas.layers[pre]
+    cache: dict[int, np.ndarray] = {}
+    cells, rows = [], []
+    for u in range(len(la.units)):
+        row = [pats[u]] if pats is not None else []
+        for j, i in enumerate(la.indices[u]):
+            if i < 0:
+                continue
+            if int(i) not in cache:
+                cache[int(i)] = load_image(atlas.paths[int(i)], atlas.input_shape[:2])
+            row.append(_crop(cache[int(i)], la.boxes[u, j], 112))
+        cells.append(row)
+        best = ", ".join(f"{image_stem(atlas.paths[int(i)])} {v:.2g}" for i, v in zip(la.indices[u], la.values[u])
+                         if i >= 0)
+        rows.append(f"unit {int(la.units[u])}: above 0 on {la.fire_rate[u]:.0%} of the photos; top: {best}")
+    cols = (["pattern"] if pats is not None else []) + [f"top {j + 1}" for j in range(k)]
+    _save(ctx.stage, "lite0/atlas/atlas.png", labelled_grid(cells, cols, rows, cell=112, label_width=190))
+
+
 def _atlas_job(state, layer: str, count: int, quick: bool) -> Job:
     """The :class:`~jaxviz.Atlas` of ``layer``'s units over the bundled sample photos, read before their
     ReLU6 as the lucid recipe reads them (``..._expand_bn``: after the cap every strong response ties at
@@ -465,6 +522,7 @@ def _atlas_job(state, layer: str, count: int, quick: bool) -> Job:
         lite = state["lite"]
         atlas = top_examples(lite.model, lite.params, "samples", [pre], k, units=list(range(count)))
         la = atlas.layers[pre]
+        _atlas_picture(ctx, atlas, pre, state.get("patterns", {}).get(layer), k)
         return [Section(f"efficientnet_lite0: atlas of {pre} (the units of {layer} before their ReLU6) over the "
                         f"sample photos",
                         f"{_weights_word(lite)}{atlas.count} photos bundled with scikit-image (jaxviz's 'samples'); "
@@ -621,7 +679,7 @@ def _digits_jobs(quick: bool, seed: int) -> list[Job]:
         d = state["digits"]
         return [Section("digits_cnn: weights, trained vs UNTRAINED (fresh init)", "seed 004: histogram (10 bins) and "
                         "kernel[:, :, 0, i] mosaics of the trained network beside a fresh initialisation",
-                        _weights(d, ["conv2d", "conv2d_1"], policy.init(d.model, ctx.key), "digits/weights/"))]
+                        _weights(ctx, d, ["conv2d", "conv2d_1"], policy.init(d.model, ctx.key), "digits/weights/"))]
 
     jobs.append(Job("digits_cnn: weights", 5.0, weights,
                     cmd("jaxviz", "weights", *DIGITS, "--layer", "conv2d", "--layer", "conv2d_1",
@@ -643,7 +701,7 @@ def _fixture_jobs(quick: bool, seed: int) -> list[Job]:
         fa = load_model(None, "builtin:fashion_cnn", seed=seed)
         state["fashion"] = fa
         return [Section("fashion_cnn (seed 004's trained Keras model): weights", f"{fa.source}",
-                        _weights(fa, ["conv2d", "conv2d_1", "dense"], policy.init(fa.model, ctx.key),
+                        _weights(ctx, fa, ["conv2d", "conv2d_1", "dense"], policy.init(fa.model, ctx.key),
                                  "fashion/weights/"))]
 
     jobs = [Job("fashion_cnn: weights", 4.0, fashion,
@@ -698,7 +756,7 @@ def _vgg_jobs(weights: str | None, quick: bool, seed: int) -> list[Job]:
         state["vgg"] = vgg
         m = vgg.model
         first = _convs(m)[0]
-        shown = _weights(vgg, [first], None, "vgg16/weights/")
+        shown = _weights(ctx, vgg, [first], None, "vgg16/weights/")
         if vgg.trained:
             return [Section(f"{m.name}: {first} weights as colour tiles", f"trained, {vgg.source}", shown)]
         return [Section("Contrast: VGG16 UNTRAINED (random init): block1_conv1 weights",
