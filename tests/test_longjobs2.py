@@ -221,13 +221,28 @@ def test_a_checkpoint_write_error_is_one_line_and_keeps_the_previous_checkpoint(
 
 
 # -- 5. decoding memory -------------------------------------------------------------------------------------
+# The child reports its own VmHWM (its memory's high-water mark since its exec) at exit. wait4's ru_maxrss
+# is not used: Linux seeds it with the forking parent's resident size at exec, so under a large pytest
+# worker both runs read the worker's size and the difference below was 0 whatever the job did.
+_HWM_CLI = ("import atexit, sys\n"
+            "def hwm():\n"
+            "    for line in open('/proc/self/status'):\n"
+            "        if line.startswith('VmHWM:'):\n"
+            "            sys.stderr.write('\\njaxviz-test-VmHWM ' + line.split()[1] + '\\n')\n"
+            "atexit.register(hwm)\n"
+            "from jaxviz.cli import entry\n"
+            "entry()\n")
+
+
 def _run_measured(args):
-    """(returncode, stderr, peak RSS in MiB) of one CLI child (its own ru_maxrss, not the other children's)."""
-    p = subprocess.Popen(CLI + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
-    err = p.stderr.read()
-    _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    return p.returncode, err.decode(), usage.ru_maxrss / 1024
+    """(returncode, stderr, peak RSS in MiB) of one CLI child: its own VmHWM."""
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs /proc (Linux) to read the child's own memory high-water mark")
+    r = subprocess.run([sys.executable, "-c", _HWM_CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       text=True, env=ENV)
+    marks = [l.split()[1] for l in r.stderr.splitlines() if l.startswith("jaxviz-test-VmHWM ")]
+    assert marks, r.stderr[-2000:]
+    return r.returncode, r.stderr, int(marks[-1]) / 1024
 
 
 @pytest.mark.slow
