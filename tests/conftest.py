@@ -110,3 +110,32 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(
         f"memory (per test process): peak {max(m[2] for m in _MEMORY):.0f} MiB; largest resident after a "
         f"module {worst[1]:.0f} MiB ({worst[0]})")
+
+
+# The CLI in a child that reports its own VmHWM (the high-water mark of its memory since its exec) at exit.
+# wait4's ru_maxrss is not used: Linux carries the forking parent's resident size into the child's
+# ru_maxrss at exec, so under a pytest worker holding 3.5 GB both runs read 3,505 MiB (seen in CI).
+_HWM_CLI = ("import atexit, sys\n"
+            "def hwm():\n"
+            "    for line in open('/proc/self/status'):\n"
+            "        if line.startswith('VmHWM:'):\n"
+            "            sys.stderr.write('\\njaxviz-test-VmHWM ' + line.split()[1] + '\\n')\n"
+            "atexit.register(hwm)\n"
+            "from jaxviz.cli import entry\n"
+            "entry()\n")
+
+
+def cli_peak_mib(args, env=None):
+    """(returncode, stderr, peak RSS in MiB) of one ``jaxviz`` child (``args``: the CLI's words): its own VmHWM."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs /proc (Linux) to read the child's own memory high-water mark")
+    r = subprocess.run([sys.executable, "-c", _HWM_CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       text=True, env=env)
+    marks = [l.split()[1] for l in r.stderr.splitlines() if l.startswith("jaxviz-test-VmHWM ")]
+    assert marks, r.stderr[-2000:]
+    return r.returncode, r.stderr, int(marks[-1]) / 1024

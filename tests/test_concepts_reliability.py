@@ -20,6 +20,8 @@ from jaxviz.concepts.rows import layer_rows
 from jaxviz.io import datasets
 from jaxviz.nn.preprocess import preprocess
 
+from conftest import cli_peak_mib
+
 LAYER = "conv2d_1"
 
 
@@ -130,30 +132,6 @@ def test_two_processes_equal_one(tmp_path, devices):
             np.testing.assert_array_equal(b[k], a[k], err_msg=k)
 
 
-# The CLI in a child that reports its own VmHWM (the high-water mark of its memory since its exec) at exit.
-# wait4's ru_maxrss is not used: Linux carries the forking parent's resident size into the child's
-# ru_maxrss at exec, so under a pytest worker holding 3.5 GB both runs read 3,505 MiB (seen in CI).
-_HWM_CLI = ("import atexit, sys\n"
-            "def hwm():\n"
-            "    for line in open('/proc/self/status'):\n"
-            "        if line.startswith('VmHWM:'):\n"
-            "            sys.stderr.write('\\njaxviz-test-VmHWM ' + line.split()[1] + '\\n')\n"
-            "atexit.register(hwm)\n"
-            "from jaxviz.cli import entry\n"
-            "entry()\n")
-
-
-def _peak_rss_mib(args, env=None):
-    """(returncode, stderr, peak RSS in MiB) of one CLI child (``args``: the CLI's words), its own VmHWM."""
-    if not os.path.exists("/proc/self/status"):
-        pytest.skip("needs /proc (Linux) to read the child's own memory high-water mark")
-    r = subprocess.run([sys.executable, "-c", _HWM_CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                       text=True, env=env)
-    marks = [l.split()[1] for l in r.stderr.splitlines() if l.startswith("jaxviz-test-VmHWM ")]
-    assert marks, r.stderr[-2000:]
-    return r.returncode, r.stderr, int(marks[-1]) / 1024
-
-
 @pytest.mark.slow
 def test_peak_memory_of_a_ten_times_larger_collection_is_within_ten_percent(tmp_path):
     x, _ = datasets.digits()
@@ -166,7 +144,7 @@ def test_peak_memory_of_a_ten_times_larger_collection_is_within_ten_percent(tmp_
                 str(path), "--layer", layer, "--concepts", "8", "--class", "3", "--iterations", "2",
                 "--importance", "gradient", "--importance-images", "16", "--batch-size", "64",
                 "--out", str(tmp_path / f"o{m}")]
-        rc, err, peaks[m] = _peak_rss_mib(args)
+        rc, err, peaks[m] = cli_peak_mib(args)
         assert rc == 0, err[-2000:]
         with np.load(tmp_path / f"o{m}" / "concepts.npz") as z:
             assert len(z["paths"]) == m

@@ -21,6 +21,8 @@ import pytest
 from jaxviz.errors import JaxvizError
 from jaxviz.io import output_dir
 
+from conftest import cli_peak_mib
+
 CLI = [sys.executable, "-c", "from jaxviz.cli import entry; entry()"]
 ATLAS = ["atlas", "--weights", "builtin:digits_cnn", "--layer", "conv2d", "--patterns", "none"]
 DIGITS = ATLAS + ["--images", "digits", "--batch-size", "16"]  # 1,797 images, 113 batches
@@ -221,30 +223,6 @@ def test_a_checkpoint_write_error_is_one_line_and_keeps_the_previous_checkpoint(
 
 
 # -- 5. decoding memory -------------------------------------------------------------------------------------
-# The child reports its own VmHWM (its memory's high-water mark since its exec) at exit. wait4's ru_maxrss
-# is not used: Linux seeds it with the forking parent's resident size at exec, so under a large pytest
-# worker both runs read the worker's size and the difference below was 0 whatever the job did.
-_HWM_CLI = ("import atexit, sys\n"
-            "def hwm():\n"
-            "    for line in open('/proc/self/status'):\n"
-            "        if line.startswith('VmHWM:'):\n"
-            "            sys.stderr.write('\\njaxviz-test-VmHWM ' + line.split()[1] + '\\n')\n"
-            "atexit.register(hwm)\n"
-            "from jaxviz.cli import entry\n"
-            "entry()\n")
-
-
-def _run_measured(args):
-    """(returncode, stderr, peak RSS in MiB) of one CLI child: its own VmHWM."""
-    if not os.path.exists("/proc/self/status"):
-        pytest.skip("needs /proc (Linux) to read the child's own memory high-water mark")
-    r = subprocess.run([sys.executable, "-c", _HWM_CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                       text=True, env=ENV)
-    marks = [l.split()[1] for l in r.stderr.splitlines() if l.startswith("jaxviz-test-VmHWM ")]
-    assert marks, r.stderr[-2000:]
-    return r.returncode, r.stderr, int(marks[-1]) / 1024
-
-
 @pytest.mark.slow
 def test_decoding_memory_is_bounded_by_the_budget_not_the_workers(tmp_path):
     import cv2
@@ -262,9 +240,9 @@ def test_decoding_memory_is_bounded_by_the_budget_not_the_workers(tmp_path):
         shutil.copy(big / "i00.png", big / f"i{i:02d}.png")
         shutil.copy(small / "i00.png", small / f"i{i:02d}.png")
     args = ATLAS + ["--workers", "8", "--batch-size", "8", "--k", "2"]
-    rc, err, base = _run_measured(args + ["--images", str(small), "--out", str(tmp_path / "o1")])
+    rc, err, base = cli_peak_mib(args + ["--images", str(small), "--out", str(tmp_path / "o1")], ENV)
     assert rc == 0, err
-    rc, err, peak = _run_measured(args + ["--images", str(big), "--out", str(tmp_path / "o2")])
+    rc, err, peak = cli_peak_mib(args + ["--images", str(big), "--out", str(tmp_path / "o2")], ENV)
     assert rc == 0, err
     # the 1 GiB budget (DECODE_MEMORY) and a little for the arrays the budget does not count (the file's
     # bytes before its header is read, the batches); 8 workers at once held ~9 GB here before

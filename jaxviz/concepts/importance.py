@@ -100,15 +100,14 @@ IMPORTANCE = {"sobol": sobol_total, "gradient": gradient_importance, "occlusion"
 
 
 def _tail(model, layer: str):
-    """``model`` after ``layer`` (a :class:`~jaxviz.nn.graph.Sequential` split there), or None for a
-    model that cannot be split (adapted modules, wrappers): then the head runs the whole network with
+    """``model`` after ``layer`` through the model's own ``split(layer)`` (a graph of layers has one), or
+    None for a model without it (adapted modules, wrappers): then the head runs the whole network with
     the layer perturbed, the same function at several times the cost."""
-    from jaxviz.nn.graph import Sequential
-
-    if not isinstance(model, Sequential):
+    split = getattr(model, "split", None)
+    if split is None:
         return None
     try:
-        return model.split(layer)[1]
+        return split(layer)[1]
     except Exception:  # a layer the graph cannot cut at: the whole network, perturbed
         return None
 
