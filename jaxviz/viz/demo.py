@@ -468,20 +468,13 @@ def _save(stage: str, rel: str, image: np.ndarray) -> str:
 
 
 def _crop(pixels: np.ndarray, box, size: int) -> np.ndarray:
-    """The receptive-field box (top, left, bottom, right) with half its size of context, a yellow frame
-    on the box, resized to ``size`` x ``size``."""
-    from PIL import Image, ImageDraw
+    """The atlas's framed receptive-field crop (:func:`jaxviz.cli.atlas._crop`), resized to ``size`` x
+    ``size`` for the one-picture grid."""
+    import cv2
 
-    h, w = pixels.shape[:2]
-    t, l, b, r = (int(v) for v in box)
-    mh, mw = max(1, (b - t) // 2), max(1, (r - l) // 2)
-    ct, cl, cb, cr = max(0, t - mh), max(0, l - mw), min(h, max(b, t + 1) + mh), min(w, max(r, l + 1) + mw)
-    im = Image.fromarray(np.ascontiguousarray(pixels[ct:cb, cl:cr])).convert("RGB")
-    sy, sx = size / im.size[1], size / im.size[0]
-    im = im.resize((size, size), Image.BILINEAR)
-    ImageDraw.Draw(im).rectangle([(l - cl) * sx, (t - ct) * sy, (r - cl) * sx - 1, (b - ct) * sy - 1],
-                                 outline=(255, 220, 0))
-    return np.asarray(im)
+    from jaxviz.cli.atlas import _crop as framed
+
+    return cv2.resize(framed(pixels, None, box), (size, size), interpolation=cv2.INTER_AREA)
 
 
 def _atlas_picture(ctx: Context, atlas, pre: str, pats, k: int) -> None:
