@@ -3,7 +3,6 @@ self-contained ``index.html`` (one card per unit: its pattern, its top-k exempla
 
 from __future__ import annotations
 
-import base64
 import html
 import os
 import re
@@ -26,10 +25,11 @@ from jaxviz.cli.common import (
 )
 from jaxviz.errors import JaxvizError
 from jaxviz.nn.jit import jit
+from jaxviz.viz.display import all_zero, png_uri
+from jaxviz.viz.render import framed_crop
 
 CHECKPOINT = ".atlas-checkpoint"  # inside --out: what --resume continues from
 RARE = 0.01  # units firing on fewer than 1% of the images are listed as rarely firing
-CROP_PX = 72  # exemplar crops are drawn this tall in the html
 
 
 def parse_units(text: str) -> list[int] | None:
@@ -141,41 +141,6 @@ def _patterns(args, model, params, atlas, shape) -> dict:
 
 
 # -- html ---------------------------------------------------------------------------------------------
-def _png(img: np.ndarray) -> str:
-    import cv2
-
-    img = np.asarray(img, np.uint8)
-    if img.ndim == 3 and img.shape[-1] == 3:
-        img = img[..., ::-1]  # cv2 writes BGR
-    _, buf = cv2.imencode(".png", img)
-    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
-
-
-def _crop(pixels: np.ndarray, heat: np.ndarray | None, box) -> np.ndarray:
-    """The exemplar around its receptive-field box (half the box's size of context on each side), the
-    box drawn in yellow and the unit's map (0..1, input size) overlaid where it is strong, scaled to
-    :data:`CROP_PX` pixels tall; RGB uint8."""
-    import cv2
-
-    rgb = np.repeat(pixels, 3, -1) if pixels.shape[-1] == 1 else pixels
-    rgb = np.clip(rgb, 0, 255).astype(np.float32)
-    if heat is not None:
-        a = np.clip(heat, 0, 1)[..., None]
-        colour = cv2.applyColorMap(np.uint8(a[..., 0] * 255), cv2.COLORMAP_JET)[..., ::-1].astype(np.float32)
-        rgb = rgb * (1 - 0.5 * a) + colour * 0.5 * a
-    h, w = rgb.shape[:2]
-    t, l, b, r = (int(v) for v in box)
-    mh, mw = max(1, (b - t) // 2), max(1, (r - l) // 2)
-    ct, cl, cb, cr = max(0, t - mh), max(0, l - mw), min(h, max(b, t + 1) + mh), min(w, max(r, l + 1) + mw)
-    crop = rgb[ct:cb, cl:cr]
-    scale = CROP_PX / crop.shape[0]
-    size = (max(1, round(crop.shape[1] * scale)), CROP_PX)
-    big = cv2.resize(np.uint8(crop), size, interpolation=cv2.INTER_NEAREST)
-    p0 = (round((l - cl) * scale), round((t - ct) * scale))
-    p1 = (max(p0[0], round((r - cl) * scale) - 1), max(p0[1], round((b - ct) * scale) - 1))
-    return cv2.rectangle(np.ascontiguousarray(big), p0, p1, (255, 220, 0), 1)
-
-
 def _maps(model, params, pixels: np.ndarray, layer: str) -> np.ndarray:
     """The layer's activations (N x h x w x C) for exemplar pixels (N x H x W x C), 32 at a time."""
     import jax
@@ -249,12 +214,6 @@ def _is_iterable(images) -> bool:
     return not isinstance(images, (str, os.PathLike, list, tuple, np.ndarray))
 
 
-def _all_zero(la, u: int) -> bool:
-    """A dead unit whose top values are all 0 (after a ReLU): its exemplars are ties, arbitrary images.
-    A dead unit of a layer read before its activation (all values negative) keeps its ranked exemplars."""
-    return bool(la.dead[u]) and not np.any(la.values[u][la.indices[u] >= 0])
-
-
 def _layer_html(n, layer, la, model, params, coll, atlas, pats, max_cards) -> str:
     esc = html.escape
     rf = la.field
@@ -273,7 +232,7 @@ def _layer_html(n, layer, la, model, params, coll, atlas, pats, max_cards) -> st
            "<option value='fire'>fire rate</option></select>"
            + (f" (first {len(shown)} of {len(la.units)} units shown)" if len(shown) < len(la.units) else "")
            + "</p><div class='cards'>"]
-    idx = sorted({int(i) for u in shown if not _all_zero(la, u) for i in la.indices[u] if i >= 0})
+    idx = sorted({int(i) for u in shown if not all_zero(la, u) for i in la.indices[u] if i >= 0})
     crops = {}
     if coll is not None and idx:
         pixels = np.stack([coll.read(i) for i in idx])
@@ -282,7 +241,7 @@ def _layer_html(n, layer, la, model, params, coll, atlas, pats, max_cards) -> st
         import cv2
 
         h, w = atlas.input_shape[:2]
-        for u in (u for u in shown if not _all_zero(la, u)):
+        for u in (u for u in shown if not all_zero(la, u)):
             unit = int(la.units[u])
             top = max(float(la.values[u, 0]), 1e-12)
             for j, i in enumerate(la.indices[u]):
@@ -292,7 +251,7 @@ def _layer_html(n, layer, la, model, params, coll, atlas, pats, max_cards) -> st
                 if maps is not None:
                     m = maps[pos[int(i)]][..., unit]
                     heat = cv2.resize(np.asarray(m, np.float32) / top, (w, h), interpolation=cv2.INTER_LINEAR)
-                crops[(u, j)] = _png(_crop(pixels[pos[int(i)]], heat, la.boxes[u, j]))
+                crops[(u, j)] = png_uri(framed_crop(pixels[pos[int(i)]], heat, la.boxes[u, j]))
     for u in shown:
         unit = int(la.units[u])
         cls = " dead" if la.dead[u] else ""
@@ -302,9 +261,9 @@ def _layer_html(n, layer, la, model, params, coll, atlas, pats, max_cards) -> st
                    f"data-mean='{float(la.mean[u]):.6g}' data-fire='{float(la.fire_rate[u]):.6g}'>"
                    f"<div class='head'><b>unit {unit}</b> · {stats}</div><div class='row'>")
         if unit in pats:
-            out.append(f"<figure><img class='pattern' src='{_png(pats[unit])}' alt='pattern'>"
+            out.append(f"<figure><img class='pattern' src='{png_uri(pats[unit])}' alt='pattern'>"
                        "<figcaption>pattern</figcaption></figure>")
-        if _all_zero(la, u):
+        if all_zero(la, u):
             out.append(f"<p class='none'>never above 0 on the {atlas.count} images: its top {len(la.indices[u])} "
                        "are ties at 0, so none is drawn</p>")
         for j, i in enumerate(la.indices[u]):

@@ -12,14 +12,19 @@ import time
 
 import numpy as np
 
-from jaxviz.cli.atlas import STYLE, _crop, _png
+from jaxviz.cli.atlas import STYLE
 from jaxviz.cli.common import add_model_args, at_least, input_shape, load, on_processes, register, say_preprocessing
 from jaxviz.cli.progress import Progress
 from jaxviz.errors import JaxvizError
 from jaxviz.io.images import IMAGE_EXTENSIONS
+from jaxviz.viz.display import png_uri
+from jaxviz.viz.render import framed_crop, superimpose
 
 CHECKPOINT = ".concepts-checkpoint"
 METRICS = ("c-deletion", "c-insertion", "c-mufidelity")
+PAGE_IMAGES = 6  # images in the page's per-image section
+TOP_CONCEPTS = 3  # concepts shown per image there
+MAP_PX = 112  # ... drawn this tall
 
 
 def cmd_concepts(args) -> None:
@@ -150,6 +155,10 @@ CARD_STYLE = """
 .card table.imp th{color:#555}
 .card .absent{color:#999;font-style:italic}
 figure figcaption{max-width:72px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;line-height:1.35}
+.imgmaps .row{align-items:flex-start}
+.imgmaps figure img{height:auto}
+.imgmaps figure figcaption{max-width:112px;white-space:normal;overflow-wrap:anywhere}
+.imgmaps .photo img{border:1px solid #888}
 """
 
 
@@ -182,8 +191,9 @@ def render_html(model, params, images, res, shape, patterns: "list | None" = Non
     name and the concept's code under each), the feature visualisation of its direction (``patterns``:
     one uint8 image per concept, from :func:`concept_patterns`; empty: none shown), importance and
     prevalence per class asked (``classes``; default those with importances) over the images predicted
-    as that class — "no image of this class" where none was. Every name from a file or a model is
-    escaped."""
+    as that class — "no image of this class" where none was; then, for a few images
+    (:func:`page_images`), the photo, the code maps of its strongest concepts and its class map
+    (:func:`images_html`). Every name from a file or a model is escaped."""
     import jax.numpy as jnp
 
     from jaxviz.concepts.maps import code_maps
@@ -239,20 +249,119 @@ def render_html(model, params, images, res, shape, patterns: "list | None" = Non
             parts.append("</table>")
         parts.append("<div class='row'>")
         if patterns:
-            parts.append(f"<figure><img class='pattern' src='{_png(patterns[c])}' alt='direction of concept {c}'>"
+            parts.append(f"<figure><img class='pattern' src='{png_uri(patterns[c])}' alt='direction of concept {c}'>"
                          "<figcaption>direction</figcaption></figure>")
         for j, i in enumerate(ex["indices"][c]):
             if i < 0:
                 continue
             m = cmaps[pos[int(i)], c]
             heat = m / max(float(m.max()), 1e-12)
-            img = _png(_crop(pixels[pos[int(i)]], heat, boxes[c, j]))
+            img = png_uri(framed_crop(pixels[pos[int(i)]], heat, boxes[c, j]))
             name = esc(_short(res.paths[int(i)]))
             parts.append(f"<figure title='{esc(res.paths[int(i)], quote=True)}'><img src='{img}' alt='exemplar'>"
                          f"<figcaption>{name}</figcaption><figcaption>{ex['values'][c, j]:.3g}</figcaption></figure>")
         parts.append("</div></div>")
-    parts.append("</div></body></html>")
+    parts.append("</div>")
+    parts.append(images_html(model, params, coll, res, classes, names))
+    parts.append("</body></html>")
     return "".join(parts)
+
+
+def page_images(res, classes, n: int = PAGE_IMAGES) -> list:
+    """The images of the page's per-image section, ``[(item, class, importances K)]``: the first images of
+    each asked class's importance record (those predicted as it), taken in turn over the classes (c1, c2,
+    c1, c2, ...) up to ``n``, then grouped by class. With no class that has importances: the first ``n``
+    readable items, ``(item, None, None)``."""
+    recs = [(c, res.importance[c]) for c in classes if c in res.importance]
+    if not recs:
+        failed = {f.index for f in res.failures}
+        return [(i, None, None) for i in range(len(res.paths)) if i not in failed][:n]
+    picked: list = []
+    for j in range(max(len(r["images"]) for _, r in recs)):
+        for c, r in recs:
+            if j < len(r["images"]) and len(picked) < n:
+                picked.append((int(r["images"][j]), c, np.asarray(r["per_image"][j], np.float32)))
+    order = {c: k for k, (c, _) in enumerate(recs)}
+    return sorted(picked, key=lambda p: order[p[1]])  # stable: each class's images in record order
+
+
+def _enlarged(img: np.ndarray, height: int = MAP_PX) -> np.ndarray:
+    """An RGB uint8 picture ``height`` pixels tall: nearest when enlarged 2x or more (digits stay crisp),
+    else area-averaged."""
+    import cv2
+
+    h, w = img.shape[:2]
+    size = (max(1, round(w * height / h)), height)
+    return cv2.resize(img, size, interpolation=cv2.INTER_NEAREST if height >= 2 * h else cv2.INTER_AREA)
+
+
+def images_html(model, params, coll, res, classes, names: dict, n: int = PAGE_IMAGES,
+                top: int = TOP_CONCEPTS) -> str:
+    """The page's per-image section: for the images of :func:`page_images`, the photo, the code maps of its
+    ``top`` concepts (:func:`jaxviz.concepts.maps.top_concept_maps`: by the image's importance for its
+    class, else by its mean code) over the photo, each captioned with its importance, and the class map."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxviz.concepts.maps import top_concept_maps
+    from jaxviz.nn.preprocess import preprocess
+
+    esc = html.escape
+    chosen = page_images(res, classes, n)
+    head = "<h2 id='images'>Concepts in a few images</h2>"
+    if not chosen:
+        return head + "<p>No readable image to show.</p>"
+    with_class = chosen[0][1] is not None
+    pixels = np.stack([coll.read(i) for i, _, _ in chosen]).astype(np.float32)
+    x = preprocess(jnp.asarray(pixels), model.preprocessing)
+    imp = np.stack([w for _, _, w in chosen]) if with_class else None
+    tc = top_concept_maps(model, params, res.layer, res.dictionary, x, imp, top)
+    shown = tc.concepts.shape[1]
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(tc.logits, jnp.float32), -1))
+    if with_class:
+        intro = (f"For {len(chosen)} images (the first of each class's importance record, the images predicted "
+                 f"as it, in turn over the classes): the photo, the code maps of its {shown} most important "
+                 "concepts for that class (where each is present, each scaled to its own maximum) and the "
+                 "class map (the sum of all the concepts' code maps weighted by the image's importances; its "
+                 "positive part, scaled to its maximum). Maps in JET at 0.4 over the photo.")
+    else:
+        why = ("No class was asked (<code>--class C</code>)" if not classes else
+               "No image of the classes asked was among the images explained")
+        intro = (f"{why}, so there is no importance: for the first {len(chosen)} images, the photo (with the "
+                 f"model's predicted class) and the code maps of the {shown} concepts most present in it (the "
+                 "largest mean code over the layer's positions), each scaled to its own maximum, in JET at "
+                 "0.4 over the photo. No class map.")
+    parts = [head, f"<p>{intro}</p><div class='cards imgmaps'>"]
+    for r, (i, c, _) in enumerate(chosen):
+        photo = np.clip(pixels[r], 0, 255).astype(np.uint8)
+        photo = _enlarged(np.repeat(photo, 3, -1) if photo.shape[-1] == 1 else photo)
+        pred = int(np.argmax(probs[r]))
+        label = names.get(c) if c is not None else _class_names(model, [pred])[pred]
+        what = (f"class {esc(label)}, p {probs[r, c]:.2f}" if c is not None
+                else f"predicted {esc(label)}, p {probs[r, pred]:.2f}")
+        concepts = " ".join(str(int(k)) for k in tc.concepts[r])
+        parts.append(f"<div class='card' data-item='{i}' data-class='{'' if c is None else c}' "
+                     f"data-concepts='{concepts}'><div class='row'>"
+                     f"<figure class='photo' title='{esc(res.paths[i], quote=True)}'><img src='{png_uri(photo)}' "
+                     f"alt='photo'><figcaption>{esc(_short(res.paths[i]))}<br>{what}</figcaption></figure>")
+        for t in range(shown):
+            k, w = int(tc.concepts[r, t]), float(tc.weights[r, t])
+            m = np.asarray(tc.maps[r, t])
+            heat = m / max(float(m.max()), 1e-12)
+            word = "importance" if c is not None else "mean code"
+            parts.append(f"<figure><img src='{png_uri(superimpose(photo, heat, 0.4))}' alt='code map of concept {k}'>"
+                         f"<figcaption><a href='#concept{k}'>concept {k}</a>, {word} {w:.3g}</figcaption></figure>")
+        if tc.class_map is not None:
+            m = np.asarray(tc.class_map[r])
+            top_ = float(m.max())
+            heat = np.maximum(m, 0) / max(top_, 1e-12)
+            note = "" if top_ > 0 else " (no positive part)"
+            parts.append(f"<figure><img src='{png_uri(superimpose(photo, heat, 0.4))}' alt='class map'>"
+                         f"<figcaption>class map{note}</figcaption></figure>")
+        parts.append("</div></div>")
+    parts.append("</div>")
+    return "".join(parts)
+
 
 
 @register("concepts", "what a layer has learned, as concepts over a collection: NMF / SAE dictionary, importance, "

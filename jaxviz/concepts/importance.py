@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxviz.errors import JaxvizError
+
 EPS = 1e-12
 NB_DESIGN = 32
 
@@ -101,14 +103,16 @@ IMPORTANCE = {"sobol": sobol_total, "gradient": gradient_importance, "occlusion"
 
 def _tail(model, layer: str):
     """``model`` after ``layer`` through the model's own ``split(layer)`` (a graph of layers has one), or
-    None for a model without it (adapted modules, wrappers): then the head runs the whole network with
-    the layer perturbed, the same function at several times the cost."""
+    None for a model without it (adapted modules, wrappers) or that refuses to cut at ``layer`` (a
+    :class:`~jaxviz.errors.JaxvizError`, as :meth:`~jaxviz.nn.graph.Sequential.split` raises for a name it
+    does not know): then the head runs the whole network with the layer perturbed, the same function at
+    several times the cost. Any other error from ``split`` is a bug and propagates."""
     split = getattr(model, "split", None)
     if split is None:
         return None
     try:
         return split(layer)[1]
-    except Exception:  # a layer the graph cannot cut at: the whole network, perturbed
+    except JaxvizError:
         return None
 
 

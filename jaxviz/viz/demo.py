@@ -468,13 +468,13 @@ def _save(stage: str, rel: str, image: np.ndarray) -> str:
 
 
 def _crop(pixels: np.ndarray, box, size: int) -> np.ndarray:
-    """The atlas's framed receptive-field crop (:func:`jaxviz.cli.atlas._crop`), resized to ``size`` x
-    ``size`` for the one-picture grid."""
+    """The atlas's framed receptive-field crop (:func:`jaxviz.viz.render.framed_crop`), resized to ``size``
+    x ``size`` for the one-picture grid."""
     import cv2
 
-    from jaxviz.cli.atlas import _crop as framed
+    from jaxviz.viz.render import framed_crop
 
-    return cv2.resize(framed(pixels, None, box), (size, size), interpolation=cv2.INTER_AREA)
+    return cv2.resize(framed_crop(pixels, None, box), (size, size), interpolation=cv2.INTER_AREA)
 
 
 def _atlas_picture(ctx: Context, atlas, pre: str, pats, k: int) -> None:

@@ -19,7 +19,7 @@ Besides the results of the public API, three results of the display layer put se
 
 The pictures are made by the same functions as the CLI's writers (:mod:`jaxviz.viz.render`'s
 ``stitch``, ``activation_grid``, ``plain_map``; :mod:`jaxviz.viz.plotting`'s ``histograms`` and
-``curves_figure``; the atlas crops of :mod:`jaxviz.cli.atlas`).
+``curves_figure``; the atlas's framed crops, ``framed_crop``).
 
 :func:`show` is the script-side entry: in IPython it displays the result, elsewhere it writes a
 self-contained HTML page and returns its path.
@@ -74,6 +74,11 @@ def png_bytes(img: np.ndarray) -> bytes:
 
 def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def png_uri(img: np.ndarray) -> str:
+    """uint8 H x W or H x W x 3 (RGB) -> a PNG data URI (the pictures of the CLI's self-contained pages)."""
+    return data_uri(png_bytes(img))
 
 
 def inline(png: bytes, name: str) -> str:
@@ -415,8 +420,15 @@ def weights_html(lw, images: ImageSink = inline) -> str:
                  + mosaic)
 
 
+def all_zero(la, u: int) -> bool:
+    """Unit ``u`` of a :class:`~jaxviz.LayerAtlas` is dead and its top values are all 0 (after a ReLU): its
+    exemplars are ties, arbitrary images, so none is drawn. A dead unit of a layer read before its
+    activation (all values negative) keeps its ranked exemplars."""
+    return bool(la.dead[u]) and not np.any(la.values[u][la.indices[u] >= 0])
+
+
 def _layer_atlas_html(layer: str, la, paths, input_shape, units: int, k: int, images: ImageSink = inline) -> str:
-    from jaxviz.cli.atlas import _all_zero, _crop
+    from jaxviz.viz.render import framed_crop
 
     shown = list(range(min(len(la.units), units)))
     head = (f"<p><b>{esc(layer)}</b>: grid {la.grid[0]}x{la.grid[1]}, {len(la.units)} units, "
@@ -433,10 +445,10 @@ def _layer_atlas_html(layer: str, la, paths, input_shape, units: int, k: int, im
     for u in shown:
         figs = []
         for j, i in enumerate(la.indices[u][:k]):
-            if i < 0 or coll is None or _all_zero(la, u):  # a dead unit's top images are ties at 0
+            if i < 0 or coll is None or all_zero(la, u):  # a dead unit's top images are ties at 0
                 continue
             try:
-                crop = _crop(coll.read(int(i)), None, la.boxes[u, j])
+                crop = framed_crop(coll.read(int(i)), None, la.boxes[u, j])
             except Exception:  # noqa: BLE001
                 continue
             tag = img_tag(png_bytes(crop), "exemplar", str(paths[int(i)]), f"{layer}_unit{int(la.units[u])}_{j}",

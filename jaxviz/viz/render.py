@@ -1,4 +1,5 @@
-"""Turning arrays into uint8 pictures: activation grids, stitched pattern grids, heatmap overlays."""
+"""Turning arrays into uint8 pictures: activation grids, stitched pattern grids, heatmap overlays, the
+framed receptive-field crops of the atlas and concept pages."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Mapping, NamedTuple
 import numpy as np
 
 from jaxviz.nn.finite import all_finite, finite_entries
+
+CROP_PX = 72  # exemplar crops (atlas and concept cards) are drawn this tall
 
 
 class Grid(NamedTuple):
@@ -126,6 +129,31 @@ def _jet(values: np.ndarray) -> np.ndarray:
 
     v = np.uint8(255 * np.clip(np.asarray(values, np.float32), 0, 1))
     return cv2.applyColorMap(v.reshape(v.shape[0], -1), cv2.COLORMAP_JET)[..., ::-1].reshape(v.shape + (3,))
+
+
+def framed_crop(pixels: np.ndarray, heat: np.ndarray | None, box, height: int = CROP_PX) -> np.ndarray:
+    """An exemplar around its receptive-field ``box`` (top, left, bottom, right in input pixels), with
+    half the box's size of context on each side, the box drawn in yellow and ``heat`` (0..1 at the
+    input size, or None) overlaid in JET where it is strong (each pixel blended by half its heat),
+    scaled to ``height`` pixels tall (nearest); RGB uint8. ``pixels``: H x W x 1 or x 3."""
+    import cv2
+
+    rgb = np.repeat(pixels, 3, -1) if pixels.shape[-1] == 1 else pixels
+    rgb = np.clip(rgb, 0, 255).astype(np.float32)
+    if heat is not None:
+        a = np.clip(heat, 0, 1)[..., None]
+        rgb = rgb * (1 - 0.5 * a) + _jet(a[..., 0]).astype(np.float32) * 0.5 * a
+    h, w = rgb.shape[:2]
+    t, l, b, r = (int(v) for v in box)
+    mh, mw = max(1, (b - t) // 2), max(1, (r - l) // 2)
+    ct, cl, cb, cr = max(0, t - mh), max(0, l - mw), min(h, max(b, t + 1) + mh), min(w, max(r, l + 1) + mw)
+    crop = rgb[ct:cb, cl:cr]
+    scale = height / crop.shape[0]
+    size = (max(1, round(crop.shape[1] * scale)), height)
+    big = cv2.resize(np.uint8(crop), size, interpolation=cv2.INTER_NEAREST)
+    p0 = (round((l - cl) * scale), round((t - ct) * scale))
+    p1 = (max(p0[0], round((r - cl) * scale) - 1), max(p0[1], round((b - ct) * scale) - 1))
+    return cv2.rectangle(np.ascontiguousarray(big), p0, p1, (255, 220, 0), 1)
 
 
 def plain_map(heatmap: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
