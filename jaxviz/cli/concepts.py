@@ -340,7 +340,7 @@ def images_html(model, params, coll, res, classes, names: dict, n: int = PAGE_IM
         what = (f"class {esc(label)}, p {probs[r, c]:.2f}" if c is not None
                 else f"predicted {esc(label)}, p {probs[r, pred]:.2f}")
         concepts = " ".join(str(int(k)) for k in tc.concepts[r])
-        parts.append(f"<div class='card' data-item='{i}' data-class='{'' if c is None else c}' "
+        parts.append(f"<div class='card image' data-item='{i}' data-class='{'' if c is None else c}' "
                      f"data-concepts='{concepts}'><div class='row'>"
                      f"<figure class='photo' title='{esc(res.paths[i], quote=True)}'><img src='{png_uri(photo)}' "
                      f"alt='photo'><figcaption>{esc(_short(res.paths[i]))}<br>{what}</figcaption></figure>")
