@@ -138,6 +138,47 @@ def test_crop_boxes():
     assert starts == [0, 8, 16, 18]
 
 
+def test_crops_exemplars_are_their_strongest_crop(digits):
+    """Crops mode (CRAFT rows): each exemplar's box is the crop whose code for the concept is the image's
+    largest, recomputed here from layer_rows' crop rows (the step's argmax runs over crops: it once was
+    read as a layer-grid position, putting every box on the grid's first row); its peak is the crop's row
+    and column in the grid of crops; the page overlays the crop's own code map, equal to the crop rows'
+    path (rows.crops) resized back to the crop."""
+    from jaxviz.cli.concepts import render_html
+    from jaxviz.concepts.job import find_concepts
+    from jaxviz.concepts.maps import crop_code_maps
+    from jaxviz.concepts.rows import crops
+    from jaxviz.methods.metrics import resize_linear
+
+    m, p, x, _ = digits
+    raw = datasets.digits()[0][:32]
+    res = find_concepts(m, p, raw, LAYER, 4, crops=14, iterations=2, exemplars=3, importance_images=0)
+    assert res.crops == 14
+    boxes = crop_boxes(28, 28, 14)  # starts 0, 11, 14: a 3 x 3 grid of crops
+    z = np.asarray(encode(res.dictionary, layer_rows(m, p, LAYER, x[:32], "crops", boxes)))  # 32 x 9 x K
+    ex = res.exemplars
+    rows_seen = set()
+    for c in range(4):
+        for j, i in enumerate(ex["indices"][c]):
+            assert i >= 0
+            best = int(np.argmax(z[i, :, c]))
+            assert ex["boxes"][c, j].tolist() == boxes[best].tolist(), (c, j)
+            assert ex["peaks"][c, j].tolist() == [best // 3, best % 3]
+            np.testing.assert_allclose(ex["values"][c, j], z[i, best, c], rtol=1e-5, atol=1e-6)
+            rows_seen.add(best // 3)
+    assert rows_seen != {0}  # the bug's signature: every peak on the first row
+    i, c = int(ex["indices"][0, 0]), 0
+    t, l, b, r = (int(v) for v in ex["boxes"][c, 0])
+    got = np.asarray(crop_code_maps(res.dictionary, m, p, LAYER, x[i:i + 1], ex["boxes"][c, :1]))
+    acts = m.run(p, crops(x[i:i + 1], np.array([[t, l, b, r]])), taps=[LAYER], output=False).taps[LAYER]
+    want = resize_linear(jnp.moveaxis(encode(res.dictionary, acts), -1, 1), (14, 14))
+    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-6)
+    with pytest.raises(jaxviz.JaxvizError, match="boxes"):
+        crop_code_maps(res.dictionary, m, p, LAYER, x[:2], np.array([[0, 0, 14, 14], [0, 0, 10, 14]]))
+    page = render_html(m, p, raw, res, (28, 28, 1), [], [])
+    assert page.count("class='card'") == 4 and page.count("alt='exemplar'") == 12
+
+
 @pytest.mark.slow
 def test_cli_writes_every_npz_key(tmp_path):
     import subprocess

@@ -187,8 +187,8 @@ def _class_names(model, classes) -> dict:
 
 def render_html(model, params, images, res, shape, patterns: "list | None" = None,
                 classes: "list | None" = None) -> str:
-    """One card per concept: the strongest exemplars (receptive-field box, code map overlaid, the item's
-    name and the concept's code under each), the feature visualisation of its direction (``patterns``:
+    """One card per concept: the strongest exemplars (receptive-field box, or in crops mode the crop with
+    the crop's own code map; code map overlaid, the item's name and the concept's code under each), the feature visualisation of its direction (``patterns``:
     one uint8 image per concept, from :func:`concept_patterns`; empty: none shown), importance and
     prevalence per class asked (``classes``; default those with importances) over the images predicted
     as that class — "no image of this class" where none was; then, for a few images
@@ -196,10 +196,9 @@ def render_html(model, params, images, res, shape, patterns: "list | None" = Non
     (:func:`images_html`). Every name from a file or a model is escaped."""
     import jax.numpy as jnp
 
-    from jaxviz.concepts.maps import code_maps
+    from jaxviz.concepts.maps import code_maps, crop_code_maps
     from jaxviz.io.collection import open_collection
     from jaxviz.nn.preprocess import preprocess
-    from jaxviz.nn.receptive import field_boxes, receptive_field
 
     esc = html.escape
     classes = list(classes if classes is not None else res.importance)
@@ -207,16 +206,24 @@ def render_html(model, params, images, res, shape, patterns: "list | None" = Non
     coll = open_collection(images, shape, batch_size=1)
     ex = res.exemplars
     K = ex["indices"].shape[0]
-    rf = receptive_field(model, res.layer, shape, params=params)
-    boxes = field_boxes(rf, ex["peaks"], shape[:2])
+    boxes = ex["boxes"]
     used = sorted({int(i) for i in ex["indices"].ravel() if i >= 0})
     pos = {i: n for n, i in enumerate(used)}
-    cmaps = None
     if used:
         pixels = np.stack([coll.read(i) for i in used]).astype(np.float32)
         x = preprocess(jnp.asarray(pixels), model.preprocessing)
-        acts = model.run(params, x, taps=[res.layer], output=False).taps[res.layer]
-        cmaps = np.asarray(code_maps(res.dictionary, acts, shape[:2]))
+        if res.crops:  # each exemplar is a crop: the crop's own code map, placed at its box
+            shown = [(c, j) for c in range(K) for j in range(ex["indices"].shape[1]) if ex["indices"][c, j] >= 0]
+            which = np.array([pos[int(ex["indices"][c, j])] for c, j in shown])
+            crop_maps = {}
+            for s0 in range(0, len(shown), 64):
+                part = slice(s0, s0 + 64)
+                m = np.asarray(crop_code_maps(res.dictionary, model, params, res.layer, x[which[part]],
+                                              np.array([boxes[c, j] for c, j in shown[part]])))
+                crop_maps.update({cj: m[n, cj[0]] for n, cj in enumerate(shown[part])})
+        else:
+            acts = model.run(params, x, taps=[res.layer], output=False).taps[res.layer]
+            cmaps = np.asarray(code_maps(res.dictionary, acts, shape[:2]))
     counts = {c: len(res.importance[c]["images"]) if c in res.importance else 0 for c in classes}
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>jaxviz concepts: {esc(model.name)}</title>"
              f"<style>{STYLE}{CARD_STYLE}</style></head><body>",
@@ -254,7 +261,12 @@ def render_html(model, params, images, res, shape, patterns: "list | None" = Non
         for j, i in enumerate(ex["indices"][c]):
             if i < 0:
                 continue
-            m = cmaps[pos[int(i)], c]
+            if res.crops:
+                t, l, b, r = (int(v) for v in boxes[c, j])
+                m = np.zeros(shape[:2], np.float32)
+                m[t:b, l:r] = crop_maps[(c, j)]
+            else:
+                m = cmaps[pos[int(i)], c]
             heat = m / max(float(m.max()), 1e-12)
             img = png_uri(framed_crop(pixels[pos[int(i)]], heat, boxes[c, j]))
             name = esc(_short(res.paths[int(i)]))

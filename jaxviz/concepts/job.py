@@ -43,6 +43,7 @@ from jaxviz.methods import engine
 from jaxviz.methods.sharding import AXIS, shard_batch
 from jaxviz.nn.jit import jit
 from jaxviz.nn.preprocess import preprocess
+from jaxviz.nn.receptive import field_boxes, receptive_field
 
 FITS = ("full", "even", "odd")
 
@@ -62,9 +63,13 @@ class ConceptsResult(NamedTuple):
         ``importance_images`` of each process); a class no such image is predicted as is absent.
       faithfulness: ``{class: {"c-deletion": mean, "c-deletion/random": mean, ...}}`` over the same
         images (NaN where there is none).
-      exemplars: ``indices`` (K x k item indices, -1 none), ``values`` (K x k), ``peaks`` (K x k x 2
-        grid row, column) of each concept's strongest images.
+      exemplars: ``indices`` (K x k item indices, -1 none), ``values`` (K x k), ``peaks`` (K x k x 2:
+        holistic, the layer-grid row and column of the image's strongest position; crops, the row and
+        column of its strongest crop in the grid of crops) and ``boxes`` (K x k x 4 input pixels, top,
+        left, bottom, right: holistic, that position's receptive field; crops, the crop) of each
+        concept's strongest images.
       failures: undecodable items.
+      crops: the crops' size in pixels (CRAFT rows), or None (holistic).
     """
 
     paths: list
@@ -78,6 +83,7 @@ class ConceptsResult(NamedTuple):
     faithfulness: dict
     exemplars: dict
     failures: list
+    crops: int | None = None
 
 
 def _tree_arrays(prefix: str, tree) -> dict:
@@ -460,23 +466,33 @@ def find_concepts(model, params, images: Any, layer: str, k: int, *, method: str
                 imp[c] = {"per_image": per, "images": rows["index"][sel], **cimp.summarise(per)}
             faith[c] = {name[len("faith/"):-len(f"/{c}")]: float(np.mean(rows[name][sel])) if sel.any() else float("nan")
                         for name in rows if name.startswith("faith/") and name.endswith(f"/{c}")}
-    ex = _exemplars(rows, K, exemplars, model, layer, shape)
+    ex = _exemplars(rows, K, exemplars, model, params, layer, shape, crops)
     return ConceptsResult(out.paths, layer, method, d, (st["zsum"] / n).astype(np.float32),
-                          st["zmax"].astype(np.float32), qd, imp, faith, ex, out.failures)
+                          st["zmax"].astype(np.float32), qd, imp, faith, ex, out.failures,
+                          int(crops) if crops else None)
 
 
-def _exemplars(rows, K, k, model, layer, shape) -> dict:
+def _exemplars(rows, K, k, model, params, layer, shape, crops) -> dict:
+    """The strongest images of each concept, where in them (``peaks``) and the input box (``boxes``). The
+    step's argmax runs over the rows of an image: its layer-grid positions (holistic) or its crops."""
     idx = np.full((K, k), -1, np.int64)
     val = np.zeros((K, k), np.float32)
-    peaks = np.zeros((K, k, 2), np.int32)
+    pos = np.zeros((K, k), np.int64)
     if rows and len(rows.get("index", [])):
-        grid = dict(model.shapes(shape))[layer][:2]
-        best, pos, index = rows["best"], rows["pos"], rows["index"]
+        best, index = rows["best"], rows["index"]
         for c in range(K):
             order = np.argsort(-best[:, c], kind="stable")[:k]
             order = order[best[order, c] > 0]
             idx[c, :len(order)] = index[order]
             val[c, :len(order)] = best[order, c]
-            p = pos[order, c]
-            peaks[c, :len(order)] = np.stack([p // grid[1], p % grid[1]], -1)
-    return {"indices": idx, "values": val, "peaks": peaks}
+            pos[c, :len(order)] = rows["pos"][order, c]
+    if crops:
+        all_boxes = crop_boxes(shape[0], shape[1], int(crops))
+        cols = len(np.unique(all_boxes[:, 1]))
+        boxes = all_boxes[pos]
+    else:
+        cols = dict(model.shapes(shape))[layer][1]
+    peaks = np.stack([pos // cols, pos % cols], -1).astype(np.int32)
+    if not crops:
+        boxes = field_boxes(receptive_field(model, layer, shape, params=params), peaks, shape[:2])
+    return {"indices": idx, "values": val, "peaks": peaks, "boxes": boxes.astype(np.int32)}

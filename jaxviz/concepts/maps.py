@@ -8,8 +8,10 @@ from __future__ import annotations
 from typing import Any, NamedTuple, Sequence
 
 import jax.numpy as jnp
+import numpy as np
 
 from jaxviz.concepts.dictionary import encode
+from jaxviz.errors import JaxvizError
 from jaxviz.methods.metrics import resize_linear
 
 Array = Any
@@ -30,6 +32,24 @@ def class_map(maps: Array, importance: Array) -> Array:
     """The importance-weighted map (N x H x W) of code maps (N x K x H x W) and importances (N x K or K)."""
     w = importance if importance.ndim == 2 else importance[None]
     return jnp.einsum("nkhw,nk->nhw", maps, jnp.broadcast_to(w, maps.shape[:2]))
+
+
+def crop_code_maps(d, model, params, layer: str, x: Array, boxes) -> Array:
+    """Code maps (N x K x s x s) of one square crop per image, for CRAFT dictionaries: each preprocessed
+    image of ``x`` (N x H x W x C) cut at its box (``boxes``, N x 4 top, left, bottom, right, all of one
+    size s), resized to the input as the crops' rows are (:func:`jaxviz.concepts.rows.crops`), the codes
+    of every position of the layer, resized back to the crop (s x s): where in the crop the concept is."""
+    import jax
+
+    boxes = np.asarray(boxes, np.int64).reshape(-1, 4)
+    s = int(boxes[0, 2] - boxes[0, 0]) if len(boxes) else 0
+    if len(boxes) != x.shape[0] or s < 1 or np.any(boxes[:, 2:] - boxes[:, :2] != s):
+        raise JaxvizError(f"boxes must be one square box of one size per image ({x.shape[0]}), got {boxes.tolist()}")
+    b = jnp.asarray(boxes, jnp.int32)
+    cut = jax.vmap(lambda im, t: jax.lax.dynamic_slice(im, (t[0], t[1], 0), (s, s, im.shape[-1])))(x, b)
+    full = jax.image.resize(cut, x.shape, "bilinear")  # to the input size, as rows.crops does
+    acts = model.run(params, full, taps=[layer], output=False).taps[layer]
+    return code_maps(d, acts, (s, s))
 
 
 def concept_maps(model, params, layer: str, d, x: Array, importance: Array | None = None):
