@@ -170,7 +170,7 @@ def main(argv=None):
     p.add_argument("--channels", type=int, default=320)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=8192)
+    p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--devices", type=int, default=0, help="local devices to split the rows over (0: all)")
     p.add_argument("--repeats", type=int, default=2, help="timed calls of each side (the best is kept)")
     p.add_argument("--torch", default="/work/torchenv/bin/python")

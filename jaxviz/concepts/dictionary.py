@@ -97,24 +97,32 @@ def cd_sweep(W: Array, HHt: Array, XHt: Array, active: Array | None = None) -> t
     as scikit-learn sums it."""
     K = W.shape[-1]
     Wt = W.T  # K x B: component t is a contiguous row
-    XHtT = XHt.T
+    # grad_t reads the components before t at their new values and the others at their old ones:
+    # the old part, sum over s >= t of HHt[t, s] W[:, s], is one matmul before the loop (P); inside it
+    # the new rows go to a buffer of their own (Nt, zero until written), so step t adds the strictly
+    # lower row of HHt times Nt. The same recursion as scikit-learn's (its sums in another order,
+    # float rounding apart); the step no longer reads and writes one buffer, which made XLA copy the
+    # K x B codes twice per component (1.7-2x faster sweeps on the CPU).
+    P = jnp.triu(HHt) @ Wt - XHt.T
+    lower = jnp.tril(HHt, -1)
     viol = jnp.zeros(W.shape[:1], W.dtype)
 
     def body(t, carry):
-        Wt, viol = carry
+        Nt, viol = carry
         wt = lax.dynamic_index_in_dim(Wt, t, keepdims=False)
         h = lax.dynamic_index_in_dim(HHt, t, keepdims=False)
-        grad = h @ Wt - lax.dynamic_index_in_dim(XHtT, t, keepdims=False)
+        lt = lax.dynamic_index_in_dim(lower, t, keepdims=False)
+        grad = lax.dynamic_index_in_dim(P, t, keepdims=False) + lt @ Nt
         pg = jnp.where(wt == 0, jnp.minimum(grad, 0.0), grad)
         hess = h[t]
         new = jnp.where(hess != 0, jnp.maximum(wt - grad / jnp.where(hess != 0, hess, 1.0), 0.0), wt)
         if active is not None:
             new = jnp.where(active, new, wt)
             pg = jnp.where(active, pg, 0.0)
-        return lax.dynamic_update_index_in_dim(Wt, new, t, 0), viol + jnp.abs(pg)
+        return lax.dynamic_update_index_in_dim(Nt, new, t, 0), viol + jnp.abs(pg)
 
-    Wt, viol = lax.fori_loop(0, K, body, (Wt, viol), unroll=min(K, 8))
-    return Wt.T, viol
+    Nt, viol = lax.fori_loop(0, K, body, (jnp.zeros_like(Wt), viol), unroll=min(K, 4))
+    return Nt.T, viol
 
 
 def nnls_solve(D: Array, A: Array, l1: float = 0.0, l2: float = 0.0, *, max_iter: int = 1000,
