@@ -95,17 +95,23 @@ def cd_sweep(W: Array, HHt: Array, XHt: Array, active: Array | None = None) -> t
     (B x K) the l1 penalty subtracted. Rows are independent. ``active`` (B bool): rows to update (others
     are kept). Returns ``(W, violation)``: violation per row (B), the L1 norm of the projected gradient
     as scikit-learn sums it."""
-    K = W.shape[-1]
-    Wt = W.T  # K x B: component t is a contiguous row
+    Wt, viol = cd_sweep_t(W.T, HHt, XHt.T, active)
+    return Wt.T, viol
+
+
+def cd_sweep_t(Wt: Array, HHt: Array, XHtT: Array, active: Array | None = None) -> tuple[Array, Array]:
+    """:func:`cd_sweep` on transposed codes: ``Wt`` and ``XHtT`` K x B, one component per row, the layout
+    the sweep works in (the fit keeps its codes so: no transpose per batch). Returns ``(Wt, violation)``."""
+    K = Wt.shape[0]
     # grad_t reads the components before t at their new values and the others at their old ones:
     # the old part, sum over s >= t of HHt[t, s] W[:, s], is one matmul before the loop (P); inside it
     # the new rows go to a buffer of their own (Nt, zero until written), so step t adds the strictly
     # lower row of HHt times Nt. The same recursion as scikit-learn's (its sums in another order,
     # float rounding apart); the step no longer reads and writes one buffer, which made XLA copy the
     # K x B codes twice per component (1.7-2x faster sweeps on the CPU).
-    P = jnp.triu(HHt) @ Wt - XHt.T
+    P = jnp.triu(HHt) @ Wt - XHtT
     lower = jnp.tril(HHt, -1)
-    viol = jnp.zeros(W.shape[:1], W.dtype)
+    viol = jnp.zeros(Wt.shape[1:], Wt.dtype)
 
     def body(t, carry):
         Nt, viol = carry
@@ -121,8 +127,13 @@ def cd_sweep(W: Array, HHt: Array, XHt: Array, active: Array | None = None) -> t
             pg = jnp.where(active, pg, 0.0)
         return lax.dynamic_update_index_in_dim(Nt, new, t, 0), viol + jnp.abs(pg)
 
-    Nt, viol = lax.fori_loop(0, K, body, (jnp.zeros_like(Wt), viol), unroll=min(K, 4))
-    return Nt.T, viol
+    return lax.fori_loop(0, K, body, (jnp.zeros_like(Wt), viol), unroll=min(K, 4))
+
+
+def rows_dot_t(D: Array, A: Array) -> Array:
+    """``(A @ D.T).T`` (K x B) for ``D`` K x C and rows ``A`` B x C, as one product contracting C (no
+    transpose of the rows is materialised)."""
+    return lax.dot_general(D, A, (((1,), (1,)), ((), ())))
 
 
 def nnls_solve(D: Array, A: Array, l1: float = 0.0, l2: float = 0.0, *, max_iter: int = 1000,
@@ -132,23 +143,29 @@ def nnls_solve(D: Array, A: Array, l1: float = 0.0, l2: float = 0.0, *, max_iter
     (default zeros, as ``NMF.transform``) inside one ``lax.while_loop``. Each row stops on its own when
     its violation falls to ``tol`` times its first sweep's (so a row's codes do not depend on the batch
     it came in), or after ``max_iter`` sweeps. Not differentiable (see :func:`encode`)."""
+    return nnls_solve_t(D, A, l1, l2, max_iter=max_iter, tol=tol, W0t=None if W0 is None else W0.T).T
+
+
+def nnls_solve_t(D: Array, A: Array, l1: float = 0.0, l2: float = 0.0, *, max_iter: int = 1000,
+                 tol: float = 1e-7, W0t: Array | None = None) -> Array:
+    """:func:`nnls_solve` giving the codes transposed, K x B (from ``W0t`` K x B)."""
     HHt = D @ D.T + l2 * jnp.eye(D.shape[0], dtype=D.dtype)
-    XHt = A @ D.T - l1
-    W = jnp.zeros(XHt.shape, XHt.dtype) if W0 is None else W0.astype(XHt.dtype)
-    B = XHt.shape[0]
+    XT = rows_dot_t(D, A) - l1
+    Wt = jnp.zeros(XT.shape, XT.dtype) if W0t is None else W0t.astype(XT.dtype)
+    B = XT.shape[1]
 
     def cond(s):
         i, _, active, _ = s
         return (i < max_iter) & jnp.any(active)
 
     def body(s):
-        i, W, active, v0 = s
-        W, v = cd_sweep(W, HHt, XHt, active)
+        i, Wt, active, v0 = s
+        Wt, v = cd_sweep_t(Wt, HHt, XT, active)
         v0 = jnp.where(i == 0, v, v0)
         active = active & (v0 > 0) & (v > tol * v0)
-        return i + 1, W, active, v0
+        return i + 1, Wt, active, v0
 
-    s = (jnp.int32(0), W, jnp.ones((B,), bool), jnp.zeros((B,), XHt.dtype))
+    s = (jnp.int32(0), Wt, jnp.ones((B,), bool), jnp.zeros((B,), XT.dtype))
     return lax.while_loop(cond, body, s)[1]
 
 

@@ -19,7 +19,6 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from jaxviz.concepts.importance import design_scores
 from jaxviz.methods.metrics import auc
 
 Array = Any

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxviz.concepts.dictionary import Dictionary, cd_sweep, code_penalties, nnls_solve
+from jaxviz.concepts.dictionary import Dictionary, cd_sweep, cd_sweep_t, code_penalties, nnls_solve_t, rows_dot_t
 from jaxviz.errors import JaxvizError, unknown
 
 Array = Any
@@ -82,14 +82,20 @@ def nmf_codes_step(H: Array, A_b: Array, W_b: Array, reg: NMFReg = NMFReg(), *, 
     ``A_b`` (B x C), penalties ``code_penalties(alpha_W, l1_ratio, C)``. ``mask`` (B bool): padding
     rows, whose codes are kept at zero. Returns ``W_b``, or ``(W_b, violation)`` with the batch's summed
     projected-gradient violation (add it over batches for scikit-learn's stopping rule)."""
+    Wt, v = codes_step_t(H, A_b, W_b.T, reg, mask=mask)
+    return (Wt.T, v) if return_violation else Wt.T
+
+
+def codes_step_t(H: Array, A_b: Array, Wt: Array, reg: NMFReg = NMFReg(), *, mask: Array | None = None):
+    """:func:`nmf_codes_step` on transposed codes (``Wt`` K x B, the sweep's layout; the fit keeps its
+    codes so): ``(Wt, violation)``."""
     l1, l2 = code_penalties(reg.alpha_W, reg.l1_ratio, A_b.shape[-1])
     HHt = H @ H.T + l2 * jnp.eye(H.shape[0], dtype=H.dtype)
-    XHt = A_b @ H.T - l1
-    W, v = cd_sweep(W_b, HHt, XHt)
+    Wt, v = cd_sweep_t(Wt, HHt, rows_dot_t(H, A_b) - l1)
     if mask is not None:
-        W = jnp.where(mask[:, None], W, 0.0)
+        Wt = jnp.where(mask[None, :], Wt, 0.0)
         v = jnp.where(mask, v, 0.0)
-    return (W, jnp.sum(v)) if return_violation else W
+    return Wt, jnp.sum(v)
 
 
 def nmf_stats(W_b: Array, A_b: Array, axis_name: str | None = None) -> tuple[Array, Array]:
@@ -130,6 +136,12 @@ def nmf_penalty(W_b: Array, reg: NMFReg, n_features: int) -> Array:
 def residual_sq(H: Array, A_b: Array, W_b: Array) -> Array:
     """``||A_b - W_b H||²_F`` of one batch (sums over batches)."""
     r = A_b - W_b @ H
+    return jnp.sum(r * r)
+
+
+def _residual_sq_t(H: Array, A_b: Array, Wt: Array) -> Array:
+    """:func:`residual_sq` of transposed codes (K x B)."""
+    r = A_b - lax.dot_general(Wt, H, (((0,), (0,)), ((), ())))
     return jnp.sum(r * r)
 
 
@@ -275,11 +287,16 @@ def _fit_body(A, mask, W, H, *, method, k, reg, n_rows, max_iter, tol, init, kee
 
     l1c, l2c = code_penalties(reg.alpha_W, reg.l1_ratio, C)
 
-    def codes(H, a, m, w):
+    # Inside the fit the codes are held transposed (nb x K x B: the sweep's layout), so no batch pays
+    # for transposes and WᵀA is a plain product (one CPU iteration at 102,400 rows x 320 x 32, batch
+    # 1024: 106 -> 63 ms); the result is transposed back once.
+    W = jnp.swapaxes(W, 1, 2)
+
+    def codes(H, a, m, wt):
         if keep_codes:
-            return nmf_codes_step(H, a, w, reg, mask=m, return_violation=True)
-        w = nnls_solve(H, a, l1c, l2c, max_iter=solve_iter, tol=solve_tol)
-        return jnp.where(m[:, None], w, 0.0), jnp.zeros((), dtype)
+            return codes_step_t(H, a, wt, reg, mask=m)
+        wt = nnls_solve_t(H, a, l1c, l2c, max_iter=solve_iter, tol=solve_tol)
+        return jnp.where(m[None, :], wt, 0.0), jnp.zeros((), dtype)
 
     def iteration(state):
         it, W, H, v0, _ = state
@@ -287,7 +304,7 @@ def _fit_body(A, mask, W, H, *, method, k, reg, n_rows, max_iter, tol, init, kee
         def batch(acc, xs):
             a, m, w = xs
             w, v = codes(H, a, m, w)
-            WtW, WtA = nmf_stats(w, a)
+            WtW, WtA = w @ w.T, w @ a  # nmf_stats of the transposed codes
             return (acc[0] + WtW, acc[1] + WtA, acc[2] + v), (w if keep_codes else None)
 
         (WtW, WtA, v), Wn = lax.scan(batch, (zero(k, k), zero(k, C), zero()), (A, mask, W))
@@ -308,16 +325,16 @@ def _fit_body(A, mask, W, H, *, method, k, reg, n_rows, max_iter, tol, init, kee
     state = (jnp.int32(0), W, H, zero(), zero())
     n_iter, W, H, v0, v = lax.while_loop(cond, iteration, state)
     if not keep_codes:  # the codes of the final dictionary
-        W = jax.vmap(lambda a, m: jnp.where(m[:, None], nnls_solve(H, a, l1c, l2c, max_iter=solve_iter,
-                                                                     tol=solve_tol), 0.0))(A, mask)
+        W = jax.vmap(lambda a, m: jnp.where(m[None, :], nnls_solve_t(H, a, l1c, l2c, max_iter=solve_iter,
+                                                                       tol=solve_tol), 0.0))(A, mask)
     rec, pen, asq = lax.scan(
-        lambda acc, xs: ((acc[0] + residual_sq(H, xs[0], xs[2]), acc[1] + nmf_penalty(xs[2], reg, C),
+        lambda acc, xs: ((acc[0] + _residual_sq_t(H, xs[0], xs[2]), acc[1] + nmf_penalty(xs[2], reg, C),
                           acc[2] + jnp.sum(xs[0] ** 2)), None), (zero(), zero(), zero()), (A, mask, W))[0]
     rec, pen, asq = (_psum(x, axis_name) for x in (rec, pen, asq))
     l1h, l2h = dictionary_penalties(reg, n_rows)
     hpen = l1h * jnp.sum(jnp.abs(H)) + 0.5 * l2h * jnp.sum(H * H)
     info = FitInfo(n_iter, 0.5 * rec, 0.5 * rec + pen + hpen, jnp.sqrt(rec / asq), v, v0)
-    return W, H, info
+    return jnp.swapaxes(W, 1, 2), H, info
 
 
 def _devices(devices):
