@@ -188,8 +188,8 @@ def _class_names(model, classes) -> dict:
 def render_html(model, params, images, res, shape, patterns: "list | None" = None,
                 classes: "list | None" = None) -> str:
     """One card per concept: the strongest exemplars (receptive-field box, or in crops mode the crop with
-    the crop's own code map; code map overlaid, the item's name and the concept's code under each), the feature visualisation of its direction (``patterns``:
-    one uint8 image per concept, from :func:`concept_patterns`; empty: none shown), importance and
+    the crop's own code map; code map overlaid, the item's name and the concept's code under each), the
+    feature visualisation of its direction (``patterns``: one uint8 image per concept, from :func:`concept_patterns`; empty: none shown), importance and
     prevalence per class asked (``classes``; default those with importances) over the images predicted
     as that class — "no image of this class" where none was; then, for a few images
     (:func:`page_images`), the photo, the code maps of its strongest concepts and its class map
