@@ -136,6 +136,10 @@ def test_crop_boxes():
     assert b[0].tolist() == [0, 0, 10, 10] and b[-1].tolist() == [18, 18, 28, 28]
     starts = sorted(set(b[:, 0].tolist()))
     assert starts == [0, 8, 16, 18]
+    # CRAFT's stride, int(patch_size * 0.80): 16 -> 12 (not 13), 32 -> 25 (not 26)
+    for size, stride in ((16, 12), (32, 25), (64, 51)):
+        b = crop_boxes(224, 224, size)
+        assert sorted(set(b[:, 0].tolist()))[1] == stride
 
 
 def test_crops_exemplars_are_their_strongest_crop(digits):

@@ -21,10 +21,11 @@ Array = Any
 
 def crop_boxes(height: int, width: int, size: int) -> np.ndarray:
     """(n, 4) ``top, left, bottom, right`` of the square crops of ``size`` at a stride of 0.8 x size
-    (the last row and column clamped to the border)."""
+    truncated to an integer as CRAFT's ``int(patch_size * 0.80)`` (and, beyond CRAFT, a last row and
+    column clamped to the border, so the crops cover the whole input)."""
     if not 1 <= size <= min(height, width):
         raise JaxvizError(f"crops={size} must be between 1 and the input's smaller side {min(height, width)}")
-    stride = max(1, int(round(0.8 * size)))
+    stride = max(1, int(size * 0.80))
 
     def starts(n):
         s = list(range(0, n - size + 1, stride))
